@@ -1,0 +1,1 @@
+"""Shared core: configuration, database, storage, preprocessing and the CNN."""

@@ -1,0 +1,74 @@
+"""Settings read from the environment, with defaults for the embedded one-machine mode."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RELEASE_DIR = Path(__file__).resolve().parent / "release"
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    value = env.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, resolved once per process from environment variables."""
+
+    home: Path
+    database_url: str
+    broker_url: str
+    storage_dir: Path
+    redis_url: str | None = None
+    chunk_size: int = 64
+    batch_size: int = 32
+    max_upload_bytes: int = 2 * 1024**3
+    max_files_per_job: int = 20_000
+    max_form_parts: int = 25_000
+    max_zip_members: int = 50_000
+    max_zip_total_bytes: int = 8 * 1024**3
+    max_zip_ratio: int = 200
+    max_image_pixels: int = 64_000_000
+    task_time_limit_s: int = 900
+    worker_max_memory_kb: int = 4_000_000
+    secret_key: str = field(default="dev-only-change-me", repr=False)
+    seed_model: Path | None = None
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url.startswith("sqla+")
+
+
+def get_settings(env: dict[str, str] | None = None) -> Settings:
+    """Build Settings from `env` (default: os.environ); nothing is read at import time."""
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get("FRACTURE_HOME") or Path.cwd() / "fracture-data").resolve()
+    redis_url = env.get("REDIS_URL") or None
+    broker_url = env.get("BROKER_URL") or redis_url or f"sqla+sqlite:///{home / 'broker.sqlite'}"
+    database_url = env.get("DATABASE_URL") or f"sqlite:///{home / 'fracture.sqlite'}"
+    seed = env.get("FRACTURE_SEED_MODEL")
+    default_seed = RELEASE_DIR / "model.pt"
+    return Settings(
+        home=home,
+        database_url=database_url,
+        broker_url=broker_url,
+        redis_url=redis_url,
+        storage_dir=Path(env.get("STORAGE_DIR") or home / "storage").resolve(),
+        chunk_size=_int(env, "CHUNK_SIZE", 64),
+        batch_size=_int(env, "BATCH_SIZE", 32),
+        max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", 2 * 1024**3),
+        max_files_per_job=_int(env, "MAX_FILES_PER_JOB", 20_000),
+        max_form_parts=_int(env, "MAX_FORM_PARTS", 25_000),
+        max_zip_members=_int(env, "MAX_ZIP_MEMBERS", 50_000),
+        max_zip_total_bytes=_int(env, "MAX_ZIP_TOTAL_BYTES", 8 * 1024**3),
+        max_zip_ratio=_int(env, "MAX_ZIP_RATIO", 200),
+        max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 64_000_000),
+        task_time_limit_s=_int(env, "TASK_TIME_LIMIT_S", 900),
+        worker_max_memory_kb=_int(env, "WORKER_MAX_MEMORY_KB", 4_000_000),
+        secret_key=env.get("SECRET_KEY") or "dev-only-change-me",
+        seed_model=Path(seed) if seed else (default_seed if default_seed.exists() else None),
+    )

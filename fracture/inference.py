@@ -1,0 +1,97 @@
+"""Run a checkpoint on batches of images: decode, preprocess, batched forward under inference_mode."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from fracture.checkpoint import Checkpoint, load_checkpoint
+from fracture.preprocess import ImageError, load_u8, normalize
+
+Source = bytes | str | Path | BinaryIO
+
+
+def pick_device() -> torch.device:
+    """CUDA when present (and not disabled with FRACTURE_DEVICE=cpu), CPU otherwise."""
+    wanted = os.environ.get("FRACTURE_DEVICE", "auto")
+    if wanted != "auto":
+        return torch.device(wanted)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Prediction:
+    index: int
+    probability: float | None
+    label: str | None
+    error: str | None
+
+
+class Predictor:
+    """A loaded model ready to classify batches of images on one device."""
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device | None = None, batch_size: int = 32) -> None:
+        self.ckpt = checkpoint
+        self.device = device or pick_device()
+        self.batch_size = batch_size
+        self.model = checkpoint.model.to(self.device).to(memory_format=torch.channels_last)
+        self.spec = checkpoint.preprocess
+        self.amp = self.device.type == "cuda"
+
+    @classmethod
+    def from_file(cls, path: str | Path, device: torch.device | None = None, batch_size: int = 32) -> Predictor:
+        device = device or pick_device()
+        return cls(load_checkpoint(path, device), device, batch_size)
+
+    @torch.inference_mode()
+    def probabilities(self, batch_u8: torch.Tensor) -> np.ndarray:
+        """P(positive class) for a (N, 1, S, S) uint8 batch."""
+        x = batch_u8.to(self.device, non_blocking=True)
+        x = normalize(x, self.spec).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.model(x)
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+    def _decode(self, source: Source) -> torch.Tensor | str:
+        try:
+            return load_u8(source, self.spec)
+        except ImageError as e:
+            return str(e)
+        except OSError as e:
+            return f"could not read file: {e}"
+
+    def predict(self, sources: Iterable[Source], decode_threads: int = 2) -> Iterator[Prediction]:
+        """Classify `sources` in order, one Prediction each; decoding overlaps the forward passes."""
+        with ThreadPoolExecutor(max_workers=decode_threads) as pool:
+            decoded = pool.map(self._decode, sources)
+            pending: list[tuple[int, torch.Tensor]] = []
+            index = 0
+            for item in decoded:
+                if isinstance(item, str):
+                    yield from self._flush(pending)
+                    pending = []
+                    yield Prediction(index, None, None, item)
+                else:
+                    pending.append((index, item))
+                    if len(pending) >= self.batch_size:
+                        yield from self._flush(pending)
+                        pending = []
+                index += 1
+            yield from self._flush(pending)
+
+    def _flush(self, pending: Sequence[tuple[int, torch.Tensor]]) -> Iterator[Prediction]:
+        if not pending:
+            return
+        batch = torch.stack([t for _, t in pending])
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        probs = self.probabilities(batch)
+        for (i, _), p in zip(pending, probs, strict=True):
+            yield Prediction(i, float(p), self.ckpt.label(float(p)), None)

@@ -1,0 +1,127 @@
+"""CNN architectures, rebuilt from a small dataclass of arguments saved in each checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """Everything needed to rebuild the network; `arch` is "fracnet" or a torchvision model name."""
+
+    arch: str = "fracnet"
+    width: int = 32
+    depths: tuple[int, ...] = (1, 1, 2, 1)
+    in_channels: int = 1
+    dropout: float = 0.2
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["depths"] = list(self.depths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> ModelArgs:
+        return cls(
+            arch=str(d["arch"]),
+            width=int(d["width"]),  # type: ignore[call-overload]
+            depths=tuple(int(x) for x in d["depths"]),  # type: ignore[attr-defined]
+            in_channels=int(d["in_channels"]),  # type: ignore[call-overload]
+            dropout=float(d["dropout"]),  # type: ignore[arg-type]
+        )
+
+
+class BasicBlock(nn.Module):
+    """A ResNet basic block: two 3x3 convolutions with batch norm and a shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class FracNet(nn.Module):
+    """A small ResNet for grayscale X-rays: a strided stem, four stages doubling width, one logit."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        w = args.width
+        self.stem = nn.Sequential(
+            nn.Conv2d(args.in_channels, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+        )
+        layers: list[nn.Module] = []
+        cin = w
+        for i, depth in enumerate(args.depths):
+            cout = w * 2**i
+            for j in range(depth):
+                layers.append(BasicBlock(cin, cout, 2 if j == 0 else 1))
+                cin = cout
+        self.stages = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(args.dropout), nn.Linear(cin, 1))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for m in self.modules():  # zero-init the last BN of each block: each starts as identity
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x))).squeeze(1)
+
+
+class TorchvisionBinary(nn.Module):
+    """A torchvision classifier whose head gives one logit (probability of the positive class)."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.net = torchvision.models.get_model(args.arch, weights=None, num_classes=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+def build_model(args: ModelArgs) -> nn.Module:
+    """Construct an untrained network for `args`."""
+    if args.arch == "fracnet":
+        return FracNet(args)
+    if args.arch in torchvision.models.list_models(module=torchvision.models):
+        if args.in_channels != 3:
+            raise ValueError(f"torchvision arch {args.arch!r} takes 3 channels; set in_channels=3")
+        return TorchvisionBinary(args)
+    raise ValueError(f"unknown architecture {args.arch!r}")
+
+
+def load_pretrained(model: nn.Module, weights: str | Path) -> list[str]:
+    """Load ImageNet-style weights into a torchvision model, skipping the classifier head.
+
+    `weights` is a local state_dict file, or a torchvision weights name such as
+    "ResNet18_Weights.IMAGENET1K_V1" (downloaded by torchvision where the network allows).
+    Returns the names of the parameters that were not loaded (the new head).
+    """
+    if not isinstance(model, TorchvisionBinary):
+        raise ValueError("pretrained weights apply to torchvision architectures only")
+    path = Path(weights)
+    if path.exists():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        state = torchvision.models.get_weight(str(weights)).get_state_dict(progress=False)
+    own = model.net.state_dict()
+    compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.net.load_state_dict(compatible, strict=False)
+    return sorted(set(own) - set(compatible))

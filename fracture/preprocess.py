@@ -1,0 +1,114 @@
+"""Decode and preprocess X-rays the same way for training and serving, so serving never drifts."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Formats an X-ray export realistically comes in; anything else is refused, not guessed.
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error row, not half an image
+
+
+class ImageError(ValueError):
+    """An input that cannot be classified; its message is shown to the user as the row's error."""
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How pixels become a tensor; saved in every checkpoint and read back by the worker."""
+
+    image_size: int = 128
+    channels: int = 1
+    mean: tuple[float, ...] = field(default=(0.5,))
+    std: tuple[float, ...] = field(default=(0.25,))
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> PreprocessSpec:
+        return cls(
+            image_size=int(d["image_size"]),  # type: ignore[call-overload]
+            channels=int(d["channels"]),  # type: ignore[call-overload]
+            mean=tuple(float(x) for x in d["mean"]),  # type: ignore[attr-defined]
+            std=tuple(float(x) for x in d["std"]),  # type: ignore[attr-defined]
+        )
+
+
+def _to_grayscale(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit and float X-rays: stretch the real range to 8 bits instead of clipping at 255.
+        a = np.asarray(im, dtype=np.float32)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        return Image.fromarray(a.astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(background, im)
+    return im.convert("L")
+
+
+def decode(source: bytes | str | Path | BinaryIO, size: int, max_pixels: int = 64_000_000) -> Image.Image:
+    """Decode one image to 8-bit grayscale at `size`x`size`, or raise ImageError with a reason."""
+    fp: BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else source  # type: ignore[assignment]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(fp, formats=ALLOWED_FORMATS)
+        with im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageError(f"image too large: {w}x{h} pixels (limit {max_pixels})")
+            if w < 1 or h < 1:
+                raise ImageError("image has no pixels")
+            fmt = im.format
+            if fmt == "JPEG":
+                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is much larger.
+                im.draft("L", (size, size))
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+            gray = _to_grayscale(im)
+            return gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not an image (or a format that is not accepted: JPEG, PNG, GIF, BMP, TIFF, WEBP)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"image too large: {e}") from None
+    except Image.DecompressionBombWarning as e:
+        raise ImageError(f"image too large: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+        raise ImageError(f"could not decode image: {e}") from None
+    except Exception as e:  # Pillow plugins raise odd types on hostile input
+        raise ImageError(f"could not decode image: {type(e).__name__}: {e}") from None
+
+
+def to_uint8_tensor(gray: Image.Image) -> torch.Tensor:
+    """A decoded image as a (1, H, W) uint8 tensor: the compact form kept in caches and queues."""
+    return torch.from_numpy(np.array(gray, dtype=np.uint8, copy=True)).unsqueeze(0)
+
+
+def normalize(batch_u8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """Turn a (N, 1, H, W) uint8 batch into the float input the network was trained on."""
+    x = batch_u8.float().div_(255.0)
+    if spec.channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def load_u8(source: bytes | str | Path | BinaryIO, spec: PreprocessSpec, max_pixels: int = 64_000_000) -> torch.Tensor:
+    """Decode and resize one image into a (1, S, S) uint8 tensor, or raise ImageError."""
+    return to_uint8_tensor(decode(source, spec.image_size, max_pixels))

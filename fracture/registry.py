@@ -1,0 +1,100 @@
+"""The model registry: versions in the database, checkpoint files in storage, one active version."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fracture.checkpoint import read_payload, sha256_file
+from fracture.config import Settings
+from fracture.models import ModelStatus, ModelVersion
+from fracture.storage import Storage
+
+
+def active_version(session: Session) -> ModelVersion | None:
+    return session.scalars(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE)).first()
+
+
+def next_name(session: Session) -> str:
+    count = len(session.scalars(select(ModelVersion.id)).all())
+    return f"v{count + 1}"
+
+
+def register_checkpoint(
+    session: Session,
+    storage: Storage,
+    checkpoint_file: str | Path,
+    *,
+    name: str | None = None,
+    plots: dict[str, str] | None = None,
+    notes: str | None = None,
+) -> ModelVersion:
+    """Copy a checkpoint file into storage and add it as a candidate version."""
+    payload = read_payload(checkpoint_file)
+    name = name or next_name(session)
+    key = f"models/{name}/model.pt"
+    dest = storage.path(key)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint_file, dest)
+    metrics: dict[str, Any] = payload.get("metrics") or {}
+    version = ModelVersion(
+        name=name,
+        status=ModelStatus.CANDIDATE,
+        arch=str(payload["arch"]),
+        checkpoint_key=key,
+        checkpoint_sha256=sha256_file(dest),
+        threshold=float(payload["threshold"]),
+        metrics=metrics,
+        plots=plots or {},
+        data_fingerprint=payload.get("data_fingerprint"),
+        split_policy=payload.get("split_policy"),
+        selection_metric=payload.get("selection_metric"),
+        notes=notes,
+    )
+    session.add(version)
+    session.flush()
+    return version
+
+
+def promote(session: Session, version: ModelVersion) -> None:
+    """Make `version` the active one and retire the previous active version."""
+    for other in session.scalars(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE)):
+        if other.id != version.id:
+            other.status = ModelStatus.RETIRED
+    version.status = ModelStatus.ACTIVE
+    version.promoted_at = datetime.now(UTC)
+
+
+def should_promote(candidate: ModelVersion, active: ModelVersion | None, force: bool = False) -> bool:
+    """A candidate replaces the active version only if it scores higher on grouped validation."""
+    if force or active is None:
+        return True
+    if candidate.selection_metric is None:
+        return False
+    if active.selection_metric is None:
+        return True
+    return candidate.selection_metric > active.selection_metric
+
+
+def ensure_seed_model(session: Session, settings: Settings) -> ModelVersion | None:
+    """On a fresh install, register the release checkpoint shipped in the repository as active."""
+    current = active_version(session)
+    if current is not None or settings.seed_model is None or not Path(settings.seed_model).is_file():
+        return current
+    if session.scalars(select(ModelVersion.id)).first() is not None:
+        return None  # versions exist but none is active: an admin's choice, not ours to undo
+    version = register_checkpoint(
+        session, Storage(settings.storage_dir), settings.seed_model, name="release-1",
+        notes="release checkpoint shipped with the repository",
+    )
+    promote(session, version)
+    return version
+
+
+def checkpoint_path(settings: Settings, version: ModelVersion) -> Path:
+    return Storage(settings.storage_dir).path(version.checkpoint_key)
