@@ -35,6 +35,8 @@ class Settings:
     max_image_pixels: int = 64_000_000
     task_time_limit_s: int = 900
     worker_max_memory_kb: int = 4_000_000
+    # Redis redelivers a task whose worker died unacked after this long; must exceed the longest task.
+    visibility_timeout_s: int = 3600
     secret_key: str = field(default="dev-only-change-me", repr=False)
     seed_model: Path | None = None
 
@@ -69,6 +71,7 @@ def get_settings(env: dict[str, str] | None = None) -> Settings:
         max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 64_000_000),
         task_time_limit_s=_int(env, "TASK_TIME_LIMIT_S", 900),
         worker_max_memory_kb=_int(env, "WORKER_MAX_MEMORY_KB", 4_000_000),
+        visibility_timeout_s=_int(env, "BROKER_VISIBILITY_TIMEOUT_S", 3600),
         secret_key=env.get("SECRET_KEY") or "dev-only-change-me",
         seed_model=Path(seed) if seed else (default_seed if default_seed.exists() else None),
     )
