@@ -1,0 +1,36 @@
+# The two set-up commands: `make up` runs the whole system on the embedded default, `make test` runs the tests.
+# Both bootstrap first (a .venv from uv.lock; instant once done).
+
+SHELL := /bin/bash
+VENV := .venv/bin
+# Extra arguments: `make up ARGS="--port 8000"`, `make test PYTEST_ARGS="-k migrations -x"`.
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap system-deps up test lint bench clean-venv
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+up: bootstrap
+	$(VENV)/fracture up $(ARGS)
+
+test: bootstrap system-deps
+	@start=$$SECONDS; rc=0; \
+	$(VENV)/pytest -q -rfEs --durations=15 $(PYTEST_ARGS) || rc=$$?; \
+	if [[ $$rc -eq 0 ]]; then verdict=PASSED; else verdict="FAILED (pytest exit $$rc)"; fi; \
+	echo "== make test: $$verdict in $$((SECONDS - start))s =="; \
+	exit $$rc
+
+lint: bootstrap
+	$(VENV)/ruff check .
+
+bench: bootstrap
+	@if [[ -f bench/run.py ]]; then $(VENV)/python bench/run.py $(ARGS); \
+	else echo "bench: bench/run.py does not exist yet"; fi
+
+clean-venv:
+	rm -rf .venv

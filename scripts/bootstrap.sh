@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Create or refresh .venv from uv.lock; a stamp of the lock's hash makes a second run instant.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+stamp=.venv/.bootstrap-stamp
+want=$(cat uv.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+if [[ -x .venv/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]]; then
+  exit 0
+fi
+
+if command -v uv >/dev/null; then
+  uv=(uv)
+elif python3 -m uv --version >/dev/null 2>&1; then
+  uv=(python3 -m uv)
+else
+  echo "bootstrap: installing uv with pip"
+  # --isolated: ignore pip config and PIP_* variables (they may point at local wheel folders).
+  python3 -m pip install --isolated --quiet uv \
+    || python3 -m pip install --isolated --quiet --user --break-system-packages uv
+  uv=(python3 -m uv)
+fi
+
+echo "bootstrap: syncing .venv from uv.lock (first time: a few GB of wheels, about a minute)"
+start=$SECONDS
+"${uv[@]}" sync --frozen --python 3.11
+echo "$want" >"$stamp"
+echo "bootstrap: .venv ready in $((SECONDS - start))s"

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Install the Debian packages the tests and `fracture up` use, only those missing.
+#
+# redis-server: the queue tests' broker (and `fracture up`'s, when present).
+# chromium + fonts: the browser tests (Playwright drives /usr/bin/chromium, no browser download).
+# postgresql: initdb/pg_ctl for the throwaway PostgreSQL cluster of the migration tests.
+# docker-compose: Debian's 1.29, used only to validate docker-compose.yml (`docker-compose config`).
+set -euo pipefail
+
+# "package:probe" pairs; the probe is a command on PATH or an absolute path that shows it is there.
+wanted=(
+  "make:make"
+  "redis-server:redis-server"
+  "chromium:/usr/bin/chromium"
+  "fonts-liberation:/usr/share/fonts/truetype/liberation"
+  "fonts-dejavu-core:/usr/share/fonts/truetype/dejavu"
+  "postgresql:initdb"
+  "docker-compose:docker-compose"
+)
+
+present() {
+  local probe=$1
+  if [[ $probe == /* ]]; then
+    [[ -e $probe ]]
+  elif [[ $probe == initdb ]]; then
+    # Debian keeps initdb/pg_ctl off PATH, under /usr/lib/postgresql/<major>/bin.
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null
+  else
+    command -v "$probe" >/dev/null
+  fi
+}
+
+missing=()
+for pair in "${wanted[@]}"; do
+  present "${pair#*:}" || missing+=("${pair%%:*}")
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "system-deps: all present"
+  exit 0
+fi
+
+if [[ $(id -u) -eq 0 ]]; then
+  as_root=()
+elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+  as_root=(sudo -n)
+else
+  echo "system-deps: not root and no password-less sudo; please install: ${missing[*]}" >&2
+  echo "system-deps: continuing; tests that need them will skip (or fail under CI=true)" >&2
+  exit 0
+fi
+
+echo "system-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# Wait for a dpkg lock held by another apt run instead of failing at once.
+apt_opts=(-y -q -o DPkg::Lock::Timeout=600)
+"${as_root[@]}" apt-get "${apt_opts[@]}" update
+"${as_root[@]}" apt-get "${apt_opts[@]}" install --no-install-recommends "${missing[@]}"
