@@ -1,0 +1,66 @@
+"""The Flask application factory: settings, database sessions, Celery, blueprints, error pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from fracture.config import Settings, get_settings
+from fracture.db import session_factory
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the web app; `config` overrides Flask keys and may carry FRACTURE_SETTINGS (a Settings)."""
+    config = dict(config or {})
+    app = Flask(__name__)
+    configured = config.pop("FRACTURE_SETTINGS", None)
+    settings: Settings = configured if isinstance(configured, Settings) else get_settings()
+    app.config.update(
+        FRACTURE_SETTINGS=settings,
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes,
+        MAX_FORM_PARTS=settings.max_form_parts,
+        RESULTS_PAGE_SIZE=50,
+    )
+    app.config.update(config)
+
+    # Sessions are opened per request on first use; migrations are run by `fracture up` / `db upgrade`.
+    app.extensions["fracture_sessions"] = session_factory(settings.database_url)
+    from worker.celery_app import celery_init_app
+
+    celery_init_app(app, settings)
+
+    from web import api, pages
+    from web.context import close_db
+
+    app.teardown_appcontext(close_db)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
+    app.register_error_handler(HTTPException, _http_error)
+    return app
+
+
+def _http_error(exc: HTTPException) -> Response | tuple[Response | str, int]:
+    """JSON under /api, a plain page elsewhere; 413 says what the limit is."""
+    code = exc.code or 500
+    message = exc.description or exc.name
+    if isinstance(exc, RequestEntityTooLarge):
+        from flask import current_app
+
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        message = f"The upload is too large: the limit is {_human(limit)} per request. Split it into smaller batches."
+    if request.path.startswith("/api/"):
+        return jsonify({"error": message}), code
+    return render_template("error.html", code=code, title=exc.name, message=message), code
+
+
+def _human(n: int | None) -> str:
+    if not n:
+        return "unlimited"
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:g} {unit}" if unit == "bytes" else f"{n:.1f} {unit}".replace(".0 ", " ")
+        n /= 1024  # type: ignore[assignment]
+    return str(n)

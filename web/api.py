@@ -1,0 +1,135 @@
+"""The JSON API: jobs in, status and results out, models and health; errors are JSON too."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, abort, jsonify, request, stream_with_context
+from sqlalchemy import select, text
+
+from fracture.dispatch import broker_ping, worker_ping
+from fracture.models import Job, JobStatus, ModelVersion
+from web.context import active_model, celery, db
+from web.ingest import UploadRefused
+from web.jobs import JobNotDispatched, create_job, dispatch
+from web.views import CSV_COLUMNS, iter_result_rows, job_dict, model_dict, result_rows
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+def error(message: str, status: int, **extra: Any) -> tuple[Response, int]:
+    return jsonify({"error": message, **extra}), status
+
+
+@bp.errorhandler(UploadRefused)
+def _refused(exc: UploadRefused) -> tuple[Response, int]:
+    return error(exc.message, exc.status)
+
+
+@bp.errorhandler(JobNotDispatched)
+def _not_dispatched(exc: JobNotDispatched) -> tuple[Response, int]:
+    return error(str(exc), 503, **job_dict(exc.job))
+
+
+def _get_job(job_id: str) -> Job:
+    job = db().get(Job, job_id)
+    if job is None:
+        abort(404, description=f"no job with id {job_id}")
+    return job
+
+
+@bp.post("/jobs")
+def post_job() -> tuple[Response, int]:
+    parts = request.files.getlist("files")
+    if not parts:
+        return error("No files in the upload: send one or more multipart parts named 'files'.", 400)
+    job = create_job(parts)
+    return jsonify({"id": job.id, "status": job.status, "total": job.total}), 201
+
+
+@bp.get("/jobs")
+def list_jobs() -> Response:
+    limit = min(request.args.get("limit", 100, type=int), 1000)
+    jobs = db().scalars(select(Job).order_by(Job.created_at.desc()).limit(limit))
+    return jsonify({"jobs": [job_dict(j) for j in jobs]})
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    return jsonify(job_dict(_get_job(job_id)))
+
+
+@bp.post("/jobs/<job_id>/dispatch")
+def redispatch(job_id: str) -> tuple[Response, int]:
+    """Hand a job that is still queued to the broker again (after the broker was down)."""
+    job = _get_job(job_id)
+    if job.status != JobStatus.QUEUED:
+        return error(f"job {job_id} is {job.status}, not queued", 409)
+    dispatch(job)
+    return jsonify(job_dict(job)), 202
+
+
+@bp.get("/jobs/<job_id>/results")
+def get_results(job_id: str) -> Response:
+    job = _get_job(job_id)
+    offset = max(request.args.get("offset", 0, type=int), 0)
+    limit = request.args.get("limit", type=int)
+    rows = result_rows(db(), job, offset, max(limit, 0) if limit is not None else None)
+    return jsonify({"job_id": job.id, "total": job.total, "offset": offset, "results": rows})
+
+
+@bp.get("/jobs/<job_id>/results.csv")
+def get_results_csv(job_id: str) -> Response:
+    job = _get_job(job_id)
+
+    def generate() -> Iterator[str]:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for n, row in enumerate(iter_result_rows(db(), job), 1):
+            prob = row["probability"]
+            row = {**row, "probability": "" if prob is None else f"{prob:.6f}"}
+            writer.writerow([row[c] if row[c] is not None else "" for c in CSV_COLUMNS])
+            if n % 500 == 0:
+                yield buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
+        yield buf.getvalue()
+
+    name = f"fracture-{job.id[:8]}.csv"
+    return Response(
+        stream_with_context(generate()), mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@bp.get("/models")
+def list_models() -> Response:
+    versions = db().scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc()))
+    active = active_model()
+    return jsonify({"active": active.name if active else None, "models": [_public(model_dict(v)) for v in versions]})
+
+
+def _public(model: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in model.items() if not k.startswith("metric_")}
+
+
+@bp.get("/health")
+def health() -> tuple[Response, int]:
+    try:
+        db().execute(text("SELECT 1"))
+    except Exception as exc:  # any driver error means the same thing to an operator
+        return jsonify({"database": f"down: {exc.__class__.__name__}", "broker": "unknown"}), 503
+    model = active_model()
+    app = celery()
+    broker = "ok" if broker_ping(app) else "down"
+    workers = worker_ping(app) if broker == "ok" else {}
+    return jsonify({
+        "database": "ok",
+        "broker": broker,
+        "workers": workers,
+        "model": {"active": model.name if model else None, "id": model.id if model else None},
+    }), 200

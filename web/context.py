@@ -1,0 +1,56 @@
+"""Per-app and per-request handles: settings, the database session, storage, Celery, the active model."""
+
+from __future__ import annotations
+
+from celery import Celery
+from flask import current_app, g
+from sqlalchemy.orm import Session
+
+from fracture.config import Settings
+from fracture.models import ModelVersion
+from fracture.registry import active_version, ensure_seed_model
+from fracture.storage import Storage
+
+
+def settings() -> Settings:
+    value: Settings = current_app.config["FRACTURE_SETTINGS"]
+    return value
+
+
+def db() -> Session:
+    """The request's session, opened on first use and closed at teardown."""
+    if "db" not in g:
+        g.db = current_app.extensions["fracture_sessions"]()
+    session: Session = g.db
+    return session
+
+
+def close_db(_exc: BaseException | None = None) -> None:
+    session = g.pop("db", None)
+    if session is not None:
+        session.close()
+
+
+def storage() -> Storage:
+    return Storage(settings().storage_dir)
+
+
+def celery() -> Celery:
+    app: Celery = current_app.extensions["celery"]
+    return app
+
+
+def active_model() -> ModelVersion | None:
+    """The active model version; on a fresh install, register the shipped release checkpoint first."""
+    session = db()
+    version = active_version(session)
+    if version is None and settings().seed_model is not None:
+        version = ensure_seed_model(session, settings())
+        session.commit()
+    return version
+
+
+NO_MODEL_MESSAGE = (
+    "No trained model is registered yet, so jobs cannot be accepted. "
+    "Train one (fracture train) or register a checkpoint, then try again."
+)

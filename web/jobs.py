@@ -1,0 +1,88 @@
+"""Accept an upload as a job: ingest the files, commit Job + Image rows, then enqueue by id."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fracture.dispatch import BrokerUnavailable, enqueue_job
+from fracture.models import Image, Job, JobStatus, new_id
+from web.context import NO_MODEL_MESSAGE, active_model, celery, db, settings, storage
+from web.ingest import FilePart, Upload, UploadRefused, ingest_parts
+
+BROKER_DOWN_MESSAGE = (
+    "The job was saved but the task queue (broker) is unavailable, so it has not started yet; "
+    "it stays queued and is dispatched when the broker is back."
+)
+
+
+class JobNotDispatched(Exception):
+    """The job is committed (nothing is lost) but could not be handed to the broker."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(BROKER_DOWN_MESSAGE)
+        self.job = job
+
+
+def _nothing_usable(upload: Upload) -> str:
+    if not upload.entries:
+        if upload.skipped:
+            return f"The upload holds no images: only {upload.skipped} system file(s) such as .DS_Store or __MACOSX."
+        return "The upload holds no files. Choose a folder, image files or zip archives."
+    shown = "; ".join(f"{e.path}: {e.ingest_error}" for e in upload.entries[:5])
+    more = f" (and {len(upload.entries) - 5} more)" if len(upload.entries) > 5 else ""
+    return f"The upload holds no images that can be classified: {shown}{more}."
+
+
+def _job_name(upload: Upload) -> str:
+    first = upload.entries[0].path
+    top = first.split("/", 1)[0] if "/" in first else first
+    return f"{top} ({len(upload.entries)} files)" if len(upload.entries) > 1 else top
+
+
+def create_job(parts: Iterable[FilePart]) -> Job:
+    """Store the upload and commit its rows, THEN enqueue; raise UploadRefused or JobNotDispatched."""
+    model = active_model()
+    if model is None:
+        raise UploadRefused(NO_MODEL_MESSAGE, 409)
+    job_id = new_id()
+    store = storage()
+    upload = ingest_parts(parts, store, settings(), job_id)
+    if upload.usable == 0:
+        store.delete_prefix(f"uploads/{job_id}")
+        raise UploadRefused(_nothing_usable(upload), 400)
+    session = db()
+    job = Job(
+        id=job_id, status=JobStatus.QUEUED, name=_job_name(upload)[:255], total=len(upload.entries),
+        model_version_id=model.id,
+    )
+    job.model_version = model
+    session.add(job)
+    session.add_all(
+        Image(job_id=job_id, seq=e.seq, path=e.path, storage_key=e.storage_key, size_bytes=e.size_bytes,
+              ingest_error=e.ingest_error)
+        for e in upload.entries
+    )
+    try:
+        session.commit()
+    except BaseException:
+        session.rollback()
+        store.delete_prefix(f"uploads/{job_id}")
+        raise
+    dispatch(job)
+    return job
+
+
+def dispatch(job: Job) -> None:
+    """Hand a committed job to the broker; on failure record why and raise JobNotDispatched."""
+    session = db()
+    try:
+        enqueue_job(celery(), settings(), job.id)
+    except BrokerUnavailable as exc:
+        session.refresh(job)
+        job.error = BROKER_DOWN_MESSAGE
+        session.commit()
+        raise JobNotDispatched(job) from exc
+    session.refresh(job)
+    if job.error == BROKER_DOWN_MESSAGE:
+        job.error = None
+        session.commit()

@@ -1,0 +1,111 @@
+"""Server-rendered pages: upload, jobs, one job, models (with plots) and training."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, send_file, url_for
+from flask.typing import ResponseReturnValue
+from kombu.exceptions import OperationalError
+from sqlalchemy import func, select
+
+from fracture.dispatch import RETRAIN_TASK, TRAINING_QUEUE
+from fracture.models import Job, ModelVersion, Schedule, TrainingRun
+from fracture.storage import StorageError
+from web.context import NO_MODEL_MESSAGE, active_model, celery, db, settings, storage
+from web.views import job_dict, model_dict, result_rows
+
+bp = Blueprint("pages", __name__)
+
+
+@bp.get("/")
+def upload() -> ResponseReturnValue:
+    model = active_model()
+    return render_template(
+        "upload.html", model=model, no_model_message=NO_MODEL_MESSAGE,
+        max_bytes=current_app.config["MAX_CONTENT_LENGTH"], max_files=settings().max_files_per_job,
+    )
+
+
+@bp.get("/jobs")
+def jobs() -> ResponseReturnValue:
+    rows = db().scalars(select(Job).order_by(Job.created_at.desc()).limit(200))
+    return render_template("jobs.html", jobs=[job_dict(j) for j in rows])
+
+
+@bp.get("/jobs/<job_id>")
+def job(job_id: str) -> ResponseReturnValue:
+    record = db().get(Job, job_id)
+    if record is None:
+        abort(404, description=f"There is no job with id {job_id}.")
+    size = current_app.config["RESULTS_PAGE_SIZE"]
+    pages = max(1, -(-record.total // size))
+    page = min(max(request.args.get("page", 1, type=int), 1), pages)
+    rows = result_rows(db(), record, (page - 1) * size, size)
+    return render_template("job.html", job=job_dict(record), rows=rows, page=page, pages=pages)
+
+
+@bp.get("/models")
+def models() -> ResponseReturnValue:
+    versions = db().scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())).all()
+    active_model()  # registers the shipped release model on a fresh install
+    return render_template("models.html", models=[model_dict(v) for v in versions])
+
+
+@bp.get("/models/<int:version_id>/plots/<name>")
+def model_plot(version_id: int, name: str) -> ResponseReturnValue:
+    """Serve a plot by the storage key recorded on the version row, never a path taken from the URL."""
+    version = db().get(ModelVersion, version_id)
+    key = (version.plots or {}).get(name) if version else None
+    if not isinstance(key, str):
+        abort(404, description="No such plot.")
+    try:
+        path = storage().path(key)
+    except StorageError:
+        abort(404, description="No such plot.")
+    if not path.is_file():
+        abort(404, description="The plot file is missing from storage.")
+    return send_file(path, mimetype="image/png", max_age=3600)
+
+
+@bp.get("/training")
+def training() -> ResponseReturnValue:
+    session = db()
+    runs = session.scalars(select(TrainingRun).order_by(TrainingRun.created_at.desc()).limit(50)).all()
+    schedules = session.scalars(select(Schedule).order_by(Schedule.id)).all()
+    names = dict(session.execute(select(ModelVersion.id, ModelVersion.name)).tuples().all())
+    count = session.scalar(select(func.count(TrainingRun.id)))
+    return render_template("training.html", runs=runs, schedules=schedules, names=names, count=count)
+
+
+@bp.post("/training/schedules")
+def add_schedule() -> ResponseReturnValue:
+    minutes = request.form.get("interval_minutes", type=int)
+    name = (request.form.get("name") or "").strip()[:128] or "retrain"
+    if minutes is None or minutes < 1:
+        flash("The interval must be a whole number of minutes, at least 1.", "error")
+        return redirect(url_for("pages.training"))
+    now = datetime.now(UTC)
+    db().add(Schedule(name=name, interval_minutes=minutes, enabled=True, next_run_at=now + timedelta(minutes=minutes)))
+    db().commit()
+    flash(f"Schedule '{name}' added: every {minutes} minutes.", "ok")
+    return redirect(url_for("pages.training"))
+
+
+@bp.post("/training/retrain")
+def retrain() -> ResponseReturnValue:
+    """Record a training run, then send `training.retrain` by name to the training queue."""
+    session = db()
+    run = TrainingRun(status="queued", params={"trigger": "manual"})
+    session.add(run)
+    session.commit()
+    try:
+        celery().send_task(RETRAIN_TASK, args=(run.id,), queue=TRAINING_QUEUE, retry=False)
+    except (OperationalError, OSError):
+        run.status = "failed"
+        run.error = "the task queue (broker) is unavailable"
+        session.commit()
+        flash("The task queue is unavailable; the run was not started.", "error")
+        return redirect(url_for("pages.training"))
+    flash(f"Training run #{run.id} queued.", "ok")
+    return redirect(url_for("pages.training"))

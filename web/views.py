@@ -1,0 +1,139 @@
+"""Read models for pages, JSON and CSV: jobs, result rows and model versions as plain dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session, aliased
+
+from fracture.models import Image, Job, JobStatus, ModelVersion, Result
+
+CSV_COLUMNS = ("path", "prediction", "probability", "model_version", "error")
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back naive; they were written in UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def iso(value: datetime | None) -> str | None:
+    value = aware(value)
+    return value.isoformat() if value is not None else None
+
+
+def job_dict(job: Job, now: datetime | None = None) -> dict[str, Any]:
+    """The shape of `GET /api/jobs/<id>`, with elapsed time and a naive linear ETA."""
+    now = now or datetime.now(UTC)
+    started, finished = aware(job.started_at), aware(job.finished_at)
+    elapsed = ((finished or now) - started).total_seconds() if started else None
+    done = job.processed  # the worker counts every image with an outcome, errors included
+    eta = None
+    if job.status in JobStatus.FINAL:
+        eta = 0.0
+    elif elapsed is not None and 0 < done < job.total:
+        eta = round(elapsed / done * (job.total - done), 1)
+    return {
+        "id": job.id,
+        "name": job.name,
+        "status": job.status,
+        "total": job.total,
+        "processed": job.processed,
+        "failed": job.failed,
+        "classified": job.processed - job.failed,
+        "model_version": job.model_version.name if job.model_version else None,
+        "error": job.error,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "elapsed_s": round(elapsed, 1) if elapsed is not None else None,
+        "eta_s": eta,
+        "final": job.status in JobStatus.FINAL,
+    }
+
+
+def result_rows(session: Session, job: Job, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+    """One row per image of `job`, in upload order; images without a result yet have no prediction."""
+    return list(_rows(session, job, offset, limit))
+
+
+def iter_result_rows(session: Session, job: Job, batch: int = 1000) -> Iterator[dict[str, Any]]:
+    """Every row of `job`, fetched in batches so a 20 000-image CSV never sits in memory."""
+    offset = 0
+    while True:
+        rows = result_rows(session, job, offset, batch)
+        yield from rows
+        if len(rows) < batch:
+            return
+        offset += batch
+
+
+def _rows(session: Session, job: Job, offset: int, limit: int | None) -> Iterator[dict[str, Any]]:
+    version = aliased(ModelVersion)
+    # The job pins its model version; a result under another version (an old re-run) is not this job's.
+    on = and_(Result.image_id == Image.id, Result.model_version_id == job.model_version_id)
+    stmt = (
+        select(Image, Result, version.name)
+        .outerjoin(Result, on)
+        .outerjoin(version, version.id == Result.model_version_id)
+        .where(Image.job_id == job.id)
+        .order_by(Image.seq)
+        .offset(offset)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    for image, result, version_name in session.execute(stmt):
+        yield {
+            "image_id": image.id,
+            "seq": image.seq,
+            "path": image.path,
+            "prediction": result.prediction if result else None,
+            "probability": result.probability if result else None,
+            "model_version": version_name,
+            "error": (result.error if result else None) or image.ingest_error,
+        }
+
+
+def _scalar(value: object) -> bool:
+    return isinstance(value, int | float | str | bool) or value is None
+
+
+def metric_table(metrics: dict[str, Any]) -> tuple[list[str], list[tuple[str, dict[str, Any]]], list[tuple[str, Any]]]:
+    """Split metrics into a per-split table (columns, rows) and the remaining top-level scalars."""
+    columns: list[str] = []
+    rows: list[tuple[str, dict[str, Any]]] = []
+    flat: list[tuple[str, Any]] = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            scalars = {k: v for k, v in value.items() if _scalar(v)}
+            columns += [k for k in scalars if k not in columns]
+            rows.append((key, scalars))
+        elif _scalar(value):
+            flat.append((key, value))
+    return columns, rows, flat
+
+
+def model_dict(version: ModelVersion) -> dict[str, Any]:
+    columns, rows, flat = metric_table(version.metrics or {})
+    return {
+        "id": version.id,
+        "name": version.name,
+        "status": version.status,
+        "arch": version.arch,
+        "threshold": version.threshold,
+        "metrics": version.metrics or {},
+        "plots": sorted((version.plots or {}).keys()),
+        "selection_metric": version.selection_metric,
+        "split_policy": version.split_policy,
+        "data_fingerprint": version.data_fingerprint,
+        "notes": version.notes,
+        "created_at": iso(version.created_at),
+        "promoted_at": iso(version.promoted_at),
+        "metric_columns": columns,
+        "metric_rows": rows,
+        "metric_flat": flat,
+    }
