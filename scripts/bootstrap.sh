@@ -16,8 +16,8 @@ elif python3 -m uv --version >/dev/null 2>&1; then
 else
   echo "bootstrap: installing uv with pip"
   # --isolated: ignore pip config and PIP_* variables (they may point at local wheel folders).
-  python3 -m pip install --isolated --quiet uv \
-    || python3 -m pip install --isolated --quiet --user --break-system-packages uv
+  python3 -m pip install --isolated --quiet --disable-pip-version-check uv \
+    || python3 -m pip install --isolated --quiet --disable-pip-version-check --user --break-system-packages uv
   uv=(python3 -m uv)
 fi
 
