@@ -2,9 +2,48 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 import click
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+def train(argv: tuple[str, ...]) -> None:
+    """Train and evaluate the CNN (see `fracture train --help`)."""
+    from trainer.train import get_args_parser, main
+
+    parser = get_args_parser()
+    parser.prog = "fracture train"
+    args = parser.parse_args(list(argv))
+    args.argv = list(argv)
+    summary = main(args)
+    for split in ("train", "val", "test"):
+        if split in summary["metrics"]:
+            m = summary["metrics"][split]
+            click.echo(f"{split:5s} acc {m['accuracy']:.4f} sens {m['sensitivity']:.4f} spec {m['specificity']:.4f} "
+                       f"auc {m['roc_auc']:.4f} (n={m['n']})")
+    click.echo(f"checkpoint: {summary['checkpoint']}")
+
+
+@click.command()
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def audit(root: str, as_json: bool) -> None:
+    """Find exact and near duplicates within and across splits, broken files, class balance."""
+    from trainer.audit import audit as run_audit
+    from trainer.audit import decode_for_audit
+    from trainer.dataset import scan
+
+    samples, _ = scan(root)
+    paths = {s.md5: s.path for s in samples}
+    decoded = {m: decode_for_audit(p) for m, p in paths.items()}
+    report = run_audit(samples, decoded)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
+    sys.exit(0)
 
 
 def commands() -> list[click.Command]:
     """The trainer's click commands, added to the `fracture` group by fracture.cli."""
-    return []
+    return [train, audit]

@@ -1,0 +1,255 @@
+"""Train the CNN: select the epoch and threshold on val, evaluate on train/val/test, write artifacts.
+
+Reads top to bottom: get_args_parser, prepare_data, train_one_epoch, evaluate, main.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from torch import nn
+from tqdm import tqdm
+
+from fracture.checkpoint import POSITIVE_CLASS, save_checkpoint
+from fracture.net import ModelArgs, build_model, load_pretrained
+from fracture.preprocess import PreprocessSpec, normalize
+from trainer import card, plots
+from trainer.audit import AuditReport, audit
+from trainer.data import TrainAugment, batches, decode_all
+from trainer.dataset import SPLITS, fingerprint, scan
+from trainer.metrics import binary_metrics, choose_threshold
+from trainer.split import POLICIES, make_split
+
+EpochCallback = Callable[[int, int, dict[str, list[float]]], None]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train the fracture CNN", add_help=True)
+    p.add_argument("--data", required=True, help="dataset root: ROOT/{train,val,test}/{class}/")
+    p.add_argument("--out", required=True, help="run folder for checkpoints, plots, model card")
+    p.add_argument("--split", default="grouped", choices=POLICIES)
+    p.add_argument("--arch", default="fracnet")
+    p.add_argument("--width", default=32, type=int)
+    p.add_argument("--depths", default="1,1,2,1")
+    p.add_argument("--image-size", default=128, type=int)
+    p.add_argument("--epochs", default=40, type=int)
+    p.add_argument("--batch-size", default=64, type=int)
+    p.add_argument("--lr", default=3e-3, type=float)
+    p.add_argument("--weight-decay", default=5e-4, type=float)
+    p.add_argument("--min-sensitivity", default=0.97, type=float)
+    p.add_argument("--seed", default=0, type=int)
+    p.add_argument("--weights", default=None, help="pretrained weights (file or torchvision name)")
+    p.add_argument("--threads", default=0, type=int, help="torch CPU threads (0: all cores)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--dry-run", action="store_true", help="one epoch on at most 64 images per split")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+@dataclass
+class Prepared:
+    classes: list[str]
+    images: torch.Tensor  # (N, 1, S, S) uint8, one row per distinct image
+    labels: torch.Tensor  # (N,) float, 1.0 = positive class
+    split_index: dict[str, np.ndarray]  # rows of `images` in each split
+    report: AuditReport
+    fingerprint: str
+    paths: dict[str, Path]
+    row_md5: list[str]
+
+
+def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path | None) -> Prepared:
+    """Scan, decode once, audit for duplicates, and split by the chosen policy."""
+    samples, classes = scan(args.data)
+    paths = {s.md5: s.path for s in samples}
+    index, images, errors = decode_all(paths, spec, cache_dir)
+    decoded: dict[str, PILImage.Image | str] = {m: errors[m] for m in errors}
+    for m, i in index.items():
+        decoded[m] = PILImage.fromarray(images[i, 0].numpy())
+    report = audit(samples, decoded)
+    split = make_split(args.split, samples, report, args.seed)
+    positive = POSITIVE_CLASS if POSITIVE_CLASS in classes else classes[0]
+    labels = torch.tensor([1.0 if report.label_of[m] == positive else 0.0 for m in sorted(index, key=index.get)])
+    split_index = {}
+    for name in SPLITS:
+        rows = np.array([index[m] for m in split[name] if m in index], dtype=np.int64)
+        if args.dry_run:
+            rng = np.random.default_rng(args.seed)
+            rows = rng.permutation(rows)[:64]
+        split_index[name] = rows
+    row_md5 = sorted(index, key=index.get)
+    return Prepared(classes, images, labels, split_index, report, fingerprint(samples), paths, row_md5)
+
+
+def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt: torch.optim.Optimizer,
+                    sched: torch.optim.lr_scheduler.LRScheduler, augment: TrainAugment, device: torch.device,
+                    batch_size: int, gen: torch.Generator, progress: bool) -> tuple[float, float]:
+    """One pass over train with augmentation; returns (mean loss, accuracy at 0.5)."""
+    model.train()
+    rows = data.split_index["train"]
+    loss_fn = nn.BCEWithLogitsLoss()
+    total_loss, correct, seen = 0.0, 0, 0
+    amp = device.type == "cuda"
+    steps = batches(len(rows), batch_size, gen, shuffle=True)
+    for idx in tqdm(steps, desc="train", leave=False, disable=not progress):
+        if len(idx) < 2:
+            continue
+        batch = rows[idx]
+        x = normalize(augment(data.images[batch]).to(device, non_blocking=True), spec)
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = data.labels[batch].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total_loss += loss.item() * len(batch)
+        correct += int(((logits.detach().float() > 0).float() == y).sum())
+        seen += len(batch)
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: Prepared, split: str, spec: PreprocessSpec, device: torch.device,
+             batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, float]:
+    """Probabilities of the positive class on a split (no augmentation): (y, prob, mean loss)."""
+    model.eval()
+    rows = data.split_index[split]
+    probs, losses = [], []
+    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    for idx in batches(len(rows), batch_size, None, shuffle=False):
+        batch = rows[idx]
+        x = normalize(data.images[batch].to(device), spec).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x).float()
+        y = data.labels[batch].to(device)
+        losses.append(float(loss_fn(logits, y)))
+        probs.append(torch.sigmoid(logits).cpu().numpy())
+    y_true = data.labels[rows].numpy()
+    prob = np.concatenate(probs) if probs else np.zeros(0)
+    return y_true, prob, sum(losses) / max(len(rows), 1)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
+         cache_dir: Path | None = None) -> dict[str, Any]:
+    """Run one training and return a summary (paths of the artifacts and the metrics)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gen = seed_everything(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    channels = 1 if args.arch == "fracnet" else 3
+    spec = PreprocessSpec(image_size=args.image_size, channels=channels,
+                          mean=(0.5,) * channels, std=(0.25,) * channels)
+    margs = ModelArgs(arch=args.arch, width=args.width, depths=tuple(int(d) for d in args.depths.split(",")),
+                      in_channels=channels)
+    progress = not args.no_progress
+
+    t0 = time.time()
+    data = prepare_data(args, spec, cache_dir if cache_dir is not None else out / "cache")
+    (out / "audit.txt").write_text(data.report.render() + "\n")
+    (out / "audit.json").write_text(json.dumps(data.report.to_dict(), indent=2))
+    sizes = {k: len(v) for k, v in data.split_index.items()}
+    print(f"data ready in {time.time() - t0:.1f}s: {sizes} distinct images ({args.split} split)", file=sys.stderr)
+
+    model = build_model(margs)
+    if args.weights:
+        load_pretrained(model, args.weights)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    epochs = 1 if args.dry_run else args.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(data.split_index["train"]) / args.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=epochs * steps_per_epoch,
+                                                pct_start=0.15)
+    history: dict[str, list[float]] = {k: [] for k in
+                                       ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "epoch_s")}
+    best: dict[str, Any] = {"auc": -1.0, "loss": math.inf, "epoch": 0, "state": None}
+    start_epoch = 0
+    last = out / "last.pt"
+    if args.resume and last.is_file():
+        state = torch.load(last, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        history, best, start_epoch = state["history"], state["best"], state["epoch"]
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resumed after epoch {start_epoch}", file=sys.stderr)
+
+    augment = TrainAugment(args.image_size)
+    bar = tqdm(range(start_epoch, epochs), desc="epochs", disable=not progress, initial=start_epoch, total=epochs)
+    for epoch in bar:
+        te = time.time()
+        tr_loss, tr_acc = train_one_epoch(model, data, spec, opt, sched, augment, device, args.batch_size, gen,
+                                          progress)
+        y, prob, va_loss = evaluate(model, data, "val", spec, device)
+        va = binary_metrics(y, prob, 0.5)
+        for k, v in (("train_loss", tr_loss), ("train_acc", tr_acc), ("val_loss", va_loss),
+                     ("val_acc", va["accuracy"]), ("val_auc", va["roc_auc"]), ("epoch_s", time.time() - te)):
+            history[k].append(float(v))
+        auc = float(va["roc_auc"]) if not math.isnan(float(va["roc_auc"])) else 0.0
+        if auc > best["auc"] or (auc == best["auc"] and va_loss < best["loss"]):
+            best = {"auc": auc, "loss": va_loss, "epoch": epoch + 1,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        bar.set_postfix(loss=f"{tr_loss:.3f}", val_auc=f"{auc:.4f}", val_acc=f"{va['accuracy']:.3f}")
+        print(f"epoch {epoch + 1}/{epochs} train_loss {tr_loss:.4f} train_acc {tr_acc:.4f} val_loss {va_loss:.4f} "
+              f"val_acc {va['accuracy']:.4f} val_auc {auc:.4f} ({history['epoch_s'][-1]:.1f}s)", file=sys.stderr)
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "history": history, "best": best, "epoch": epoch + 1, "gen": gen.get_state(),
+                    "torch_rng": torch.get_rng_state()}, last)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, epochs, history)
+
+    model.load_state_dict(best["state"])
+    y_val, p_val, _ = evaluate(model, data, "val", spec, device)
+    threshold = choose_threshold(y_val, p_val, args.min_sensitivity) if len(np.unique(y_val)) == 2 else 0.5
+    metrics: dict[str, Any] = {}
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for split in SPLITS:
+        y, prob, _ = evaluate(model, data, split, spec, device)
+        if len(y):
+            metrics[split] = binary_metrics(y, prob, threshold)
+            curves[split] = (y, prob)
+    metrics["selected_epoch"] = best["epoch"]
+    metrics["split_policy"] = args.split
+
+    plot_files = plots.write_all(out / "plots", history, curves, metrics)
+    command = "fracture train " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
+    ckpt = out / "model.pt"
+    sha = save_checkpoint(
+        ckpt, model.cpu(), margs, spec, data.classes, threshold,
+        positive_class=POSITIVE_CLASS if POSITIVE_CLASS in data.classes else data.classes[0],
+        metrics=metrics, data_fingerprint=data.fingerprint,
+        extra={"split_policy": args.split, "selection_metric": metrics.get("val", {}).get("roc_auc"),
+               "history": history, "command": command, "seed": args.seed},
+    )
+    summary = {"checkpoint": str(ckpt), "sha256": sha, "metrics": metrics, "threshold": threshold,
+               "history": history, "plots": {k: str(v) for k, v in plot_files.items()},
+               "data_fingerprint": data.fingerprint, "audit": data.report.to_dict(), "split_sizes": sizes,
+               "command": command, "model_args": margs.to_dict(), "preprocess": spec.to_dict(),
+               "seconds": time.time() - t0, "device": device.type}
+    card.write(out, summary)
+    return summary
