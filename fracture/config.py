@@ -37,6 +37,8 @@ class Settings:
     worker_max_memory_kb: int = 4_000_000
     # Redis redelivers a task whose worker died unacked after this long; must exceed the longest task.
     visibility_timeout_s: int = 3600
+    dataset_dir: Path | None = None
+    training_time_limit_s: int = 6 * 3600
     secret_key: str = field(default="dev-only-change-me", repr=False)
     seed_model: Path | None = None
 
@@ -72,6 +74,8 @@ def get_settings(env: dict[str, str] | None = None) -> Settings:
         task_time_limit_s=_int(env, "TASK_TIME_LIMIT_S", 900),
         worker_max_memory_kb=_int(env, "WORKER_MAX_MEMORY_KB", 4_000_000),
         visibility_timeout_s=_int(env, "BROKER_VISIBILITY_TIMEOUT_S", 3600),
+        dataset_dir=Path(env["FRACTURE_DATASET"]) if env.get("FRACTURE_DATASET") else None,
+        training_time_limit_s=_int(env, "TRAINING_TIME_LIMIT_S", 6 * 3600),
         secret_key=env.get("SECRET_KEY") or "dev-only-change-me",
         seed_model=Path(seed) if seed else (default_seed if default_seed.exists() else None),
     )
