@@ -332,7 +332,7 @@ def start_web(env: dict[str, str], port: int, log_dir: Path, timeout: float = 60
     import requests
 
     args = [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4",
-            "--timeout", "300", "web.wsgi:app"]
+            "--timeout", "300", "--no-control-socket", "web.wsgi:app"]
     proc = start_proc("web", args, env, log_dir)
 
     def up() -> bool:

@@ -50,7 +50,14 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
     if settings.embedded_broker:
         # Handed to create_engine by kombu's SQLAlchemy transport: wait on SQLite's lock, not fail.
         return {"connect_args": {"timeout": 30}}
-    return {"visibility_timeout": settings.visibility_timeout_s, "socket_connect_timeout": 5}
+    vt = settings.visibility_timeout_s
+    return {
+        "visibility_timeout": vt,
+        # Sweep for tasks of dead workers often enough to notice them soon after the timeout passes.
+        "unacked_restore_interval": max(1, min(60, vt // 10)),
+        "unacked_restore_throttle": 1,
+        "socket_connect_timeout": 5,
+    }
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
