@@ -72,8 +72,7 @@ class Predictor:
         with ThreadPoolExecutor(max_workers=decode_threads) as pool:
             decoded = pool.map(self._decode, sources)
             pending: list[tuple[int, torch.Tensor]] = []
-            index = 0
-            for item in decoded:
+            for index, item in enumerate(decoded):
                 if isinstance(item, str):
                     yield from self._flush(pending)
                     pending = []
@@ -83,7 +82,6 @@ class Predictor:
                     if len(pending) >= self.batch_size:
                         yield from self._flush(pending)
                         pending = []
-                index += 1
             yield from self._flush(pending)
 
     def _flush(self, pending: Sequence[tuple[int, torch.Tensor]]) -> Iterator[Prediction]:

@@ -46,8 +46,5 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray, min_sensitivity: floa
     fpr, tpr, thr = roc_curve(np.asarray(y_true).astype(int), prob)
     thr = np.clip(thr, 0.0, 1.0)
     ok = np.nonzero(tpr >= min_sensitivity)[0]
-    if len(ok):
-        best = ok[np.argmin(fpr[ok])]
-    else:
-        best = int(np.argmax(tpr - fpr))
+    best = ok[np.argmin(fpr[ok])] if len(ok) else int(np.argmax(tpr - fpr))
     return float(thr[best])

@@ -97,6 +97,7 @@ def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path
 def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt: torch.optim.Optimizer,
                     sched: torch.optim.lr_scheduler.LRScheduler, augment: TrainAugment, device: torch.device,
                     batch_size: int, gen: torch.Generator, progress: bool) -> tuple[float, float]:
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     """One pass over train with augmentation; returns (mean loss, accuracy at 0.5)."""
     model.train()
     rows = data.split_index["train"]
@@ -109,7 +110,7 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
             continue
         batch = rows[idx]
         x = normalize(augment(data.images[batch]).to(device, non_blocking=True), spec)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=memory_format)
         y = data.labels[batch].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
@@ -178,7 +179,9 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
     model = build_model(margs)
     if args.weights:
         load_pretrained(model, args.weights)
-    model = model.to(device).to(memory_format=torch.channels_last)
+    # channels_last pays on CUDA; on CPU, oneDNN's backward crashed (double free) on narrow layers.
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model = model.to(device).to(memory_format=memory_format)
     epochs = 1 if args.dry_run else args.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(data.split_index["train"]) / args.batch_size))

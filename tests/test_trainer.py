@@ -1,0 +1,192 @@
+"""The trainer on real images: dry run to a servable checkpoint, audit, grouped split, metrics, promotion."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn import metrics as skm
+
+from fracture.checkpoint import load_checkpoint
+from fracture.config import get_settings
+from fracture.db import session_scope
+from fracture.models import ModelStatus, ModelVersion, Result
+from fracture.net import ModelArgs, TorchvisionBinary, load_pretrained
+from fracture.registry import promote, register_checkpoint, should_promote
+from fracture.storage import Storage
+from tests.conftest import create_job, materialize
+from trainer.audit import audit, decode_for_audit
+from trainer.dataset import scan
+from trainer.metrics import binary_metrics, choose_threshold
+from trainer.split import grouped_split
+
+
+@pytest.fixture(scope="module")
+def small_dataset(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return materialize(dataset_root, tmp_path_factory.mktemp("ds20"), per_class=20)
+
+
+def test_dry_run_writes_a_checkpoint_the_worker_serves(small_dataset: Path, tmp_path: Path,
+                                                        fracture_env: dict[str, str]) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "fracture"), "train", "--data", str(small_dataset), "--out", str(out),
+         "--dry-run", "--no-progress", "--width", "8", "--image-size", "64"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint:" in proc.stdout
+    for name in ("model.pt", "model_card.md", "model_card.json", "audit.txt", "plots/roc.png", "plots/curves.png",
+                 "plots/confusion.png", "last.pt"):
+        assert (out / name).is_file(), name
+    ckpt = load_checkpoint(out / "model.pt")
+    assert ckpt.classes == ["fractured", "not fractured"]
+    assert ckpt.preprocess.image_size == 64
+    assert set(ckpt.meta["metrics"]) >= {"train", "val", "test"}
+    assert 0.0 <= ckpt.threshold <= 1.0
+
+    # The worker's own code path loads what the trainer wrote and classifies real images with it.
+    from worker.classify import classify_chunk
+
+    settings = get_settings(fracture_env)
+    with session_scope(settings.database_url) as s:
+        version = register_checkpoint(s, Storage(settings.storage_dir), out / "model.pt")
+        promote(s, version)
+        version_id = version.id
+    files = sorted(p for p in small_dataset.rglob("*") if p.is_file())[:6]
+    job_id = create_job(fracture_env, files)
+    with session_scope(settings.database_url) as s:
+        from sqlalchemy import select
+
+        from fracture.models import Image as ImageRow
+        ids = list(s.scalars(select(ImageRow.id).where(ImageRow.job_id == job_id)))
+    classify_chunk(settings, job_id, ids)
+    with session_scope(settings.database_url) as s:
+        rows = list(s.scalars(select(Result).where(Result.job_id == job_id)))
+    assert len(rows) == 6
+    assert all(r.model_version_id == version_id for r in rows)
+    for r in rows:
+        assert r.error is not None or (0.0 <= r.probability <= 1.0 and r.prediction in ckpt.classes)
+
+
+def _distinct_images(small_dataset: Path, n: int) -> list[Path]:
+    seen, out = set(), []
+    for p in sorted((small_dataset / "train").rglob("*")):
+        if p.is_file() and p.read_bytes() not in seen:
+            seen.add(p.read_bytes())
+            out.append(p)
+    return out[:n]
+
+
+def _audit(root: Path):  # type: ignore[no-untyped-def]
+    samples, _ = scan(root)
+    return audit(samples, {s.md5: decode_for_audit(s.path) for s in samples})
+
+
+def test_audit_finds_copies_made_from_real_images_and_none_among_distinct_ones(small_dataset: Path,
+                                                                                tmp_path: Path) -> None:
+    originals = _distinct_images(small_dataset, 8)
+    root = tmp_path / "ds"
+    for i, src in enumerate(originals):
+        label = "fractured" if i % 2 == 0 else "not fractured"
+        dest = root / "train" / label / f"img{i}{src.suffix}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    clean = _audit(root)
+    assert clean.distinct == 8 and clean.groups == 8, "distinct real images must not be grouped"
+    assert not clean.leaks()
+
+    # Now plant copies of img0..img3 in test: same bytes, rotated, flipped, resized.
+    with Image.open(originals[0]) as a, Image.open(originals[1]) as b, Image.open(originals[2]) as c:
+        a, b, c = a.convert("L"), b.convert("L"), c.convert("L")
+        (root / "test" / "fractured").mkdir(parents=True)
+        (root / "test" / "not fractured").mkdir(parents=True)
+        b.rotate(90, expand=True).save(root / "test" / "not fractured" / "rot.png")
+        a.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / "test" / "fractured" / "flip.png")
+        c.resize((c.width // 2, c.height // 2)).save(root / "test" / "fractured" / "small.png")
+    shutil.copyfile(root / "train" / "not fractured" / f"img3{originals[3].suffix}",
+                    root / "test" / "not fractured" / f"copy{originals[3].suffix}")
+    report = _audit(root)
+    assert report.files == 12
+    assert report.exact_across["test"] == 1 and report.exact_across["train"] == 1
+    assert report.near_across["test"] == 3
+    assert report.groups == 8
+    assert report.leaks()
+    assert "WARNING" in report.render()
+
+    split = grouped_split(report, seed=1, folds=3)
+    where = {m: name for name, ms in split.items() for m in ms}
+    for group in set(report.group_of.values()):
+        members = [m for m, g in report.group_of.items() if g == group]
+        assert len({where[m] for m in members}) == 1, "a duplicate group spans two splits"
+
+
+def test_grouped_split_of_real_sample_keeps_groups_whole_and_is_seeded(small_dataset: Path) -> None:
+    report = _audit(small_dataset)
+    a, b = grouped_split(report, seed=3), grouped_split(report, seed=3)
+    assert a == b
+    where = {m: name for name, ms in a.items() for m in ms}
+    assert sorted(where) == sorted(report.group_of)
+    for group in set(report.group_of.values()):
+        assert len({where[m] for m, g in report.group_of.items() if g == group}) == 1
+    assert all(a[s] for s in ("train", "val", "test"))
+
+
+def test_metrics_match_scikit_learn_on_fixed_predictions() -> None:
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 1])
+    p = np.array([0.9, 0.8, 0.4, 0.7, 0.2, 0.6, 0.1, 0.3, 0.05, 0.95])
+    m = binary_metrics(y, p, 0.5)
+    pred = (p >= 0.5).astype(int)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred)) == pytest.approx(0.8)
+    assert m["sensitivity"] == pytest.approx(4 / 5)
+    assert m["specificity"] == pytest.approx(4 / 5)
+    assert m["precision"] == pytest.approx(skm.precision_score(y, pred))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred))
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))
+    assert m["confusion_matrix"] == [[4, 1], [1, 4]]
+    t = choose_threshold(y, p, min_sensitivity=1.0)
+    assert binary_metrics(y, p, t)["sensitivity"] == 1.0
+    assert t == pytest.approx(0.4)
+
+
+def test_promotion_rule_both_ways(fracture_env: dict[str, str], tiny_checkpoint: Path) -> None:
+    settings = get_settings(fracture_env)
+    storage = Storage(settings.storage_dir)
+    with session_scope(settings.database_url) as s:
+        from fracture.registry import active_version
+
+        active = active_version(s)
+        assert active is not None
+        active.selection_metric = 0.95
+        worse = register_checkpoint(s, storage, tiny_checkpoint)
+        worse.selection_metric = 0.90
+        better = register_checkpoint(s, storage, tiny_checkpoint)
+        better.selection_metric = 0.97
+        assert not should_promote(worse, active)
+        assert should_promote(worse, active, force=True)
+        assert should_promote(better, active)
+        promote(s, better)
+        s.flush()
+        statuses = {v.id: v.status for v in s.query(ModelVersion)}
+    assert statuses[better.id] == ModelStatus.ACTIVE
+    assert statuses[active.id] == ModelStatus.RETIRED
+    assert statuses[worse.id] == ModelStatus.CANDIDATE
+    assert list(statuses.values()).count(ModelStatus.ACTIVE) == 1
+
+
+def test_pretrained_weights_load_from_a_local_file(tmp_path: Path) -> None:
+    args = ModelArgs(arch="resnet18", in_channels=3)
+    import torchvision
+
+    imagenet_like = torchvision.models.resnet18(weights=None, num_classes=1000)
+    torch.save(imagenet_like.state_dict(), tmp_path / "resnet18.pth")
+    model = TorchvisionBinary(args)
+    missing = load_pretrained(model, tmp_path / "resnet18.pth")
+    assert missing == ["net.fc.bias", "net.fc.weight"] or missing == ["fc.bias", "fc.weight"]
+    assert torch.equal(model.net.conv1.weight, imagenet_like.conv1.weight)

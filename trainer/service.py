@@ -1,0 +1,110 @@
+"""Run one TrainingRun end to end: train, record progress, register the version, apply promotion."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fracture.config import Settings
+from fracture.db import session_scope
+from fracture.models import ModelVersion, TrainingRun
+from fracture.registry import active_version, promote, register_checkpoint, should_promote
+from fracture.storage import Storage
+
+# Parameters a run may set (from the page, the API or a schedule), mapped to trainer options.
+ALLOWED = {"split", "arch", "width", "depths", "image_size", "epochs", "batch_size", "lr", "weight_decay",
+           "min_sensitivity", "seed", "weights", "dry_run"}
+
+
+def build_args(settings: Settings, run_id: int, params: dict[str, Any]) -> argparse.Namespace:
+    """Trainer arguments for a run: its params over the trainer's defaults; data from params or settings."""
+    from trainer.train import get_args_parser
+
+    data = params.get("data") or (str(settings.dataset_dir) if settings.dataset_dir else None)
+    if not data:
+        raise ValueError("no dataset folder: set FRACTURE_DATASET or give 'data' in the run's parameters")
+    out = Storage(settings.storage_dir).path(f"runs/{run_id}")
+    argv = ["--data", str(data), "--out", str(out), "--no-progress"]
+    for key, value in params.items():
+        if key not in ALLOWED or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    if (out / "last.pt").is_file():
+        argv.append("--resume")  # a redelivered task continues where the lost worker stopped
+    args = get_args_parser().parse_args(argv)
+    args.argv = argv
+    return args
+
+
+def run_training(settings: Settings, run_id: int) -> int | None:
+    """Execute TrainingRun `run_id`; returns the new model version's id (None on failure)."""
+    from trainer.train import main
+
+    url = settings.database_url
+    with session_scope(url) as s:
+        run = s.get(TrainingRun, run_id)
+        if run is None:
+            raise LookupError(f"training run {run_id} does not exist")
+        if run.status in ("done", "failed"):
+            return run.model_version_id
+        params = dict(run.params or {})
+        run.status, run.started_at, run.error = "running", datetime.now(UTC), None
+
+    def on_epoch(epoch: int, epochs: int, history: dict[str, list[float]]) -> None:
+        with session_scope(url) as s:
+            r = s.get(TrainingRun, run_id)
+            if r is not None:
+                r.epoch, r.epochs, r.history = epoch, epochs, dict(history)
+                r.message = f"epoch {epoch}/{epochs}: val AUC {history['val_auc'][-1]:.4f}"
+
+    try:
+        args = build_args(settings, run_id, params)
+        summary = main(args, on_epoch=on_epoch, cache_dir=settings.home / "cache")
+        return _register(settings, run_id, summary, force=bool(params.get("force")))
+    except Exception as e:
+        with session_scope(url) as s:
+            r = s.get(TrainingRun, run_id)
+            if r is not None:
+                r.status, r.finished_at = "failed", datetime.now(UTC)
+                r.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
+        return None
+
+
+def _register(settings: Settings, run_id: int, summary: dict[str, Any], force: bool) -> int:
+    storage = Storage(settings.storage_dir)
+    with session_scope(settings.database_url) as s:
+        version = register_checkpoint(s, storage, summary["checkpoint"], notes=f"training run {run_id}")
+        plots = {}
+        for name, file in summary["plots"].items():
+            key = f"models/{version.name}/plots/{name}.png"
+            shutil.copyfile(file, storage.path(key))
+            plots[name] = key
+        card = Path(summary["checkpoint"]).parent / "model_card.md"
+        if card.is_file():
+            shutil.copyfile(card, storage.path(f"models/{version.name}/model_card.md"))
+        version.plots = plots
+        current = active_version(s)
+        promoted = should_promote(version, current, force=force)
+        if promoted:
+            promote(s, version)
+        run = s.get(TrainingRun, run_id)
+        assert run is not None
+        run.status, run.finished_at, run.model_version_id = "done", datetime.now(UTC), version.id
+        run.message = (f"registered {version.name} (val AUC {version.selection_metric:.4f}); "
+                       + ("promoted to active" if promoted else f"kept {current.name if current else '-'} active"))
+        return version.id
+
+
+def promote_version(settings: Settings, version_id: int) -> ModelVersion:
+    """Force `version_id` to be the active model (an admin's decision)."""
+    with session_scope(settings.database_url) as s:
+        version = s.get(ModelVersion, version_id)
+        if version is None:
+            raise LookupError(f"model version {version_id} does not exist")
+        promote(s, version)
+        return version
