@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,17 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def http_ok(url: str) -> bool:
+    """Whether `url` answers with a status below 500 (the web server has loaded the app)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status) < 500
+    except urllib.error.HTTPError as e:
+        return e.code < 500
+    except (OSError, ValueError):
+        return False
 
 
 def port_open(host: str, port: int) -> bool:
@@ -202,8 +215,9 @@ def up(host: str, port: int, broker: str, inference_concurrency: int, echo: Call
         sup.start("training-worker", _worker_args("training", "training", 1), env)
         sup.start("beat", _celery("beat", "--schedule", str(home / "celerybeat-schedule"), "--loglevel", "INFO"), env)
 
-        if not _wait(lambda: port_open(host if host not in ("0.0.0.0", "::") else "127.0.0.1", port), 90, sup,
-                     stop_requested):
+        local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        # The port opens before gunicorn's worker has imported the app: wait for a real answer.
+        if not _wait(lambda: http_ok(f"http://{local}:{port}/api/health"), 120, sup, stop_requested):
             if stop_requested:
                 return 0
             return _failed(sup, echo, "the web server did not start")

@@ -1,0 +1,74 @@
+"""`fracture classify` and `fracture db` run as real commands on real images."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import zipfile
+from pathlib import Path
+
+from conftest import VENV_BIN, base_env
+
+FRACTURE = str(VENV_BIN / "fracture")
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([FRACTURE, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_db_upgrade_current_and_downgrade(tmp_path: Path) -> None:
+    env = base_env(tmp_path / "home")
+    assert run(["db", "current"], env, tmp_path).stdout.strip() == "(empty database)"
+    up = run(["db", "upgrade"], env, tmp_path)
+    assert up.returncode == 0, up.stderr
+    assert (tmp_path / "home" / "fracture.sqlite").is_file()
+    head = run(["db", "current"], env, tmp_path).stdout.strip()
+    assert head and head != "(empty database)"
+    down = run(["db", "downgrade", "base"], env, tmp_path)
+    assert down.returncode == 0, down.stderr
+    assert run(["db", "current"], env, tmp_path).stdout.strip() == "(empty database)"
+
+
+def test_classify_a_folder_and_a_zip_with_a_non_image(
+    tmp_path: Path, sample_dir: Path, tiny_checkpoint: Path
+) -> None:
+    folder = sample_dir / "test"
+    images = sorted(p for p in folder.rglob("*") if p.is_file())
+    archive = tmp_path / "batch.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in images[:5]:
+            zf.write(p, f"xrays/{p.name}")
+        zf.writestr("xrays/readme.txt", "this is not an image")
+        zf.writestr("__MACOSX/xrays/._junk", "resource fork, skipped quietly")
+        zf.writestr("../escape.png", b"\x89PNG")
+    # A fresh installation whose release model is the tiny checkpoint: classify seeds and uses it.
+    env = {**base_env(tmp_path / "home"), "FRACTURE_SEED_MODEL": str(tiny_checkpoint)}
+    out = tmp_path / "out" / "results.csv"
+
+    done = run(["classify", str(folder), str(archive), "--out", str(out)], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "prediction", "probability", "model_version", "error"]
+    assert len(rows) == len(images) + 5 + 2  # the folder, the zip's images, its text file, its unsafe member
+    # Folders are named relative to their parent, a file named on the command line as given.
+    by_path = {r["path"].replace(f"{archive}/", "batch.zip/"): r for r in rows}
+    assert by_path[f"test/{images[0].relative_to(folder).as_posix()}"]["error"] == ""
+    assert "not an image" in by_path["batch.zip/xrays/readme.txt"]["error"]
+    assert by_path["batch.zip/xrays/readme.txt"]["prediction"] == ""
+    assert ".." in by_path["batch.zip/../escape.png"]["error"]
+    assert not any("__MACOSX" in p for p in by_path)
+    good = [r for r in rows if not r["error"]]
+    assert len(good) >= len(images) + 5 - 1  # the dataset has a few truncated files; at most one here
+    for r in good:
+        assert r["prediction"] in ("fractured", "not fractured")
+        assert 0.0 <= float(r["probability"]) <= 1.0
+        assert r["model_version"] == "release-1"
+    assert "img" in done.stderr  # the progress bar
+
+
+def test_classify_refuses_plainly_without_a_model(tmp_path: Path, sample_images: list[Path]) -> None:
+    done = run(["classify", str(sample_images[0]), "--out", str(tmp_path / "r.csv")], base_env(tmp_path / "h"),
+               tmp_path)
+    assert done.returncode != 0
+    assert "no trained model" in done.stderr
