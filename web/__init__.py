@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from flask import Flask, Response, current_app, jsonify, render_template, request
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
 
 from fracture.config import Settings, get_settings
 from fracture.db import session_factory
@@ -39,7 +40,16 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(OperationalError, _db_down)
     return app
+
+
+def _db_down(exc: OperationalError) -> Response | tuple[Response | str, int]:
+    """A database that is away or not migrated is a 503 with a reason, not a bare 500."""
+    current_app.logger.error("database error: %s", exc)
+    return _http_error(ServiceUnavailable(
+        "The database is unavailable or not migrated (run `fracture db upgrade`). Try again shortly."
+    ))
 
 
 def _http_error(exc: HTTPException) -> Response | tuple[Response | str, int]:
@@ -47,8 +57,6 @@ def _http_error(exc: HTTPException) -> Response | tuple[Response | str, int]:
     code = exc.code or 500
     message = exc.description or exc.name
     if isinstance(exc, RequestEntityTooLarge):
-        from flask import current_app
-
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
         message = f"The upload is too large: the limit is {_human(limit)} per request. Split it into smaller batches."
     if request.path.startswith("/api/"):

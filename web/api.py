@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, request, stream_with_context
 from sqlalchemy import select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from fracture.dispatch import broker_ping, worker_ping
 from fracture.models import Job, JobStatus, ModelVersion
@@ -31,7 +32,7 @@ def _refused(exc: UploadRefused) -> tuple[Response, int]:
 
 @bp.errorhandler(JobNotDispatched)
 def _not_dispatched(exc: JobNotDispatched) -> tuple[Response, int]:
-    return error(str(exc), 503, **job_dict(exc.job))
+    return jsonify({**job_dict(exc.job), "error": str(exc)}), 503
 
 
 def _get_job(job_id: str) -> Job:
@@ -121,12 +122,15 @@ def _public(model: dict[str, Any]) -> dict[str, Any]:
 def health() -> tuple[Response, int]:
     try:
         db().execute(text("SELECT 1"))
-    except Exception as exc:  # any driver error means the same thing to an operator
+    except SQLAlchemyError as exc:
         return jsonify({"database": f"down: {exc.__class__.__name__}", "broker": "unknown"}), 503
-    model = active_model()
+    try:
+        model = active_model()
+    except SQLAlchemyError:
+        return jsonify({"database": "not migrated: run `fracture db upgrade`", "broker": "unknown"}), 503
     app = celery()
     broker = "ok" if broker_ping(app) else "down"
-    workers = worker_ping(app) if broker == "ok" else {}
+    workers = worker_ping(app) if broker == "ok" else {"supported": None, "workers": []}
     return jsonify({
         "database": "ok",
         "broker": broker,

@@ -1,0 +1,65 @@
+"""The application factory: settings, limits, Celery binding, per-request sessions, no migrations."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from flask import g
+from sqlalchemy import inspect
+
+from fracture.config import get_settings
+from fracture.db import get_engine
+from web import create_app
+from web.context import db
+
+
+def test_factory_takes_settings_and_overrides(tmp_path: Path) -> None:
+    settings = dataclasses.replace(get_settings({"FRACTURE_HOME": str(tmp_path)}), max_upload_bytes=12345)
+    app = create_app({"FRACTURE_SETTINGS": settings, "TESTING": True, "MAX_FORM_PARTS": 7})
+    assert app.config["FRACTURE_SETTINGS"] is settings
+    assert app.config["MAX_CONTENT_LENGTH"] == 12345  # from the settings
+    assert app.config["MAX_FORM_PARTS"] == 7  # the explicit config wins
+    assert app.testing
+    celery = app.extensions["celery"]
+    assert celery.conf.broker_url == settings.broker_url
+    assert celery.conf.task_acks_late is True
+
+
+def test_factory_reads_the_environment_by_default(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("FRACTURE_HOME", str(tmp_path))
+    monkeypatch.setenv("MAX_FILES_PER_JOB", "9")
+    app = create_app()
+    assert app.config["FRACTURE_SETTINGS"].home == tmp_path.resolve()
+    assert app.config["FRACTURE_SETTINGS"].max_files_per_job == 9
+
+
+def test_each_app_is_independent(tmp_path: Path) -> None:
+    a = create_app({"FRACTURE_SETTINGS": get_settings({"FRACTURE_HOME": str(tmp_path / "a")})})
+    b = create_app({"FRACTURE_SETTINGS": get_settings({"FRACTURE_HOME": str(tmp_path / "b")})})
+    assert a.config["FRACTURE_SETTINGS"].database_url != b.config["FRACTURE_SETTINGS"].database_url
+    assert a.extensions["celery"] is not b.extensions["celery"]
+
+
+def test_session_is_per_request_and_closed_at_teardown(fracture_env: dict[str, str]) -> None:
+    app = create_app({"FRACTURE_SETTINGS": get_settings(fracture_env)})
+    with app.test_request_context("/"):
+        first = db()
+        assert db() is first  # one session for the whole request
+        assert "db" in g
+    with app.test_request_context("/"):
+        assert db() is not first
+    assert not first.in_transaction()
+
+
+def test_factory_does_not_migrate(tmp_path: Path) -> None:
+    """Migrations belong to `fracture up` / `fracture db upgrade`; the web never makes the schema."""
+    settings = get_settings({"FRACTURE_HOME": str(tmp_path)})
+    app = create_app({"FRACTURE_SETTINGS": settings})
+    client = app.test_client()
+    response = client.get("/api/health")
+    assert response.status_code == 503
+    assert "fracture db upgrade" in response.get_json()["database"]
+    page = client.get("/jobs")
+    assert page.status_code == 503 and b"fracture db upgrade" in page.data
+    assert "jobs" not in inspect(get_engine(settings.database_url)).get_table_names()
