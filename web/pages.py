@@ -73,7 +73,7 @@ def training() -> ResponseReturnValue:
     session = db()
     runs = session.scalars(select(TrainingRun).order_by(TrainingRun.created_at.desc()).limit(50)).all()
     schedules = session.scalars(select(Schedule).order_by(Schedule.id)).all()
-    names = dict(session.execute(select(ModelVersion.id, ModelVersion.name)).tuples().all())
+    names = {row.id: row.name for row in session.execute(select(ModelVersion.id, ModelVersion.name))}
     count = session.scalar(select(func.count(TrainingRun.id)))
     return render_template("training.html", runs=runs, schedules=schedules, names=names, count=count)
 
