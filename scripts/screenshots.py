@@ -1,0 +1,74 @@
+"""Take the README's screenshots with headless Chromium: docs/screenshots/{upload,job,jobs,models,training}.png.
+
+    .venv/bin/python scripts/screenshots.py                      # a throwaway live system (tiny untrained model)
+    .venv/bin/python scripts/screenshots.py --url http://127.0.0.1:5000   # a running `fracture up` (real model)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
+MAX_BYTES = 300 * 1024
+
+
+def dataset_root() -> Path:
+    env = os.environ.get("FRACTURE_DATASET")
+    return Path(env) if env else REPO.parent / "shared" / "datasets" / "bone-fracture-multiregion"
+
+
+def shoot(url: str, out: Path) -> None:
+    """Upload a folder of 20 real images through the page, wait for the job, and capture every page."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "xrays"
+        subprocess.run([sys.executable, str(dataset_root() / "materialize"), str(folder), "--per-class", "5",
+                        "--splits", "train,val"], check=True, capture_output=True)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.goto(f"{url}/")
+            page.locator("#dir-input").set_input_files(folder)
+            page.screenshot(path=out / "upload.png")
+            page.locator("#submit").click()
+            page.wait_for_url("**/jobs/*", timeout=60_000)
+            expect(page.locator("#status")).to_have_text("done", timeout=600_000)
+            page.wait_for_load_state("load")
+            page.screenshot(path=out / "job.png")
+            for name in ("jobs", "models", "training"):
+                page.goto(f"{url}/{name}")
+                page.screenshot(path=out / f"{name}.png")
+            browser.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="a running system to photograph (default: start a throwaway one via pytest)")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.url:
+        shoot(args.url.rstrip("/"), args.out)
+    else:
+        # The browser test starts redis, a worker and the web server, and writes its screenshots here.
+        env = {**os.environ, "FRACTURE_SCREENSHOTS": str(args.out.resolve())}
+        test = "tests/test_browser_upload.py"
+        subprocess.run([sys.executable, "-m", "pytest", "-q", test], cwd=REPO, env=env, check=True)
+    for png in sorted(args.out.glob("*.png")):
+        size = png.stat().st_size
+        print(f"{png.relative_to(REPO) if png.is_relative_to(REPO) else png}: {size // 1024} KB")
+        if size > MAX_BYTES:
+            print(f"  larger than {MAX_BYTES // 1024} KB: shrink the viewport before committing", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""Headless Chromium uploads a folder of 20 real X-rays, watches the progress bar finish and downloads the CSV."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+from conftest import LiveSystem, image_files, materialize
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def twenty_images(dataset_root: Path, tmp_path: Path) -> Path:
+    """A folder of 20 real images: 5 per class from train and from val, nested as the dataset ships."""
+    folder = materialize(dataset_root, tmp_path / "xrays", per_class=5, splits="train,val")
+    assert len(image_files(folder)) == 20
+    return folder
+
+
+def test_folder_upload_progress_and_csv(live_system: LiveSystem, twenty_images: Path, tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.fail("Debian chromium is not installed (apt-get install -y chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    shots = os.environ.get("FRACTURE_SCREENSHOTS")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.goto(f"{live_system.url}/")
+            expect(page.locator("#submit")).to_be_enabled()
+            page.locator("#dir-input").set_input_files(twenty_images)
+            expect(page.locator("#selection")).to_contain_text("20 file(s) chosen")
+            if shots:
+                page.screenshot(path=f"{shots}/upload.png")
+
+            page.locator("#submit").click()
+            page.wait_for_url("**/jobs/*", timeout=60_000)
+            job_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+
+            progress = page.locator("#progress")
+            expect(progress).to_have_attribute("max", "20")
+            expect(page.locator("#progress-text")).to_have_text("20 / 20", timeout=240_000)
+            expect(progress).to_have_attribute("value", "20")
+            expect(page.locator("#status")).to_have_text("done", timeout=30_000)
+            page.wait_for_load_state("load")
+            expect(page.locator("#results tbody tr")).to_have_count(20)
+            # Paths come from the folder picker, relative to the chosen folder.
+            expect(page.locator("#results tbody tr").first.locator("td.path")).to_contain_text("xrays/")
+            if shots:
+                page.screenshot(path=f"{shots}/job.png", full_page=False)
+
+            with page.expect_download() as info:
+                page.locator("#download-csv").click()
+            saved = tmp_path / "results.csv"
+            info.value.save_as(saved)
+
+            if shots:
+                page.goto(f"{live_system.url}/models")
+                page.screenshot(path=f"{shots}/models.png")
+                page.goto(f"{live_system.url}/jobs")
+                page.screenshot(path=f"{shots}/jobs.png")
+        finally:
+            browser.close()
+
+    with open(saved, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0].keys())[:5] == ["path", "prediction", "probability", "model_version", "error"]
+    assert len(rows) == 20
+    names = sorted(p.relative_to(twenty_images.parent).as_posix() for p in image_files(twenty_images))
+    assert sorted(r["path"] for r in rows) == names
+    for row in rows:
+        # Every file has an outcome: a prediction with its probability, or an error saying why not.
+        assert (row["prediction"] in ("fractured", "not fractured") and row["probability"]) or row["error"], row
+        assert row["model_version"] == "v1"
+    assert live_system.web.alive() and live_system.worker.alive()
+    assert job_id
+
