@@ -63,6 +63,10 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
 def make_celery(settings: Settings | None = None) -> Celery:
     """Build the Celery app for `settings` (default: from the environment)."""
     settings = settings or get_settings()
+    if settings.embedded_broker:
+        from worker import embedded_broker
+
+        embedded_broker.install()
     app = Celery("fracture", broker=settings.broker_url, include=_task_modules())
     app.conf.update(
         # Job status lives in the database; there is no result backend.
