@@ -62,10 +62,9 @@ def test_folder_upload_progress_and_csv(live_system: LiveSystem, twenty_images: 
             info.value.save_as(saved)
 
             if shots:
-                page.goto(f"{live_system.url}/models")
-                page.screenshot(path=f"{shots}/models.png")
-                page.goto(f"{live_system.url}/jobs")
-                page.screenshot(path=f"{shots}/jobs.png")
+                for name in ("jobs", "models", "training"):
+                    page.goto(f"{live_system.url}/{name}")
+                    page.screenshot(path=f"{shots}/{name}.png")
         finally:
             browser.close()
 

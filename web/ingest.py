@@ -9,7 +9,7 @@ import zipfile
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import IO, Protocol
 
 from fracture.config import Settings
 from fracture.storage import Storage, TooLarge
@@ -31,8 +31,13 @@ class UploadRefused(Exception):
 
 
 class FilePart(Protocol):
-    filename: str | None
-    stream: BinaryIO
+    """What the ingest needs of an uploaded part (werkzeug's FileStorage has it)."""
+
+    @property
+    def filename(self) -> str | None: ...
+
+    @property
+    def stream(self) -> IO[bytes]: ...
 
 
 @dataclass
@@ -102,7 +107,7 @@ def sniff(head: bytes) -> str | None:
 class _Prefixed:
     """A reader that replays bytes already peeked at, then continues with the stream."""
 
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
         self._head = head
         self._rest = rest
 
@@ -117,7 +122,7 @@ class _Prefixed:
 class _Guarded:
     """Counts what a zip member really expands to (headers can lie) and stops bombs mid-read."""
 
-    def __init__(self, src: BinaryIO, compressed: int, max_ratio: int, budget: int) -> None:
+    def __init__(self, src: IO[bytes], compressed: int, max_ratio: int, budget: int) -> None:
         self._src = src
         self._compressed = max(compressed, 1)
         self._max_ratio = max_ratio
@@ -182,7 +187,7 @@ class Ingest:
         size = self.storage.write_stream(key, src)  # type: ignore[arg-type]
         self.upload.entries.append(Entry(seq=seq, path=path, storage_key=key, size_bytes=size))
 
-    def _add_zip(self, name: str, stream: BinaryIO) -> None:
+    def _add_zip(self, name: str, stream: IO[bytes]) -> None:
         try:
             archive = zipfile.ZipFile(stream)
         except (zipfile.BadZipFile, OSError, ValueError) as exc:
