@@ -13,7 +13,21 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import VENV_BIN, Proc, base_env, free_port, image_files, materialize, start_proc, wait_for
+from conftest import (
+    VENV_BIN,
+    Proc,
+    base_env,
+    create_job,
+    free_port,
+    image_files,
+    job_state,
+    materialize,
+    register_model,
+    start_proc,
+    wait_for,
+)
+
+from fracture.migrate import upgrade
 
 N_IMAGES = int(os.environ.get("FRACTURE_E2E_IMAGES", "20"))
 
@@ -60,6 +74,10 @@ def test_fracture_up_embedded_serves_a_job_and_stops_cleanly(
 ) -> None:
     home = tmp_path / "home"
     env = {**base_env(home), "FRACTURE_SEED_MODEL": str(tiny_checkpoint)}
+    # A job left unfinished by an earlier run (its broker is gone): `fracture up` must queue it again.
+    upgrade(env["DATABASE_URL"])
+    register_model(env, tiny_checkpoint)
+    leftover = create_job(env, image_files(tmp_path / "imgs")[:6])
     port = free_port()
     up: Proc = start_proc("fracture-up", [str(VENV_BIN / "fracture"), "up", "--broker", "sqlite", "--port", str(port)],
                           env, tmp_path / "logs", cwd=tmp_path)
@@ -100,6 +118,8 @@ def test_fracture_up_embedded_serves_a_job_and_stops_cleanly(
                 assert row["prediction"] in ("fractured", "not fractured")
                 assert 0.0 <= float(row["probability"]) <= 1.0
                 assert row["model_version"]
+
+        assert job_state(env, leftover)["status"] == "done", "the unfinished job was not resumed"
 
         kids = descendants(up.pid)
         assert len(kids) >= 4, "web, inference worker, training worker and beat should be running"

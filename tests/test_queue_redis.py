@@ -36,3 +36,24 @@ def test_job_runs_through_redis_and_a_real_worker(
     assert set(state["per_image"].values()) == {1}
     assert state["failed"] >= 1  # at least the refused file; a truncated real image may add one
     assert worker.alive()
+
+
+def test_an_unreachable_broker_is_reported_quickly(fracture_env: dict[str, str], sample_images: list[Path]) -> None:
+    from conftest import free_port
+
+    from fracture.dispatch import BrokerUnavailable, broker_ping
+
+    env = {**fracture_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens there
+    settings = get_settings(env)
+    app = make_celery(settings)
+    job_id = create_job(env, sample_images[:3])
+    started = time.monotonic()
+    assert broker_ping(app) is False
+    try:
+        enqueue_job(app, settings, job_id)
+    except BrokerUnavailable as e:
+        assert "broker" in str(e)
+    else:
+        raise AssertionError("enqueue_job did not raise BrokerUnavailable")
+    assert time.monotonic() - started < 15
+    assert job_state(env, job_id)["status"] == "queued"
