@@ -221,6 +221,15 @@ def test_over_max_content_length_is_413(settings: Settings, jpeg: bytes) -> None
     dispose_engines()
 
 
+def test_too_many_form_parts_is_413(settings: Settings, jpeg: bytes) -> None:
+    client = make_client(settings, MAX_FORM_PARTS=2)
+    response = post_files(client, [(jpeg, f"{n}.jpg") for n in range(3)])
+    assert response.status_code == 413
+    assert "Too many files in one request" in response.get_json()["error"]
+    assert job_count(settings) == 0
+    dispose_engines()
+
+
 def test_no_model_registered_refuses_plainly(tmp_path: Path, jpeg: bytes) -> None:
     settings = dataclasses.replace(get_settings({"FRACTURE_HOME": str(tmp_path / "fresh")}), seed_model=None)
     upgrade(settings.database_url)

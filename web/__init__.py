@@ -10,12 +10,14 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUna
 
 from fracture.config import Settings, get_settings
 from fracture.db import session_factory
+from web.spools import UploadRequest
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the web app; `config` overrides Flask keys and may carry FRACTURE_SETTINGS (a Settings)."""
     config = dict(config or {})
     app = Flask(__name__)
+    app.request_class = UploadRequest
     configured = config.pop("FRACTURE_SETTINGS", None)
     settings: Settings = configured if isinstance(configured, Settings) else get_settings()
     app.config.update(
@@ -57,8 +59,13 @@ def _http_error(exc: HTTPException) -> Response | tuple[Response | str, int]:
     code = exc.code or 500
     message = exc.description or exc.name
     if isinstance(exc, RequestEntityTooLarge):
+        # werkzeug raises the same 413 for too many bytes and for too many form parts.
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
-        message = f"The upload is too large: the limit is {_human(limit)} per request. Split it into smaller batches."
+        if limit and (request.content_length or 0) > limit:
+            message = f"The upload is too large: the limit is {_human(limit)} per request. Split it into batches."
+        else:
+            parts = current_app.config.get("MAX_FORM_PARTS")
+            message = f"Too many files in one request: the limit is {parts} parts. Split it into batches."
     if request.path.startswith("/api/"):
         return jsonify({"error": message}), code
     return render_template("error.html", code=code, title=exc.name, message=message), code
