@@ -96,7 +96,7 @@ def add_schedule() -> ResponseReturnValue:
 def retrain() -> ResponseReturnValue:
     """Record a training run, then send `training.retrain` by name to the training queue."""
     session = db()
-    run = TrainingRun(status="queued", params={"trigger": "manual"})
+    run = TrainingRun(status="queued", params={}, message="requested on the training page")
     session.add(run)
     session.commit()
     try:
