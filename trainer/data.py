@@ -49,16 +49,24 @@ def decode_all(paths: dict[str, Path], spec: Spec, cache_dir: Path | None = None
 
 class TrainAugment:
     """Augmentation for X-rays: any orientation (the data holds rotated and mirrored views), a
-    random crop-and-zoom, small rotations, and exposure/contrast changes; never colour."""
+    random crop-and-zoom and exposure/contrast changes; never colour.
 
-    def __init__(self, size: int) -> None:
-        self.t = v2.Compose([
-            v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.8, 1.25), antialias=True),
+    `strong` adds small rotations and wider zoom and exposure ranges; measured on the grouped split
+    it under-fits this data in a CPU budget of epochs, so `light` is the default.
+    """
+
+    def __init__(self, size: int, strength: str = "light") -> None:
+        strong = strength == "strong"
+        steps: list[object] = [
+            v2.RandomResizedCrop(size, scale=(0.6, 1.0) if strong else (0.85, 1.0), ratio=(0.8, 1.25) if strong
+                                 else (0.9, 1.1), antialias=True),
             v2.RandomHorizontalFlip(),
             v2.RandomVerticalFlip(),
-            v2.RandomApply([v2.RandomRotation(15)], p=0.5),
-            v2.ColorJitter(brightness=0.3, contrast=0.3),
-        ])
+        ]
+        if strong:
+            steps.append(v2.RandomApply([v2.RandomRotation(15)], p=0.5))
+        steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3) if strong else v2.ColorJitter(0.1, 0.1))
+        self.t = v2.Compose(steps)
 
     def __call__(self, batch_u8: torch.Tensor) -> torch.Tensor:
         out = torch.stack([self.t(img) for img in batch_u8])

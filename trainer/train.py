@@ -51,11 +51,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", default=5e-4, type=float)
     p.add_argument("--min-sensitivity", default=0.97, type=float)
     p.add_argument("--seed", default=0, type=int)
+    p.add_argument("--augment", default="light", choices=("light", "strong"))
     p.add_argument("--weights", default=None, help="pretrained weights (file or torchvision name)")
     p.add_argument("--threads", default=0, type=int, help="torch CPU threads (0: all cores)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--dry-run", action="store_true", help="one epoch on at most 64 images per split")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--compare", default=None,
+                   help="model_card.json of a run of the same recipe under the other split policy, shown side by side")
     return p
 
 
@@ -202,7 +205,7 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed after epoch {start_epoch}", file=sys.stderr)
 
-    augment = TrainAugment(args.image_size)
+    augment = TrainAugment(args.image_size, args.augment)
     bar = tqdm(range(start_epoch, epochs), desc="epochs", disable=not progress, initial=start_epoch, total=epochs)
     for epoch in bar:
         te = time.time()
@@ -254,5 +257,6 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
                "data_fingerprint": data.fingerprint, "audit": data.report.to_dict(), "split_sizes": sizes,
                "command": command, "model_args": margs.to_dict(), "preprocess": spec.to_dict(),
                "seconds": time.time() - t0, "device": device.type}
-    card.write(out, summary)
+    compare = json.loads(Path(args.compare).read_text()) if getattr(args, "compare", None) else None
+    card.write(out, summary, compare)
     return summary
