@@ -1,4 +1,4 @@
-"""The database schema: jobs, images and their results, model versions, training runs, schedules."""
+"""The database schema: jobs, images and their results, model versions, training runs, schedules, users."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -81,6 +83,8 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     enqueued_at: Mapped[datetime | None] = mapped_column()
+    # The user who uploaded it; jobs made outside the web (tests, scripts) may have none: admins see those.
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
 
     model_version: Mapped[ModelVersion | None] = relationship()
     images: Mapped[list[Image]] = relationship(back_populates="job", order_by="Image.seq")
@@ -152,3 +156,49 @@ class Schedule(Base):
     next_run_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+
+
+class User(Base):
+    """An account; the password is kept only as an Argon2id hash."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", order_by="ApiToken.id")
+
+
+class ApiToken(Base):
+    """A bearer token for the JSON API; only its SHA-256 is stored, so a database leak reveals no token."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64), default="default")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+    user: Mapped[User] = relationship(back_populates="tokens")
+
+
+class LoginFailure(Base):
+    """One failed login; counted per (username, address) in a time window, so every web process sees them."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (
+        Index("ix_login_failures_username_created_at", "username", "created_at"),
+        Index("ix_login_failures_address_created_at", "address", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
