@@ -37,6 +37,11 @@ class Settings:
     worker_max_memory_kb: int = 4_000_000
     # Redis redelivers a task whose worker died unacked after this long; must exceed the longest task.
     visibility_timeout_s: int = 3600
+    # The reaper re-enqueues a job's missing chunks after this long without progress (and an empty queue).
+    reaper_stale_s: int = 300
+    reaper_interval_s: int = 60
+    # A chunk whose worker died this many times on it gets error rows instead of another delivery.
+    max_chunk_attempts: int = 3
     dataset_dir: Path | None = None
     training_time_limit_s: int = 6 * 3600
     secret_key: str = field(default="dev-only-change-me", repr=False)
@@ -74,6 +79,9 @@ def get_settings(env: dict[str, str] | None = None) -> Settings:
         task_time_limit_s=_int(env, "TASK_TIME_LIMIT_S", 900),
         worker_max_memory_kb=_int(env, "WORKER_MAX_MEMORY_KB", 4_000_000),
         visibility_timeout_s=_int(env, "BROKER_VISIBILITY_TIMEOUT_S", 3600),
+        reaper_stale_s=_int(env, "REAPER_STALE_S", 300),
+        reaper_interval_s=_int(env, "REAPER_INTERVAL_S", 60),
+        max_chunk_attempts=_int(env, "MAX_CHUNK_ATTEMPTS", 3),
         dataset_dir=Path(env["FRACTURE_DATASET"]) if env.get("FRACTURE_DATASET") else None,
         training_time_limit_s=_int(env, "TRAINING_TIME_LIMIT_S", 6 * 3600),
         secret_key=env.get("SECRET_KEY") or "dev-only-change-me",

@@ -104,6 +104,8 @@ class Image(Base):
     size_bytes: Mapped[int | None] = mapped_column(Integer)
     # An ingest-time problem (not an image, unsafe zip member): no task will ever process it.
     ingest_error: Mapped[str | None] = mapped_column(Text)
+    # How many times a worker has started on this image: bounds redelivery of a chunk that kills its worker.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     job: Mapped[Job] = relationship(back_populates="images")
 
