@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -15,6 +14,11 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 # Formats an X-ray export realistically comes in; anything else is refused, not guessed.
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error row, not half an image
+# decode() checks the header's size against its own, configurable limit before any pixel is decoded. Pillow's
+# global guard would otherwise refuse a configured limit above ~89M pixels, word the refusal differently, and
+# need a warnings filter that is not thread-safe (the worker decodes in threads).
+Image.MAX_IMAGE_PIXELS = None
+DEFAULT_MAX_PIXELS = 64_000_000
 
 
 class ImageError(ValueError):
@@ -59,21 +63,18 @@ def _to_grayscale(im: Image.Image) -> Image.Image:
     return im.convert("L")
 
 
-def decode(source: bytes | str | Path | BinaryIO, size: int, max_pixels: int = 64_000_000) -> Image.Image:
+def decode(source: bytes | str | Path | BinaryIO, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode one image to 8-bit grayscale at `size`x`size`, or raise ImageError with a reason."""
     fp: BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else source  # type: ignore[assignment]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(fp, formats=ALLOWED_FORMATS)
+        im = Image.open(fp, formats=ALLOWED_FORMATS)  # reads the header only
         with im:
             w, h = im.size
-            if w * h > max_pixels:
-                raise ImageError(f"image too large: {w}x{h} pixels (limit {max_pixels})")
             if w < 1 or h < 1:
                 raise ImageError("image has no pixels")
-            fmt = im.format
-            if fmt == "JPEG":
+            if w * h > max_pixels:
+                raise ImageError(f"image too large: {w}x{h} pixels, above the limit of {max_pixels} (MAX_IMAGE_PIXELS)")
+            if im.format == "JPEG":
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is much larger.
                 im.draft("L", (size, size))
             im.load()
@@ -84,11 +85,9 @@ def decode(source: bytes | str | Path | BinaryIO, size: int, max_pixels: int = 6
         raise
     except UnidentifiedImageError:
         raise ImageError("not an image (or a format that is not accepted: JPEG, PNG, GIF, BMP, TIFF, WEBP)") from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"image too large: {e}") from None
-    except Image.DecompressionBombWarning as e:
-        raise ImageError(f"image too large: {e}") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+    except MemoryError:
+        raise ImageError("could not decode image: out of memory") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"could not decode image: {e}") from None
     except Exception as e:  # Pillow plugins raise odd types on hostile input
         raise ImageError(f"could not decode image: {type(e).__name__}: {e}") from None
@@ -109,6 +108,8 @@ def normalize(batch_u8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     return (x - mean) / std
 
 
-def load_u8(source: bytes | str | Path | BinaryIO, spec: PreprocessSpec, max_pixels: int = 64_000_000) -> torch.Tensor:
+def load_u8(
+    source: bytes | str | Path | BinaryIO, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> torch.Tensor:
     """Decode and resize one image into a (1, S, S) uint8 tensor, or raise ImageError."""
     return to_uint8_tensor(decode(source, spec.image_size, max_pixels))
