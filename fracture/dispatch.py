@@ -20,6 +20,10 @@ RETRAIN_TASK = "training.retrain"
 INFERENCE_QUEUE = "inference"
 TRAINING_QUEUE = "training"
 BROKER_TIMEOUT_S = 3.0
+BROKER_DOWN_MESSAGE = (
+    "The job was saved but the task queue (broker) is unavailable, so it has not started yet; "
+    "it stays queued and is dispatched when the broker is back."
+)
 
 
 class BrokerUnavailable(RuntimeError):
@@ -85,6 +89,8 @@ def enqueue_job(celery_app: Celery, settings: Settings, job_id: str) -> int:
         job = session.get(Job, job_id)
         if job is not None:
             job.enqueued_at = datetime.now(UTC)
+            if job.error == BROKER_DOWN_MESSAGE:
+                job.error = None
     return len(chunks)
 
 

@@ -69,7 +69,8 @@ class Predictor:
 
     def predict(self, sources: Iterable[Source], decode_threads: int = 2) -> Iterator[Prediction]:
         """Classify `sources` in order, one Prediction each; decoding overlaps the forward passes."""
-        with ThreadPoolExecutor(max_workers=decode_threads) as pool:
+        pool = ThreadPoolExecutor(max_workers=decode_threads)
+        try:
             decoded = pool.map(self._decode, sources)
             pending: list[tuple[int, torch.Tensor]] = []
             for index, item in enumerate(decoded):
@@ -83,6 +84,9 @@ class Predictor:
                         yield from self._flush(pending)
                         pending = []
             yield from self._flush(pending)
+        finally:
+            # Interrupted (a task's soft time limit): drop the decodes not yet started instead of waiting for them.
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _flush(self, pending: Sequence[tuple[int, torch.Tensor]]) -> Iterator[Prediction]:
         if not pending:

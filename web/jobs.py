@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from fracture.dispatch import BrokerUnavailable, enqueue_job
+from fracture.dispatch import BROKER_DOWN_MESSAGE, BrokerUnavailable, enqueue_job
 from fracture.models import Image, Job, JobStatus, new_id
 from web.context import NO_MODEL_MESSAGE, active_model, celery, db, settings, storage
 from web.ingest import FilePart, Upload, UploadRefused, ingest_parts
-
-BROKER_DOWN_MESSAGE = (
-    "The job was saved but the task queue (broker) is unavailable, so it has not started yet; "
-    "it stays queued and is dispatched when the broker is back."
-)
 
 
 class JobNotDispatched(Exception):
@@ -39,8 +34,8 @@ def _job_name(upload: Upload) -> str:
     return f"{top} ({len(upload.entries)} files)" if len(upload.entries) > 1 else top
 
 
-def create_job(parts: Iterable[FilePart]) -> Job:
-    """Store the upload and commit its rows, THEN enqueue; raise UploadRefused or JobNotDispatched."""
+def create_job(parts: Iterable[FilePart], owner_id: int | None = None) -> Job:
+    """Store the upload and commit rows owned by `owner_id`, THEN enqueue; raise UploadRefused or JobNotDispatched."""
     model = active_model()
     if model is None:
         raise UploadRefused(NO_MODEL_MESSAGE, 409)
@@ -53,7 +48,7 @@ def create_job(parts: Iterable[FilePart]) -> Job:
     session = db()
     job = Job(
         id=job_id, status=JobStatus.QUEUED, name=_job_name(upload)[:255], total=len(upload.entries),
-        model_version_id=model.id,
+        model_version_id=model.id, owner_id=owner_id,
     )
     job.model_version = model
     session.add(job)

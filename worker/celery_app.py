@@ -34,8 +34,13 @@ class _TimeLimits:
     def annotate(self, task: Task) -> dict[str, Any] | None:
         if task.name.startswith(("inference.", "schedules.", "maintenance.")):
             # The soft limit raises inside the task first, so it can record why before the hard kill.
-            return {"time_limit": self.hard_s, "soft_time_limit": max(1, self.hard_s - 15)}
+            return {"time_limit": self.hard_s, "soft_time_limit": soft_time_limit(self.hard_s)}
         return None
+
+
+def soft_time_limit(hard_s: int) -> int:
+    """The soft limit that goes with a hard one: 15 s earlier (half of it for very short limits)."""
+    return max(1, hard_s - 15 if hard_s > 30 else hard_s // 2)
 
 
 def _task_modules() -> list[str]:
@@ -85,7 +90,11 @@ def make_celery(settings: Settings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
         broker_transport_options=_transport_options(settings),
-        beat_schedule={"schedules-tick": {"task": "schedules.tick", "schedule": 60.0}},
+        beat_schedule={
+            "schedules-tick": {"task": "schedules.tick", "schedule": 60.0},
+            # Re-enqueue what the broker lost, fail what died; cheap when there is nothing to do.
+            "maintenance-reap": {"task": "maintenance.reap", "schedule": float(settings.reaper_interval_s)},
+        },
         timezone="UTC",
         enable_utc=True,
     )

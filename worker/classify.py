@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from fracture.inference import Predictor
 from fracture.models import Image, Job, JobStatus, ModelVersion, Result
 from fracture.registry import checkpoint_path
 from fracture.storage import Storage, StorageError
+from worker.attempts import count_attempt, crash_reason, pending_attempts
 from worker.results import Row, lock_job, mark_running, refresh_progress, upsert_results
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,15 @@ def _source(storage: Storage, image: Image) -> Path | str:
         return str(e)
 
 
-def classify_chunk(settings: Settings, job_id: str, image_ids: list[int]) -> ChunkOutcome:
-    """Classify `image_ids` of `job_id` and upsert one Result each, then update the job's progress."""
+def classify_chunk(
+    settings: Settings, job_id: str, image_ids: list[int], resend: Callable[[list[int]], None] | None = None
+) -> ChunkOutcome:
+    """Classify `image_ids` of `job_id` and upsert one Result each, then update the job's progress.
+
+    Images that already have a result are skipped. A chunk seen before without finishing (its worker died) is
+    split into single-image chunks through `resend`, so one image that kills the worker cannot take the others
+    down with it; an image started more than settings.max_chunk_attempts times gets an error row instead.
+    """
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)
         if job is None:
@@ -71,10 +80,28 @@ def classify_chunk(settings: Settings, job_id: str, image_ids: list[int]) -> Chu
         if job.status in JobStatus.FINAL:
             return ChunkOutcome(skipped=f"job is {job.status}")
         version = session.get(ModelVersion, job.model_version_id) if job.model_version_id else None
-        images = session.scalars(
-            select(Image).where(Image.job_id == job_id, Image.id.in_(image_ids)).order_by(Image.seq)
-        ).all()
-        mark_running(session, job_id)
+        attempts = pending_attempts(session, job_id, job.model_version_id, image_ids)
+        if not attempts:
+            return ChunkOutcome(skipped="every image already has a result")
+        split = resend is not None and len(attempts) > 1 and max(attempts.values()) > 0
+        if not split:
+            count_attempt(session, list(attempts))
+            images = session.scalars(
+                select(Image).where(Image.job_id == job_id, Image.id.in_(list(attempts))).order_by(Image.seq)
+            ).all()
+            mark_running(session, job_id)
+    if split and resend is not None:
+        for image_id in sorted(attempts):
+            resend([image_id])
+        return ChunkOutcome(skipped=f"split into {len(attempts)} single-image chunks after an unfinished attempt")
+    crashed = {i: n for i, n in attempts.items() if n >= settings.max_chunk_attempts}
+    if crashed:
+        log.error("job %s: images %s crashed their worker %d times; giving up on them", job_id, sorted(crashed),
+                  settings.max_chunk_attempts)
+        fail_images(settings, job_id, list(crashed), crash_reason(max(crashed.values())))
+        images = [image for image in images if image.id not in crashed]
+        if not images:
+            return ChunkOutcome(errors=len(crashed), skipped="crashed too often")
     if version is None:
         return fail_job(settings, job_id, "the job has no model version")
     try:

@@ -1,0 +1,165 @@
+"""The reaper: find work the broker lost or a dead process left behind, and put it right.
+
+Run by beat as `maintenance.reap` every settings.reaper_interval_s, and callable as a plain function:
+
+- a job saved while the broker was down (never dispatched) is dispatched;
+- a queued or running job with images still lacking a result and no progress for settings.reaper_stale_s is
+  re-enqueued, once the inference queue is empty (a long queue is not a lost one); chunks are idempotent, so
+  a chunk that was only slow costs a duplicate, never a second result;
+- a training run left `running` longer than its time limit plus the stale threshold is marked failed;
+- an upload folder with no job row (the web died while receiving or storing it) is deleted once it is stale.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from kombu.exceptions import ChannelError
+from sqlalchemy import func, select
+
+from fracture.config import Settings
+from fracture.db import session_scope
+from fracture.dispatch import INFERENCE_QUEUE, BrokerUnavailable, enqueue_job
+from fracture.models import Job, JobStatus, Result, TrainingRun
+from fracture.storage import Storage
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger(__name__)
+
+# A job the web committed but has not dispatched yet is normally milliseconds old; leave it this long to the web.
+DISPATCH_GRACE_S = 10
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class ReapReport:
+    """What one pass of the reaper did."""
+
+    dispatched: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+    chunks: int = 0
+    waiting_on_queue: int = 0
+    failed_runs: list[int] = field(default_factory=list)
+    removed_uploads: list[str] = field(default_factory=list)
+    broker_error: str | None = None
+
+    @property
+    def acted(self) -> bool:
+        return bool(self.dispatched or self.requeued or self.failed_runs or self.removed_uploads or self.broker_error)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back naive; they were stored in UTC.
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+def find_lost_jobs(settings: Settings, now: datetime) -> tuple[list[str], list[str]]:
+    """(never dispatched, stalled): unfinished jobs the broker may no longer hold, oldest first."""
+    last_result = (
+        select(Result.job_id, func.max(Result.created_at).label("at")).group_by(Result.job_id).subquery()
+    )
+    with session_scope(settings.database_url) as session:
+        rows = session.execute(
+            select(Job.id, Job.created_at, Job.enqueued_at, Job.started_at, last_result.c.at)
+            .outerjoin(last_result, last_result.c.job_id == Job.id)
+            .where(Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)), Job.processed < Job.total)
+            .order_by(Job.created_at)
+        ).all()
+    never, stalled = [], []
+    for job_id, created, enqueued, started, last in rows:
+        if enqueued is None:
+            if now - _aware(created) > timedelta(seconds=min(DISPATCH_GRACE_S, settings.reaper_stale_s)):  # type: ignore[operator]
+                never.append(job_id)
+            continue
+        activity = max(t for t in map(_aware, (created, enqueued, started, last)) if t is not None)
+        if now - activity > timedelta(seconds=settings.reaper_stale_s):
+            stalled.append(job_id)
+    return never, stalled
+
+
+def queued_messages(celery_app: Celery) -> int | None:
+    """Messages waiting in the inference queue (not those a worker holds); None when it cannot be asked."""
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=3)
+            return int(conn.default_channel.queue_declare(queue=INFERENCE_QUEUE, passive=True).message_count)
+    except ChannelError:
+        return 0  # the queue does not exist: nothing waits in it (a flushed redis)
+    except Exception as e:  # noqa: BLE001  (any transport error: just not known)
+        log.warning("reaper: cannot read the queue length: %s", e)
+        return None
+
+
+def fail_dead_training_runs(settings: Settings, now: datetime) -> list[int]:
+    """Mark failed the runs still `running` long after their time limit: their trainer is gone."""
+    limit = timedelta(seconds=settings.training_time_limit_s + settings.reaper_stale_s)
+    failed = []
+    with session_scope(settings.database_url) as session:
+        for run in session.scalars(select(TrainingRun).where(TrainingRun.status == "running")):
+            started = _aware(run.started_at) or _aware(run.created_at)
+            if started is not None and now - started > limit:
+                run.status, run.finished_at = "failed", now
+                age = int((now - started).total_seconds())
+                run.error = (f"the trainer stopped without finishing: still running {age} s after it started, "
+                             f"past the {settings.training_time_limit_s} s training time limit")
+                failed.append(run.id)
+    return failed
+
+
+def remove_orphan_uploads(settings: Settings, now: datetime) -> list[str]:
+    """Delete upload folders that no job row owns and that nothing has written to for the stale threshold."""
+    storage = Storage(settings.storage_dir)
+    root = storage.root / "uploads"
+    if not root.is_dir():
+        return []
+    candidates = [p for p in root.iterdir() if p.is_dir() and _JOB_ID.match(p.name)]
+    if not candidates:
+        return []
+    with session_scope(settings.database_url) as session:
+        known = set(session.scalars(select(Job.id).where(Job.id.in_([p.name for p in candidates]))))
+    removed = []
+    cutoff = now.timestamp() - settings.reaper_stale_s
+    for folder in candidates:
+        if folder.name in known:
+            continue
+        try:
+            newest = max([folder.stat().st_mtime, *(f.stat().st_mtime for f in folder.iterdir())])
+        except FileNotFoundError:
+            continue  # removed meanwhile
+        if newest < cutoff:
+            storage.delete_prefix(f"uploads/{folder.name}")
+            removed.append(folder.name)
+    return removed
+
+
+def reap(celery_app: Celery, settings: Settings, now: datetime | None = None) -> ReapReport:
+    """One pass: dispatch, re-enqueue, fail and clean up as described in the module docstring."""
+    now = now or datetime.now(UTC)
+    report = ReapReport()
+    never, stalled = find_lost_jobs(settings, now)
+    try:
+        for job_id in never:
+            report.chunks += enqueue_job(celery_app, settings, job_id)
+            report.dispatched.append(job_id)
+        if stalled:
+            waiting = queued_messages(celery_app)
+            if waiting:
+                report.waiting_on_queue = waiting
+            else:
+                for job_id in stalled:
+                    report.chunks += enqueue_job(celery_app, settings, job_id)
+                    report.requeued.append(job_id)
+    except BrokerUnavailable as e:
+        report.broker_error = str(e)
+    report.failed_runs = fail_dead_training_runs(settings, now)
+    report.removed_uploads = remove_orphan_uploads(settings, now)
+    return report
