@@ -18,6 +18,7 @@ JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 # Below this size a high compression ratio is harmless (a blank test image); above it, a bomb.
 RATIO_FLOOR_BYTES = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:$")
+_DRIVE_PREFIX = re.compile(r"^[A-Za-z]:")  # C:\x, C:/x and drive-relative C:x
 _BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
 
 
@@ -86,7 +87,7 @@ def unsafe_member(name: str) -> str | None:
         return "refused: the name contains a NUL character"
     norm = name.replace("\\", "/")
     parts = norm.split("/")
-    if norm.startswith("/") or _DRIVE.match(parts[0]):
+    if norm.startswith("/") or _DRIVE_PREFIX.match(norm):
         return "refused: absolute path in archive"
     if ".." in parts:
         return "refused: path leaves the archive ('..')"
@@ -201,6 +202,14 @@ class Ingest:
                     f"{self.settings.max_zip_members}",
                     413,
                 )
+            # Headers are checked before anything is read; _Guarded still counts real bytes, as headers can lie.
+            declared = sum(i.file_size for i in infos if not i.is_dir())
+            if declared > self.settings.max_zip_total_bytes - self.unzipped_bytes:
+                raise UploadRefused(
+                    f"{name}: the archive declares {declared} bytes uncompressed, and the archives of one upload may "
+                    f"not expand to more than {self.settings.max_zip_total_bytes} bytes",
+                    413,
+                )
             for info in infos:
                 self._add_member(archive, info)
 
@@ -215,6 +224,10 @@ class Ingest:
             reason = "refused: symbolic link in archive"
         if reason is None and info.flag_bits & 0x1:
             reason = "refused: encrypted archive members are not supported"
+        if reason is None and info.file_size > RATIO_FLOOR_BYTES and (
+            info.file_size / max(info.compress_size, 1) > self.settings.max_zip_ratio
+        ):
+            reason = f"refused: compression ratio above {self.settings.max_zip_ratio}:1"
         if reason is not None:
             self._refuse(path, reason)
             return
