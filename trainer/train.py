@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from fracture.checkpoint import POSITIVE_CLASS, save_checkpoint
@@ -50,6 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", default=3e-3, type=float)
     p.add_argument("--weight-decay", default=5e-4, type=float)
     p.add_argument("--min-sensitivity", default=0.97, type=float)
+    p.add_argument("--ema", default=0.99, type=float,
+                   help="decay of the weights' moving average that is evaluated and shipped (0: off)")
     p.add_argument("--seed", default=0, type=int)
     p.add_argument("--augment", default="light", choices=("light", "strong"))
     p.add_argument("--weights", default=None, help="pretrained weights (file or torchvision name)")
@@ -99,9 +102,10 @@ def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path
 
 def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt: torch.optim.Optimizer,
                     sched: torch.optim.lr_scheduler.LRScheduler, augment: TrainAugment, device: torch.device,
-                    batch_size: int, gen: torch.Generator, progress: bool) -> tuple[float, float]:
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+                    batch_size: int, gen: torch.Generator, progress: bool,
+                    ema: AveragedModel | None = None) -> tuple[float, float]:
     """One pass over train with augmentation; returns (mean loss, accuracy at 0.5)."""
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model.train()
     rows = data.split_index["train"]
     loss_fn = nn.BCEWithLogitsLoss()
@@ -122,6 +126,8 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
         loss.backward()
         opt.step()
         sched.step()
+        if ema is not None:
+            ema.update_parameters(model)
         total_loss += loss.item() * len(batch)
         correct += int(((logits.detach().float() > 0).float() == y).sum())
         seen += len(batch)
@@ -193,11 +199,17 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
     history: dict[str, list[float]] = {k: [] for k in
                                        ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "epoch_s")}
     best: dict[str, Any] = {"auc": -1.0, "loss": math.inf, "epoch": 0, "state": None}
+    # An exponential moving average of the weights (batch-norm statistics included) is steadier
+    # than the raw weights on this small, noisy data; it is what gets evaluated and shipped.
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
+    served: nn.Module = ema.module if ema is not None else model
     start_epoch = 0
     last = out / "last.pt"
     if args.resume and last.is_file():
         state = torch.load(last, weights_only=True)
         model.load_state_dict(state["model"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         history, best, start_epoch = state["history"], state["best"], state["epoch"]
@@ -210,8 +222,8 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
     for epoch in bar:
         te = time.time()
         tr_loss, tr_acc = train_one_epoch(model, data, spec, opt, sched, augment, device, args.batch_size, gen,
-                                          progress)
-        y, prob, va_loss = evaluate(model, data, "val", spec, device)
+                                          progress, ema)
+        y, prob, va_loss = evaluate(served, data, "val", spec, device)
         va = binary_metrics(y, prob, 0.5)
         for k, v in (("train_loss", tr_loss), ("train_acc", tr_acc), ("val_loss", va_loss),
                      ("val_acc", va["accuracy"]), ("val_auc", va["roc_auc"]), ("epoch_s", time.time() - te)):
@@ -219,11 +231,12 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
         auc = float(va["roc_auc"]) if not math.isnan(float(va["roc_auc"])) else 0.0
         if auc > best["auc"] or (auc == best["auc"] and va_loss < best["loss"]):
             best = {"auc": auc, "loss": va_loss, "epoch": epoch + 1,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                    "state": {k: v.detach().clone() for k, v in served.state_dict().items()}}
         bar.set_postfix(loss=f"{tr_loss:.3f}", val_auc=f"{auc:.4f}", val_acc=f"{va['accuracy']:.3f}")
         print(f"epoch {epoch + 1}/{epochs} train_loss {tr_loss:.4f} train_acc {tr_acc:.4f} val_loss {va_loss:.4f} "
               f"val_acc {va['accuracy']:.4f} val_auc {auc:.4f} ({history['epoch_s'][-1]:.1f}s)", file=sys.stderr)
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+        torch.save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                    "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "history": history, "best": best, "epoch": epoch + 1, "gen": gen.get_state(),
                     "torch_rng": torch.get_rng_state()}, last)
         if on_epoch is not None:
