@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import stat
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -11,6 +13,8 @@ from pathlib import Path, PurePosixPath
 from fracture.config import Settings
 
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+# What zipfile raises on a damaged archive or member (a bad version, a header offset before the file's start...).
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError, ValueError, struct.error)
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ def _unsafe(name: str) -> str | None:
 def _zip_items(archive: Path, display: str, settings: Settings) -> Iterator[Item]:
     try:
         zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as e:
+    except _ZIP_ERRORS as e:
         yield Item(display, error=f"not a readable zip: {e}")
         return
     with zf:
@@ -91,12 +95,14 @@ class ZipBudget:
         zf = self._open.get(item.archive)
         if zf is None:
             zf = self._open[item.archive] = zipfile.ZipFile(item.archive)
-        # Never more than the total budget nor than the compression ratio allows for this member.
-        limit = min(self.left, max(1 << 20, item.member.compress_size * self.settings.max_zip_ratio))
+        # Never more than the total budget nor than the compression ratio allows for this member; no member holds
+        # more compressed bytes than its archive, whatever its header claims.
+        compressed = min(item.member.compress_size, item.archive.stat().st_size)
+        limit = min(self.left, max(1 << 20, compressed * self.settings.max_zip_ratio))
         try:
             with zf.open(item.member) as src:
                 data = src.read(limit + 1)
-        except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError) as e:
+        except (*_ZIP_ERRORS, RuntimeError) as e:  # RuntimeError: an encrypted member
             return f"could not read zip member: {e}"
         if len(data) > limit:
             return "zip member too large or too compressed (zip bomb?)"

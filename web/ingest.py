@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import re
 import stat
+import struct
 import unicodedata
 import zipfile
 import zlib
@@ -20,6 +22,9 @@ RATIO_FLOOR_BYTES = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:$")
 _DRIVE_PREFIX = re.compile(r"^[A-Za-z]:")  # C:\x, C:/x and drive-relative C:x
 _BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+# What zipfile raises on a damaged archive (found by fuzzing: a bad version is NotImplementedError, a header
+# offset before the file's start a ValueError from seek); all mean "this archive or member is unreadable".
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError, ValueError, struct.error)
 
 
 class UploadRefused(Exception):
@@ -190,8 +195,11 @@ class Ingest:
 
     def _add_zip(self, name: str, stream: IO[bytes]) -> None:
         try:
+            # No member holds more compressed bytes than the archive: a header claiming more hides a bomb's ratio.
+            archive_size = stream.seek(0, io.SEEK_END)
+            stream.seek(0)
             archive = zipfile.ZipFile(stream)
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        except _ZIP_ERRORS as exc:
             self._refuse(name, f"not a readable zip archive ({exc})")
             return
         with archive:
@@ -211,9 +219,9 @@ class Ingest:
                     413,
                 )
             for info in infos:
-                self._add_member(archive, info)
+                self._add_member(archive, info, min(info.compress_size, archive_size))
 
-    def _add_member(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    def _add_member(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, compressed: int) -> None:
         raw = info.filename
         if info.is_dir() or is_junk(raw):
             self.upload.skipped += int(not info.is_dir())
@@ -225,31 +233,34 @@ class Ingest:
         if reason is None and info.flag_bits & 0x1:
             reason = "refused: encrypted archive members are not supported"
         if reason is None and info.file_size > RATIO_FLOOR_BYTES and (
-            info.file_size / max(info.compress_size, 1) > self.settings.max_zip_ratio
+            info.file_size / max(compressed, 1) > self.settings.max_zip_ratio
         ):
             reason = f"refused: compression ratio above {self.settings.max_zip_ratio}:1"
         if reason is not None:
             self._refuse(path, reason)
             return
         budget = self.settings.max_zip_total_bytes - self.unzipped_bytes
+        guarded: _Guarded | None = None
         try:
             with archive.open(info) as member:
-                guarded = _Guarded(member, info.compress_size, self.settings.max_zip_ratio, budget)
+                guarded = _Guarded(member, compressed, self.settings.max_zip_ratio, budget)
                 head = guarded.read(16)
                 kind = sniff(head)
                 if kind == "zip":
                     self._refuse(path, "refused: nested archives are not opened")
                 else:
                     self._store(path, _Prefixed(head, guarded), kind, len(head))  # type: ignore[arg-type]
-                self.unzipped_bytes += guarded.count
         except TooLarge as exc:
             raise UploadRefused(
                 f"the archives expand to more than {self.settings.max_zip_total_bytes} bytes, the limit", 413
             ) from exc
         except _Bomb as exc:
             self._refuse(path, str(exc))
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as exc:
+        except _ZIP_ERRORS as exc:
             self._refuse(path, f"corrupt archive member ({exc})")
+        finally:
+            # What a refused member expanded to before it was stopped counts against the upload's total too.
+            self.unzipped_bytes += guarded.count if guarded is not None else 0
 
 
 def ingest_parts(parts: Iterable[FilePart], storage: Storage, settings: Settings, job_id: str) -> Upload:
