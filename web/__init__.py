@@ -7,6 +7,7 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify, render_template, request
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
+from werkzeug.wsgi import LimitedStream
 
 from fracture.config import Settings, get_settings
 from fracture.db import session_factory
@@ -61,7 +62,7 @@ def _http_error(exc: HTTPException) -> Response | tuple[Response | str, int]:
     if isinstance(exc, RequestEntityTooLarge):
         # werkzeug raises the same 413 for too many bytes and for too many form parts.
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
-        if limit and (request.content_length or 0) > limit:
+        if limit and _over_size(limit):
             message = f"The upload is too large: the limit is {_human(limit)} per request. Split it into batches."
         else:
             parts = current_app.config.get("MAX_FORM_PARTS")
@@ -69,6 +70,14 @@ def _http_error(exc: HTTPException) -> Response | tuple[Response | str, int]:
     if request.path.startswith("/api/"):
         return jsonify({"error": message}), code
     return render_template("error.html", code=code, title=exc.name, message=message), code
+
+
+def _over_size(limit: int) -> bool:
+    """Whether the body was over `limit`: by its Content-Length, or a chunked body (no length) read up to the limit."""
+    if (request.content_length or 0) > limit:
+        return True
+    stream = request.stream
+    return request.content_length is None and isinstance(stream, LimitedStream) and stream.is_exhausted
 
 
 def _human(n: int | None) -> str:
