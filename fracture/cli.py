@@ -91,7 +91,9 @@ def classify(paths: tuple[Path, ...], out: Path, model: Path | None, batch_size:
     settings = get_settings()
     checkpoint, version_name = (model, f"file:{model.name}") if model else _active_checkpoint()
     try:
-        predictor = Predictor.from_file(checkpoint, batch_size=batch_size or settings.batch_size)
+        predictor = Predictor.from_file(
+            checkpoint, batch_size=batch_size or settings.batch_size, max_pixels=settings.max_image_pixels
+        )
     except CheckpointError as e:
         raise click.ClickException(str(e)) from None
 

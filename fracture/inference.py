@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from fracture.checkpoint import Checkpoint, load_checkpoint
-from fracture.preprocess import ImageError, load_u8, normalize
+from fracture.preprocess import DEFAULT_MAX_PIXELS, ImageError, load_u8, normalize
 
 Source = bytes | str | Path | BinaryIO
 
@@ -37,18 +37,25 @@ class Prediction:
 class Predictor:
     """A loaded model ready to classify batches of images on one device."""
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device | None = None, batch_size: int = 32) -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, device: torch.device | None = None, batch_size: int = 32,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
         self.ckpt = checkpoint
         self.device = device or pick_device()
         self.batch_size = batch_size
+        self.max_pixels = max_pixels  # larger images are error rows (MAX_IMAGE_PIXELS), never decoded
         self.model = checkpoint.model.to(self.device).to(memory_format=torch.channels_last)
         self.spec = checkpoint.preprocess
         self.amp = self.device.type == "cuda"
 
     @classmethod
-    def from_file(cls, path: str | Path, device: torch.device | None = None, batch_size: int = 32) -> Predictor:
+    def from_file(
+        cls, path: str | Path, device: torch.device | None = None, batch_size: int = 32,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> Predictor:
         device = device or pick_device()
-        return cls(load_checkpoint(path, device), device, batch_size)
+        return cls(load_checkpoint(path, device), device, batch_size, max_pixels)
 
     @torch.inference_mode()
     def probabilities(self, batch_u8: torch.Tensor) -> np.ndarray:
@@ -61,7 +68,7 @@ class Predictor:
 
     def _decode(self, source: Source) -> torch.Tensor | str:
         try:
-            return load_u8(source, self.spec)
+            return load_u8(source, self.spec, self.max_pixels)
         except ImageError as e:
             return str(e)
         except OSError as e:

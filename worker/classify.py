@@ -47,7 +47,7 @@ def load_predictor(settings: Settings, version: ModelVersion) -> Predictor:
         raise CheckpointError(f"model file of version {version.name} is missing ({version.checkpoint_key})")
     if sha256_file(path) != version.checkpoint_sha256:
         raise CheckpointError(f"model file of version {version.name} does not match its recorded SHA-256")
-    predictor = Predictor.from_file(path, batch_size=settings.batch_size)
+    predictor = Predictor.from_file(path, batch_size=settings.batch_size, max_pixels=settings.max_image_pixels)
     while len(_predictors) >= _MAX_CACHED:
         _predictors.pop(next(iter(_predictors)))
     _predictors[version.id] = predictor
