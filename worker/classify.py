@@ -84,22 +84,22 @@ def classify_chunk(
         if not attempts:
             return ChunkOutcome(skipped="every image already has a result")
         split = resend is not None and len(attempts) > 1 and max(attempts.values()) > 0
+        crashed = {i: n for i, n in attempts.items() if n >= settings.max_chunk_attempts}
+        todo_ids = [i for i in attempts if i not in crashed]
         if not split:
-            count_attempt(session, list(attempts))
+            count_attempt(session, todo_ids)
             images = session.scalars(
-                select(Image).where(Image.job_id == job_id, Image.id.in_(list(attempts))).order_by(Image.seq)
+                select(Image).where(Image.job_id == job_id, Image.id.in_(todo_ids)).order_by(Image.seq)
             ).all()
             mark_running(session, job_id)
     if split and resend is not None:
         for image_id in sorted(attempts):
             resend([image_id])
         return ChunkOutcome(skipped=f"split into {len(attempts)} single-image chunks after an unfinished attempt")
-    crashed = {i: n for i, n in attempts.items() if n >= settings.max_chunk_attempts}
     if crashed:
         log.error("job %s: images %s crashed their worker %d times; giving up on them", job_id, sorted(crashed),
                   settings.max_chunk_attempts)
         fail_images(settings, job_id, list(crashed), crash_reason(max(crashed.values())))
-        images = [image for image in images if image.id not in crashed]
         if not images:
             return ChunkOutcome(errors=len(crashed), skipped="crashed too often")
     if version is None:
