@@ -140,6 +140,7 @@ class System:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL")}
         env.update(FRACTURE_HOME=str(self.home), FRACTURE_SEED_MODEL=str(MODEL), PYTHONUNBUFFERED="1")
+        self.env = env
         self.log = open(self.home / "up.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [str(BIN / "fracture"), "up", "--port", str(self.port), "--broker", broker,
@@ -156,24 +157,33 @@ class System:
             time.sleep(0.5)
         else:
             raise RuntimeError(f"fracture up did not become healthy: {(self.home / 'up.log').read_text()[-3000:]}")
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {self.create_user('bench', admin=True)['token']}"
+
+    def create_user(self, name: str, admin: bool = False) -> dict[str, str]:
+        """`fracture users create NAME --json` against this installation: {"username", "password", "token"}."""
+        args = [str(BIN / "fracture"), "users", "create", name, "--json", *(["--admin"] if admin else [])]
+        done = subprocess.run(args, env=self.env, capture_output=True, text=True, check=True, timeout=120)
+        creds: dict[str, str] = json.loads(done.stdout)
+        return creds
 
     def run_job(self, zip_path: Path, expect: int) -> tuple[float, float]:
         """POST the zip, poll until final, fetch the CSV; returns (seconds incl. upload, status p95 ms)."""
         t0 = time.perf_counter()
         with open(zip_path, "rb") as f:
-            r = requests.post(f"{self.url}/api/jobs", files={"files": (zip_path.name, f, "application/zip")},
+            r = self.http.post(f"{self.url}/api/jobs", files={"files": (zip_path.name, f, "application/zip")},
                               timeout=600)
         r.raise_for_status()
         job = r.json()["id"]
         lat = []
         while True:
             t = time.perf_counter()
-            state = requests.get(f"{self.url}/api/jobs/{job}", timeout=30).json()
+            state = self.http.get(f"{self.url}/api/jobs/{job}", timeout=30).json()
             lat.append(time.perf_counter() - t)
             if state["status"] in ("done", "failed", "cancelled"):
                 break
             time.sleep(0.05)
-        text = requests.get(f"{self.url}/api/jobs/{job}/results.csv", timeout=120).text
+        text = self.http.get(f"{self.url}/api/jobs/{job}/results.csv", timeout=120).text
         elapsed = time.perf_counter() - t0
         rows = list(csv.DictReader(io.StringIO(text)))
         if state["status"] != "done" or len(rows) != expect or any(not r["model_version"] for r in rows):
@@ -186,6 +196,8 @@ class System:
         return {k: vm_hwm_mb(v) for k, v in procs.items()}
 
     def stop(self) -> None:
+        if hasattr(self, "http"):
+            self.http.close()
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=60)

@@ -1,4 +1,4 @@
-"""The `fracture` command: run the system, migrate the database, classify files in process."""
+"""The `fracture` command: run the system, migrate the database, manage users, classify files in process."""
 
 from __future__ import annotations
 
@@ -52,6 +52,111 @@ def db_downgrade(revision: str) -> None:
     url = get_settings().database_url
     downgrade(url, revision)
     click.echo(f"database at revision {current(url) or '(empty)'}")
+
+
+# ---------------------------------------------------------------- users
+
+
+@main.group()
+def users() -> None:
+    """User accounts and API tokens (passwords and tokens are shown once, never stored in clear)."""
+
+
+def _accounts_session():  # type: ignore[no-untyped-def]
+    from fracture.db import session_scope
+    from fracture.migrate import upgrade
+
+    url = get_settings().database_url
+    upgrade(url)
+    return session_scope(url)
+
+
+@users.command("create")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="may retrain, schedule, promote models and see every job")
+@click.option("--json", "as_json", is_flag=True, help='print {"username", "password", "token"} only')
+def users_create(name: str, admin: bool, as_json: bool) -> None:
+    """Create user NAME; print a one-time password and an API token."""
+    from fracture.accounts import AccountError, create_user
+
+    try:
+        with _accounts_session() as session:
+            creds = create_user(session, name, admin=admin)
+    except AccountError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(creds.as_json())
+        return
+    click.echo(f"created {'admin' if admin else 'user'} {creds.username}")
+    click.echo(f"password: {creds.password}")
+    click.echo(f"API token: {creds.token}   (send it as 'Authorization: Bearer <token>')")
+    click.echo("Both are shown only now; neither is stored in clear.")
+
+
+@users.command("list")
+def users_list() -> None:
+    """List users with their role and live API tokens."""
+    from sqlalchemy import select
+
+    from fracture.models import User
+
+    with _accounts_session() as session:
+        for user in session.scalars(select(User).order_by(User.id)):
+            live = [t for t in user.tokens if t.revoked_at is None]
+            used = max((t.last_used_at for t in live if t.last_used_at), default=None)
+            role = "admin" if user.is_admin else "user"
+            state = "" if user.active else " (disabled)"
+            seen = f", last used {used:%Y-%m-%d %H:%M}" if used else ""
+            ids = ", ".join(f"#{t.id}" for t in live) or "none"
+            click.echo(f"{user.username}\t{role}{state}\ttokens: {ids}{seen}")
+
+
+@users.command("revoke-token")
+@click.argument("name", required=False)
+@click.option("--id", "token_id", type=int, help="revoke only this token (see `fracture users list`)")
+def users_revoke_token(name: str | None, token_id: int | None) -> None:
+    """Revoke every API token of user NAME, or the one token --id."""
+    from fracture.accounts import AccountError, revoke_tokens
+
+    try:
+        with _accounts_session() as session:
+            count = revoke_tokens(session, name, token_id)
+    except AccountError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"revoked {count} token(s)")
+
+
+@users.command("create-token")
+@click.argument("name")
+@click.option("--label", default="cli", show_default=True, help="a name to tell the token apart")
+def users_create_token(name: str, label: str) -> None:
+    """Issue another API token for user NAME (printed once)."""
+    from fracture.accounts import AccountError, get_user, issue_token
+
+    try:
+        with _accounts_session() as session:
+            token = issue_token(session, get_user(session, name), label)
+    except AccountError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(token)
+
+
+@users.command("set-password")
+@click.argument("name")
+@click.option("--password", prompt=True, prompt_required=False, hide_input=True, confirmation_prompt=True,
+              default=None, help="the new password (default: a random one, printed once)")
+def users_set_password(name: str, password: str | None) -> None:
+    """Set user NAME's password (random unless --password); their browser sessions end."""
+    from fracture.accounts import AccountError, set_password
+
+    if password is not None and len(password) < 10:
+        raise click.ClickException("a password needs at least 10 characters")
+    try:
+        with _accounts_session() as session:
+            chosen = set_password(session, name, password)
+    except AccountError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"password of {name} changed" + ("" if password else f": {chosen}"))
 
 
 # ---------------------------------------------------------------- run everything

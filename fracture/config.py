@@ -45,6 +45,8 @@ class Settings:
     dataset_dir: Path | None = None
     training_time_limit_s: int = 6 * 3600
     secret_key: str = field(default="dev-only-change-me", repr=False)
+    # Send the session cookie over https only; off for the embedded http://127.0.0.1 mode.
+    session_cookie_secure: bool = False
     seed_model: Path | None = None
 
     @property
@@ -85,5 +87,6 @@ def get_settings(env: dict[str, str] | None = None) -> Settings:
         dataset_dir=Path(env["FRACTURE_DATASET"]) if env.get("FRACTURE_DATASET") else None,
         training_time_limit_s=_int(env, "TRAINING_TIME_LIMIT_S", 6 * 3600),
         secret_key=env.get("SECRET_KEY") or "dev-only-change-me",
+        session_cookie_secure=env.get("SESSION_COOKIE_SECURE", "").lower() in ("1", "true", "yes", "on"),
         seed_model=Path(seed) if seed else (default_seed if default_seed.exists() else None),
     )

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fracture.config import get_settings
+from fracture.config import Settings, get_settings
 
 STOP_TIMEOUT_S = 20.0
 _PR_SET_PDEATHSIG = 1
@@ -200,6 +200,7 @@ def up(host: str, port: int, broker: str, inference_concurrency: int, echo: Call
             model = ensure_seed_model(session, settings)
             model_name = model.name if model is not None else None
         echo(f"model: {model_name or 'none active (jobs are refused until one is trained or promoted)'}")
+        announce_first_admin(settings, echo)
 
         from worker.celery_app import make_celery
 
@@ -234,6 +235,23 @@ def up(host: str, port: int, broker: str, inference_concurrency: int, echo: Call
         sup.stop_all()
         for s, handler in old.items():
             signal.signal(s, handler)
+
+
+def announce_first_admin(settings: Settings, echo: Callable[[str], None] = print) -> bool:
+    """Create the first admin if the installation has no user; print its credentials this once."""
+    from fracture.accounts import FIRST_ADMIN_FILE, ensure_first_admin
+    from fracture.db import session_scope
+
+    with session_scope(settings.database_url) as session:
+        creds = ensure_first_admin(session, settings)
+    if creds is None:
+        return False
+    rule = "-" * 72
+    echo(f"{rule}\nFirst start: created the administrator account (shown only this once).\n"
+         f"  username: {creds.username}\n  password: {creds.password}\n  API token: {creds.token}\n"
+         f"A copy is in {settings.home / FIRST_ADMIN_FILE} (readable by you only): note them, change the "
+         f"password (`fracture users set-password {creds.username}`), then delete that file.\n{rule}")
+    return True
 
 
 def _wait(ready: Callable[[], bool], timeout: float, sup: Supervisor, stop: list[int] | None = None) -> bool:

@@ -1,7 +1,8 @@
-"""Take the README's screenshots with headless Chromium: docs/screenshots/{upload,job,jobs,models,training}.png.
+"""Take the README's screenshots with headless Chromium: docs/screenshots/{login,upload,job,jobs,models,training}.png.
 
     .venv/bin/python scripts/screenshots.py                      # a throwaway live system (tiny untrained model)
-    .venv/bin/python scripts/screenshots.py --url http://127.0.0.1:5000   # a running `fracture up` (real model)
+    .venv/bin/python scripts/screenshots.py --url http://127.0.0.1:5000 --user admin --password ...
+                                                                 # a running `fracture up` (real model)
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ def dataset_root() -> Path:
     return Path(env) if env else REPO.parent / "shared" / "datasets" / "bone-fracture-multiregion"
 
 
-def shoot(url: str, out: Path) -> None:
-    """Upload a folder of 20 real images through the page, wait for the job, and capture every page."""
+def shoot(url: str, out: Path, user: str, password: str) -> None:
+    """Log in, upload a folder of 20 real images through the page, wait for the job, and capture every page."""
     from playwright.sync_api import expect, sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -34,7 +35,12 @@ def shoot(url: str, out: Path) -> None:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 860})
-            page.goto(f"{url}/")
+            page.goto(f"{url}/login")
+            page.screenshot(path=out / "login.png")
+            page.locator("#username").fill(user)
+            page.locator("#password").fill(password)
+            page.locator("#login").click()
+            page.wait_for_url(f"{url}/")
             page.locator("#dir-input").set_input_files(folder)
             page.screenshot(path=out / "upload.png")
             page.locator("#submit").click()
@@ -51,11 +57,16 @@ def shoot(url: str, out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="a running system to photograph (default: start a throwaway one via pytest)")
+    parser.add_argument("--user", default=os.environ.get("FRACTURE_USER", "admin"), help="account for --url")
+    parser.add_argument("--password", default=os.environ.get("FRACTURE_PASSWORD"),
+                        help="its password (default: $FRACTURE_PASSWORD)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.url:
-        shoot(args.url.rstrip("/"), args.out)
+        if not args.password:
+            parser.error("--url needs --password (or $FRACTURE_PASSWORD): the pages require a login")
+        shoot(args.url.rstrip("/"), args.out, args.user, args.password)
     else:
         # The browser test starts redis, a worker and the web server, and writes its screenshots here.
         env = {**os.environ, "FRACTURE_SCREENSHOTS": str(args.out.resolve())}

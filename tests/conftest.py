@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,6 +180,24 @@ def base_env(home: Path) -> dict[str, str]:
     return env
 
 
+TEST_ADMIN = "tester"
+
+
+def add_user(env: dict[str, str], name: str, admin: bool = False) -> dict[str, str]:
+    """Create a user in the installation of `env`; return {"username", "password", "token"}."""
+    from fracture.accounts import create_user
+    from fracture.config import get_settings
+    from fracture.db import session_scope
+
+    with session_scope(get_settings(env).database_url) as session:
+        creds = create_user(session, name, admin=admin)
+    return {"username": creds.username, "password": creds.password, "token": creds.token}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 def register_model(env: dict[str, str], checkpoint: Path) -> int:
     """Register `checkpoint` in the installation of `env` and make it the active version."""
     from fracture.config import get_settings
@@ -196,9 +215,10 @@ def register_model(env: dict[str, str], checkpoint: Path) -> int:
 
 @pytest.fixture
 def fracture_env(tmp_path: Path, tiny_checkpoint: Path) -> dict[str, str]:
-    """A full process environment for a fresh installation: migrated SQLite, tiny model active.
+    """A full process environment for a fresh installation: migrated SQLite, tiny model active, an admin.
 
     The broker defaults to the embedded SQLite transport under FRACTURE_HOME; set REDIS_URL to change.
+    The admin `tester`'s credentials are in FRACTURE_TEST_USER, FRACTURE_TEST_PASSWORD, FRACTURE_TEST_TOKEN.
     """
     from fracture.migrate import upgrade
 
@@ -207,6 +227,9 @@ def fracture_env(tmp_path: Path, tiny_checkpoint: Path) -> dict[str, str]:
     env = base_env(home)
     upgrade(env["DATABASE_URL"])
     env["FRACTURE_MODEL_VERSION_ID"] = str(register_model(env, tiny_checkpoint))
+    admin = add_user(env, TEST_ADMIN, admin=True)
+    env.update(FRACTURE_TEST_USER=admin["username"], FRACTURE_TEST_PASSWORD=admin["password"],
+               FRACTURE_TEST_TOKEN=admin["token"])
     return env
 
 
@@ -315,13 +338,32 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 @dataclass
 class LiveSystem:
-    """A running web server + redis + inference worker over one FRACTURE_HOME."""
+    """A running web server + redis + inference worker over one FRACTURE_HOME.
+
+    `token`/`headers` are the admin `tester`'s; `http` is a requests.Session that sends them.
+    """
 
     url: str
     env: dict[str, str]
     home: Path
     web: Proc
     worker: Proc
+    token: str = ""
+    _http: Any = field(default=None, repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.token)
+
+    @property
+    def http(self) -> Any:
+        """A requests.Session that sends the admin's Bearer token (closed at teardown)."""
+        import requests
+
+        if self._http is None:
+            self._http = requests.Session()
+            self._http.headers.update(self.headers)
+        return self._http
 
     def logs(self) -> str:
         return "\n".join(f"===== {p.name} =====\n{p.log_text()}" for p in (self.web, self.worker))
@@ -357,8 +399,11 @@ def live_system(
     worker = celery_worker_proc.start(env)
     port = free_port()
     web = start_web(env, port, tmp_path / "logs")
-    system = LiveSystem(f"http://127.0.0.1:{port}", env, Path(env["FRACTURE_HOME"]), web, worker)
+    system = LiveSystem(f"http://127.0.0.1:{port}", env, Path(env["FRACTURE_HOME"]), web, worker,
+                        token=env["FRACTURE_TEST_TOKEN"])
     yield system
+    if system._http is not None:
+        system._http.close()
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         print(f"\n{system.logs()}")

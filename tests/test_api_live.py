@@ -27,14 +27,14 @@ def test_zip_upload_reaches_done_with_one_csv_row_per_file(live_system: LiveSyst
     expected = len(sample_images) + 2
 
     started = time.monotonic()
-    response = requests.post(f"{live_system.url}/api/jobs", files=[("files", ("batch.zip", buf.getvalue()))],
-                             timeout=120)
+    response = live_system.http.post(f"{live_system.url}/api/jobs", files=[("files", ("batch.zip", buf.getvalue()))],
+                                     timeout=120)
     assert response.status_code == 201, response.text
     job_id = response.json()["id"]
     assert response.json()["total"] == expected
 
     def finished() -> dict[str, object] | None:
-        job = requests.get(f"{live_system.url}/api/jobs/{job_id}", timeout=10).json()
+        job = live_system.http.get(f"{live_system.url}/api/jobs/{job_id}", timeout=10).json()
         return job if job["status"] in ("done", "failed", "cancelled") else None
 
     job = wait_for(finished, 300, f"job {job_id} to finish\n{live_system.logs()}", interval=0.5)
@@ -43,7 +43,7 @@ def test_zip_upload_reaches_done_with_one_csv_row_per_file(live_system: LiveSyst
     assert job["finished_at"] and job["elapsed_s"] is not None and job["eta_s"] == 0
     print(f"{expected} files classified in {time.monotonic() - started:.1f} s")
 
-    text = requests.get(f"{live_system.url}/api/jobs/{job_id}/results.csv", timeout=30).text
+    text = live_system.http.get(f"{live_system.url}/api/jobs/{job_id}/results.csv", timeout=30).text
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == expected
     by_path = {r["path"]: r for r in rows}

@@ -1,4 +1,4 @@
-"""Headless Chromium uploads a folder of 20 real X-rays, watches the progress bar finish and downloads the CSV."""
+"""Headless Chromium logs in, uploads a folder of 20 real X-rays, watches the progress bar finish, downloads the CSV."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def twenty_images(dataset_root: Path, tmp_path: Path) -> Path:
     return folder
 
 
-def test_folder_upload_progress_and_csv(live_system: LiveSystem, twenty_images: Path, tmp_path: Path) -> None:
+def test_login_folder_upload_progress_csv_and_logout(
+    live_system: LiveSystem, twenty_images: Path, tmp_path: Path
+) -> None:
     if not CHROMIUM.exists():
         pytest.fail("Debian chromium is not installed (apt-get install -y chromium)")
     from playwright.sync_api import expect, sync_playwright
@@ -33,7 +35,21 @@ def test_folder_upload_progress_and_csv(live_system: LiveSystem, twenty_images: 
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 860})
+            # Anything the Content-Security-Policy blocks shows up as a console error.
+            blocked: list[str] = []
+            page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
             page.goto(f"{live_system.url}/")
+            page.wait_for_url("**/login?next=**")  # no session yet: the pages send the browser to log in
+            if shots:
+                page.screenshot(path=f"{shots}/login.png")
+            page.locator("#username").fill(live_system.env["FRACTURE_TEST_USER"])
+            page.locator("#password").fill("not the password")
+            page.locator("#login").click()
+            expect(page.locator("#login-error")).to_have_text("Wrong username or password.")
+            page.locator("#password").fill(live_system.env["FRACTURE_TEST_PASSWORD"])
+            page.locator("#login").click()
+            page.wait_for_url(f"{live_system.url}/")
+            expect(page.locator("#signed-in")).to_have_text("tester (admin)")
             expect(page.locator("#submit")).to_be_enabled()
             page.locator("#dir-input").set_input_files(twenty_images)
             expect(page.locator("#selection")).to_contain_text("20 file(s) chosen")
@@ -65,6 +81,12 @@ def test_folder_upload_progress_and_csv(live_system: LiveSystem, twenty_images: 
                 for name in ("jobs", "models", "training"):
                     page.goto(f"{live_system.url}/{name}")
                     page.screenshot(path=f"{shots}/{name}.png")
+
+            page.locator("#logout").click()
+            page.wait_for_url("**/login")
+            page.goto(f"{live_system.url}/jobs/{job_id}")
+            page.wait_for_url("**/login?next=**")  # the session ended with the logout
+            assert not blocked, blocked
         finally:
             browser.close()
 

@@ -87,19 +87,26 @@ def test_fracture_up_embedded_serves_a_job_and_stops_cleanly(
         wait_for(lambda: (up.alive() or pytest.fail(up.log_text())) and "fracture is up on" in up.log_text(), 120,
                  "fracture up to report the URL")
         assert f"http://127.0.0.1:{port}" in up.log_text()
+        # The first start made an admin, printed it once and left a private copy for whoever missed it.
+        first = dict(line.split(": ", 1) for line in (home / "first-admin.txt").read_text().splitlines()[2:])
+        assert (home / "first-admin.txt").stat().st_mode & 0o777 == 0o600
+        assert f"API token: {first['token']}" in up.log_text() and first["username"] == "admin"
+        auth = {"Authorization": f"Bearer {first['token']}"}
+        assert requests.get(f"{url}/api/jobs", timeout=30).status_code == 401
         health = requests.get(f"{url}/api/health", timeout=30).json()
         assert health["broker"] == "ok"
         print(f"fracture up answered after {time.monotonic() - began:.1f}s")
 
         data, n = real_zip
         posted = time.monotonic()
-        r = requests.post(f"{url}/api/jobs", files=[("files", ("xrays.zip", data, "application/zip"))], timeout=60)
+        r = requests.post(f"{url}/api/jobs", files=[("files", ("xrays.zip", data, "application/zip"))], timeout=60,
+                          headers=auth)
         assert r.status_code == 201, r.text
         job = r.json()
         assert job["total"] == n and job["status"] in ("queued", "running", "done")
 
         final = wait_for(
-            lambda: (s := requests.get(f"{url}/api/jobs/{job['id']}", timeout=10).json())["status"]
+            lambda: (s := requests.get(f"{url}/api/jobs/{job['id']}", timeout=10, headers=auth).json())["status"]
             in ("done", "failed", "cancelled") and s,
             180, "the job to finish",
         )
@@ -107,7 +114,7 @@ def test_fracture_up_embedded_serves_a_job_and_stops_cleanly(
         assert final["status"] == "done", final
         assert final["processed"] == n
 
-        body = requests.get(f"{url}/api/jobs/{job['id']}/results.csv", timeout=30)
+        body = requests.get(f"{url}/api/jobs/{job['id']}/results.csv", timeout=30, headers=auth)
         assert body.status_code == 200
         rows = list(csv.DictReader(io.StringIO(body.text)))
         assert len(rows) == n

@@ -60,6 +60,20 @@ def test_factory_does_not_migrate(tmp_path: Path) -> None:
     response = client.get("/api/health")
     assert response.status_code == 503
     assert "fracture db upgrade" in response.get_json()["database"]
-    page = client.get("/jobs")
+    page = client.get("/jobs", headers={"Authorization": "Bearer any"})  # looking the token up needs the schema
     assert page.status_code == 503 and b"fracture db upgrade" in page.data
     assert "jobs" not in inspect(get_engine(settings.database_url)).get_table_names()
+
+
+def test_factory_sets_safe_session_cookies_and_a_private_secret_key(tmp_path: Path) -> None:
+    settings = get_settings({"FRACTURE_HOME": str(tmp_path)})  # no SECRET_KEY: the shipped placeholder
+    app = create_app({"FRACTURE_SETTINGS": settings})
+    key_file = tmp_path / "secret-key"
+    assert app.config["SECRET_KEY"] == key_file.read_text() and len(app.config["SECRET_KEY"]) == 64
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert create_app({"FRACTURE_SETTINGS": settings}).config["SECRET_KEY"] == app.config["SECRET_KEY"]
+    assert app.config["SESSION_COOKIE_HTTPONLY"] and app.config["SESSION_COOKIE_SAMESITE"] == "Lax"
+    assert app.config["SESSION_COOKIE_SECURE"] is False  # the embedded mode serves http://127.0.0.1
+    behind_tls = get_settings({"FRACTURE_HOME": str(tmp_path), "SESSION_COOKIE_SECURE": "1", "SECRET_KEY": "k" * 40})
+    app = create_app({"FRACTURE_SETTINGS": behind_tls})
+    assert app.config["SESSION_COOKIE_SECURE"] is True and app.config["SECRET_KEY"] == "k" * 40

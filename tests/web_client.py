@@ -11,10 +11,34 @@ from werkzeug.test import TestResponse, stream_encode_multipart
 from fracture.config import Settings
 from web import create_app
 
+TEST_ADMIN = "tester"  # created by the `fracture_env` fixture
 
-def make_client(settings: Settings, **config: object) -> FlaskClient:
-    """A test client of a fresh app built by the factory for `settings`."""
-    return create_app({"FRACTURE_SETTINGS": settings, "TESTING": True, **config}).test_client()
+
+def make_client(settings: Settings, *, as_user: str | None = TEST_ADMIN, token: str | None = None,
+                **config: object) -> FlaskClient:
+    """A test client of a fresh app for `settings` that sends a Bearer token on every request.
+
+    The token is `token`, else a fresh one of user `as_user` (the fixture's admin by default);
+    `as_user=None` without a token makes an anonymous client.
+    """
+    client = create_app({"FRACTURE_SETTINGS": settings, "TESTING": True, **config}).test_client()
+    if token is None and as_user is not None:
+        token = user_token(settings, as_user)
+    if token is not None:
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    return client
+
+
+def user_token(settings: Settings, username: str) -> str:
+    """Issue another API token for `username` (created as an admin if this installation lacks it)."""
+    from fracture.accounts import create_user, find_user, issue_token
+    from fracture.db import session_scope
+
+    with session_scope(settings.database_url) as session:
+        user = find_user(session, username)
+        if user is None:
+            return create_user(session, username, admin=True).token
+        return issue_token(session, user, "test")
 
 
 def multipart(files: list[tuple[bytes, str]]) -> tuple[bytes, str]:

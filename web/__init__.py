@@ -1,4 +1,4 @@
-"""The Flask application factory: settings, database sessions, Celery, blueprints, error pages."""
+"""The Flask application factory: settings, database sessions, Celery, access control, blueprints, error pages."""
 
 from __future__ import annotations
 
@@ -21,13 +21,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.request_class = UploadRequest
     configured = config.pop("FRACTURE_SETTINGS", None)
     settings: Settings = configured if isinstance(configured, Settings) else get_settings()
+    from web.auth import auth_config, init_auth
+
     app.config.update(
         FRACTURE_SETTINGS=settings,
-        SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
         MAX_FORM_PARTS=settings.max_form_parts,
         RESULTS_PAGE_SIZE=50,
     )
+    app.config.update(auth_config(settings, keyed="SECRET_KEY" in config))
     app.config.update(config)
 
     # Sessions are opened per request on first use; migrations are run by `fracture up` / `db upgrade`.
@@ -40,6 +42,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from web.context import close_db
 
     app.teardown_appcontext(close_db)
+    init_auth(app)  # before the blueprints: its guard runs first on every request
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_error_handler(HTTPException, _http_error)

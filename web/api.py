@@ -13,9 +13,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from fracture.dispatch import broker_ping, worker_ping
 from fracture.models import Job, JobStatus, ModelVersion
+from web.auth import current_user, require_admin, sees, visible
 from web.context import active_model, celery, db
 from web.ingest import UploadRefused
 from web.jobs import JobNotDispatched, create_job, dispatch
+from web.models import promote_version
 from web.views import CSV_COLUMNS, iter_result_rows, job_dict, model_dict, result_rows
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -37,7 +39,8 @@ def _not_dispatched(exc: JobNotDispatched) -> tuple[Response, int]:
 
 def _get_job(job_id: str) -> Job:
     job = db().get(Job, job_id)
-    if job is None:
+    if job is None or not sees(job):
+        # Someone else's job answers exactly like a missing one: its id reveals nothing.
         abort(404, description=f"no job with id {job_id}")
     return job
 
@@ -47,14 +50,14 @@ def post_job() -> tuple[Response, int]:
     parts = request.files.getlist("files")
     if not parts:
         return error("No files in the upload: send one or more multipart parts named 'files'.", 400)
-    job = create_job(parts)
+    job = create_job(parts, owner_id=current_user().id)
     return jsonify({"id": job.id, "status": job.status, "total": job.total}), 201
 
 
 @bp.get("/jobs")
 def list_jobs() -> Response:
     limit = min(request.args.get("limit", 100, type=int), 1000)
-    jobs = db().scalars(select(Job).order_by(Job.created_at.desc()).limit(limit))
+    jobs = db().scalars(visible(select(Job)).order_by(Job.created_at.desc()).limit(limit))
     return jsonify({"jobs": [job_dict(j) for j in jobs]})
 
 
@@ -112,6 +115,14 @@ def list_models() -> Response:
     versions = db().scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc()))
     active = active_model()
     return jsonify({"active": active.name if active else None, "models": [_public(model_dict(v)) for v in versions]})
+
+
+@bp.post("/models/<int:version_id>/promote")
+def promote_model(version_id: int) -> Response:
+    """Make a version the active model (admins only); new jobs use it, running jobs keep theirs."""
+    require_admin("promote a model")
+    version = promote_version(version_id)
+    return jsonify(_public(model_dict(version)))
 
 
 def _public(model: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,9 @@ from sqlalchemy import func, select
 from fracture.dispatch import RETRAIN_TASK, TRAINING_QUEUE
 from fracture.models import Job, ModelVersion, Schedule, TrainingRun
 from fracture.storage import StorageError
+from web.auth import require_admin, sees, visible
 from web.context import NO_MODEL_MESSAGE, active_model, celery, db, settings, storage
+from web.models import promote_version
 from web.views import job_dict, model_dict, result_rows
 
 bp = Blueprint("pages", __name__)
@@ -29,14 +31,14 @@ def upload() -> ResponseReturnValue:
 
 @bp.get("/jobs")
 def jobs() -> ResponseReturnValue:
-    rows = db().scalars(select(Job).order_by(Job.created_at.desc()).limit(200))
+    rows = db().scalars(visible(select(Job)).order_by(Job.created_at.desc()).limit(200))
     return render_template("jobs.html", jobs=[job_dict(j) for j in rows])
 
 
 @bp.get("/jobs/<job_id>")
 def job(job_id: str) -> ResponseReturnValue:
     record = db().get(Job, job_id)
-    if record is None:
+    if record is None or not sees(record):
         abort(404, description=f"There is no job with id {job_id}.")
     size = current_app.config["RESULTS_PAGE_SIZE"]
     pages = max(1, -(-record.total // size))
@@ -50,6 +52,14 @@ def models() -> ResponseReturnValue:
     versions = db().scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())).all()
     active_model()  # registers the shipped release model on a fresh install
     return render_template("models.html", models=[model_dict(v) for v in versions])
+
+
+@bp.post("/models/<int:version_id>/promote")
+def promote_model(version_id: int) -> ResponseReturnValue:
+    require_admin("promote a model")
+    version = promote_version(version_id)
+    flash(f"Model {version.name} is now the active model; new jobs use it.", "ok")
+    return redirect(url_for("pages.models"))
 
 
 @bp.get("/models/<int:version_id>/plots/<name>")
@@ -80,6 +90,7 @@ def training() -> ResponseReturnValue:
 
 @bp.post("/training/schedules")
 def add_schedule() -> ResponseReturnValue:
+    require_admin("add a retraining schedule")
     minutes = request.form.get("interval_minutes", type=int)
     name = (request.form.get("name") or "").strip()[:128] or "retrain"
     if minutes is None or minutes < 1:
@@ -95,6 +106,7 @@ def add_schedule() -> ResponseReturnValue:
 @bp.post("/training/retrain")
 def retrain() -> ResponseReturnValue:
     """Record a training run, then send `training.retrain` by name to the training queue."""
+    require_admin("start a training run")
     session = db()
     run = TrainingRun(status="queued", params={}, message="requested on the training page")
     session.add(run)

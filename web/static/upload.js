@@ -51,6 +51,9 @@
     for (const [file, name] of files) data.append("files", file, name);
     const xhr = new XMLHttpRequest();  // fetch() cannot report upload progress
     xhr.open("POST", form.action);
+    // The page's session cookie authenticates the upload; the CSRF token proves the page sent it.
+    const csrf = document.querySelector('meta[name="csrf-token"]');
+    if (csrf) xhr.setRequestHeader("X-CSRFToken", csrf.content);
     xhr.responseType = "json";
     xhr.upload.addEventListener("progress", (e) => {
       if (e.lengthComputable) {
