@@ -82,6 +82,7 @@ def _register(settings: Settings, run_id: int, summary: dict[str, Any], force: b
         plots = {}
         for name, file in summary["plots"].items():
             key = f"models/{version.name}/plots/{name}.png"
+            storage.path(key).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(file, storage.path(key))
             plots[name] = key
         card = Path(summary["checkpoint"]).parent / "model_card.md"
