@@ -60,7 +60,7 @@ def _to_grayscale(im: Image.Image) -> Image.Image:
         im = im.convert("RGBA")
         background = Image.new("RGBA", im.size, (0, 0, 0, 255))
         im = Image.alpha_composite(background, im)
-    return im.convert("L")
+    return im if im.mode == "L" else im.convert("L")
 
 
 def decode(source: bytes | str | Path | BinaryIO, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -78,7 +78,8 @@ def decode(source: bytes | str | Path | BinaryIO, size: int, max_pixels: int = D
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is much larger.
                 im.draft("L", (size, size))
             im.load()
-            im = ImageOps.exif_transpose(im) or im
+            # In place, and no convert() of an image already "L": a copy of a 64M-pixel image is 64 MB more.
+            ImageOps.exif_transpose(im, in_place=True)
             gray = _to_grayscale(im)
             return gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
     except ImageError:

@@ -19,7 +19,6 @@ from fracture.storage import Storage, TooLarge
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 # Below this size a high compression ratio is harmless (a blank test image); above it, a bomb.
 RATIO_FLOOR_BYTES = 1 << 20
-_DRIVE = re.compile(r"^[A-Za-z]:$")
 _DRIVE_PREFIX = re.compile(r"^[A-Za-z]:")  # C:\x, C:/x and drive-relative C:x
 _BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
 # What zipfile raises on a damaged archive (found by fuzzing: a bad version is NotImplementedError, a header
@@ -74,8 +73,9 @@ def clean_path(name: str) -> str:
     name = "".join(ch for ch in name if unicodedata.category(ch) != "Cc" and ch not in _BIDI)
     parts = [p.strip() for p in name.replace("\\", "/").split("/")]
     parts = [p for p in parts if p not in ("", ".", "..")]
-    if parts and _DRIVE.match(parts[0]):
-        parts = parts[1:]
+    if parts and _DRIVE_PREFIX.match(parts[0]):
+        parts[0] = parts[0][2:].strip()  # "C:" alone, or drive-relative "C:scan.jpg"
+        parts = [p for p in parts if p]
     return "/".join(parts)[:1024] or "unnamed"
 
 
@@ -222,7 +222,7 @@ class Ingest:
                 self._add_member(archive, info, min(info.compress_size, archive_size))
 
     def _add_member(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, compressed: int) -> None:
-        raw = info.filename
+        raw = info.orig_filename  # zipfile cuts `filename` at a NUL byte; the refusal must see the whole name
         if info.is_dir() or is_junk(raw):
             self.upload.skipped += int(not info.is_dir())
             return
