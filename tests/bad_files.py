@@ -107,3 +107,35 @@ def dataset_file(dataset_root: Path, label: str, filename: str) -> Path:
             if row["label"] == label and row["filename"] == filename:
                 return dataset_root / "blobs" / row["md5"]
     raise LookupError(f"{label}/{filename} is not in the dataset's manifest")
+
+
+def encrypted_zip(name: str, data: bytes, password: bytes) -> bytes:
+    """A zip with one member encrypted the way `zip -e` does it (traditional PKWARE encryption), stored."""
+
+    def crc_byte(crc: int, byte: int) -> int:  # CRC-32 register step without zlib's pre/post inversion
+        return zlib.crc32(bytes([byte]), crc ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
+
+    keys = [0x12345678, 0x23456789, 0x34567890]
+
+    def update(byte: int) -> None:
+        keys[0] = crc_byte(keys[0], byte)
+        keys[1] = ((keys[1] + (keys[0] & 0xFF)) * 134775813 + 1) & 0xFFFFFFFF
+        keys[2] = crc_byte(keys[2], keys[1] >> 24)
+
+    for byte in password:
+        update(byte)
+    crc = zlib.crc32(data)
+    plain = bytes(range(1, 12)) + bytes([crc >> 24]) + data  # 12-byte header whose last byte checks the password
+    secret = bytearray()
+    for byte in plain:
+        k = (keys[2] | 2) & 0xFFFF
+        secret.append(byte ^ (((k * (k ^ 1)) >> 8) & 0xFF))
+        update(byte)
+    encoded = name.encode()
+    # version 20, flag 1 (encrypted), method 0 (stored), time 0, date 0x21 (1980-01-01)
+    fields = struct.pack("<HHHHHIII", 20, 1, 0, 0, 0x21, crc, len(secret), len(data))
+    local = b"PK\x03\x04" + fields + struct.pack("<HH", len(encoded), 0) + encoded
+    central = (b"PK\x01\x02" + struct.pack("<H", 20) + fields
+               + struct.pack("<HHHHHII", len(encoded), 0, 0, 0, 0, 0, 0) + encoded)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, len(central), len(local) + len(secret), 0)
+    return local + bytes(secret) + central + end
