@@ -355,6 +355,18 @@ def test_security_headers_on_every_response(settings: Settings, sample_images: l
         assert not re.search(r"<script(?![^>]*\bsrc=)", html) and " style=" not in html and "<style" not in html
 
 
+def test_url_paths_never_reach_the_filesystem_unchecked(settings: Settings) -> None:
+    """Static files and plots are looked up under their own folder or by a recorded key, never by a raw path."""
+    client = make_client(settings)
+    (settings.home / "secret.txt").write_text("not for the web")
+    for url in ("/static/../fracture.sqlite", "/static/..%2f..%2ffracture%2fconfig.py", "/static/%2e%2e/README.md",
+                "/static//etc/passwd", "/models/1/plots/..%2f..%2fsecret.txt", "/jobs/..%2f..%2fsecret.txt",
+                "/api/jobs/..%2Fsecret.txt/results.csv"):
+        r = client.get(url, follow_redirects=True)  # werkzeug first merges "//" with a redirect
+        assert r.status_code == 404 and b"not for the web" not in r.data and b"SQLite" not in r.data, url
+        r.close()
+
+
 # ---------------------------------------------------------------- the embedded first admin
 
 
