@@ -86,3 +86,12 @@ def test_dead_training_runs_fail_and_only_stale_orphan_uploads_are_removed(fract
         error = session.get(TrainingRun, ids[0]).error  # type: ignore[union-attr]
     assert statuses == ["failed", "running", "queued"]
     assert "trainer stopped without finishing" in str(error)
+
+
+def test_beat_runs_the_reaper_every_reaper_interval(fracture_env: dict[str, str]) -> None:
+    app = make_celery(get_settings({**fracture_env, "REAPER_INTERVAL_S": "45"}))
+    app.loader.import_default_modules()
+    entry = app.conf.beat_schedule["maintenance-reap"]
+    assert (entry["task"], entry["schedule"]) == ("maintenance.reap", 45.0)
+    assert "maintenance.reap" in app.tasks
+    assert app.amqp.router.route({}, "maintenance.reap")["queue"].name == "inference"
