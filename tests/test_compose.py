@@ -26,8 +26,8 @@ def compose() -> dict[str, Any]:
             pytest.fail("docker-compose is not installed (scripts/system-deps.sh installs Debian's package)")
         pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
     # Defaults only: a developer's POSTGRES_PASSWORD or SECRET_KEY must not change what is checked.
-    env = {k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "SECRET_KEY", "WEB_PORT",
-                                                            "WORKER_CONCURRENCY", "COMPOSE_FILE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "SECRET_KEY", "SESSION_COOKIE_SECURE",
+                                                            "WEB_PORT", "WORKER_CONCURRENCY", "COMPOSE_FILE")}
     proc = subprocess.run([exe, "-f", "docker-compose.yml", "config"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, f"docker-compose config rejected the file:\n{proc.stderr}"
