@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fracture.checkpoint import read_payload, sha256_file
 from fracture.config import Settings
 from fracture.models import ModelStatus, ModelVersion
 from fracture.storage import Storage
@@ -35,6 +34,9 @@ def register_checkpoint(
     notes: str | None = None,
 ) -> ModelVersion:
     """Copy a checkpoint file into storage and add it as a candidate version."""
+    # Imported here, not at the top: torch costs the web processes seconds at start and nothing else needs it.
+    from fracture.checkpoint import read_payload, sha256_file
+
     payload = read_payload(checkpoint_file)
     name = name or next_name(session)
     key = f"models/{name}/model.pt"
