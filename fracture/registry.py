@@ -90,12 +90,26 @@ def ensure_seed_model(session: Session, settings: Settings) -> ModelVersion | No
         return current
     if session.scalars(select(ModelVersion.id)).first() is not None:
         return None  # versions exist but none is active: an admin's choice, not ours to undo
+    storage = Storage(settings.storage_dir)
     version = register_checkpoint(
-        session, Storage(settings.storage_dir), settings.seed_model, name="release-1",
+        session, storage, settings.seed_model, name="release-1",
         notes="release checkpoint shipped with the repository",
     )
+    version.plots = store_plots(storage, version.name, Path(settings.seed_model).parent / "plots")
     promote(session, version)
     return version
+
+
+def store_plots(storage: Storage, version_name: str, folder: Path) -> dict[str, str]:
+    """Copy a run's PNG plots into storage beside the version's checkpoint; returns {name: storage key}."""
+    keys: dict[str, str] = {}
+    for png in sorted(folder.glob("*.png")) if folder.is_dir() else []:
+        key = f"models/{version_name}/plots/{png.stem}.png"
+        dest = storage.path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, dest)
+        keys[png.stem] = key
+    return keys
 
 
 def checkpoint_path(settings: Settings, version: ModelVersion) -> Path:

@@ -190,3 +190,21 @@ def test_pretrained_weights_load_from_a_local_file(tmp_path: Path) -> None:
     missing = load_pretrained(model, tmp_path / "resnet18.pth")
     assert missing == ["net.fc.bias", "net.fc.weight"] or missing == ["fc.bias", "fc.weight"]
     assert torch.equal(model.net.conv1.weight, imagenet_like.conv1.weight)
+
+
+def test_fresh_install_serves_the_shipped_release_model_with_its_plots(tmp_path: Path) -> None:
+    from fracture.migrate import upgrade
+    from fracture.registry import ensure_seed_model
+
+    settings = get_settings({"FRACTURE_HOME": str(tmp_path / "home")})
+    assert settings.seed_model is not None and settings.seed_model.is_file(), "the repository ships a checkpoint"
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as s:
+        version = ensure_seed_model(s, settings)
+        assert version is not None and version.name == "release-1" and version.status == ModelStatus.ACTIVE
+        assert set(version.plots) == {"curves", "roc", "confusion"}
+        assert all((settings.storage_dir / key).is_file() for key in version.plots.values())
+        assert version.split_policy == "grouped" and version.metrics["test"]["n"] > 0
+    ckpt = load_checkpoint(settings.seed_model)
+    assert ckpt.meta["split_policy"] == "grouped"
+    assert settings.seed_model.stat().st_size <= 25 * 1024 * 1024

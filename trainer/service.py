@@ -12,7 +12,7 @@ from typing import Any
 from fracture.config import Settings
 from fracture.db import session_scope
 from fracture.models import ModelVersion, TrainingRun
-from fracture.registry import active_version, promote, register_checkpoint, should_promote
+from fracture.registry import active_version, promote, register_checkpoint, should_promote, store_plots
 from fracture.storage import Storage
 
 # Parameters a run may set (from the page, the API or a schedule), mapped to trainer options.
@@ -79,12 +79,7 @@ def _register(settings: Settings, run_id: int, summary: dict[str, Any], force: b
     storage = Storage(settings.storage_dir)
     with session_scope(settings.database_url) as s:
         version = register_checkpoint(s, storage, summary["checkpoint"], notes=f"training run {run_id}")
-        plots = {}
-        for name, file in summary["plots"].items():
-            key = f"models/{version.name}/plots/{name}.png"
-            storage.path(key).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(file, storage.path(key))
-            plots[name] = key
+        plots = store_plots(storage, version.name, Path(summary["checkpoint"]).parent / "plots")
         card = Path(summary["checkpoint"]).parent / "model_card.md"
         if card.is_file():
             shutil.copyfile(card, storage.path(f"models/{version.name}/model_card.md"))
