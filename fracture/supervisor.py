@@ -212,7 +212,9 @@ def up(host: str, port: int, broker: str, inference_concurrency: int, echo: Call
                     "--threads", "8", "--timeout", "600", "--graceful-timeout", "10", "--no-control-socket",
                     "web.wsgi:app"]
         sup.start("web", web_args, env)
-        sup.start("inference-worker", _worker_args("inference", "inference", inference_concurrency), env)
+        threads = str(max(1, (os.cpu_count() or 1) // max(1, inference_concurrency)))
+        sup.start("inference-worker", _worker_args("inference", "inference", inference_concurrency),
+                  {"TORCH_THREADS": threads, **env})
         sup.start("training-worker", _worker_args("training", "training", 1), env)
         sup.start("beat", _celery("beat", "--schedule", str(home / "celerybeat-schedule"), "--loglevel", "INFO"), env)
 

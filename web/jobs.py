@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from sqlalchemy import insert
+
 from fracture.dispatch import BROKER_DOWN_MESSAGE, BrokerUnavailable, enqueue_job
 from fracture.models import Image, Job, JobStatus, new_id
 from web.context import NO_MODEL_MESSAGE, active_model, celery, db, settings, storage
@@ -52,12 +54,16 @@ def create_job(parts: Iterable[FilePart], owner_id: int | None = None) -> Job:
     )
     job.model_version = model
     session.add(job)
-    session.add_all(
-        Image(job_id=job_id, seq=e.seq, path=e.path, storage_key=e.storage_key, size_bytes=e.size_bytes,
-              ingest_error=e.ingest_error)
-        for e in upload.entries
-    )
     try:
+        session.flush()
+        # Core inserts in slices, not ORM objects: a 10,000-file job would otherwise hold 10,000 Image objects
+        # in the request's session; all in the job's one transaction, so a half-written job is never seen.
+        for start in range(0, len(upload.entries), 1000):
+            session.execute(insert(Image), [
+                {"job_id": job_id, "seq": e.seq, "path": e.path, "storage_key": e.storage_key,
+                 "size_bytes": e.size_bytes, "ingest_error": e.ingest_error}
+                for e in upload.entries[start:start + 1000]
+            ])
         session.commit()
     except BaseException:
         session.rollback()

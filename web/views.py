@@ -76,8 +76,11 @@ def _rows(session: Session, job: Job, offset: int, limit: int | None) -> Iterato
     version = aliased(ModelVersion)
     # The job pins its model version; a result under another version (an old re-run) is not this job's.
     on = and_(Result.image_id == Image.id, Result.model_version_id == job.model_version_id)
+    # Plain columns, not ORM entities: a request's session would otherwise keep every row it streamed
+    # (two objects per image) until the end of a 10,000-row CSV.
     stmt = (
-        select(Image, Result, version.name)
+        select(Image.id, Image.seq, Image.path, Image.ingest_error, Result.prediction, Result.probability,
+               Result.error, version.name)
         .outerjoin(Result, on)
         .outerjoin(version, version.id == Result.model_version_id)
         .where(Image.job_id == job.id)
@@ -86,15 +89,15 @@ def _rows(session: Session, job: Job, offset: int, limit: int | None) -> Iterato
     )
     if limit is not None:
         stmt = stmt.limit(limit)
-    for image, result, version_name in session.execute(stmt):
+    for image_id, seq, path, ingest_error, prediction, probability, error, version_name in session.execute(stmt):
         yield {
-            "image_id": image.id,
-            "seq": image.seq,
-            "path": image.path,
-            "prediction": result.prediction if result else None,
-            "probability": result.probability if result else None,
+            "image_id": image_id,
+            "seq": seq,
+            "path": path,
+            "prediction": prediction,
+            "probability": probability,
             "model_version": version_name,
-            "error": (result.error if result else None) or image.ingest_error,
+            "error": error or ingest_error,
         }
 
 

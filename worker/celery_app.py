@@ -111,9 +111,18 @@ def settings_of(app: Celery) -> Settings:
 @worker_process_init.connect
 def _fresh_child(**_: Any) -> None:
     """A forked pool child must not reuse the parent's pooled database connections."""
+    import os
+
     from fracture.db import dispose_engines
 
     dispose_engines()
+    # Several pool children on few cores: each gets its share of threads, not all of them (oversubscribed
+    # OpenMP threads spin against each other: 2 children x 2 threads on 2 cores ran slower than one child).
+    threads = os.environ.get("TORCH_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
 
 
 def celery_init_app(flask_app: Flask, settings: Settings | None = None) -> Celery:
