@@ -14,9 +14,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from flask.testing import FlaskClient
+
+    from fracture.config import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -234,6 +239,25 @@ def fracture_env(tmp_path: Path, tiny_checkpoint: Path) -> dict[str, str]:
     env.update(FRACTURE_TEST_USER=admin["username"], FRACTURE_TEST_PASSWORD=admin["password"],
                FRACTURE_TEST_TOKEN=admin["token"])
     return env
+
+
+@pytest.fixture
+def settings(fracture_env: dict[str, str]) -> Settings:
+    """The Settings of `fracture_env`'s installation."""
+    from fracture.config import get_settings
+
+    return get_settings(fracture_env)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[FlaskClient]:
+    """A Flask test client of that installation, signed in as the test admin (Bearer token)."""
+    from web_client import make_client
+
+    from fracture.db import dispose_engines
+
+    yield make_client(settings)
+    dispose_engines()
 
 
 # ---------------------------------------------------------------- redis and workers

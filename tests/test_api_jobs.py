@@ -5,31 +5,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from web_client import make_client, post_files
 
-from fracture.config import Settings, get_settings
+from fracture.config import Settings
 from fracture.db import dispose_engines, session_scope
 from fracture.models import Image, Job, JobStatus
 
 JOB_KEYS = {"id", "status", "total", "processed", "failed", "model_version", "created_at", "finished_at",
             "started_at", "elapsed_s", "eta_s"}
-
-
-@pytest.fixture
-def settings(fracture_env: dict[str, str]) -> Settings:
-    return get_settings(fracture_env)
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[FlaskClient]:
-    yield make_client(settings)
-    dispose_engines()
 
 
 def test_post_job_then_read_it_back(client: FlaskClient, sample_images: list[Path], settings: Settings) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import stat
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bad_files import make_zip
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from web_client import make_client, multipart, post_files
@@ -21,28 +20,9 @@ from fracture.models import Image, Job
 from web.ingest import clean_path, is_junk, sniff, unsafe_member
 
 
-@pytest.fixture
-def settings(fracture_env: dict[str, str]) -> Settings:
-    return get_settings(fracture_env)
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[FlaskClient]:
-    yield make_client(settings)
-    dispose_engines()
-
-
 @pytest.fixture(scope="module")
 def jpeg(sample_images: list[Path]) -> bytes:
     return next(p.read_bytes() for p in sample_images if p.read_bytes()[:3] == b"\xff\xd8\xff")
-
-
-def make_zip(members: list[tuple[str | zipfile.ZipInfo, bytes]], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression) as zf:
-        for name, data in members:
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def stored_files(settings: Settings) -> list[Path]:
