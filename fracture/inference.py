@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from fracture.checkpoint import Checkpoint, load_checkpoint
-from fracture.preprocess import DEFAULT_MAX_PIXELS, ImageError, load_u8, normalize
+from fracture.preprocess import DEFAULT_MAX_PIXELS, ImageError, forward_views, load_u8, normalize
 
 Source = bytes | str | Path | BinaryIO
 
@@ -63,7 +63,7 @@ class Predictor:
         x = batch_u8.to(self.device, non_blocking=True)
         x = normalize(x, self.spec).contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = self.model(x)
+            logits = forward_views(self.model, x, self.spec.views)
         return torch.sigmoid(logits.float()).cpu().numpy()
 
     def _decode(self, source: Source) -> torch.Tensor | str:

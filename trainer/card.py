@@ -35,6 +35,10 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
         "",
         f"- Architecture: `{summary['model_args']['arch']}` {summary['model_args']}",
         f"- Input: {summary['preprocess']}",
+        "- Test-time views: " + ("**dihedral**: logits averaged over the 8 rotations and mirrorings, so a rotated "
+                                 "or mirrored upload gets the same answer; the epoch is selected on one view, the "
+                                 "threshold and every figure below on the served views"
+                                 if summary["preprocess"].get("views") == "dihedral" else "one (identity)"),
         f"- Split policy: **{m['split_policy']}**; split sizes (distinct images): {summary['split_sizes']}",
         f"- Selected epoch (best val ROC-AUC): {m['selected_epoch']}; decision threshold (chosen on val): "
         f"{summary['threshold']:.4f}",

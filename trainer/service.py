@@ -17,7 +17,7 @@ from fracture.storage import Storage
 
 # Parameters a run may set (from the page, the API or a schedule), mapped to trainer options.
 ALLOWED = {"split", "arch", "width", "depths", "image_size", "epochs", "batch_size", "lr", "weight_decay",
-           "min_sensitivity", "seed", "weights", "dry_run"}
+           "min_sensitivity", "views", "seed", "weights", "dry_run"}
 
 
 def build_args(settings: Settings, run_id: int, params: dict[str, Any]) -> argparse.Namespace:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from fracture.checkpoint import POSITIVE_CLASS, save_checkpoint
 from fracture.net import ModelArgs, build_model, load_pretrained
-from fracture.preprocess import PreprocessSpec, normalize
+from fracture.preprocess import VIEWS, PreprocessSpec, forward_views, normalize
 from trainer import card, plots
 from trainer.audit import AuditReport, audit
 from trainer.data import TrainAugment, batches, decode_all
@@ -53,6 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-sensitivity", default=0.97, type=float)
     p.add_argument("--ema", default=0.99, type=float,
                    help="decay of the weights' moving average that is evaluated and shipped (0: off)")
+    p.add_argument("--views", default="dihedral", choices=VIEWS,
+                   help="test-time views averaged when choosing the threshold, evaluating and serving")
     p.add_argument("--seed", default=0, type=int)
     p.add_argument("--augment", default="light", choices=("light", "strong"))
     p.add_argument("--weights", default=None, help="pretrained weights (file or torchvision name)")
@@ -136,17 +138,21 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Prepared, split: str, spec: PreprocessSpec, device: torch.device,
-             batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, float]:
-    """Probabilities of the positive class on a split (no augmentation): (y, prob, mean loss)."""
+             batch_size: int = 256, views: str | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Probabilities of the positive class on a split, averaged over `views` (default: the spec's, as
+    served): (y, prob, mean loss)."""
+    views = spec.views if views is None else views
     model.eval()
     rows = data.split_index[split]
     probs, losses = [], []
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    if views != "identity":
+        batch_size = max(1, batch_size // 8)  # each image becomes 8 rows
     for idx in batches(len(rows), batch_size, None, shuffle=False):
         batch = rows[idx]
         x = normalize(data.images[batch].to(device), spec).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x).float()
+            logits = forward_views(model, x, views).float()
         y = data.labels[batch].to(device)
         losses.append(float(loss_fn(logits, y)))
         probs.append(torch.sigmoid(logits).cpu().numpy())
@@ -173,7 +179,7 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     channels = 1 if args.arch == "fracnet" else 3
     spec = PreprocessSpec(image_size=args.image_size, channels=channels,
-                          mean=(0.5,) * channels, std=(0.25,) * channels)
+                          mean=(0.5,) * channels, std=(0.25,) * channels, views=args.views)
     margs = ModelArgs(arch=args.arch, width=args.width, depths=tuple(int(d) for d in args.depths.split(",")),
                       in_channels=channels)
     progress = not args.no_progress
@@ -223,7 +229,9 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
         te = time.time()
         tr_loss, tr_acc = train_one_epoch(model, data, spec, opt, sched, augment, device, args.batch_size, gen,
                                           progress, ema)
-        y, prob, va_loss = evaluate(served, data, "val", spec, device)
+        # The epoch is selected on one view (cheap, every epoch); the threshold and the reported figures
+        # below use the served views.
+        y, prob, va_loss = evaluate(served, data, "val", spec, device, views="identity")
         va = binary_metrics(y, prob, 0.5)
         for k, v in (("train_loss", tr_loss), ("train_acc", tr_acc), ("val_loss", va_loss),
                      ("val_acc", va["accuracy"]), ("val_auc", va["roc_auc"]), ("epoch_s", time.time() - te)):

@@ -1,0 +1,81 @@
+"""Test-time views: the shipped model answers the same for a rotated or mirrored upload of an X-ray."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fracture.checkpoint import load_checkpoint, read_payload
+from fracture.config import get_settings
+from fracture.inference import Predictor
+from fracture.preprocess import forward_views, view_batch
+
+# The 8 rotations and mirrorings of a picture, as a user's export tool might apply them.
+DIHEDRAL = [None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270,
+            Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.TRANSPOSE,
+            Image.Transpose.TRANSVERSE]
+
+
+def _variants(path: Path) -> list[bytes]:
+    out = []
+    with Image.open(path) as im:
+        im = im.convert("L")
+        for t in DIHEDRAL:
+            buf = io.BytesIO()
+            (im if t is None else im.transpose(t)).save(buf, format="PNG")  # lossless: only the geometry changes
+            out.append(buf.getvalue())
+    return out
+
+
+def _spread(predictor: Predictor, images: list[Path]) -> np.ndarray:
+    """Per image, the largest difference in probability between its 8 orientations."""
+    spreads = []
+    for path in images:
+        probs = [p.probability for p in predictor.predict(_variants(path))]
+        assert all(p is not None for p in probs)
+        spreads.append(max(probs) - min(probs))  # type: ignore[type-var,operator]
+    return np.array(spreads)
+
+
+def test_release_model_answers_the_same_for_every_orientation_of_real_xrays(sample_images: list[Path]) -> None:
+    settings = get_settings({})
+    assert settings.seed_model is not None
+    ckpt = load_checkpoint(settings.seed_model)
+    assert ckpt.preprocess.views == "dihedral"
+    images = sample_images[:6]
+    served = _spread(Predictor(ckpt, torch.device("cpu")), images)
+    assert served.max() < 2e-3, served
+
+    # The same weights served on one view do change their answer with the orientation: the check above can fail.
+    one_view = dataclasses.replace(ckpt, preprocess=dataclasses.replace(ckpt.preprocess, views="identity"))
+    single = _spread(Predictor(one_view, torch.device("cpu")), images)
+    assert single.max() > 1e-2, single
+
+
+def test_forward_views_averages_the_logits_of_the_eight_views() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(1),
+                                torch.nn.Flatten(0)).eval()
+    x = torch.randn(5, 1, 16, 16)
+    with torch.inference_mode():
+        stacked = view_batch(x, "dihedral")
+        assert stacked.shape == (40, 1, 16, 16)
+        by_hand = torch.stack([model(stacked[i * 5:(i + 1) * 5]) for i in range(8)]).mean(0)
+        torch.testing.assert_close(forward_views(model, x, "dihedral"), by_hand)
+        torch.testing.assert_close(forward_views(model, x, "identity"), model(x))
+        # Each of the 8 views is a distinct transform of a generic image.
+        assert len({tuple(stacked[i * 5].flatten().tolist()) for i in range(8)}) == 8
+
+
+def test_a_checkpoint_written_before_views_existed_is_served_on_one_view(tiny_checkpoint: Path,
+                                                                        tmp_path: Path) -> None:
+    payload = read_payload(tiny_checkpoint)
+    payload["preprocess"].pop("views", None)
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    assert load_checkpoint(old).preprocess.views == "identity"
