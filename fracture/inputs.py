@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import stat
-import struct
 import zipfile
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from fracture.archive import (
+    NESTED_ARCHIVE,
+    ZIP_ERRORS,
+    Bomb,
+    Guarded,
+    corrupt_member,
+    is_junk,
+    member_refusal,
+    not_an_image,
+    over_budget,
+    sniff,
+    unreadable_archive,
+)
 from fracture.config import Settings
-
-JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
-# What zipfile raises on a damaged archive or member (a bad version, a header offset before the file's start...).
-_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError, ValueError, struct.error)
+from fracture.storage import TooLarge
 
 
 @dataclass(frozen=True)
@@ -28,39 +35,40 @@ class Item:
     error: str | None = None
 
 
-def _junk(name: str) -> bool:
-    parts = PurePosixPath(name).parts
-    return any(p == "__MACOSX" for p in parts) or (bool(parts) and parts[-1].lower() in JUNK_NAMES)
-
-
-def _unsafe(name: str) -> str | None:
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        return "absolute path in zip"
-    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
-        return "'..' in zip path"
-    return None
-
-
 def _zip_items(archive: Path, display: str, settings: Settings) -> Iterator[Item]:
     try:
+        # No member holds more compressed bytes than the archive: a header claiming more hides a bomb's ratio.
+        size = archive.stat().st_size
         zf = zipfile.ZipFile(archive)
-    except _ZIP_ERRORS as e:
-        yield Item(display, error=f"not a readable zip: {e}")
+    except ZIP_ERRORS as e:
+        yield Item(display, error=unreadable_archive(e))
         return
     with zf:
-        members = [i for i in zf.infolist() if not i.is_dir() and not _junk(i.filename)]
+        members = [i for i in zf.infolist() if not i.is_dir() and not is_junk(i.orig_filename)]
         if len(members) > settings.max_zip_members:
             yield Item(display, error=f"zip has {len(members)} files (limit {settings.max_zip_members})")
             return
         for info in members:
             name = f"{display}/{info.filename}"
-            mode = info.external_attr >> 16
-            reason = _unsafe(info.filename)
-            if reason is None and stat.S_ISLNK(mode):
-                reason = "symbolic link in zip"
-            if reason is None and info.filename.lower().endswith(".zip"):
-                reason = "nested zip not opened"
+            reason = member_refusal(info, min(info.compress_size, size), settings.max_zip_ratio)
             yield Item(name, error=reason) if reason else Item(name, archive=archive, member=info)
+
+
+def _file_items(f: Path, display: str, settings: Settings) -> Iterator[Item]:
+    """One loose file, told apart by its first bytes (never its extension): an image, a zip, or an error row."""
+    try:
+        with open(f, "rb") as fh:
+            head = fh.read(16)
+    except OSError as e:
+        yield Item(display, error=f"could not read file: {e}")
+        return
+    kind = sniff(head)
+    if kind == "zip" or (not head and f.suffix.lower() == ".zip"):
+        yield from _zip_items(f, display, settings)
+    elif kind is None:
+        yield Item(display, error=not_an_image(head))
+    else:
+        yield Item(display, path=f)
 
 
 def collect(paths: list[Path], settings: Settings) -> list[Item]:
@@ -70,14 +78,12 @@ def collect(paths: list[Path], settings: Settings) -> list[Item]:
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
         for f in files:
             display = str(f.relative_to(root.parent)) if root.is_dir() else str(f)
-            if _junk(f.as_posix()):
+            if is_junk(f.as_posix()):
                 continue
             if not f.exists():
                 items.append(Item(display, error="file not found"))
-            elif f.suffix.lower() == ".zip" or zipfile.is_zipfile(f):
-                items.extend(_zip_items(f, display, settings))
             else:
-                items.append(Item(display, path=f))
+                items.extend(_file_items(f, display, settings))
     return items
 
 
@@ -89,25 +95,32 @@ class ZipBudget:
         self.left = settings.max_zip_total_bytes
         self._open: dict[Path, zipfile.ZipFile] = {}
 
-    def read(self, item: Item) -> bytes | str:
-        """The member's bytes, or the reason they were not read."""
+    def read(self, item: Item, chunk: int = 1 << 20) -> bytes | str:
+        """The member's bytes when they are an image, or the reason they were not read."""
         assert item.archive is not None and item.member is not None
-        zf = self._open.get(item.archive)
-        if zf is None:
-            zf = self._open[item.archive] = zipfile.ZipFile(item.archive)
-        # Never more than the total budget nor than the compression ratio allows for this member; no member holds
-        # more compressed bytes than its archive, whatever its header claims.
+        # No member holds more compressed bytes than its archive, whatever its header claims.
         compressed = min(item.member.compress_size, item.archive.stat().st_size)
-        limit = min(self.left, max(1 << 20, compressed * self.settings.max_zip_ratio))
+        guarded: Guarded | None = None
         try:
+            zf = self._open.get(item.archive)
+            if zf is None:
+                zf = self._open[item.archive] = zipfile.ZipFile(item.archive)
             with zf.open(item.member) as src:
-                data = src.read(limit + 1)
-        except (*_ZIP_ERRORS, RuntimeError) as e:  # RuntimeError: an encrypted member
-            return f"could not read zip member: {e}"
-        if len(data) > limit:
-            return "zip member too large or too compressed (zip bomb?)"
-        self.left -= len(data)
-        return data
+                reader = guarded = Guarded(src, compressed, self.settings.max_zip_ratio, self.left)
+                head = reader.read(16)
+                kind = sniff(head)
+                if kind != "image":
+                    return NESTED_ARCHIVE if kind == "zip" else not_an_image(head)
+                return head + b"".join(iter(lambda: reader.read(chunk), b""))
+        except TooLarge:
+            return over_budget(self.settings.max_zip_total_bytes)
+        except Bomb as e:
+            return str(e)
+        except ZIP_ERRORS as e:
+            return corrupt_member(e)
+        finally:
+            # What a refused member expanded to before it was stopped counts against the total too.
+            self.left -= guarded.count if guarded is not None else 0
 
     def close(self) -> None:
         for zf in self._open.values():

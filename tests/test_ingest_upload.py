@@ -13,11 +13,11 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from web_client import make_client, multipart, post_files
 
+from fracture.archive import clean_path, is_junk, sniff, unsafe_member
 from fracture.config import Settings, get_settings
 from fracture.db import dispose_engines, session_scope
 from fracture.migrate import upgrade
 from fracture.models import Image, Job
-from web.ingest import clean_path, is_junk, sniff, unsafe_member
 
 
 @pytest.fixture(scope="module")

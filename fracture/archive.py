@@ -1,0 +1,126 @@
+"""The rules for reading zip archives of images, shared by the web upload and `fracture classify`."""
+
+from __future__ import annotations
+
+import re
+import stat
+import struct
+import unicodedata
+import zipfile
+import zlib
+from typing import IO
+
+from fracture.storage import TooLarge
+
+JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+# Below this size a high compression ratio is harmless (a blank test image); above it, a bomb.
+RATIO_FLOOR_BYTES = 1 << 20
+NESTED_ARCHIVE = "refused: nested archives are not opened"
+_DRIVE_PREFIX = re.compile(r"^[A-Za-z]:")  # C:\x, C:/x and drive-relative C:x
+_BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+# What zipfile raises on a damaged archive (found by fuzzing: a bad version is NotImplementedError, a header
+# offset before the file's start a ValueError from seek); all mean "this archive or member is unreadable".
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError, ValueError, struct.error)
+
+
+class Bomb(Exception):
+    """A member expanded past the compression ratio while being read; the message is the reason shown."""
+
+
+def clean_path(name: str) -> str:
+    """A display-safe relative path: no control characters, `/` separators, no leading `/`, `.` or `..`."""
+    name = "".join(ch for ch in name if unicodedata.category(ch) != "Cc" and ch not in _BIDI)
+    parts = [p.strip() for p in name.replace("\\", "/").split("/")]
+    parts = [p for p in parts if p not in ("", ".", "..")]
+    if parts and _DRIVE_PREFIX.match(parts[0]):
+        parts[0] = parts[0][2:].strip()  # "C:" alone, or drive-relative "C:scan.jpg"
+        parts = [p for p in parts if p]
+    return "/".join(parts)[:1024] or "unnamed"
+
+
+def is_junk(path: str) -> bool:
+    """Operating-system litter that nobody means to classify (macOS resource forks, thumbnails)."""
+    parts = path.replace("\\", "/").split("/")
+    base = parts[-1].lower()
+    return "__MACOSX" in parts or base in JUNK_NAMES or base.startswith("._")
+
+
+def unsafe_member(name: str) -> str | None:
+    """Why a zip member's name is unsafe to honour, or None when it is a plain relative path."""
+    if "\x00" in name:
+        return "refused: the name contains a NUL character"
+    norm = name.replace("\\", "/")
+    parts = norm.split("/")
+    if norm.startswith("/") or _DRIVE_PREFIX.match(norm):
+        return "refused: absolute path in archive"
+    if ".." in parts:
+        return "refused: path leaves the archive ('..')"
+    return None
+
+
+def member_refusal(info: zipfile.ZipInfo, compressed: int, max_ratio: int) -> str | None:
+    """Why a member is refused from its header alone (name, symlink, encryption, ratio), or None to read it."""
+    reason = unsafe_member(info.orig_filename)  # zipfile cuts `filename` at a NUL byte; this sees the whole name
+    if reason is None and stat.S_ISLNK(info.external_attr >> 16):
+        reason = "refused: symbolic link in archive"
+    if reason is None and info.flag_bits & 0x1:
+        reason = "refused: encrypted archive members are not supported"
+    if reason is None and info.file_size > RATIO_FLOOR_BYTES and info.file_size / max(compressed, 1) > max_ratio:
+        reason = ratio_refusal(max_ratio)
+    return reason
+
+
+def ratio_refusal(max_ratio: int) -> str:
+    """The reason given for a member that expands more than `max_ratio` times."""
+    return f"refused: compression ratio above {max_ratio}:1"
+
+
+def over_budget(max_total: int) -> str:
+    """The reason given when the archives expand to more than `max_total` bytes in all."""
+    return f"the archives expand to more than {max_total} bytes, the limit"
+
+
+def unreadable_archive(exc: BaseException) -> str:
+    """The reason given for a file that looks like a zip but cannot be opened as one."""
+    return f"not a readable zip archive ({exc})"
+
+
+def corrupt_member(exc: BaseException) -> str:
+    """The reason given for a member whose bytes cannot be read."""
+    return f"corrupt archive member ({exc})"
+
+
+def sniff(head: bytes) -> str | None:
+    """'image' or 'zip' from a file's first bytes (never its extension), None when neither."""
+    if head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")):
+        return "image"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "zip"
+    return None
+
+
+def not_an_image(head: bytes) -> str:
+    """The reason given for a file whose first bytes `sniff` recognises as neither image nor zip."""
+    return "empty file" if not head else "not an image: unrecognised file format"
+
+
+class Guarded:
+    """Counts what a zip member really expands to (headers can lie) and stops bombs mid-read."""
+
+    def __init__(self, src: IO[bytes], compressed: int, max_ratio: int, budget: int) -> None:
+        self._src = src
+        self._compressed = max(compressed, 1)
+        self._max_ratio = max_ratio
+        self._budget = budget
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        block = self._src.read(n)
+        self.count += len(block)
+        if self.count > self._budget:
+            raise TooLarge("archive contents exceed the upload limit")
+        if self.count > RATIO_FLOOR_BYTES and self.count / self._compressed > self._max_ratio:
+            raise Bomb(ratio_refusal(self._max_ratio))
+        return block
