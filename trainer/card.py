@@ -30,6 +30,7 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
     """Write model_card.md and model_card.json into the run folder `out`."""
     m = summary["metrics"]
     audit = summary["audit"]
+    epoch_s = summary["history"]["epoch_s"]  # summed over every run of a resumed training
     md = [
         "# Model card: fracture CNN",
         "",
@@ -44,8 +45,8 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
         f"{summary['threshold']:.4f}",
         f"- Data fingerprint: `{summary['data_fingerprint']}`",
         f"- Checkpoint SHA-256: `{summary['sha256']}`",
-        f"- Trained on {summary['device']} in {summary['seconds'] / 60:.1f} min; "
-        f"mean epoch {sum(summary['history']['epoch_s']) / max(len(summary['history']['epoch_s']), 1):.1f} s",
+        f"- Trained on {summary['device']}: {len(epoch_s)} epochs in {sum(epoch_s) / 60:.1f} min, "
+        f"mean epoch {sum(epoch_s) / max(len(epoch_s), 1):.1f} s",
         f"- Command: `{summary['command']}`",
         "",
         "## Figures per split (positive class: fractured)",

@@ -264,7 +264,8 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
     metrics["split_policy"] = args.split
 
     plot_files = plots.write_all(out / "plots", history, curves, metrics)
-    command = "fracture train " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
+    # --resume continues the same run to the same result, so the command that reproduces it leaves it out.
+    command = "fracture train " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) if a != "--resume")
     ckpt = out / "model.pt"
     sha = save_checkpoint(
         ckpt, model.cpu(), margs, spec, data.classes, threshold,
