@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from fracture.checkpoint import Checkpoint, load_checkpoint
+from fracture.net import fold_batchnorm
 from fracture.preprocess import DEFAULT_MAX_PIXELS, ImageError, forward_views, load_u8, normalize
 
 Source = bytes | str | Path | BinaryIO
@@ -45,7 +46,7 @@ class Predictor:
         self.device = device or pick_device()
         self.batch_size = batch_size
         self.max_pixels = max_pixels  # larger images are error rows (MAX_IMAGE_PIXELS), never decoded
-        self.model = checkpoint.model.to(self.device).to(memory_format=torch.channels_last)
+        self.model = fold_batchnorm(checkpoint.model).to(self.device).to(memory_format=torch.channels_last)
         self.spec = checkpoint.preprocess
         self.amp = self.device.type == "cuda"
 

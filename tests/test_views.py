@@ -1,4 +1,4 @@
-"""Test-time views: the shipped model answers the same for a rotated or mirrored upload of an X-ray."""
+"""The network as served: test-time views (a rotated or mirrored upload gets the same answer), folded batch norm."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from PIL import Image
 from fracture.checkpoint import load_checkpoint, read_payload
 from fracture.config import get_settings
 from fracture.inference import Predictor
-from fracture.preprocess import forward_views, views_of
+from fracture.net import fold_batchnorm
+from fracture.preprocess import forward_views, load_u8, normalize, views_of
 
 # The 8 rotations and mirrorings of a picture, as a user's export tool might apply them.
 DIHEDRAL = [None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270,
@@ -81,3 +82,17 @@ def test_a_checkpoint_written_before_views_existed_is_served_on_one_view(tiny_ch
     old = tmp_path / "old.pt"
     torch.save(payload, old)
     assert load_checkpoint(old).preprocess.views == "identity"
+
+
+def test_folded_batchnorm_serves_the_same_logits_as_the_trained_network(sample_images: list[Path]) -> None:
+    settings = get_settings({})
+    assert settings.seed_model is not None
+    ckpt = load_checkpoint(settings.seed_model)
+    folded = fold_batchnorm(ckpt.model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in ckpt.model.modules()), "the original is left as it was"
+    x = normalize(torch.stack([load_u8(p, ckpt.preprocess) for p in sample_images[:16]]), ckpt.preprocess)
+    with torch.inference_mode():
+        trained, served = ckpt.model(x), folded.to(memory_format=torch.channels_last)(x)
+    assert trained.abs().max() > 1.0  # real, confident logits, not a degenerate network
+    torch.testing.assert_close(served, trained, atol=1e-4, rtol=1e-4)

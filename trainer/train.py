@@ -25,7 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from fracture.checkpoint import POSITIVE_CLASS, save_checkpoint
-from fracture.net import ModelArgs, build_model, load_pretrained
+from fracture.net import ModelArgs, build_model, fold_batchnorm, load_pretrained
 from fracture.preprocess import VIEWS, PreprocessSpec, forward_views, normalize
 from trainer import card, plots
 from trainer.audit import AuditReport, audit
@@ -251,12 +251,14 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
             on_epoch(epoch + 1, epochs, history)
 
     model.load_state_dict(best["state"])
-    y_val, p_val, _ = evaluate(model, data, "val", spec, device)
+    # The threshold and every figure come from the network exactly as the worker serves it.
+    inference_net = fold_batchnorm(model).to(memory_format=torch.channels_last)
+    y_val, p_val, _ = evaluate(inference_net, data, "val", spec, device)
     threshold = choose_threshold(y_val, p_val, args.min_sensitivity) if len(np.unique(y_val)) == 2 else 0.5
     metrics: dict[str, Any] = {}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split in SPLITS:
-        y, prob, _ = evaluate(model, data, split, spec, device)
+        y, prob, _ = evaluate(inference_net, data, split, spec, device)
         if len(y):
             metrics[split] = binary_metrics(y, prob, threshold)
             curves[split] = (y, prob)
