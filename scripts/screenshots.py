@@ -50,7 +50,10 @@ def shoot(url: str, out: Path, user: str, password: str) -> None:
             page.screenshot(path=out / "job.png")
             for name in ("jobs", "models", "training"):
                 page.goto(f"{url}/{name}")
-                page.screenshot(path=out / f"{name}.png")
+                # The model plots load lazily: wait until every image on the page has really arrived.
+                page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)",
+                                       timeout=30_000)
+                page.screenshot(path=out / f"{name}.png", full_page=name == "models")
             browser.close()
 
 
