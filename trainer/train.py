@@ -39,16 +39,18 @@ EpochCallback = Callable[[int, int, dict[str, list[float]]], None]
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train the fracture CNN", add_help=True)
+    # The defaults are the shipped release's recipe (fracture/release/README.md), so a retrain from the web
+    # or a schedule trains a model comparable with the one it may replace.
     p.add_argument("--data", required=True, help="dataset root: ROOT/{train,val,test}/{class}/")
     p.add_argument("--out", required=True, help="run folder for checkpoints, plots, model card")
     p.add_argument("--split", default="grouped", choices=POLICIES)
     p.add_argument("--arch", default="fracnet")
-    p.add_argument("--width", default=32, type=int)
+    p.add_argument("--width", default=24, type=int)
     p.add_argument("--depths", default="1,1,2,1")
     p.add_argument("--image-size", default=128, type=int)
-    p.add_argument("--epochs", default=40, type=int)
+    p.add_argument("--epochs", default=80, type=int)
     p.add_argument("--batch-size", default=64, type=int)
-    p.add_argument("--lr", default=3e-3, type=float)
+    p.add_argument("--lr", default=2e-3, type=float)
     p.add_argument("--weight-decay", default=5e-4, type=float)
     p.add_argument("--min-sensitivity", default=0.97, type=float)
     p.add_argument("--ema", default=0.99, type=float,
