@@ -62,9 +62,9 @@ class Predictor:
     def probabilities(self, batch_u8: torch.Tensor) -> np.ndarray:
         """P(positive class) for a (N, 1, S, S) uint8 batch."""
         x = batch_u8.to(self.device, non_blocking=True)
-        x = normalize(x, self.spec).contiguous(memory_format=torch.channels_last)
+        x = normalize(x, self.spec)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = forward_views(self.model, x, self.spec.views)
+            logits = forward_views(self.model, x, self.spec.views)  # lays each view out in channels_last
         return torch.sigmoid(logits.float()).cpu().numpy()
 
     def _decode(self, source: Source) -> torch.Tensor | str:
