@@ -25,8 +25,11 @@ test: bootstrap system-deps
 	echo "== make test: $$verdict in $$((SECONDS - start))s =="; \
 	exit $$rc
 
+# ruff (style and bugs), mypy (types; packages in pyproject.toml), lint-imports (the layers; pyproject.toml).
 lint: bootstrap
 	$(VENV)/ruff check .
+	$(VENV)/mypy
+	$(VENV)/lint-imports
 
 bench: bootstrap
 	@if [[ -f bench/run.py ]]; then $(VENV)/python bench/run.py $(ARGS); \

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import re
 import stat
 import struct
 import unicodedata
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 from fracture.storage import TooLarge
@@ -124,3 +129,119 @@ class Guarded:
         if self.count > RATIO_FLOOR_BYTES and self.count / self._compressed > self._max_ratio:
             raise Bomb(ratio_refusal(self._max_ratio))
         return block
+
+
+class Refused(Exception):
+    """One entry is refused (unreadable archive, unsafe or corrupt member, not an image); the message says why."""
+
+
+class ArchiveRefused(Exception):
+    """A whole archive is refused before or while reading (too many entries, more bytes than the limit)."""
+
+
+class Prefixed:
+    """A reader that replays bytes already peeked at, then continues with the stream."""
+
+    def __init__(self, head: bytes, rest: IO[bytes] | Guarded) -> None:
+        self._head = head
+        self._rest = rest
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            out = self._head if n < 0 else self._head[:n]
+            self._head = self._head[len(out) :]
+            return out
+        return self._rest.read(n)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A file entry of a zip: its display path, and why it is refused from its header alone (or None)."""
+
+    info: zipfile.ZipInfo
+    path: str
+    refusal: str | None
+    compressed: int
+
+
+class ZipReader:
+    """Reads the zip archives of one upload (web) or one run (`fracture classify`) under one set of caps.
+
+    The only zip reader of the system: entries are listed and read member by member (never extracted), with the
+    member-name rules of `member_refusal`, caps on entries and on the uncompressed total (declared in headers and
+    counted while reading, as headers can lie), the compression-ratio guard, and content sniffing.
+    """
+
+    def __init__(self, max_members: int, max_total_bytes: int, max_ratio: int) -> None:
+        self.max_members = max_members
+        self.max_total_bytes = max_total_bytes
+        self.max_ratio = max_ratio
+        self.unzipped = 0
+
+    def open(self, source: str | Path | IO[bytes]) -> tuple[zipfile.ZipFile, list[Member], int]:
+        """Open an archive and list its files: (zip, members in order, junk files skipped).
+
+        Raises Refused when it is not a readable zip, ArchiveRefused when its headers break a cap.
+        """
+        try:
+            # No member holds more compressed bytes than the archive: a header claiming more hides a bomb's ratio.
+            if isinstance(source, str | Path):
+                size = Path(source).stat().st_size
+            else:
+                size = source.seek(0, io.SEEK_END)
+                source.seek(0)
+            zf = zipfile.ZipFile(source)
+        except ZIP_ERRORS as exc:
+            raise Refused(unreadable_archive(exc)) from exc
+        infos = zf.infolist()
+        declared = sum(i.file_size for i in infos if not i.is_dir())
+        refusal = None
+        if len(infos) > self.max_members:
+            refusal = f"the archive has {len(infos)} entries, more than the limit of {self.max_members}"
+        elif declared > self.max_total_bytes - self.unzipped:
+            refusal = (f"the archive declares {declared} bytes uncompressed, and the archives of one upload may "
+                       f"not expand to more than {self.max_total_bytes} bytes")
+        if refusal is not None:
+            zf.close()
+            raise ArchiveRefused(refusal)
+        members, skipped = [], 0
+        for info in infos:
+            raw = info.orig_filename  # zipfile cuts `filename` at a NUL byte; the rules must see the whole name
+            if info.is_dir():
+                continue
+            if is_junk(raw):
+                skipped += 1
+                continue
+            compressed = min(info.compress_size, size)
+            members.append(Member(info, clean_path(raw), member_refusal(info, compressed, self.max_ratio), compressed))
+        return zf, members, skipped
+
+    @contextmanager
+    def read(self, zf: zipfile.ZipFile, member: Member) -> Iterator[Prefixed]:
+        """A reader of an image member's bytes, counted as they are read.
+
+        Raises Refused (refused header, nested archive, not an image, bomb, corrupt bytes) or ArchiveRefused
+        (the archives of this reader expand past max_total_bytes), also while the caller reads.
+        """
+        if member.refusal is not None:
+            raise Refused(member.refusal)
+        guarded: Guarded | None = None
+        try:
+            with zf.open(member.info) as src:
+                guarded = Guarded(src, member.compressed, self.max_ratio, self.max_total_bytes - self.unzipped)
+                head = guarded.read(16)
+                kind = sniff(head)
+                if kind == "zip":
+                    raise Refused(NESTED_ARCHIVE)
+                if kind is None:
+                    raise Refused(not_an_image(head))
+                yield Prefixed(head, guarded)
+        except TooLarge as exc:
+            raise ArchiveRefused(over_budget(self.max_total_bytes)) from exc
+        except Bomb as exc:
+            raise Refused(str(exc)) from exc
+        except ZIP_ERRORS as exc:
+            raise Refused(corrupt_member(exc)) from exc
+        finally:
+            # What a refused member expanded to before it was stopped counts against the total too.
+            self.unzipped += guarded.count if guarded is not None else 0

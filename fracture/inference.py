@@ -46,7 +46,8 @@ class Predictor:
         self.device = device or pick_device()
         self.batch_size = batch_size
         self.max_pixels = max_pixels  # larger images are error rows (MAX_IMAGE_PIXELS), never decoded
-        self.model = fold_batchnorm(checkpoint.model).to(self.device).to(memory_format=torch.channels_last)
+        model = fold_batchnorm(checkpoint.model).to(self.device)
+        self.model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack memory_format
         self.spec = checkpoint.preprocess
         self.amp = self.device.type == "cuda"
 

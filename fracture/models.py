@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -33,16 +34,39 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
 
 
-class JobStatus:
+class JobStatus(StrEnum):
+    """Where an upload job stands; fracture.jobs is the only code that moves it."""
+
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
-    FINAL = ("done", "failed", "cancelled")
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_JOB_STATUSES
 
 
-class ModelStatus:
+FINAL_JOB_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class RunStatus(StrEnum):
+    """Where a training run stands; fracture.trainings is the only code that moves it."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_RUN_STATUSES = frozenset({RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class ModelStatus(StrEnum):
+    """A model version's place in the registry: one active version serves new jobs."""
+
     CANDIDATE = "candidate"
     ACTIVE = "active"
     RETIRED = "retired"
@@ -130,7 +154,7 @@ class TrainingRun(Base):
     __tablename__ = "training_runs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED, index=True)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     epochs: Mapped[int] = mapped_column(Integer, default=0)
@@ -157,7 +181,6 @@ class Schedule(Base):
     last_run_at: Mapped[datetime | None] = mapped_column()
     next_run_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
 
 
 class User(Base):

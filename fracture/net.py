@@ -44,9 +44,9 @@ class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
+        self.bn1: nn.Module = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.bn2: nn.Module = nn.BatchNorm2d(cout)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
@@ -80,7 +80,7 @@ class FracNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         for m in self.modules():  # zero-init the last BN of each block: each starts as identity
-            if isinstance(m, BasicBlock):
+            if isinstance(m, BasicBlock) and isinstance(m.bn2, nn.BatchNorm2d):
                 nn.init.zeros_(m.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,6 +109,12 @@ def build_model(args: ModelArgs) -> nn.Module:
     raise ValueError(f"unknown architecture {args.arch!r}")
 
 
+def _fuse(conv: nn.Module, bn: nn.Module) -> nn.Conv2d:
+    """One convolution that computes conv followed by batch norm (in eval mode)."""
+    assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+    return fuse_conv_bn_eval(conv, bn)
+
+
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An inference copy of a FracNet with each batch norm folded into the convolution it follows.
 
@@ -121,13 +127,13 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         return model
     model = copy.deepcopy(model).eval()
     conv_a, bn_a, relu_a, conv_b, bn_b, relu_b = model.stem
-    model.stem = nn.Sequential(fuse_conv_bn_eval(conv_a, bn_a), relu_a, fuse_conv_bn_eval(conv_b, bn_b), relu_b)
+    model.stem = nn.Sequential(_fuse(conv_a, bn_a), relu_a, _fuse(conv_b, bn_b), relu_b)
     for block in model.modules():
         if isinstance(block, BasicBlock):
-            block.conv1, block.bn1 = fuse_conv_bn_eval(block.conv1, block.bn1), nn.Identity()
-            block.conv2, block.bn2 = fuse_conv_bn_eval(block.conv2, block.bn2), nn.Identity()
+            block.conv1, block.bn1 = _fuse(block.conv1, block.bn1), nn.Identity()
+            block.conv2, block.bn2 = _fuse(block.conv2, block.bn2), nn.Identity()
             if isinstance(block.shortcut, nn.Sequential):
-                block.shortcut = fuse_conv_bn_eval(block.shortcut[0], block.shortcut[1])
+                block.shortcut = _fuse(block.shortcut[0], block.shortcut[1])
     return model
 
 

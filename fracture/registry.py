@@ -14,6 +14,9 @@ from fracture.config import Settings
 from fracture.models import ModelStatus, ModelVersion
 from fracture.storage import Storage
 
+# The name a fresh installation gives the release checkpoint shipped in the repository.
+SEED_VERSION = "release-1"
+
 
 def active_version(session: Session) -> ModelVersion | None:
     return session.scalars(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE)).first()
@@ -92,7 +95,7 @@ def ensure_seed_model(session: Session, settings: Settings) -> ModelVersion | No
         return None  # versions exist but none is active: an admin's choice, not ours to undo
     storage = Storage(settings.storage_dir)
     version = register_checkpoint(
-        session, storage, settings.seed_model, name="release-1",
+        session, storage, settings.seed_model, name=SEED_VERSION,
         notes="release checkpoint shipped with the repository",
     )
     version.plots = store_plots(storage, version.name, Path(settings.seed_model).parent / "plots")

@@ -321,7 +321,7 @@ class WorkerFactory:
         name = f"worker-{len(self.started) + 1}"
         hostname = f"{name}-{uuid.uuid4().hex[:6]}@%h"
         args = [
-            str(VENV_BIN / "celery"), "-A", "worker.app", "worker", "-Q", queues, "-c", str(concurrency),
+            str(VENV_BIN / "celery"), "-A", "trainer.app" if queues == "training" else "worker.app", "worker", "-Q", queues, "-c", str(concurrency),
             "--pool", pool, "-n", hostname, "--loglevel", "INFO", "--without-mingle", "--without-gossip",
         ]
         proc = start_proc(name, args, env, self.log_dir)

@@ -18,13 +18,13 @@ from web_client import make_client, multipart, post_files
 from werkzeug.test import TestResponse
 
 from fracture.accounts import check_password, find_user, revoke_tokens, user_for_token
-from fracture.cli import main as fracture_cli
 from fracture.config import Settings, get_settings
 from fracture.db import dispose_engines, session_scope
 from fracture.migrate import upgrade
 from fracture.models import ApiToken, Job, ModelVersion, Schedule, TrainingRun, User
 from fracture.registry import register_checkpoint
 from fracture.storage import Storage
+from launcher.cli import main as fracture_cli
 
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -371,7 +371,7 @@ def test_url_paths_never_reach_the_filesystem_unchecked(settings: Settings) -> N
 
 
 def test_first_admin_is_created_once_and_its_token_works(tmp_path: Path) -> None:
-    from fracture.supervisor import announce_first_admin
+    from launcher.supervisor import announce_first_admin
 
     home = tmp_path / "home"
     env = base_env(home)

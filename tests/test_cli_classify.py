@@ -56,7 +56,7 @@ def test_classify_a_folder_and_a_zip_with_a_non_image(
     assert by_path[f"test/{images[0].relative_to(folder).as_posix()}"]["error"] == ""
     assert "not an image" in by_path["batch.zip/xrays/readme.txt"]["error"]
     assert by_path["batch.zip/xrays/readme.txt"]["prediction"] == ""
-    assert ".." in by_path["batch.zip/../escape.png"]["error"]
+    assert ".." in by_path["batch.zip/escape.png"]["error"]
     assert not any("__MACOSX" in p for p in by_path)
     good = [r for r in rows if not r["error"]]
     assert len(good) >= len(images) + 5 - 1  # the dataset has a few truncated files; at most one here
@@ -73,3 +73,45 @@ def test_classify_refuses_plainly_without_a_model(tmp_path: Path, sample_images:
     done = run(["classify", str(sample_images[0]), "--out", str(tmp_path / "r.csv")], env, tmp_path)
     assert done.returncode != 0
     assert "no trained model" in done.stderr
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_classify_dot_needs_no_installation_and_reads_only_the_images(
+    tmp_path: Path, sample_images: list[Path]
+) -> None:
+    """`fracture classify .` inside a folder of X-rays: the release model, one CSV written, nothing else."""
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    names = [f"{i:02d}{p.suffix}" for i, p in enumerate(sample_images[:6])]
+    for name, src in zip(names, sample_images, strict=False):
+        (folder / name).write_bytes(src.read_bytes())
+    env = {k: v for k, v in base_env(tmp_path / "home").items() if k not in ("FRACTURE_HOME", "DATABASE_URL")}
+
+    for attempt in (1, 2):  # the second run finds the first run's CSV in the folder and must not read it
+        done = run(["classify", ".", "--out", "results.csv"], env, folder)
+        assert done.returncode == 0, done.stderr
+        rows = _rows(folder / "results.csv")
+        assert sorted(r["path"] for r in rows) == sorted(names), attempt
+        assert {r["model_version"] for r in rows} == {"release-1"}
+        assert sum(r["prediction"] in ("fractured", "not fractured") for r in rows) >= len(names) - 1
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*names, "results.csv"])
+    assert not (tmp_path / "home").exists()
+
+
+def test_classify_dot_skips_an_installation_in_the_folder(tmp_path: Path, sample_images: list[Path]) -> None:
+    """An installation made in the folder (`fracture db upgrade` there) serves its model, its files are not inputs."""
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    (folder / "scan.jpg").write_bytes(sample_images[0].read_bytes())
+    env = {k: v for k, v in base_env(tmp_path / "home").items() if k not in ("FRACTURE_HOME", "DATABASE_URL")}
+    assert run(["db", "upgrade"], env, folder).returncode == 0
+    assert (folder / "fracture-data" / "fracture.sqlite").is_file()
+
+    done = run(["classify", ".", "--out", "out/results.csv"], env, folder)
+    assert done.returncode == 0, done.stderr
+    rows = _rows(folder / "out" / "results.csv")
+    assert [r["path"] for r in rows] == ["scan.jpg"] and rows[0]["model_version"] == "release-1"

@@ -11,7 +11,7 @@ from conftest import WorkerFactory, create_job, free_port, job_state, start_web,
 from faults import RedisProc, assert_each_image_once, get_job, post_images
 
 from fracture.config import get_settings
-from fracture.dispatch import enqueue_job
+from fracture.queue import enqueue_job
 from worker.celery_app import make_celery
 from worker.reaper import reap
 

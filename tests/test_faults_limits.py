@@ -16,8 +16,8 @@ from sqlalchemy import select
 
 from fracture.config import get_settings
 from fracture.db import session_scope
-from fracture.dispatch import enqueue_job
 from fracture.models import Image, ModelVersion, Result
+from fracture.queue import enqueue_job
 from fracture.registry import checkpoint_path
 from worker.celery_app import make_celery
 

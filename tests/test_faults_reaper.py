@@ -10,11 +10,12 @@ from conftest import create_job, job_state
 
 from fracture.config import get_settings
 from fracture.db import session_scope
-from fracture.dispatch import BROKER_DOWN_MESSAGE, enqueue_job
+from fracture.jobs import BROKER_DOWN_MESSAGE
 from fracture.models import Job, TrainingRun
+from fracture.queue import enqueue_job, queued_messages
 from fracture.storage import Storage
 from worker.celery_app import make_celery
-from worker.reaper import queued_messages, reap
+from worker.reaper import reap
 
 
 def _later(seconds: float) -> datetime:

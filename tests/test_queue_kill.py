@@ -9,7 +9,7 @@ import pytest
 from conftest import WorkerFactory, create_job, image_files, job_state, materialize, wait_for
 
 from fracture.config import get_settings
-from fracture.dispatch import enqueue_job
+from fracture.queue import enqueue_job
 from worker.celery_app import make_celery
 
 N_IMAGES = 200

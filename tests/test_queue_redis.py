@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import WorkerFactory, create_job, job_state, wait_for
 
 from fracture.config import get_settings
-from fracture.dispatch import enqueue_job, worker_ping
+from fracture.queue import enqueue_job, worker_ping
 from worker.celery_app import make_celery
 
 
@@ -41,7 +41,7 @@ def test_job_runs_through_redis_and_a_real_worker(
 def test_an_unreachable_broker_is_reported_quickly(fracture_env: dict[str, str], sample_images: list[Path]) -> None:
     from conftest import free_port
 
-    from fracture.dispatch import BrokerUnavailable, broker_ping
+    from fracture.queue import BrokerUnavailable, broker_ping
 
     env = {**fracture_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens there
     settings = get_settings(env)

@@ -45,5 +45,5 @@ def audit(root: str, as_json: bool) -> None:
 
 
 def commands() -> list[click.Command]:
-    """The trainer's click commands, added to the `fracture` group by fracture.cli."""
+    """The trainer's click commands, added to the `fracture` group by launcher.cli."""
     return [train, audit]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import traceback
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fracture import trainings
 from fracture.config import Settings
 from fracture.db import session_scope
-from fracture.models import ModelVersion, TrainingRun
+from fracture.models import TrainingRun
 from fracture.registry import active_version, promote, register_checkpoint, should_promote, store_plots
 from fracture.storage import Storage
 
@@ -47,20 +47,15 @@ def run_training(settings: Settings, run_id: int) -> int | None:
 
     url = settings.database_url
     with session_scope(url) as s:
-        run = s.get(TrainingRun, run_id)
-        if run is None:
-            raise LookupError(f"training run {run_id} does not exist")
-        if run.status in ("done", "failed"):
-            return run.model_version_id
-        params = dict(run.params or {})
-        run.status, run.started_at, run.error = "running", datetime.now(UTC), None
+        params = trainings.start_run(s, run_id)
+    if params is None:
+        with session_scope(url) as s:
+            run = s.get(TrainingRun, run_id)
+            return run.model_version_id if run is not None else None
 
     def on_epoch(epoch: int, epochs: int, history: dict[str, list[float]]) -> None:
         with session_scope(url) as s:
-            r = s.get(TrainingRun, run_id)
-            if r is not None:
-                r.epoch, r.epochs, r.history = epoch, epochs, dict(history)
-                r.message = f"epoch {epoch}/{epochs}: val AUC {history['val_auc'][-1]:.4f}"
+            trainings.record_epoch(s, run_id, epoch, epochs, history)
 
     try:
         args = build_args(settings, run_id, params)
@@ -68,10 +63,7 @@ def run_training(settings: Settings, run_id: int) -> int | None:
         return _register(settings, run_id, summary, force=bool(params.get("force")))
     except Exception as e:
         with session_scope(url) as s:
-            r = s.get(TrainingRun, run_id)
-            if r is not None:
-                r.status, r.finished_at = "failed", datetime.now(UTC)
-                r.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
+            trainings.fail_run(s, run_id, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
         return None
 
 
@@ -88,19 +80,7 @@ def _register(settings: Settings, run_id: int, summary: dict[str, Any], force: b
         promoted = should_promote(version, current, force=force)
         if promoted:
             promote(s, version)
-        run = s.get(TrainingRun, run_id)
-        assert run is not None
-        run.status, run.finished_at, run.model_version_id = "done", datetime.now(UTC), version.id
-        run.message = (f"registered {version.name} (val AUC {version.selection_metric:.4f}); "
-                       + ("promoted to active" if promoted else f"kept {current.name if current else '-'} active"))
+        message = (f"registered {version.name} (val AUC {version.selection_metric:.4f}); "
+                   + ("promoted to active" if promoted else f"kept {current.name if current else '-'} active"))
+        trainings.finish_run(s, run_id, version.id, message)
         return version.id
-
-
-def promote_version(settings: Settings, version_id: int) -> ModelVersion:
-    """Force `version_id` to be the active model (an admin's decision)."""
-    with session_scope(settings.database_url) as s:
-        version = s.get(ModelVersion, version_id)
-        if version is None:
-            raise LookupError(f"model version {version_id} does not exist")
-        promote(s, version)
-        return version

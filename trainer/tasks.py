@@ -1,15 +1,15 @@
-"""Celery task of the trainer: a thin call into trainer.service on queue `training`."""
+"""The trainer's Celery task: a thin call into trainer.service on queue `training`."""
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
 
-from fracture.config import get_settings
+from fracture.queue import RETRAIN_TASK, settings_of
 
 
-@shared_task(name="training.retrain", acks_late=True, time_limit=None, soft_time_limit=None)
-def retrain(run_id: int) -> int | None:
+@shared_task(name=RETRAIN_TASK, bind=True, acks_late=True, time_limit=None, soft_time_limit=None)
+def retrain(self: Task, run_id: int) -> int | None:
     """Train, evaluate and register a model version for TrainingRun `run_id`."""
     from trainer.service import run_training
 
-    return run_training(get_settings(), run_id)
+    return run_training(settings_of(self.app), run_id)

@@ -92,7 +92,8 @@ def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path
     report = audit(samples, decoded)
     split = make_split(args.split, samples, report, args.seed)
     positive = POSITIVE_CLASS if POSITIVE_CLASS in classes else classes[0]
-    labels = torch.tensor([1.0 if report.label_of[m] == positive else 0.0 for m in sorted(index, key=index.get)])
+    row_md5 = sorted(index, key=index.__getitem__)
+    labels = torch.tensor([1.0 if report.label_of[m] == positive else 0.0 for m in row_md5])
     split_index = {}
     for name in SPLITS:
         rows = np.array([index[m] for m in split[name] if m in index], dtype=np.int64)
@@ -100,7 +101,6 @@ def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path
             rng = np.random.default_rng(args.seed)
             rows = rng.permutation(rows)[:64]
         split_index[name] = rows
-    row_md5 = sorted(index, key=index.get)
     return Prepared(classes, images, labels, split_index, report, fingerprint(samples), paths, row_md5)
 
 
@@ -198,7 +198,7 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
         load_pretrained(model, args.weights)
     # channels_last pays on CUDA; on CPU, oneDNN's backward crashed (double free) on narrow layers.
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    model = model.to(device).to(memory_format=memory_format)
+    model = model.to(device).to(memory_format=memory_format)  # type: ignore[call-overload]  # stubs lack memory_format
     epochs = 1 if args.dry_run else args.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(data.split_index["train"]) / args.batch_size))
@@ -237,8 +237,8 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
         va = binary_metrics(y, prob, 0.5)
         for k, v in (("train_loss", tr_loss), ("train_acc", tr_acc), ("val_loss", va_loss),
                      ("val_acc", va["accuracy"]), ("val_auc", va["roc_auc"]), ("epoch_s", time.time() - te)):
-            history[k].append(float(v))
-        auc = float(va["roc_auc"]) if not math.isnan(float(va["roc_auc"])) else 0.0
+            history[k].append(float(v))  # type: ignore[arg-type]  # metrics are floats
+        auc = float(va["roc_auc"]) if not math.isnan(float(va["roc_auc"])) else 0.0  # type: ignore[arg-type]
         if auc > best["auc"] or (auc == best["auc"] and va_loss < best["loss"]):
             best = {"auc": auc, "loss": va_loss, "epoch": epoch + 1,
                     "state": {k: v.detach().clone() for k, v in served.state_dict().items()}}
@@ -254,7 +254,7 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
 
     model.load_state_dict(best["state"])
     # The threshold and every figure come from the network exactly as the worker serves it.
-    inference_net = fold_batchnorm(model).to(memory_format=torch.channels_last)
+    inference_net = fold_batchnorm(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split in SPLITS:
         y, prob, _ = evaluate(inference_net, data, split, spec, device)

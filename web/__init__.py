@@ -1,4 +1,8 @@
-"""The Flask application factory: settings, database sessions, Celery, access control, blueprints, error pages."""
+"""The web front end (Flask): upload form, job pages, CSV, models and training pages, and the JSON API.
+
+It imports the core (`fracture`) only, never `worker` or `trainer`: jobs and runs are recorded through the
+core's state modules and sent by name through `fracture.queue`.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,14 @@ from werkzeug.wsgi import LimitedStream
 
 from fracture.config import Settings, get_settings
 from fracture.db import session_factory
+from fracture.queue import make_app
 from web.spools import UploadRequest
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    """Build the web app; `config` overrides Flask keys and may carry FRACTURE_SETTINGS (a Settings)."""
+    """The Flask app factory: settings, database sessions, the task producer, access control, blueprints.
+
+    Build the web app; `config` overrides Flask keys and may carry FRACTURE_SETTINGS (a Settings)."""
     config = dict(config or {})
     app = Flask(__name__)
     app.request_class = UploadRequest
@@ -34,9 +41,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     # Sessions are opened per request on first use; migrations are run by `fracture up` / `db upgrade`.
     app.extensions["fracture_sessions"] = session_factory(settings.database_url)
-    from worker.celery_app import celery_init_app
-
-    celery_init_app(app, settings)
+    # A producer only: the web sends tasks by name and never runs one.
+    app.extensions["celery"] = make_app(settings)
 
     from web import api, pages
     from web.context import close_db

@@ -11,8 +11,8 @@ from flask import Blueprint, Response, abort, jsonify, request, stream_with_cont
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from fracture.dispatch import broker_ping, worker_ping
 from fracture.models import Job, JobStatus, ModelVersion
+from fracture.queue import broker_ping, worker_ping
 from web.auth import current_user, require_admin, sees, visible
 from web.context import active_model, celery, db
 from web.ingest import UploadRefused

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import insert
-
-from fracture.dispatch import BROKER_DOWN_MESSAGE, BrokerUnavailable, enqueue_job
-from fracture.models import Image, Job, JobStatus, new_id
+from fracture import jobs, queue
+from fracture.jobs import BROKER_DOWN_MESSAGE
+from fracture.models import Job, new_id
 from web.context import NO_MODEL_MESSAGE, active_model, celery, db, settings, storage
 from web.ingest import FilePart, Upload, UploadRefused, ingest_parts
 
@@ -48,22 +47,9 @@ def create_job(parts: Iterable[FilePart], owner_id: int | None = None) -> Job:
         store.delete_prefix(f"uploads/{job_id}")
         raise UploadRefused(_nothing_usable(upload), 400)
     session = db()
-    job = Job(
-        id=job_id, status=JobStatus.QUEUED, name=_job_name(upload)[:255], total=len(upload.entries),
-        model_version_id=model.id, owner_id=owner_id,
-    )
-    job.model_version = model
-    session.add(job)
     try:
-        session.flush()
-        # Core inserts in slices, not ORM objects: a 10,000-file job would otherwise hold 10,000 Image objects
-        # in the request's session; all in the job's one transaction, so a half-written job is never seen.
-        for start in range(0, len(upload.entries), 1000):
-            session.execute(insert(Image), [
-                {"job_id": job_id, "seq": e.seq, "path": e.path, "storage_key": e.storage_key,
-                 "size_bytes": e.size_bytes, "ingest_error": e.ingest_error}
-                for e in upload.entries[start:start + 1000]
-            ])
+        # All in the job's one transaction, so a half-written job is never seen.
+        job = jobs.create_job(session, job_id, _job_name(upload), model.id, upload.entries, owner_id)
         session.commit()
     except BaseException:
         session.rollback()
@@ -74,16 +60,10 @@ def create_job(parts: Iterable[FilePart], owner_id: int | None = None) -> Job:
 
 
 def dispatch(job: Job) -> None:
-    """Hand a committed job to the broker; on failure record why and raise JobNotDispatched."""
-    session = db()
+    """Hand a committed job to the broker; on failure (recorded on the job) raise JobNotDispatched."""
     try:
-        enqueue_job(celery(), settings(), job.id)
-    except BrokerUnavailable as exc:
-        session.refresh(job)
-        job.error = BROKER_DOWN_MESSAGE
-        session.commit()
+        queue.dispatch_job(celery(), settings(), job.id)
+    except queue.BrokerUnavailable as exc:
+        db().refresh(job)
         raise JobNotDispatched(job) from exc
-    session.refresh(job)
-    if job.error == BROKER_DOWN_MESSAGE:
-        job.error = None
-        session.commit()
+    db().refresh(job)

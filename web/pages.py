@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, send_file, url_for
 from flask.typing import ResponseReturnValue
-from kombu.exceptions import OperationalError
 from sqlalchemy import func, select
 
-from fracture.dispatch import RETRAIN_TASK, TRAINING_QUEUE
+from fracture import queue, trainings
 from fracture.models import Job, ModelVersion, Schedule, TrainingRun
 from fracture.storage import StorageError
 from web.auth import require_admin, sees, visible
@@ -96,8 +93,7 @@ def add_schedule() -> ResponseReturnValue:
     if minutes is None or minutes < 1:
         flash("The interval must be a whole number of minutes, at least 1.", "error")
         return redirect(url_for("pages.training"))
-    now = datetime.now(UTC)
-    db().add(Schedule(name=name, interval_minutes=minutes, enabled=True, next_run_at=now + timedelta(minutes=minutes)))
+    trainings.add_schedule(db(), name, minutes)
     db().commit()
     flash(f"Schedule '{name}' added: every {minutes} minutes.", "ok")
     return redirect(url_for("pages.training"))
@@ -108,14 +104,12 @@ def retrain() -> ResponseReturnValue:
     """Record a training run, then send `training.retrain` by name to the training queue."""
     require_admin("start a training run")
     session = db()
-    run = TrainingRun(status="queued", params={}, message="requested on the training page")
-    session.add(run)
+    run = trainings.create_run(session, {}, "requested on the training page")
     session.commit()
     try:
-        celery().send_task(RETRAIN_TASK, args=(run.id,), queue=TRAINING_QUEUE, retry=False)
-    except (OperationalError, OSError):
-        run.status = "failed"
-        run.error = "the task queue (broker) is unavailable"
+        queue.send_retrain(celery(), run.id)
+    except queue.BrokerUnavailable:
+        trainings.fail_run(session, run.id, trainings.BROKER_DOWN)
         session.commit()
         flash("The task queue is unavailable; the run was not started.", "error")
         return redirect(url_for("pages.training"))

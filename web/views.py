@@ -9,9 +9,10 @@ from typing import Any
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, aliased
 
-from fracture.models import Image, Job, JobStatus, ModelVersion, Result
+from fracture.jobs import RESULT_COLUMNS
+from fracture.models import FINAL_JOB_STATUSES, Image, Job, ModelVersion, Result
 
-CSV_COLUMNS = ("path", "prediction", "probability", "model_version", "error")
+CSV_COLUMNS = RESULT_COLUMNS
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -33,7 +34,7 @@ def job_dict(job: Job, now: datetime | None = None) -> dict[str, Any]:
     elapsed = ((finished or now) - started).total_seconds() if started else None
     done = job.processed  # the worker counts every image with an outcome, errors included
     eta = None
-    if job.status in JobStatus.FINAL:
+    if job.status in FINAL_JOB_STATUSES:
         eta = 0.0
     elif elapsed is not None and 0 < done < job.total:
         eta = round(elapsed / done * (job.total - done), 1)
@@ -52,7 +53,7 @@ def job_dict(job: Job, now: datetime | None = None) -> dict[str, Any]:
         "finished_at": iso(job.finished_at),
         "elapsed_s": round(elapsed, 1) if elapsed is not None else None,
         "eta_s": eta,
-        "final": job.status in JobStatus.FINAL,
+        "final": job.status in FINAL_JOB_STATUSES,
     }
 
 

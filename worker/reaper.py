@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from kombu.exceptions import ChannelError
 from sqlalchemy import func, select
 
+from fracture import trainings
 from fracture.config import Settings
 from fracture.db import session_scope
-from fracture.dispatch import INFERENCE_QUEUE, BrokerUnavailable, enqueue_job
-from fracture.models import Job, JobStatus, Result, TrainingRun
+from fracture.models import Job, JobStatus, Result
+from fracture.queue import BrokerUnavailable, enqueue_job, queued_messages
 from fracture.storage import Storage
 
 if TYPE_CHECKING:
@@ -86,33 +86,10 @@ def find_lost_jobs(settings: Settings, now: datetime) -> tuple[list[str], list[s
     return never, stalled
 
 
-def queued_messages(celery_app: Celery) -> int | None:
-    """Messages waiting in the inference queue (not those a worker holds); None when it cannot be asked."""
-    try:
-        with celery_app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, timeout=3)
-            return int(conn.default_channel.queue_declare(queue=INFERENCE_QUEUE, passive=True).message_count)
-    except ChannelError:
-        return 0  # the queue does not exist: nothing waits in it (a flushed redis)
-    except Exception as e:  # noqa: BLE001  (any transport error: just not known)
-        log.warning("reaper: cannot read the queue length: %s", e)
-        return None
-
-
 def fail_dead_training_runs(settings: Settings, now: datetime) -> list[int]:
     """Mark failed the runs still `running` long after their time limit: their trainer is gone."""
-    limit = timedelta(seconds=settings.training_time_limit_s + settings.reaper_stale_s)
-    failed = []
     with session_scope(settings.database_url) as session:
-        for run in session.scalars(select(TrainingRun).where(TrainingRun.status == "running")):
-            started = _aware(run.started_at) or _aware(run.created_at)
-            if started is not None and now - started > limit:
-                run.status, run.finished_at = "failed", now
-                age = int((now - started).total_seconds())
-                run.error = (f"the trainer stopped without finishing: still running {age} s after it started, "
-                             f"past the {settings.training_time_limit_s} s training time limit")
-                failed.append(run.id)
-    return failed
+        return trainings.fail_dead_runs(session, now, settings.training_time_limit_s, settings.reaper_stale_s)
 
 
 def remove_orphan_uploads(settings: Settings, now: datetime) -> list[str]:

@@ -1,4 +1,4 @@
-"""Celery tasks: thin, named wrappers that call plain functions with ids and plain values."""
+"""The inference worker's Celery tasks: thin, named wrappers that call plain functions with ids and plain values."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
-from fracture.dispatch import CLASSIFY_TASK, INFERENCE_QUEUE
-from worker.celery_app import TRAINING_QUEUE, settings_of, soft_time_limit
+from fracture import queue
+from worker.celery_app import soft_time_limit
 from worker.classify import classify_chunk, fail_images
 from worker.reaper import reap
 from worker.schedules import run_due_schedules
@@ -17,13 +17,13 @@ from worker.schedules import run_due_schedules
 log = logging.getLogger(__name__)
 
 
-@shared_task(name="inference.classify_chunk", bind=True, max_retries=5)
+@shared_task(name=queue.CLASSIFY_TASK, bind=True, max_retries=5)
 def classify_chunk_task(self: Task, job_id: str, image_ids: list[int]) -> None:
     """Classify one chunk of a job; safe to run more than once."""
-    settings = settings_of(self.app)
+    settings = queue.settings_of(self.app)
 
     def resend(ids: list[int]) -> None:
-        self.app.send_task(CLASSIFY_TASK, args=(job_id, ids), queue=INFERENCE_QUEUE)
+        queue.send_classify(self.app, job_id, ids)
 
     try:
         outcome = classify_chunk(settings, job_id, image_ids, resend=resend)
@@ -38,21 +38,17 @@ def classify_chunk_task(self: Task, job_id: str, image_ids: list[int]) -> None:
     log.info("job %s chunk of %d: %s", job_id, len(image_ids), outcome)
 
 
-@shared_task(name="schedules.tick", bind=True)
+@shared_task(name=queue.SCHEDULES_TICK_TASK, bind=True)
 def schedules_tick(self: Task) -> list[int]:
     """Queue a training run for every retraining schedule that is due."""
     app = self.app
-
-    def send(run_id: int) -> None:
-        app.send_task("training.retrain", args=(run_id,), queue=TRAINING_QUEUE)
-
-    return run_due_schedules(settings_of(app), send)
+    return run_due_schedules(queue.settings_of(app), lambda run_id: queue.send_retrain(app, run_id))
 
 
-@shared_task(name="maintenance.reap", bind=True)
+@shared_task(name=queue.REAP_TASK, bind=True)
 def maintenance_reap(self: Task) -> dict[str, object]:
     """Re-enqueue jobs whose tasks vanished, fail dead training runs, delete interrupted uploads."""
-    report = reap(self.app, settings_of(self.app))
+    report = reap(self.app, queue.settings_of(self.app))
     if report.acted:
         log.warning("reaper: %s", report)
     return report.as_dict()

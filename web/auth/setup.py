@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask, g
 from flask.typing import ResponseReturnValue
-from flask_wtf.csrf import CSRFProtect  # type: ignore[import-untyped]
+from flask_wtf.csrf import CSRFProtect
 
 from fracture.config import Settings
 from web.auth.headers import security_headers

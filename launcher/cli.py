@@ -1,14 +1,19 @@
-"""The `fracture` command: run the system, migrate the database, manage users, classify files in process."""
+"""The `fracture` command: run the system, migrate the database, manage users, classify files, train."""
 
 from __future__ import annotations
 
-import csv
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from fracture.config import get_settings
+from trainer.cli import commands as trainer_commands
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 @click.group()
@@ -62,7 +67,7 @@ def users() -> None:
     """User accounts and API tokens (passwords and tokens are shown once, never stored in clear)."""
 
 
-def _accounts_session():  # type: ignore[no-untyped-def]
+def _accounts_session() -> AbstractContextManager[Session]:
     from fracture.db import session_scope
     from fracture.migrate import upgrade
 
@@ -171,7 +176,7 @@ def users_set_password(name: str, password: str | None) -> None:
               help="inference worker processes (each runs batches with all of torch's threads)")
 def up(host: str, port: int, broker: str, inference_concurrency: int) -> None:
     """Migrate, then run web, inference worker, training worker and beat until Ctrl-C."""
-    from fracture.supervisor import up as run_up
+    from launcher.supervisor import up as run_up
 
     sys.exit(run_up(host, port, broker, inference_concurrency, echo=click.echo))
 
@@ -183,80 +188,24 @@ def up(host: str, port: int, broker: str, inference_concurrency: int) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV to write")
 @click.option("--model", "model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="checkpoint file (default: the active model of $FRACTURE_HOME)")
+              help="checkpoint file (default: the active model of an existing installation, else the release model)")
 @click.option("--batch-size", type=int, default=None, help="images per forward pass (default: $BATCH_SIZE)")
 def classify(paths: tuple[Path, ...], out: Path, model: Path | None, batch_size: int | None) -> None:
-    """Classify image files, folders (recursively) and zips; write path,prediction,probability,... to --out."""
-    from tqdm import tqdm
+    """Classify image files, folders (recursively) and zips; write path,prediction,probability,... to --out.
 
-    from fracture.checkpoint import CheckpointError
-    from fracture.inference import Predictor
-    from fracture.inputs import ZipBudget, collect
+    Runs in this process and needs no installation: nothing is written but the CSV.
+    """
+    from launcher.classify import ModelMissing, classify_files, default_model
 
     settings = get_settings()
-    checkpoint, version_name = (model, f"file:{model.name}") if model else _active_checkpoint()
     try:
-        predictor = Predictor.from_file(
-            checkpoint, batch_size=batch_size or settings.batch_size, max_pixels=settings.max_image_pixels
-        )
-    except CheckpointError as e:
+        checkpoint, version_name = (model, f"file:{model.name}") if model else default_model(settings)
+        count, errors = classify_files(list(paths), out, checkpoint, version_name, settings, batch_size)
+    except ModelMissing as e:
         raise click.ClickException(str(e)) from None
-
-    items = collect(list(paths), settings)
-    budget = ZipBudget(settings)
-    errors = 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f, tqdm(total=len(items), unit="img", file=sys.stderr) as bar:
-        writer = csv.writer(f)
-        writer.writerow(["path", "prediction", "probability", "model_version", "error"])
-        # Blocks bound memory when zips are read into it; within a block, batches run on the model.
-        block = 256
-        for start in range(0, len(items), block):
-            part = items[start : start + block]
-            outcome: list[tuple[str, float | None, str | None]] = [("", None, None)] * len(part)
-            sources: list[object] = []
-            where: list[int] = []
-            for i, item in enumerate(part):
-                source: object = item.error or item.path or (budget.read(item) if item.member else "no data")
-                if item.error or isinstance(source, str):
-                    outcome[i] = ("", None, item.error or str(source))
-                else:
-                    sources.append(source)
-                    where.append(i)
-            for pred in predictor.predict(sources):  # type: ignore[arg-type]
-                outcome[where[pred.index]] = (pred.label or "", pred.probability, pred.error)
-            for item, (label, prob, error) in zip(part, outcome, strict=True):
-                errors += error is not None
-                writer.writerow([item.name, label, "" if prob is None else f"{prob:.6f}", version_name, error or ""])
-            bar.update(len(part))
-    budget.close()
-    click.echo(f"{len(items)} file(s), {errors} error(s) -> {out}", err=True)
-
-
-def _active_checkpoint() -> tuple[Path, str]:
-    """The active model of this installation (seeding the release model on a fresh one)."""
-    from fracture.db import session_scope
-    from fracture.migrate import upgrade
-    from fracture.registry import active_version, checkpoint_path, ensure_seed_model
-
-    settings = get_settings()
-    upgrade(settings.database_url)
-    with session_scope(settings.database_url) as session:
-        ensure_seed_model(session, settings)
-        version = active_version(session)
-        if version is None:
-            raise click.ClickException(
-                "no trained model is active in this installation: train one (`fracture train`) or pass --model"
-            )
-        return checkpoint_path(settings, version), version.name
+    click.echo(f"{count} file(s), {errors} error(s) -> {out}", err=True)
 
 
 # The trainer's commands (`fracture train`, `fracture audit`, ...) join the group.
-def _add_trainer_commands() -> None:
-    from trainer.cli import commands
-
-    for command in commands():
-        main.add_command(command)
-
-
-_add_trainer_commands()
+for _command in trainer_commands():
+    main.add_command(_command)

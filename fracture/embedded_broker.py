@@ -24,7 +24,7 @@ def _pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 class Channel(kombu_sqla.Channel):
-    def _engine_from_config(self):  # type: ignore[no-untyped-def]
+    def _engine_from_config(self) -> Any:
         engine = super()._engine_from_config()
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _pragmas)

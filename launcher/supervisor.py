@@ -122,13 +122,19 @@ class Supervisor:
         return next((c for c in self.children if not c.alive()), None)
 
 
-def _celery(*args: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "worker.app", *args]
+# The consumers' entry modules: the inference worker (which also runs beat's tasks) and the trainer.
+WORKER_APP = "worker.app"
+TRAINER_APP = "trainer.app"
+WEB_APP = "web.wsgi:app"
 
 
-def _worker_args(name: str, queues: str, concurrency: int) -> list[str]:
+def _celery(app: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", app, *args]
+
+
+def _worker_args(app: str, name: str, queues: str, concurrency: int) -> list[str]:
     # Mingle and gossip need broadcast, which the embedded broker lacks; neither is needed on one machine.
-    return _celery("worker", "-Q", queues, "-c", str(concurrency), "-n", f"{name}@%h", "--loglevel", "INFO",
+    return _celery(app, "worker", "-Q", queues, "-c", str(concurrency), "-n", f"{name}@%h", "--loglevel", "INFO",
                    "--without-mingle", "--without-gossip")
 
 
@@ -158,8 +164,8 @@ def _clear_embedded_broker(home: Path) -> None:
 def up(host: str, port: int, broker: str, inference_concurrency: int, echo: Callable[[str], None] = print) -> int:
     """Run the whole system until Ctrl-C/SIGTERM (exit 0) or until a child dies (exit 1)."""
     from fracture.db import session_scope
-    from fracture.dispatch import resume_unfinished
     from fracture.migrate import upgrade
+    from fracture.queue import INFERENCE_QUEUE, TRAINING_QUEUE, make_app, resume_unfinished
     from fracture.registry import ensure_seed_model
 
     env = dict(os.environ)
@@ -202,21 +208,20 @@ def up(host: str, port: int, broker: str, inference_concurrency: int, echo: Call
         echo(f"model: {model_name or 'none active (jobs are refused until one is trained or promoted)'}")
         announce_first_admin(settings, echo)
 
-        from worker.celery_app import make_celery
-
-        resumed = resume_unfinished(make_celery(settings), settings)
+        resumed = resume_unfinished(make_app(settings), settings)
         if resumed["jobs"] or resumed["training_runs"]:
             echo(f"resumed {len(resumed['jobs'])} unfinished job(s), {len(resumed['training_runs'])} training run(s)")
 
         web_args = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", "1",
                     "--threads", "8", "--timeout", "600", "--graceful-timeout", "10", "--no-control-socket",
-                    "web.wsgi:app"]
+                    WEB_APP]
         sup.start("web", web_args, env)
         threads = str(max(1, (os.cpu_count() or 1) // max(1, inference_concurrency)))
-        sup.start("inference-worker", _worker_args("inference", "inference", inference_concurrency),
+        sup.start("inference-worker", _worker_args(WORKER_APP, "inference", INFERENCE_QUEUE, inference_concurrency),
                   {"TORCH_THREADS": threads, **env})
-        sup.start("training-worker", _worker_args("training", "training", 1), env)
-        sup.start("beat", _celery("beat", "--schedule", str(home / "celerybeat-schedule"), "--loglevel", "INFO"), env)
+        sup.start("training-worker", _worker_args(TRAINER_APP, "training", TRAINING_QUEUE, 1), env)
+        sup.start("beat", _celery(WORKER_APP, "beat", "--schedule", str(home / "celerybeat-schedule"), "--loglevel",
+                                  "INFO"), env)
 
         local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         # The port opens before gunicorn's worker has imported the app: wait for a real answer.

@@ -1,0 +1,92 @@
+"""`fracture classify`: classify files, folders and zips in this process and write one CSV row per file."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+from fracture.config import Settings
+from fracture.jobs import RESULT_COLUMNS
+
+# Blocks bound memory when zips are read into it; within a block, batches run on the model.
+BLOCK = 256
+
+
+class ModelMissing(Exception):
+    """No checkpoint to classify with."""
+
+
+def _installation_exists(settings: Settings) -> bool:
+    """Whether there is an installation to take the active model from (never create one for a classify run)."""
+    url = settings.database_url
+    if url.startswith("sqlite"):
+        return Path(url.split("///", 1)[-1]).is_file()
+    return True
+
+
+def default_model(settings: Settings) -> tuple[Path, str]:
+    """The checkpoint to use without --model: the active model of an existing installation, else the release one."""
+    from fracture.registry import SEED_VERSION
+
+    if _installation_exists(settings):
+        from fracture.db import session_scope
+        from fracture.migrate import upgrade
+        from fracture.registry import active_version, checkpoint_path, ensure_seed_model
+
+        upgrade(settings.database_url)
+        with session_scope(settings.database_url) as session:
+            ensure_seed_model(session, settings)
+            version = active_version(session)
+            if version is not None:
+                return checkpoint_path(settings, version), version.name
+    elif settings.seed_model is not None and settings.seed_model.is_file():
+        return settings.seed_model, SEED_VERSION
+    raise ModelMissing("no trained model is active in this installation: train one (`fracture train`) or pass --model")
+
+
+def classify_files(
+    paths: list[Path], out: Path, checkpoint: Path, version_name: str, settings: Settings,
+    batch_size: int | None = None,
+) -> tuple[int, int]:
+    """Write a CSV row for every file under `paths` (the CSV itself and the data folder excluded); (files, errors)."""
+    from tqdm import tqdm
+
+    from fracture.checkpoint import CheckpointError
+    from fracture.inference import Predictor
+    from fracture.inputs import ZipBudget, collect
+
+    try:
+        predictor = Predictor.from_file(
+            checkpoint, batch_size=batch_size or settings.batch_size, max_pixels=settings.max_image_pixels
+        )
+    except CheckpointError as e:
+        raise ModelMissing(str(e)) from None
+    # Never read what this command writes, nor an installation's data folder that happens to lie below.
+    items = collect(paths, settings, exclude=(out, settings.home))
+    budget = ZipBudget(settings)
+    errors = 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f, tqdm(total=len(items), unit="img", file=sys.stderr) as bar:
+        writer = csv.writer(f)
+        writer.writerow(RESULT_COLUMNS)
+        for start in range(0, len(items), BLOCK):
+            part = items[start : start + BLOCK]
+            outcome: list[tuple[str, float | None, str | None]] = [("", None, None)] * len(part)
+            sources: list[object] = []
+            where: list[int] = []
+            for i, item in enumerate(part):
+                source: object = item.error or item.path or (budget.read(item) if item.member else "no data")
+                if item.error or isinstance(source, str):
+                    outcome[i] = ("", None, item.error or str(source))
+                else:
+                    sources.append(source)
+                    where.append(i)
+            for pred in predictor.predict(sources):  # type: ignore[arg-type]
+                outcome[where[pred.index]] = (pred.label or "", pred.probability, pred.error)
+            for item, (label, prob, error) in zip(part, outcome, strict=True):
+                errors += error is not None
+                writer.writerow([item.name, label, "" if prob is None else f"{prob:.6f}", version_name, error or ""])
+            bar.update(len(part))
+    budget.close()
+    return len(items), errors

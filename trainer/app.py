@@ -1,0 +1,19 @@
+"""Entry module for the training worker: `celery -A trainer.app worker -Q training`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.signals import worker_process_init
+
+from fracture.queue import make_app
+
+app = make_app(include=["trainer.tasks"])
+
+
+@worker_process_init.connect
+def _fresh_child(**_: Any) -> None:
+    """A forked pool child must not reuse the parent's pooled database connections."""
+    from fracture.db import dispose_engines
+
+    dispose_engines()
