@@ -84,6 +84,7 @@ def test_roles_and_gpu_reservations(compose: dict[str, Any]) -> None:
     assert worker[:4] == ["celery", "-A", "worker.app", "worker"]
     assert worker[worker.index("-Q") + 1] == "inference"
     trainer = command_of(services["trainer"])
+    assert trainer[:4] == ["celery", "-A", "trainer.app", "worker"]  # the trainer's own worker app
     assert trainer[trainer.index("-Q") + 1] == "training" and trainer[trainer.index("-c") + 1] == "1"
     assert command_of(services["beat"])[:4] == ["celery", "-A", "worker.app", "beat"]
 
@@ -98,6 +99,7 @@ def test_commands_point_at_code_that_exists() -> None:
     """The modules and CLI commands the containers run are real (a typo here only shows up in production)."""
     assert (REPO_ROOT / "web" / "wsgi.py").is_file()
     assert (REPO_ROOT / "worker" / "app.py").is_file()
+    assert (REPO_ROOT / "trainer" / "app.py").is_file()
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile and "uv sync --frozen" in dockerfile
     fracture = Path(sys.executable).parent / "fracture"
