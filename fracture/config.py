@@ -43,6 +43,8 @@ class Settings:
     # A chunk whose worker died this many times on it gets error rows instead of another delivery.
     max_chunk_attempts: int = 3
     dataset_dir: Path | None = None
+    # The only folders under which an admin may register a dataset on the server (nothing else is ever read).
+    dataset_roots: tuple[Path, ...] = ()
     training_time_limit_s: int = 6 * 3600
     secret_key: str = field(default="dev-only-change-me", repr=False)
     # Send the session cookie over https only; off for the embedded http://127.0.0.1 mode.
@@ -85,6 +87,9 @@ def get_settings(env: dict[str, str] | None = None) -> Settings:
         reaper_interval_s=_int(env, "REAPER_INTERVAL_S", 60),
         max_chunk_attempts=_int(env, "MAX_CHUNK_ATTEMPTS", 3),
         dataset_dir=Path(env["FRACTURE_DATASET"]) if env.get("FRACTURE_DATASET") else None,
+        dataset_roots=tuple(
+            Path(p).resolve() for p in (env.get("DATASET_ROOTS") or str(home / "datasets")).split(os.pathsep) if p
+        ),
         training_time_limit_s=_int(env, "TRAINING_TIME_LIMIT_S", 6 * 3600),
         secret_key=env.get("SECRET_KEY") or "dev-only-change-me",
         session_cookie_secure=env.get("SESSION_COOKIE_SECURE", "").lower() in ("1", "true", "yes", "on"),

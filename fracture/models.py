@@ -72,6 +72,21 @@ class ModelStatus(StrEnum):
     RETIRED = "retired"
 
 
+class DatasetRole(StrEnum):
+    """What a dataset may be used for: training, or evaluation only (locked: never trained on)."""
+
+    TRAINING = "training"
+    EVALUATION = "evaluation"
+
+
+class DatasetStatus(StrEnum):
+    """Whether a dataset has been validated and can be used."""
+
+    VALIDATING = "validating"
+    READY = "ready"
+    INVALID = "invalid"
+
+
 class ModelVersion(Base):
     __tablename__ = "model_versions"
 
@@ -181,6 +196,54 @@ class Schedule(Base):
     last_run_at: Mapped[datetime | None] = mapped_column()
     next_run_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    """A registered labelled dataset: a folder on the server (under DATASET_ROOTS) or an upload in storage.
+
+    `root` is the folder read (a registered server folder, or the storage folder an upload was unpacked into);
+    a part split off another dataset reads its parent's root, limited to the relative paths in `members`.
+    """
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default=DatasetRole.TRAINING)
+    status: Mapped[str] = mapped_column(String(16), default=DatasetStatus.VALIDATING, index=True)
+    source: Mapped[str] = mapped_column(String(16))
+    root: Mapped[str] = mapped_column(Text)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"))
+    members: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # An evaluation dataset that gates automatic promotion.
+    gate: Mapped[bool] = mapped_column(Boolean, default=False)
+    layout: Mapped[str | None] = mapped_column(String(16))
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    report: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    thumbnails: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    validated_at: Mapped[datetime | None] = mapped_column()
+
+
+class Evaluation(Base):
+    """A model version measured on a registered dataset (all of it, or one split): metrics and plots."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), index=True)
+    split: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED, index=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    plots: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
 
 
 class User(Base):

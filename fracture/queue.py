@@ -20,11 +20,17 @@ INFERENCE_QUEUE = "inference"
 TRAINING_QUEUE = "training"
 CLASSIFY_TASK = "inference.classify_chunk"
 RETRAIN_TASK = "training.retrain"
+VALIDATE_DATASET_TASK = "datasets.validate"
+SPLIT_DATASET_TASK = "datasets.split"
+EVALUATE_TASK = "evaluations.run"
 SCHEDULES_TICK_TASK = "schedules.tick"
 REAP_TASK = "maintenance.reap"
 TASK_ROUTES = {
     "inference.*": {"queue": INFERENCE_QUEUE},
     "training.*": {"queue": TRAINING_QUEUE},
+    # They read whole datasets with the trainer's code (audit, metrics, plots): the trainer's worker runs them.
+    "datasets.*": {"queue": TRAINING_QUEUE},
+    "evaluations.*": {"queue": TRAINING_QUEUE},
     # Small and quick: the inference worker is always running, so it takes these too.
     "schedules.*": {"queue": INFERENCE_QUEUE},
     "maintenance.*": {"queue": INFERENCE_QUEUE},
@@ -145,6 +151,14 @@ def send_retrain(app: Celery, run_id: int) -> None:
     """Send a committed training run to the trainer's queue; raises BrokerUnavailable if the broker is down."""
     try:
         app.send_task(RETRAIN_TASK, args=(run_id,), queue=TRAINING_QUEUE, retry=False)
+    except (KombuOperationalError, OSError) as e:
+        raise BrokerUnavailable(f"the message broker is not reachable: {e}") from e
+
+
+def send_trainer_task(app: Celery, name: str, *args: object) -> None:
+    """Send a task of the trainer's queue (dataset validation or split, evaluation) with plain arguments."""
+    try:
+        app.send_task(name, args=args, queue=TRAINING_QUEUE, retry=False)
     except (KombuOperationalError, OSError) as e:
         raise BrokerUnavailable(f"the message broker is not reachable: {e}") from e
 

@@ -1,0 +1,67 @@
+"""The state of evaluations (a model version measured on a registered dataset): the only code that writes them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fracture.models import FINAL_RUN_STATUSES, Dataset, DatasetStatus, Evaluation, ModelVersion, RunStatus
+
+SPLIT_CHOICES = ("train", "val", "test")
+
+
+class EvaluationError(ValueError):
+    """An evaluation cannot be made as asked; the message says why."""
+
+
+def create_evaluation(session: Session, version_id: int, dataset_id: int, split: str | None = None) -> Evaluation:
+    """Add a queued evaluation (flushed, not committed: the caller commits, then sends `evaluations.run`)."""
+    if session.get(ModelVersion, version_id) is None:
+        raise EvaluationError(f"no model version with id {version_id}")
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise EvaluationError(f"no dataset with id {dataset_id}")
+    if dataset.status != DatasetStatus.READY:
+        raise EvaluationError(f"dataset {dataset.name!r} is {dataset.status}, not ready")
+    if split is not None and split not in SPLIT_CHOICES:
+        raise EvaluationError(f"split must be one of {', '.join(SPLIT_CHOICES)} (or none for all of it)")
+    evaluation = Evaluation(model_version_id=version_id, dataset_id=dataset_id, split=split, status=RunStatus.QUEUED)
+    session.add(evaluation)
+    session.flush()
+    return evaluation
+
+
+def start_evaluation(session: Session, evaluation_id: int) -> Evaluation | None:
+    """Move an evaluation to running; None when it already ended (a redelivered task)."""
+    evaluation = session.get(Evaluation, evaluation_id)
+    if evaluation is None:
+        raise LookupError(f"evaluation {evaluation_id} does not exist")
+    if evaluation.status in FINAL_RUN_STATUSES:
+        return None
+    evaluation.status, evaluation.started_at, evaluation.error = RunStatus.RUNNING, datetime.now(UTC), None
+    return evaluation
+
+
+def finish_evaluation(session: Session, evaluation_id: int, metrics: dict[str, Any], plots: dict[str, str]) -> None:
+    """Record an evaluation's metrics and stored plots."""
+    evaluation = session.get(Evaluation, evaluation_id)
+    if evaluation is not None:
+        evaluation.status, evaluation.finished_at = RunStatus.DONE, datetime.now(UTC)
+        evaluation.metrics, evaluation.plots = metrics, plots
+
+
+def fail_evaluation(session: Session, evaluation_id: int, reason: str) -> None:
+    """End an evaluation as failed with one readable sentence."""
+    evaluation = session.get(Evaluation, evaluation_id)
+    if evaluation is not None:
+        evaluation.status, evaluation.finished_at, evaluation.error = RunStatus.FAILED, datetime.now(UTC), reason
+
+
+def evaluations_of(session: Session, version_id: int) -> list[Evaluation]:
+    """Every evaluation of a version, newest first."""
+    return list(session.scalars(
+        select(Evaluation).where(Evaluation.model_version_id == version_id).order_by(Evaluation.created_at.desc())
+    ))
