@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import VENV_BIN, add_user, base_env, bearer, create_job
 from flask.testing import FlaskClient
+from installation import VENV_BIN, add_user, base_env, bearer, create_job
 from sqlalchemy import select
 from web_client import make_client, multipart, post_files
 from werkzeug.test import TestResponse

@@ -34,7 +34,7 @@ from bad_files import (
     overlapping_bomb,
     patch_member,
 )
-from conftest import LiveSystem, wait_for
+from harness import LiveSystem, wait_for
 from PIL import Image as PILImage
 from sqlalchemy import select
 from web_client import make_client, multipart, post_files

@@ -13,19 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import (
-    VENV_BIN,
-    Proc,
-    base_env,
-    create_job,
-    free_port,
-    image_files,
-    job_state,
-    materialize,
-    register_model,
-    start_proc,
-    wait_for,
-)
+from harness import Proc, free_port, start_proc, wait_for
+from installation import VENV_BIN, base_env, create_job, image_files, job_state, materialize, register_model
 
 from fracture.migrate import upgrade
 
