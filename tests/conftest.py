@@ -73,11 +73,13 @@ def fracture_env(tmp_path: Path, tiny_checkpoint: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def settings(fracture_env: dict[str, str]) -> Settings:
-    """The Settings of `fracture_env`'s installation."""
+def settings(fracture_env: dict[str, str]) -> Iterator[Settings]:
+    """The Settings of `fracture_env`'s installation; the pooled database engines are dropped afterwards."""
     from fracture.config import get_settings
+    from fracture.db import dispose_engines
 
-    return get_settings(fracture_env)
+    yield get_settings(fracture_env)
+    dispose_engines()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,12 +26,6 @@ from fracture.registry import register_checkpoint
 from fracture.storage import Storage
 
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-@pytest.fixture
-def settings(fracture_env: dict[str, str]) -> Iterator[Settings]:
-    yield get_settings(fracture_env)
-    dispose_engines()
 
 
 @pytest.fixture

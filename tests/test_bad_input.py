@@ -40,7 +40,7 @@ from sqlalchemy import select
 from web_client import make_client, multipart, post_files
 from werkzeug.test import TestResponse
 
-from fracture.config import Settings, get_settings
+from fracture.config import Settings
 from fracture.db import dispose_engines, session_scope
 from fracture.inputs import ZipBudget, collect
 from fracture.models import Image, Job, JobStatus, Result
@@ -51,11 +51,6 @@ LABELS = ("fractured", "not fractured")
 
 
 # ---------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture
-def settings(fracture_env: dict[str, str]) -> Settings:
-    return get_settings(fracture_env)
 
 
 @pytest.fixture(scope="module")
