@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from bad_files import dataset_file
 from harness import LiveSystem, RedisServer, WorkerFactory, free_port, start_web
 from installation import (
     dataset_candidates,
@@ -24,6 +25,7 @@ from skipping import skip_if_unavailable, skip_or_fail
 
 if TYPE_CHECKING:
     from flask.testing import FlaskClient
+    from PIL.Image import Image as PILImage
 
     from fracture.config import Settings
 
@@ -57,6 +59,30 @@ def sample_images(sample_dir: Path) -> list[Path]:
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real but untrained checkpoint (width 8, 64 px): plumbing only, never assert its predictions."""
     return save_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def xray(sample_images: list[Path]) -> PILImage:
+    """A real X-ray of the dataset, as 8-bit grayscale."""
+    from PIL import Image
+
+    path = next(p for p in sample_images if p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n")
+    with Image.open(path) as im:
+        return im.convert("L")
+
+
+@pytest.fixture(scope="module")
+def jpeg(sample_images: list[Path]) -> bytes:
+    """The bytes of a real JPEG of the dataset."""
+    return next(p.read_bytes() for p in sample_images if p.read_bytes()[:3] == b"\xff\xd8\xff")
+
+
+@pytest.fixture(scope="module")
+def truncated_jpeg(dataset_root: Path) -> bytes:
+    """`not fractured/IMG0004134.jpg` of the dataset: a real JPEG cut short."""
+    data = dataset_file(dataset_root, "not fractured", "IMG0004134.jpg").read_bytes()
+    assert data[:3] == b"\xff\xd8\xff" and not data.rstrip(b"\0").endswith(b"\xff\xd9")
+    return data
 
 
 # ---------------------------------------------------------------- a migrated installation
