@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 from installation import REPO_ROOT, VENV_BIN, bearer
@@ -282,3 +283,48 @@ class LiveSystem:
         """Close the HTTP session, if one was opened."""
         if self._http is not None:
             self._http.close()
+
+
+# ---------------------------------------------------------------- `fracture up`
+
+
+def start_fracture_up(
+    env: dict[str, str], port: int, log_dir: Path, *, broker: str = "auto", concurrency: int | None = None,
+    cwd: Path = REPO_ROOT, name: str = "fracture-up", timeout: float = 180,
+    healthy: Callable[[dict[str, Any]], bool] | None = None,
+) -> Proc:
+    """Run `fracture up` as a child; return once it reports its URL and /api/health answers 200 (and is `healthy`).
+
+    If it exits or times out first, it is stopped and the HarnessError carries its log and its children's.
+    """
+    args = [str(VENV_BIN / "fracture"), "up", "--broker", broker, "--port", str(port)]
+    if concurrency is not None:
+        args += ["--inference-concurrency", str(concurrency)]
+    # Unbuffered, so that the line "fracture is up on ..." reaches the log when it is printed.
+    proc = start_proc(name, args, {**env, "PYTHONUNBUFFERED": "1"}, log_dir, cwd=cwd)
+    url = f"http://127.0.0.1:{port}/api/health"
+
+    def up() -> bool:
+        proc.expect_alive()
+        if "fracture is up on" not in proc.log_text():  # printed once the web server answers
+            return False
+        try:
+            response = requests.get(url, timeout=2)
+            return response.status_code == 200 and (healthy is None or healthy(response.json()))
+        except (requests.RequestException, ValueError):
+            return False
+
+    try:
+        wait_for(up, timeout, "`fracture up` to serve /api/health", interval=0.5)
+    except HarnessError as e:
+        proc.stop(timeout=60, sig=signal.SIGINT)
+        own = "" if isinstance(e, ProcessExited) else f"\n===== {name} =====\n{proc.log_text()}"
+        raise type(e)(f"{e}{own}{_supervised_logs(env)}") from None
+    return proc
+
+
+def _supervised_logs(env: dict[str, str], chars: int = 3000) -> str:
+    """The tails of the logs `fracture up` keeps for its children under FRACTURE_HOME/logs."""
+    home = env.get("FRACTURE_HOME")
+    logs = sorted((Path(home) / "logs").glob("*.log")) if home else []
+    return "".join(f"\n===== {log.name} =====\n{tail(log, chars)}" for log in logs)
