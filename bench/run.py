@@ -15,13 +15,13 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import requests
 import torch
@@ -29,6 +29,9 @@ import torchvision
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from harness import Proc, free_port, start_fracture_up  # noqa: E402  (the tests' process harness)
+
 BIN = Path(sys.executable).parent
 DATASET = Path(os.environ.get("FRACTURE_DATASET", REPO.parent / "shared" / "datasets" / "bone-fracture-multiregion"))
 MODEL = REPO / "fracture" / "release" / "model.pt"
@@ -93,12 +96,6 @@ def reference_ips(files: list[Path]) -> float:
 # ---------------------------------------------------------------- the running system
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def vm_hwm_mb(pids: list[int]) -> float:
     """The largest peak RSS (VmHWM) among `pids`, in MB."""
     best = 0
@@ -132,6 +129,11 @@ def processes_of(home: Path) -> dict[str, list[int]]:
     return out
 
 
+def workers_reported(health: dict[str, Any]) -> bool:
+    """Whether /api/health reports on the workers: it lists one, or can ask them (a redis broker)."""
+    return bool(health.get("workers")) and any(health["workers"].values())
+
+
 class System:
     """`fracture up` in a fresh FRACTURE_HOME with the release model, on a free port."""
 
@@ -142,24 +144,14 @@ class System:
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL")}
         env.update(FRACTURE_HOME=str(self.home), FRACTURE_SEED_MODEL=str(MODEL), PYTHONUNBUFFERED="1")
         self.env = env
-        self.log = open(self.home / "up.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [str(BIN / "fracture"), "up", "--port", str(self.port), "--broker", broker,
-             "--inference-concurrency", str(concurrency)],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                health = requests.get(f"{self.url}/api/health", timeout=2).json()
-                if health.get("workers") and any(health["workers"].values()):
-                    break
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.5)
-        else:
-            raise RuntimeError(f"fracture up did not become healthy: {(self.home / 'up.log').read_text()[-3000:]}")
+        self.proc: Proc = start_fracture_up(env, self.port, self.home, broker=broker, concurrency=concurrency,
+                                            name="up", healthy=workers_reported)
         self.http = requests.Session()
-        self.http.headers["Authorization"] = f"Bearer {self.create_user('bench', admin=True)['token']}"
+        try:
+            self.http.headers["Authorization"] = f"Bearer {self.create_user('bench', admin=True)['token']}"
+        except BaseException:
+            self.stop()
+            raise
 
     def create_user(self, name: str, admin: bool = False) -> dict[str, str]:
         """`fracture users create NAME --json` against this installation: {"username", "password", "token"}."""
@@ -197,14 +189,9 @@ class System:
         return {k: vm_hwm_mb(v) for k, v in procs.items()}
 
     def stop(self) -> None:
-        if hasattr(self, "http"):
-            self.http.close()
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
+        """Close the HTTP session and stop `fracture up` as Ctrl-C does (SIGKILL after 60 s)."""
+        self.http.close()
+        self.proc.stop(timeout=60, sig=signal.SIGINT)
 
 
 def main() -> None:

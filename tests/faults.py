@@ -2,56 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import requests
-from conftest import Proc, free_port, start_proc, wait_for
+from harness import RedisServer
+from skipping import skip_if_unavailable
 
 
-@dataclass
-class RedisProc:
+class RedisProc(RedisServer):
     """A private redis-server on a fixed port: stop() and start() again to simulate a broker outage."""
 
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    proc: Proc | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.skip("redis-server is not installed")
-        # No persistence, as `fracture up` runs it: a restart loses every queued message.
-        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.workdir), "--daemonize", "no"]
-        self.proc = start_proc("redis", args, {"PATH": "/usr/bin:/bin"}, self.workdir)
-        wait_for(self.ping, 20, "redis-server to answer PING")
-
-    def ping(self) -> bool:
-        import redis
-
-        try:
-            with redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1) as client:
-                return bool(client.ping())
-        except redis.exceptions.ConnectionError:
-            return False
-
-    def flushall(self) -> None:
-        import redis
-
-        with redis.Redis(host="127.0.0.1", port=self.port) as client:
-            client.flushall()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-            self.proc = None
+    def start(self, timeout: float = 20) -> None:
+        """Start it as harness.RedisServer does; skip the test (fail it under CI) if redis-server is missing."""
+        with skip_if_unavailable():
+            super().start(timeout)
 
 
 def api_headers(env: dict[str, str]) -> dict[str, str]:

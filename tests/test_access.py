@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import VENV_BIN, add_user, base_env, bearer, create_job
 from flask.testing import FlaskClient
+from installation import VENV_BIN, add_user, base_env, bearer, create_job
 from sqlalchemy import select
 from web_client import make_client, multipart, post_files
 from werkzeug.test import TestResponse
@@ -27,12 +26,6 @@ from fracture.storage import Storage
 from launcher.cli import main as fracture_cli
 
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-@pytest.fixture
-def settings(fracture_env: dict[str, str]) -> Iterator[Settings]:
-    yield get_settings(fracture_env)
-    dispose_engines()
 
 
 @pytest.fixture

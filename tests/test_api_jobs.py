@@ -100,7 +100,7 @@ def test_models_and_health(client: FlaskClient) -> None:
 
 
 def test_broker_down_keeps_the_job_and_says_so(settings: Settings, sample_images: list[Path]) -> None:
-    from conftest import free_port
+    from harness import free_port
 
     down = dataclasses.replace(settings, broker_url=f"redis://127.0.0.1:{free_port()}/0")
     client = make_client(down)

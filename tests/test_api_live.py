@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import LiveSystem, wait_for
+from harness import LiveSystem, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import LiveSystem, image_files, materialize
+from harness import LiveSystem
+from installation import image_files, materialize
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]

@@ -7,7 +7,7 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from conftest import VENV_BIN, base_env
+from installation import VENV_BIN, base_env
 
 FRACTURE = str(VENV_BIN / "fracture")
 

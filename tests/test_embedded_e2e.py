@@ -13,19 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import (
-    VENV_BIN,
-    Proc,
-    base_env,
-    create_job,
-    free_port,
-    image_files,
-    job_state,
-    materialize,
-    register_model,
-    start_proc,
-    wait_for,
-)
+from harness import free_port, start_fracture_up, wait_for
+from installation import VENV_BIN, base_env, create_job, image_files, job_state, materialize, register_model
 
 from fracture.migrate import upgrade
 
@@ -79,13 +68,11 @@ def test_fracture_up_embedded_serves_a_job_and_stops_cleanly(
     register_model(env, tiny_checkpoint)
     leftover = create_job(env, image_files(tmp_path / "imgs")[:6])
     port = free_port()
-    up: Proc = start_proc("fracture-up", [str(VENV_BIN / "fracture"), "up", "--broker", "sqlite", "--port", str(port)],
-                          env, tmp_path / "logs", cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
+    began = time.monotonic()
+    # Waits until it prints "fracture is up on ..." and /api/health answers; stops it and fails otherwise.
+    up = start_fracture_up(env, port, tmp_path / "logs", broker="sqlite", cwd=tmp_path, timeout=120)
     try:
-        began = time.monotonic()
-        wait_for(lambda: (up.alive() or pytest.fail(up.log_text())) and "fracture is up on" in up.log_text(), 120,
-                 "fracture up to report the URL")
         assert f"http://127.0.0.1:{port}" in up.log_text()
         # The first start made an admin, printed it once and left a private copy for whoever missed it.
         first = dict(line.split(": ", 1) for line in (home / "first-admin.txt").read_text().splitlines()[2:])

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import WorkerFactory, create_job, free_port, job_state, start_web, wait_for
 from faults import RedisProc, assert_each_image_once, get_job, post_images
+from harness import WorkerFactory, free_port, start_web, wait_for
+from installation import create_job, job_state
 
 from fracture.config import get_settings
 from fracture.queue import enqueue_job

@@ -9,8 +9,9 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import WorkerFactory, create_job, job_state, register_model, wait_for
 from faults import assert_each_image_once
+from harness import WorkerFactory, wait_for
+from installation import create_job, job_state, register_model
 from PIL import Image as PILImage
 from sqlalchemy import select
 

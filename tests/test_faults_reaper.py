@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import redis
-from conftest import create_job, job_state
+from installation import create_job, job_state
 
 from fracture.config import get_settings
 from fracture.db import session_scope

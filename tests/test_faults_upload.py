@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import WorkerFactory, free_port, job_state, start_web, wait_for
 from faults import api_headers, assert_each_image_once, post_images
+from harness import WorkerFactory, free_port, start_web, wait_for
+from installation import job_state
 from web_client import multipart
 
 from fracture.config import get_settings

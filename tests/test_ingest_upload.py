@@ -20,11 +20,6 @@ from fracture.migrate import upgrade
 from fracture.models import Image, Job
 
 
-@pytest.fixture(scope="module")
-def jpeg(sample_images: list[Path]) -> bytes:
-    return next(p.read_bytes() for p in sample_images if p.read_bytes()[:3] == b"\xff\xd8\xff")
-
-
 def stored_files(settings: Settings) -> list[Path]:
     return sorted(p for p in (settings.storage_dir / "uploads").rglob("*") if p.is_file())
 

@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import WorkerFactory, create_job, image_files, job_state, materialize, wait_for
+from harness import WorkerFactory, wait_for
+from installation import create_job, image_files, job_state, materialize
 
 from fracture.config import get_settings
 from fracture.queue import enqueue_job

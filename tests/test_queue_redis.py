@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conftest import WorkerFactory, create_job, job_state, wait_for
+from harness import WorkerFactory, wait_for
+from installation import create_job, job_state
 
 from fracture.config import get_settings
 from fracture.queue import enqueue_job, worker_ping
@@ -39,7 +40,7 @@ def test_job_runs_through_redis_and_a_real_worker(
 
 
 def test_an_unreachable_broker_is_reported_quickly(fracture_env: dict[str, str], sample_images: list[Path]) -> None:
-    from conftest import free_port
+    from harness import free_port
 
     from fracture.queue import BrokerUnavailable, broker_ping
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from installation import create_job, materialize
 from PIL import Image
 from sklearn import metrics as skm
 
@@ -20,7 +21,6 @@ from fracture.models import ModelStatus, ModelVersion, Result
 from fracture.net import ModelArgs, TorchvisionBinary, load_pretrained
 from fracture.registry import promote, register_checkpoint, should_promote
 from fracture.storage import Storage
-from tests.conftest import create_job, materialize
 from trainer.audit import audit, decode_for_audit
 from trainer.dataset import scan
 from trainer.metrics import binary_metrics, choose_threshold

@@ -6,11 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import WorkerFactory
+from installation import materialize
 
 from fracture.config import get_settings
 from fracture.db import session_scope
 from fracture.models import ModelStatus, ModelVersion, TrainingRun
-from tests.conftest import WorkerFactory, materialize
 
 
 def test_retrain_task_trains_registers_and_applies_the_promotion_rule(

@@ -14,15 +14,10 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from web_client import make_client, post_files
 
-from fracture.config import Settings, get_settings
+from fracture.config import Settings
 from fracture.db import dispose_engines, session_scope
 from fracture.models import ModelVersion, Schedule, TrainingRun
 from fracture.storage import Storage
-
-
-@pytest.fixture
-def settings(fracture_env: dict[str, str]) -> Settings:
-    return get_settings(fracture_env)
 
 
 @pytest.fixture

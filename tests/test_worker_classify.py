@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from conftest import create_job, job_state
+from installation import create_job, job_state
 from sqlalchemy import select
 
 from fracture.config import get_settings

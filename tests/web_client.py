@@ -5,13 +5,12 @@ from __future__ import annotations
 import io
 
 from flask.testing import FlaskClient
+from installation import TEST_ADMIN
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import TestResponse, stream_encode_multipart
 
 from fracture.config import Settings
 from web import create_app
-
-TEST_ADMIN = "tester"  # created by the `fracture_env` fixture
 
 
 def make_client(settings: Settings, *, as_user: str | None = TEST_ADMIN, token: str | None = None,

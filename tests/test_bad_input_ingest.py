@@ -1,86 +1,51 @@
-"""Bad input, each case a real file built here: a clear 4xx with nothing stored, or error rows beside classified ones.
+"""Bad uploads through the web's ingest, each case a real file built here: a clear 4xx with nothing stored, or
+error rows beside classified ones.
 
-The decoding runs for real: the worker's chunk function classifies the stored files in-process, so "an error row
-with a reason" is checked on real Result rows. Cases already covered in test_ingest_upload.py (plain zip slip,
-symlink and nested members, a flag-encrypted and a truncated zip, a ratio bomb, junk-only zips, too many loose
-files, Content-Length over the limit, a part without a file) are not repeated here.
+The app runs in-process (the Flask test client) and so does the decoding: the worker's chunk function classifies
+the stored files, so "an error row with a reason" is checked on real Result rows. Cases already covered in
+test_ingest_upload.py (plain zip slip, symlink and nested members, a flag-encrypted and a truncated zip, a ratio
+bomb, junk-only zips, too many loose files, Content-Length over the limit, a part without a file) are not repeated
+here. The same files decoded directly: test_bad_input_decode.py; through a live system: test_bad_input_e2e.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import stat
-import subprocess
-import sys
 import time
 import uuid
 import zipfile
 from pathlib import Path
 
-import numpy as np
-import pytest
-import requests
 from bad_files import (
     bomb_png,
-    dataset_file,
     encode,
     encrypted_zip,
     exif_rotated_jpeg,
     gray16_png,
-    halves,
     make_zip,
     overlapping_bomb,
     patch_member,
 )
-from conftest import LiveSystem, wait_for
+from installation import LABELS
 from PIL import Image as PILImage
 from sqlalchemy import select
 from web_client import make_client, multipart, post_files
 from werkzeug.test import TestResponse
 
-from fracture.config import Settings, get_settings
+from fracture.config import Settings
 from fracture.db import dispose_engines, session_scope
-from fracture.inputs import ZipBudget, collect
+from fracture.inputs import collect
 from fracture.models import FINAL_JOB_STATUSES, Image, Job, JobStatus, Result
-from fracture.preprocess import ImageError, decode
 from worker.classify import _predictors, classify_chunk
 
-LABELS = ("fractured", "not fractured")
-
-
-# ---------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture
-def settings(fracture_env: dict[str, str]) -> Settings:
-    return get_settings(fracture_env)
-
-
-@pytest.fixture(scope="module")
-def xray(sample_images: list[Path]) -> PILImage.Image:
-    """A real X-ray of the dataset, as 8-bit grayscale."""
-    path = next(p for p in sample_images if p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n")
-    with PILImage.open(path) as im:
-        return im.convert("L")
-
-
-@pytest.fixture(scope="module")
-def jpeg(sample_images: list[Path]) -> bytes:
-    return next(p.read_bytes() for p in sample_images if p.read_bytes()[:3] == b"\xff\xd8\xff")
-
-
-@pytest.fixture(scope="module")
-def truncated_jpeg(dataset_root: Path) -> bytes:
-    """`not fractured/IMG0004134.jpg` of the dataset: a real JPEG cut short."""
-    data = dataset_file(dataset_root, "not fractured", "IMG0004134.jpg").read_bytes()
-    assert data[:3] == b"\xff\xd8\xff" and not data.rstrip(b"\0").endswith(b"\xff\xd9")
-    return data
+# ---------------------------------------------------------------- helpers
 
 
 def files_under(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()}
+
 
 
 def written_outside_storage(before: set[Path], root: Path, settings: Settings) -> set[Path]:
@@ -89,13 +54,16 @@ def written_outside_storage(before: set[Path], root: Path, settings: Settings) -
     return {p for p in files_under(root) - before if not p.is_relative_to(settings.storage_dir) and p.parent != home}
 
 
+
 def stored_files(settings: Settings) -> list[Path]:
     return sorted(p for p in (settings.storage_dir / "uploads").rglob("*") if p.is_file())
+
 
 
 def job_count(settings: Settings) -> int:
     with session_scope(settings.database_url) as session:
         return len(session.scalars(select(Job.id)).all())
+
 
 
 def run_worker(settings: Settings, job_id: str) -> dict[str, tuple[str | None, str | None]]:
@@ -118,14 +86,17 @@ def run_worker(settings: Settings, job_id: str) -> dict[str, tuple[str | None, s
     return outcome
 
 
+
 def classified(outcome: dict[str, tuple[str | None, str | None]], path: str) -> bool:
     return outcome[path][0] in LABELS and outcome[path][1] is None
+
 
 
 def error_of(outcome: dict[str, tuple[str | None, str | None]], path: str) -> str:
     error = outcome[path][1]
     assert error, f"{path} should carry an error"
     return error
+
 
 
 # ---------------------------------------------------------------- names
@@ -196,6 +167,7 @@ def test_hostile_names_are_refused_or_kept_for_display_only(
     dispose_engines()
 
 
+
 # ---------------------------------------------------------------- images
 
 
@@ -243,6 +215,7 @@ def test_each_broken_image_is_an_error_row_and_the_rest_are_classified(
     dispose_engines()
 
 
+
 def test_a_10000_pixel_square_is_classified_within_a_raised_limit(settings: Settings) -> None:
     flat = encode(PILImage.new("L", (10000, 10000), 128), "PNG", compress_level=9)
     raised = dataclasses.replace(settings, max_image_pixels=100_000_000)
@@ -256,94 +229,6 @@ def test_a_10000_pixel_square_is_classified_within_a_raised_limit(settings: Sett
     assert classified(outcome, "flat.png")
     dispose_engines()
 
-
-_MEASURE = """
-import json, resource, sys, time
-from pathlib import Path
-from fracture.preprocess import ImageError, decode
-out = {}
-for name in sys.argv[2:]:
-    data = Path(sys.argv[1], name).read_bytes()
-    for limit in (64_000_000, 120_000_000):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        start = time.perf_counter()
-        try:
-            result = "%dx%d" % decode(data, 128, max_pixels=limit).size
-        except ImageError as e:
-            result = str(e)
-        out["%s@%d" % (name, limit)] = {"result": result, "seconds": time.perf_counter() - start,
-            "grew_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}
-print(json.dumps(out))
-"""
-
-
-def test_huge_images_decode_in_bounded_time_and_memory(tmp_path: Path) -> None:
-    """10000x10000 and a 12000x12000 bomb: refused before decoding, or decoded in about a byte a pixel at most."""
-    flat = PILImage.new("L", (10000, 10000), 128)
-    (tmp_path / "flat.png").write_bytes(encode(flat, "PNG", compress_level=9))
-    (tmp_path / "flat.jpg").write_bytes(encode(flat, "JPEG", quality=50))
-    (tmp_path / "bomb.png").write_bytes(bomb_png(12000, 12000))
-    del flat
-    # A fresh process, so that its peak memory (ru_maxrss) is this decode's and no earlier test's.
-    done = subprocess.run([sys.executable, "-c", _MEASURE, str(tmp_path), "flat.png", "flat.jpg", "bomb.png"],
-                          capture_output=True, text=True, timeout=120, check=True)
-    m = json.loads(done.stdout.strip().splitlines()[-1])
-    for name in ("flat.png", "flat.jpg"):  # over the default limit: refused from the header alone
-        refused = m[f"{name}@64000000"]
-        assert refused["result"].startswith("image too large: 10000x10000 pixels, above the limit of 64000000")
-        assert refused["seconds"] < 1 and refused["grew_mb"] < 20
-    assert m["bomb.png@120000000"]["result"].startswith("image too large: 12000x12000")
-    assert m["bomb.png@120000000"]["grew_mb"] < 20
-    png, jpg = m["flat.png@120000000"], m["flat.jpg@120000000"]
-    assert png["result"] == jpg["result"] == "128x128"
-    assert png["seconds"] < 10 and png["grew_mb"] < 200  # 100 MB of pixels, decoded once
-    assert jpg["seconds"] < 5 and jpg["grew_mb"] < 40  # libjpeg decodes at 1/8 scale (draft)
-
-
-@pytest.mark.parametrize(("orientation", "top", "left"), [(1, "mixed", "dark"), (6, "dark", "mixed"),
-                                                          (8, "bright", "mixed"), (3, "mixed", "bright")])
-def test_exif_orientation_is_applied(orientation: int, top: str, left: str) -> None:
-    """A 160x80 image, left half black: rotated by its EXIF tag, black lands on top (6), bottom (8) or right (3)."""
-    a = np.asarray(decode(exif_rotated_jpeg(orientation), 64), dtype=np.float32)
-
-    def shade(region: np.ndarray) -> str:
-        mean = float(region.mean())
-        return "dark" if mean < 60 else "bright" if mean > 195 else "mixed"
-
-    assert (shade(a[:24]), shade(a[:, :24])) == (top, left)
-
-
-def test_formats_decode_to_the_same_pixels(xray: PILImage.Image) -> None:
-    reference = np.asarray(decode(encode(xray, "PNG"), 128), dtype=np.float32)
-    for fmt, options in (("GIF", {}), ("BMP", {}), ("TIFF", {"compression": "tiff_lzw"}), ("JPEG", {"quality": 95}),
-                         ("WEBP", {"lossless": True})):
-        decoded = np.asarray(decode(encode(xray, fmt, **options), 128), dtype=np.float32)
-        assert np.abs(decoded - reference).mean() < 2.0, fmt
-
-
-def test_cmyk_16_bit_and_one_pixel_images_keep_their_content(xray: PILImage.Image) -> None:
-    white = np.asarray(decode(encode(PILImage.new("CMYK", (40, 30), (0, 0, 0, 0)), "JPEG"), 32))
-    black = np.asarray(decode(encode(PILImage.new("CMYK", (40, 30), (0, 0, 0, 255)), "JPEG"), 32))
-    assert white.mean() > 240 and black.mean() < 15  # not inverted
-    from_cmyk = np.asarray(decode(encode(xray.convert("CMYK"), "JPEG", quality=95), 128), dtype=np.float32)
-    assert np.abs(from_cmyk - np.asarray(decode(encode(xray, "PNG"), 128), dtype=np.float32)).mean() < 8
-
-    ramp = np.asarray(decode(gray16_png(), 64))
-    assert ramp.min() <= 5 and ramp.max() >= 250, "16-bit values are stretched to 8 bits, not clipped at 255"
-    assert (np.diff(ramp.astype(int), axis=0) >= 0).all()  # the ramp runs top to bottom
-
-    assert set(np.unique(np.asarray(decode(encode(PILImage.new("L", (1, 1), 200), "PNG"), 64)))) == {200}
-
-
-def test_not_an_image_and_a_truncated_jpeg_raise_image_error(truncated_jpeg: bytes, tmp_path: Path) -> None:
-    with pytest.raises(ImageError, match="image file is truncated"):
-        decode(truncated_jpeg, 64)
-    for data in (b"", b"hello", b"\x89PNG\r\n\x1a\n", halves((4, 4)).tobytes()):
-        with pytest.raises(ImageError):
-            decode(data, 64)
-    (tmp_path / "notes.jpg").write_text("plain text named .jpg")
-    with pytest.raises(ImageError, match="not an image"):
-        decode(tmp_path / "notes.jpg", 64)
 
 
 # ---------------------------------------------------------------- zip bombs and lying headers
@@ -360,6 +245,7 @@ def test_a_zip_bomb_with_a_huge_declared_total_is_refused_before_reading(setting
     assert "bomb.zip: the archive declares 13421773400 bytes uncompressed" in error and "8589934592" in error
     assert job_count(settings) == 0 and stored_files(settings) == []
     dispose_engines()
+
 
 
 def test_bomb_members_and_lying_headers_are_error_rows(settings: Settings, jpeg: bytes) -> None:
@@ -390,6 +276,7 @@ def test_bomb_members_and_lying_headers_are_error_rows(settings: Settings, jpeg:
     dispose_engines()
 
 
+
 def test_a_really_encrypted_zip_is_an_error_row(settings: Settings, jpeg: bytes, tmp_path: Path) -> None:
     archive = encrypted_zip("secret.jpg", jpeg, b"password")
     assert zipfile.ZipFile(io.BytesIO(archive)).read("secret.jpg", pwd=b"password") == jpeg  # really encrypted
@@ -404,6 +291,7 @@ def test_a_really_encrypted_zip_is_an_error_row(settings: Settings, jpeg: bytes,
     [item] = collect([tmp_path / "locked.zip"], settings)  # the command line gives the same reason
     assert item.error == "refused: encrypted archive members are not supported" and item.member is None
     dispose_engines()
+
 
 
 # ---------------------------------------------------------------- requests refused as a whole
@@ -442,97 +330,3 @@ def test_refused_requests_store_nothing(settings: Settings, jpeg: bytes, tmp_pat
     assert job_count(settings) == 0 and stored_files(settings) == []
     assert written_outside_storage(before, tmp_path, settings) == set()
     dispose_engines()
-
-
-# ---------------------------------------------------------------- the command line's zip reader
-
-
-def test_cli_zip_reader_refuses_the_same_members(settings: Settings, jpeg: bytes, tmp_path: Path) -> None:
-    """`fracture classify` reads zips by the web upload's rules (fracture.archive) and gives the same reasons."""
-    zeros = b"\xff\xd8\xff" + bytes(32 << 20)
-    link = zipfile.ZipInfo("link.jpg")
-    link.create_system = 3
-    link.external_attr = (stat.S_IFLNK | 0o777) << 16
-    archive = tmp_path / "in.zip"
-    archive.write_bytes(patch_member(make_zip([
-        ("../up.jpg", jpeg), ("/abs.jpg", jpeg), ("C:\\win.jpg", jpeg), ("inner.bin", make_zip([("x.jpg", jpeg)])),
-        ("bomb.jpg", zeros), ("crc.jpg", jpeg), ("NUL.jpg", jpeg), (link, b"/etc/passwd"), ("notes.jpg", b"text"),
-        ("._fork.jpg", jpeg), ("ok.jpg", jpeg),
-    ]), "crc.jpg", crc=0).replace(b"NUL.jpg", b"N\0L.jpg"))  # shown cleaned: "NL.jpg"
-    budget = ZipBudget(settings)
-    got = {}
-    for item in collect([archive], settings):
-        data = item.error or (budget.read(item) if item.member else "no member")
-        got[item.name.rsplit("/", 1)[-1]] = data if isinstance(data, str) else len(data)
-    budget.close()
-    assert got["up.jpg"] == "refused: path leaves the archive ('..')"
-    assert got["abs.jpg"] == got["win.jpg"] == "refused: absolute path in archive"
-    assert got["inner.bin"] == "refused: nested archives are not opened"  # known by its bytes, not its name
-    assert got["bomb.jpg"] == "refused: compression ratio above 200:1"
-    assert got["crc.jpg"].startswith("corrupt archive member (") and "Bad CRC-32" in got["crc.jpg"]
-    assert got["NL.jpg"] == "refused: the name contains a NUL character"
-    assert got["link.jpg"] == "refused: symbolic link in archive"
-    assert got["notes.jpg"] == "not an image: unrecognised file format"
-    assert got["ok.jpg"] == len(jpeg)
-    assert "._fork.jpg" not in got and len(got) == 10
-
-    # Real bytes are counted against the total, whatever the headers say.
-    small = dataclasses.replace(settings, max_zip_total_bytes=len(jpeg) + 10)
-    budget = ZipBudget(small)
-    single = tmp_path / "one.zip"
-    single.write_bytes(make_zip([("ok.jpg", jpeg)]))  # declared within the total: only real bytes exceed it
-    ok = next(i for i in collect([single], small) if i.name.endswith("/ok.jpg"))
-    assert budget.read(ok) == jpeg
-    assert budget.read(ok) == f"the archives expand to more than {len(jpeg) + 10} bytes, the limit"
-    budget.close()
-
-
-def test_cli_tells_loose_files_apart_by_their_bytes(settings: Settings, jpeg: bytes, tmp_path: Path) -> None:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    (folder / "scan.txt").write_bytes(jpeg)
-    (folder / "batch.dat").write_bytes(make_zip([("x.jpg", jpeg)]))
-    (folder / "notes.jpg").write_bytes(b"not an x-ray")
-    (folder / "empty.png").write_bytes(b"")
-    (folder / "broken.zip").write_bytes(b"")
-    (folder / "._scan.jpg").write_bytes(jpeg)
-    got = {i.name: i for i in collect([folder], settings)}
-    assert sorted(got) == ["in/batch.dat/x.jpg", "in/broken.zip", "in/empty.png", "in/notes.jpg", "in/scan.txt"]
-    assert got["in/scan.txt"].path == folder / "scan.txt" and got["in/scan.txt"].error is None
-    assert got["in/batch.dat/x.jpg"].member is not None
-    assert got["in/notes.jpg"].error == "not an image: unrecognised file format"
-    assert got["in/empty.png"].error == "empty file"
-    assert (got["in/broken.zip"].error or "").startswith("not a readable zip archive (")
-
-
-# ---------------------------------------------------------------- end to end
-
-
-def test_hostile_upload_end_to_end(live_system: LiveSystem, jpeg: bytes, truncated_jpeg: bytes) -> None:
-    """Web (gunicorn) + redis + a real worker: the job finishes, errors have reasons, every process stays up."""
-    archive = make_zip([("../evil.jpg", jpeg), ("scans/ok.jpg", jpeg), ("scans/cut.jpg", truncated_jpeg),
-                        ("scans/bomb.png", bomb_png(12000, 12000)), ("scans/inner.zip", make_zip([("x", jpeg)]))])
-    files = [("files", ("hostile.zip", archive)), ("files", ("Röntgen 01.jpg", jpeg))]
-    token = live_system.env.get("FRACTURE_TEST_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    response = requests.post(f"{live_system.url}/api/jobs", files=files, headers=headers, timeout=60)
-    assert response.status_code == 201, response.text
-    job_id = response.json()["id"]
-
-    def finished() -> dict[str, object] | None:
-        job = requests.get(f"{live_system.url}/api/jobs/{job_id}", headers=headers, timeout=10).json()
-        return job if job["status"] in FINAL_JOB_STATUSES else None
-
-    job = wait_for(finished, 120, "the hostile job to finish")
-    assert job["status"] == JobStatus.DONE  # type: ignore[index]
-    results = requests.get(f"{live_system.url}/api/jobs/{job_id}/results", headers=headers, timeout=10).json()
-    by_path = {r["path"]: r for r in results["results"]}
-    assert set(by_path) == {"evil.jpg", "scans/ok.jpg", "scans/cut.jpg", "scans/bomb.png", "scans/inner.zip",
-                            "Röntgen 01.jpg"}
-    assert "path leaves the archive" in by_path["evil.jpg"]["error"]
-    assert "image file is truncated" in by_path["scans/cut.jpg"]["error"]
-    assert by_path["scans/bomb.png"]["error"].startswith("image too large: 12000x12000")
-    assert "nested archives" in by_path["scans/inner.zip"]["error"]
-    for path in ("scans/ok.jpg", "Röntgen 01.jpg"):
-        assert by_path[path]["prediction"] in LABELS and not by_path[path]["error"]
-    assert live_system.web.alive() and live_system.worker.alive(), live_system.logs()
