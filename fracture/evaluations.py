@@ -11,10 +11,15 @@ from sqlalchemy.orm import Session
 from fracture.models import FINAL_RUN_STATUSES, Dataset, DatasetStatus, Evaluation, ModelVersion, RunStatus
 
 SPLIT_CHOICES = ("train", "val", "test")
+BROKER_DOWN = "the task queue was unavailable, so the evaluation was never started"
 
 
 class EvaluationError(ValueError):
     """An evaluation cannot be made as asked; the message says why."""
+
+
+class DatasetNotReady(EvaluationError):
+    """The dataset exists but cannot be read yet (validating) or at all (invalid)."""
 
 
 def create_evaluation(session: Session, version_id: int, dataset_id: int, split: str | None = None) -> Evaluation:
@@ -25,7 +30,7 @@ def create_evaluation(session: Session, version_id: int, dataset_id: int, split:
     if dataset is None:
         raise EvaluationError(f"no dataset with id {dataset_id}")
     if dataset.status != DatasetStatus.READY:
-        raise EvaluationError(f"dataset {dataset.name!r} is {dataset.status}, not ready")
+        raise DatasetNotReady(f"dataset {dataset.name!r} is {dataset.status}, not ready")
     if split is not None and split not in SPLIT_CHOICES:
         raise EvaluationError(f"split must be one of {', '.join(SPLIT_CHOICES)} (or none for all of it)")
     evaluation = Evaluation(model_version_id=version_id, dataset_id=dataset_id, split=split, status=RunStatus.QUEUED)
@@ -65,3 +70,16 @@ def evaluations_of(session: Session, version_id: int) -> list[Evaluation]:
     return list(session.scalars(
         select(Evaluation).where(Evaluation.model_version_id == version_id).order_by(Evaluation.created_at.desc())
     ))
+
+
+def evaluations_with_names(
+    session: Session, version_id: int | None = None, limit: int = 500,
+) -> list[tuple[Evaluation, str, str]]:
+    """Evaluations, newest first, each with its version's and dataset's names (of one version, or of all)."""
+    stmt = (select(Evaluation, ModelVersion.name, Dataset.name)
+            .join(ModelVersion, ModelVersion.id == Evaluation.model_version_id)
+            .join(Dataset, Dataset.id == Evaluation.dataset_id)
+            .order_by(Evaluation.created_at.desc(), Evaluation.id.desc()).limit(limit))
+    if version_id is not None:
+        stmt = stmt.where(Evaluation.model_version_id == version_id)
+    return [(e, v, d) for e, v, d in session.execute(stmt).tuples()]

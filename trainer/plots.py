@@ -48,8 +48,9 @@ def roc(path: Path, data: dict[str, tuple[np.ndarray, np.ndarray]], metrics: dic
     plt.close(fig)
 
 
-def confusion(path: Path, metrics: dict[str, Any]) -> None:
-    splits = [s for s in ("train", "val", "test") if s in metrics]
+def confusion(path: Path, metrics: dict[str, Any], names: list[str] | None = None) -> None:
+    """One confusion matrix per split (or per entry of `names`, keys of `metrics`), side by side."""
+    splits = names if names is not None else [s for s in ("train", "val", "test") if s in metrics]
     fig, axes = plt.subplots(1, len(splits), figsize=(4 * len(splits), 3.6), squeeze=False)
     for ax, split in zip(axes[0], splits, strict=True):
         cm = np.array(metrics[split]["confusion_matrix"])

@@ -1,0 +1,179 @@
+"""Evaluate a model version on a registered dataset: the served network, the trainer's metrics and plots, stored.
+
+Plain code that the `evaluations.run` task calls (and tests call directly). One row per distinct image (by
+MD5): the dataset's duplicated files would otherwise count twice. Images whose copies carry both labels and
+files that cannot be decoded are left out and counted in the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from fracture import evaluations
+from fracture.checkpoint import CheckpointError, sha256_file
+from fracture.config import Settings
+from fracture.datasets import member_paths
+from fracture.db import session_scope
+from fracture.inference import Predictor
+from fracture.models import Dataset, ModelVersion
+from fracture.registry import checkpoint_path
+from fracture.storage import Storage
+from trainer import plots
+from trainer.dataset import Sample, scan
+from trainer.metrics import binary_metrics
+
+log = logging.getLogger(__name__)
+_EXAMPLES = 10  # undecodable files named in the metrics; the count covers them all
+
+
+class EvaluationFailed(RuntimeError):
+    """The evaluation cannot go on; the message is the sentence recorded on the row."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an evaluation reads, copied out of the database so no session stays open while it runs."""
+
+    evaluation_id: int
+    version_name: str
+    checkpoint: Path
+    checkpoint_sha256: str
+    threshold: float
+    dataset_name: str
+    root: Path
+    members: set[str] | None
+    split: str | None
+
+
+def evaluate(settings: Settings, evaluation_id: int) -> bool:
+    """Run Evaluation `evaluation_id` and record its metrics and plots (or why it failed); True when done."""
+    url = settings.database_url
+    try:
+        with session_scope(url) as session:
+            plan = _plan(settings, session, evaluation_id)
+    except LookupError as e:
+        log.warning("%s; nothing to evaluate", e)
+        return False
+    if plan is None:
+        return False  # already finished or failed: a redelivered task does nothing
+    try:
+        metrics, stored = measure(settings, plan)
+    except Exception as e:
+        log.exception("evaluation %s failed", evaluation_id)
+        with session_scope(url) as session:
+            evaluations.fail_evaluation(session, evaluation_id, _reason(e))
+        return False
+    with session_scope(url) as session:
+        evaluations.finish_evaluation(session, evaluation_id, metrics, stored)
+    return True
+
+
+def _plan(settings: Settings, session: Session, evaluation_id: int) -> Plan | None:
+    """Mark the evaluation running and read what it needs; None when it already ended."""
+    evaluation = evaluations.start_evaluation(session, evaluation_id)
+    if evaluation is None:
+        return None
+    version = session.get_one(ModelVersion, evaluation.model_version_id)
+    dataset = session.get_one(Dataset, evaluation.dataset_id)
+    return Plan(
+        evaluation_id, version.name, checkpoint_path(settings, version), version.checkpoint_sha256,
+        float(version.threshold),
+        dataset.name, Path(dataset.root), member_paths(dataset), evaluation.split,
+    )
+
+
+def _reason(e: Exception) -> str:
+    """One readable sentence for the row; the traceback went to the log."""
+    if isinstance(e, (EvaluationFailed, CheckpointError, FileNotFoundError, ValueError)):
+        return str(e)
+    return f"the evaluation failed unexpectedly ({type(e).__name__}: {e}); the trainer's log has the details"
+
+
+def measure(settings: Settings, plan: Plan) -> tuple[dict[str, Any], dict[str, str]]:
+    """Predict every distinct image of the plan's dataset (or split); return (metrics, {plot name: storage key})."""
+    predictor = _load(settings, plan)
+    samples, classes = scan(plan.root, plan.members)
+    if sorted(classes) != sorted(predictor.ckpt.classes):
+        raise EvaluationFailed(f"the dataset's classes ({', '.join(classes)}) are not the model's "
+                               f"({', '.join(predictor.ckpt.classes)})")
+    if plan.split is not None:
+        samples = [s for s in samples if s.split == plan.split]
+        if not samples:
+            raise EvaluationFailed(f"dataset {plan.dataset_name!r} has no images in split {plan.split!r}")
+    rows, conflicts = distinct_images(samples)
+    positive = predictor.ckpt.positive_class
+    y, prob, undecodable = [], [], []
+    for row, p in zip(rows, predictor.predict([s.path for s in rows]), strict=True):
+        if p.probability is None:
+            undecodable.append({"file": row.rel, "error": p.error or "undecodable"})
+            continue
+        y.append(1 if row.label == positive else 0)
+        prob.append(p.probability)
+    if not y:
+        raise EvaluationFailed(f"none of the {len(rows)} images of dataset {plan.dataset_name!r} could be decoded")
+    y_true, probs = np.array(y), np.array(prob)
+    metrics = _json_safe(binary_metrics(y_true, probs, plan.threshold))
+    negative = next(c for c in predictor.ckpt.classes if c != positive)
+    (tp, fn), (fp, tn) = metrics["confusion_matrix"]
+    metrics.update(
+        files=len(samples), distinct_images=len(rows), undecodable=len(undecodable),
+        undecodable_examples=undecodable[:_EXAMPLES], label_conflicts=conflicts,
+        n_per_class={positive: int(y_true.sum()), negative: int(len(y_true) - y_true.sum())},
+        confusion={"tp": tp, "fn": fn, "fp": fp, "tn": tn}, positive_class=positive,
+        split=plan.split or "all", model_version=plan.version_name, dataset=plan.dataset_name,
+    )
+    return metrics, _store_plots(settings, plan, y_true, probs, metrics)
+
+
+def _load(settings: Settings, plan: Plan) -> Predictor:
+    """The version's checkpoint served as the workers serve it, after checking its recorded SHA-256."""
+    path = plan.checkpoint
+    if not path.is_file():
+        raise EvaluationFailed(f"model file of version {plan.version_name} is missing from storage")
+    if sha256_file(path) != plan.checkpoint_sha256:
+        raise EvaluationFailed(f"model file of version {plan.version_name} does not match its recorded SHA-256")
+    return Predictor.from_file(path, batch_size=settings.batch_size, max_pixels=settings.max_image_pixels)
+
+
+def distinct_images(samples: list[Sample]) -> tuple[list[Sample], int]:
+    """One sample per distinct MD5 (the first in scan order); images filed under both classes are left out.
+
+    Returns (samples kept, number of images left out for conflicting labels)."""
+    by_md5: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_md5[s.md5].append(s)
+    kept = [copies[0] for copies in by_md5.values() if len({c.label for c in copies}) == 1]
+    return kept, len(by_md5) - len(kept)
+
+
+def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
+    """NaN (ROC-AUC of a one-class sample) as None: the row and the API carry JSON, which has no NaN."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+
+
+def _store_plots(settings: Settings, plan: Plan, y: np.ndarray, prob: np.ndarray,
+                 metrics: dict[str, Any]) -> dict[str, str]:
+    """ROC (when both classes are present) and confusion plots, stored under evaluations/<id>/."""
+    storage = Storage(settings.storage_dir)
+    label = f"{plan.dataset_name} ({plan.split or 'all'})"
+    keys: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"confusion": Path(tmp) / "confusion.png"}
+        plots.confusion(files["confusion"], {label: metrics}, names=[label])
+        if metrics["roc_auc"] is not None:
+            files["roc"] = Path(tmp) / "roc.png"
+            plots.roc(files["roc"], {label: (y, prob)}, {label: metrics})
+        for name, file in sorted(files.items()):
+            key = f"evaluations/{plan.evaluation_id}/{name}.png"
+            storage.write_bytes(key, file.read_bytes())
+            keys[name] = key
+    return keys
