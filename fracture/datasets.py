@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,27 @@ from fracture.config import Settings
 from fracture.models import Dataset, DatasetRole, DatasetStatus
 
 _NAME = re.compile(r"^[\w .()+-]{1,128}$")
+BROKER_DOWN = "the task queue was unavailable, so the dataset was not validated; validate it again"
+TRAINING_PART, EVALUATION_PART = "training part", "evaluation part"
+DEFAULT_FRACTION = 0.2
+
+
+class DatasetSource(StrEnum):
+    """Where a dataset's files come from."""
+
+    FOLDER = "folder"  # a server folder under DATASET_ROOTS (or FRACTURE_DATASET, the operator's own)
+    UPLOAD = "upload"  # a zip unpacked into storage
+    SPLIT = "split"  # a part of its parent's folder
+
+
+def files_prefix(dataset_id: int) -> str:
+    """The storage prefix of what validation writes for a dataset (hashes, thumbnails)."""
+    return f"datasets/{dataset_id}"
+
+
+def hashes_key(dataset_id: int) -> str:
+    """Where a dataset's MD5s and perceptual hashes are kept, so later validations can compare with them."""
+    return f"{files_prefix(dataset_id)}/hashes.json"
 
 
 class DatasetError(ValueError):
@@ -51,6 +73,7 @@ def check_name(session: Session, name: str) -> str:
 
 
 def check_role(role: str | None) -> DatasetRole:
+    """The role asked for (training by default); DatasetError for any other word."""
     try:
         return DatasetRole(role or DatasetRole.TRAINING)
     except ValueError:
@@ -107,3 +130,115 @@ def set_gate(session: Session, dataset_id: int, gate: bool) -> Dataset:
         raise DatasetError("only an evaluation (locked) dataset can gate promotion")
     dataset.gate = gate
     return dataset
+
+
+def get_dataset(session: Session, dataset_id: int) -> Dataset:
+    """The dataset `dataset_id`; DatasetError if there is none."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise DatasetError(f"no dataset with id {dataset_id}")
+    return dataset
+
+
+def register_folder(
+    session: Session, settings: Settings, path: str | Path, name: str | None = None, role: str | None = None,
+    created_by: int | None = None, trusted: bool = False,
+) -> Dataset:
+    """Add a server folder (under DATASET_ROOTS unless `trusted`: the operator's FRACTURE_DATASET) to be validated."""
+    if trusted:
+        root = Path(path).resolve()
+        if not root.is_dir():
+            raise DatasetError(f"no such folder on the server: {path}")
+    else:
+        root = allowed_folder(settings, path)
+    return create_dataset(session, name or root.name, role, DatasetSource.FOLDER, root, created_by)
+
+
+def dataset_with_root(session: Session, root: Path) -> Dataset | None:
+    """The whole-folder dataset registered for `root`, if any (split-off parts are not counted)."""
+    return session.scalars(
+        select(Dataset).where(Dataset.root == str(root.resolve()), Dataset.parent_id.is_(None)).limit(1)
+    ).first()
+
+
+def other_ready(session: Session, dataset: Dataset) -> list[Dataset]:
+    """The ready datasets to compare `dataset` with: all but itself, its ancestors and its descendants."""
+    related = {dataset.id}
+    parent_id = dataset.parent_id
+    while parent_id is not None and parent_id not in related:  # its ancestors
+        related.add(parent_id)
+        parent = session.get(Dataset, parent_id)
+        parent_id = parent.parent_id if parent else None
+    rows = session.scalars(select(Dataset).where(Dataset.status == DatasetStatus.READY).order_by(Dataset.id)).all()
+    children: dict[int, list[int]] = {}
+    for row in session.scalars(select(Dataset).where(Dataset.parent_id.is_not(None))):
+        children.setdefault(row.parent_id or 0, []).append(row.id)
+    todo = [dataset.id]
+    while todo:  # its descendants
+        for child in children.get(todo.pop(), []):
+            if child not in related:
+                related.add(child)
+                todo.append(child)
+    return [row for row in rows if row.id not in related]
+
+
+def restart_validation(session: Session, dataset_id: int) -> Dataset:
+    """Put a dataset back to `validating` before its validation is sent again."""
+    dataset = get_dataset(session, dataset_id)
+    dataset.status, dataset.error = DatasetStatus.VALIDATING, None
+    return dataset
+
+
+def check_fraction(fraction: object) -> float:
+    """The share of a split that goes to the evaluation part: a number from 0.05 to 0.5; DatasetError otherwise."""
+    try:
+        value = float(fraction)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = -1.0
+    if not 0.05 <= value <= 0.5:
+        raise DatasetError("the evaluation fraction must be a number from 0.05 to 0.5")
+    return value
+
+
+def create_parts(session: Session, parent_id: int) -> tuple[Dataset, Dataset]:
+    """Add the two empty parts of a split (training, locked evaluation); the split task fills in their members."""
+    parent = get_dataset(session, parent_id)
+    if parent.status != DatasetStatus.READY:
+        raise DatasetError(f"dataset {parent.name!r} is {parent.status}; only a ready dataset can be split")
+    if parent.role != DatasetRole.TRAINING:
+        raise DatasetError("an evaluation dataset is locked and cannot be split; split a training dataset")
+    root = Path(parent.root)
+    made = []
+    for suffix, role in ((TRAINING_PART, DatasetRole.TRAINING), (EVALUATION_PART, DatasetRole.EVALUATION)):
+        name = f"{parent.name[: 127 - len(suffix)]} {suffix}"
+        made.append(create_dataset(session, name, role, DatasetSource.SPLIT, root, parent.created_by, parent.id, []))
+    return made[0], made[1]
+
+
+def set_members(session: Session, dataset_id: int, paths: list[str], split: dict[str, Any]) -> None:
+    """Limit a split-off part to `paths` (relative to its parent's root), noting how the split was made."""
+    dataset = get_dataset(session, dataset_id)
+    dataset.members = {"paths": sorted(paths), "split": split}
+
+
+def as_dict(dataset: Dataset, with_root: bool = False) -> dict[str, Any]:
+    """The JSON form of a dataset (the server path only for admins)."""
+    out: dict[str, Any] = {
+        "id": dataset.id, "name": dataset.name, "role": dataset.role, "status": dataset.status,
+        "source": dataset.source, "parent_id": dataset.parent_id, "gate": dataset.gate, "layout": dataset.layout,
+        "counts": dataset.counts or {}, "audit": dataset.report or {}, "error": dataset.error,
+        "fingerprint": dataset.fingerprint,
+        "created_at": dataset.created_at.isoformat() if dataset.created_at else None,
+        "validated_at": dataset.validated_at.isoformat() if dataset.validated_at else None,
+    }
+    split = (dataset.members or {}).get("split")
+    if split:
+        out["split"] = split
+    if with_root:
+        out["root"] = dataset.root
+    return out
+
+
+def total_files(dataset: Dataset) -> int:
+    """How many files validation counted, over every split and class."""
+    return sum(int(n) for per_class in (dataset.counts or {}).values() for n in per_class.values())
