@@ -82,4 +82,4 @@ def evaluations_with_names(
             .order_by(Evaluation.created_at.desc(), Evaluation.id.desc()).limit(limit))
     if version_id is not None:
         stmt = stmt.where(Evaluation.model_version_id == version_id)
-    return [(e, v, d) for e, v, d in session.execute(stmt).tuples()]
+    return [(e, v, d) for e, v, d in session.execute(stmt)]

@@ -44,13 +44,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # A producer only: the web sends tasks by name and never runs one.
     app.extensions["celery"] = make_app(settings)
 
-    from web import api, datasets, pages
+    from web import api, datasets, evaluations, pages
     from web.context import close_db
 
     app.teardown_appcontext(close_db)
     init_auth(app)  # before the blueprints: its guard runs first on every request
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(evaluations.bp)
     app.register_blueprint(datasets.bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(OperationalError, _db_down)

@@ -7,7 +7,8 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
 from fracture import queue, trainings
-from fracture.models import Job, ModelVersion, Schedule, TrainingRun
+from fracture.evaluations import SPLIT_CHOICES
+from fracture.models import Dataset, DatasetStatus, Job, ModelVersion, Schedule, TrainingRun
 from fracture.storage import StorageError
 from web.auth import require_admin, sees, visible
 from web.context import NO_MODEL_MESSAGE, active_model, celery, db, settings, storage
@@ -48,7 +49,9 @@ def job(job_id: str) -> ResponseReturnValue:
 def models() -> ResponseReturnValue:
     versions = db().scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())).all()
     active_model()  # registers the shipped release model on a fresh install
-    return render_template("models.html", models=[model_dict(v) for v in versions])
+    ready = db().scalars(select(Dataset).where(Dataset.status == DatasetStatus.READY).order_by(Dataset.name)).all()
+    return render_template("models.html", models=[model_dict(v) for v in versions], datasets=ready,
+                           splits=SPLIT_CHOICES)
 
 
 @bp.post("/models/<int:version_id>/promote")

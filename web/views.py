@@ -6,11 +6,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from flask import url_for
 from sqlalchemy import and_, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, object_session
 
+from fracture.evaluations import evaluations_with_names
 from fracture.jobs import RESULT_COLUMNS
-from fracture.models import FINAL_JOB_STATUSES, Image, Job, ModelVersion, Result
+from fracture.models import FINAL_JOB_STATUSES, Evaluation, Image, Job, ModelVersion, Result
 
 CSV_COLUMNS = RESULT_COLUMNS
 
@@ -121,8 +123,30 @@ def metric_table(metrics: dict[str, Any]) -> tuple[list[str], list[tuple[str, di
     return columns, rows, flat
 
 
+def evaluation_dict(evaluation: Evaluation, version_name: str, dataset_name: str) -> dict[str, Any]:
+    """The shape of `GET /api/evaluations/<id>`: a version measured on a dataset (or one split of it)."""
+    return {
+        "id": evaluation.id,
+        "status": evaluation.status,
+        "model_version": version_name,
+        "model_version_id": evaluation.model_version_id,
+        "dataset": dataset_name,
+        "dataset_id": evaluation.dataset_id,
+        "split": evaluation.split,
+        "metrics": evaluation.metrics or {},
+        "plots": {name: url_for("evaluations.plot", evaluation_id=evaluation.id, name=name)
+                  for name in sorted(evaluation.plots or {})},
+        "error": evaluation.error,
+        "created_at": iso(evaluation.created_at),
+        "started_at": iso(evaluation.started_at),
+        "finished_at": iso(evaluation.finished_at),
+    }
+
+
 def model_dict(version: ModelVersion) -> dict[str, Any]:
     columns, rows, flat = metric_table(version.metrics or {})
+    session = object_session(version)
+    measured = evaluations_with_names(session, version.id) if session is not None else []
     return {
         "id": version.id,
         "name": version.name,
@@ -140,4 +164,6 @@ def model_dict(version: ModelVersion) -> dict[str, Any]:
         "metric_columns": columns,
         "metric_rows": rows,
         "metric_flat": flat,
+        # Its external validation: every evaluation of this version on a registered dataset, newest first.
+        "evaluations": [evaluation_dict(e, version.name, dataset) for e, _, dataset in measured],
     }
