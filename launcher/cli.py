@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from fracture.config import get_settings
+from launcher.datasets_cli import datasets as datasets_commands
 from trainer.cli import commands as trainer_commands
 
 if TYPE_CHECKING:
@@ -205,6 +206,8 @@ def classify(paths: tuple[Path, ...], out: Path, model: Path | None, batch_size:
         raise click.ClickException(str(e)) from None
     click.echo(f"{count} file(s), {errors} error(s) -> {out}", err=True)
 
+
+main.add_command(datasets_commands)
 
 # The trainer's commands (`fracture train`, `fracture audit`, ...) join the group.
 for _command in trainer_commands():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import shutil
 import signal
 import socket
@@ -208,6 +209,7 @@ def up(host: str, port: int, broker: str, inference_concurrency: int, echo: Call
         echo(f"model: {model_name or 'none active (jobs are refused until one is trained or promoted)'}")
         announce_first_admin(settings, echo)
 
+        register_dataset_dir(settings, echo)
         resumed = resume_unfinished(make_app(settings), settings)
         if resumed["jobs"] or resumed["training_runs"]:
             echo(f"resumed {len(resumed['jobs'])} unfinished job(s), {len(resumed['training_runs'])} training run(s)")
@@ -242,6 +244,44 @@ def up(host: str, port: int, broker: str, inference_concurrency: int, echo: Call
         sup.stop_all()
         for s, handler in old.items():
             signal.signal(s, handler)
+
+
+def register_dataset_dir(settings: Settings, echo: Callable[[str], None] = print) -> int | None:
+    """Register FRACTURE_DATASET once (the operator's own setting, so it may lie outside DATASET_ROOTS).
+
+    Its validation is sent to the training worker; return the new dataset's id, or None when nothing was added.
+    """
+    from sqlalchemy import select
+
+    from fracture import datasets
+    from fracture.db import session_scope
+    from fracture.models import Dataset
+    from fracture.queue import VALIDATE_DATASET_TASK, BrokerUnavailable, make_app, send_trainer_task
+
+    folder = settings.dataset_dir
+    if folder is None:
+        return None
+    if not folder.is_dir():
+        echo(f"FRACTURE_DATASET {folder} is not a folder; no dataset registered")
+        return None
+    with session_scope(settings.database_url) as session:
+        if datasets.dataset_with_root(session, folder) is not None:
+            return None
+        name = re.sub(r"[^\w .()+-]", "_", folder.resolve().name)[:100] or "dataset"
+        try:
+            taken = session.scalars(select(Dataset.id).where(Dataset.name == name)).first() is not None
+            name = f"{name} (FRACTURE_DATASET)" if taken else name
+            dataset_id = datasets.register_folder(session, settings, folder, name, trusted=True).id
+        except datasets.DatasetError as e:
+            echo(f"FRACTURE_DATASET {folder} was not registered: {e}")
+            return None
+    try:
+        send_trainer_task(make_app(settings), VALIDATE_DATASET_TASK, dataset_id)
+    except BrokerUnavailable:
+        with session_scope(settings.database_url) as session:
+            datasets.mark_invalid(session, dataset_id, datasets.BROKER_DOWN)
+    echo(f"dataset #{dataset_id} registered from FRACTURE_DATASET ({folder}); the training worker validates it")
+    return dataset_id
 
 
 def announce_first_admin(settings: Settings, echo: Callable[[str], None] = print) -> bool:
