@@ -72,6 +72,13 @@ def evaluations_of(session: Session, version_id: int) -> list[Evaluation]:
     ))
 
 
+def queued_evaluation_ids(session: Session) -> list[int]:
+    """Evaluations still waiting for the trainer, oldest first."""
+    return list(session.scalars(
+        select(Evaluation.id).where(Evaluation.status == RunStatus.QUEUED).order_by(Evaluation.created_at)
+    ))
+
+
 def evaluations_with_names(
     session: Session, version_id: int | None = None, limit: int = 500,
 ) -> list[tuple[Evaluation, str, str]]:

@@ -12,7 +12,7 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from fracture import jobs, trainings
+from fracture import evaluations, jobs, trainings
 from fracture.config import Settings, get_settings
 from fracture.db import session_scope
 
@@ -164,17 +164,21 @@ def send_trainer_task(app: Celery, name: str, *args: object) -> None:
 
 
 def resume_unfinished(app: Celery, settings: Settings) -> dict[str, Any]:
-    """Queue again what a restarted system's broker no longer holds: unfinished jobs and queued training runs.
+    """Queue again what a restarted system's broker no longer holds: unfinished jobs, queued runs and evaluations.
 
-    Meant for `fracture up`, whose broker starts empty; on a shared broker it only adds harmless duplicates.
+    Meant for `fracture up`, whose broker starts empty; on a shared broker it only adds harmless duplicates
+    (an evaluation that already ended ignores a second message).
     """
     with session_scope(settings.database_url) as session:
         job_ids = jobs.unfinished_job_ids(session)
         run_ids = trainings.queued_run_ids(session)
+        evaluation_ids = evaluations.queued_evaluation_ids(session)
     chunks = sum(enqueue_job(app, settings, job_id) for job_id in job_ids)
     for run_id in run_ids:
         send_retrain(app, run_id)
-    return {"jobs": job_ids, "chunks": chunks, "training_runs": run_ids}
+    for evaluation_id in evaluation_ids:
+        send_trainer_task(app, EVALUATE_TASK, evaluation_id)
+    return {"jobs": job_ids, "chunks": chunks, "training_runs": run_ids, "evaluations": evaluation_ids}
 
 
 # ---------------------------------------------------------------- health

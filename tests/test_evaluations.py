@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
@@ -223,3 +224,25 @@ def test_evaluation_through_redis_and_a_real_trainer_worker(
     assert [e["id"] for e in by_version] == [created["id"]]
     html = client.get("/models").get_data(as_text=True)
     assert f'id="evaluation-{created["id"]}"' in html and f"{body['metrics']['roc_auc']:.4g}" in html
+
+
+def test_a_restart_sends_queued_evaluations_again(
+    settings: Settings, fracture_env: dict[str, str], real_sample: Path,
+) -> None:
+    from fracture.queue import make_app, resume_unfinished
+
+    version_id = int(fracture_env["FRACTURE_MODEL_VERSION_ID"])
+    dataset_id = _ready_dataset(settings, real_sample)
+    with session_scope(settings.database_url) as session:
+        queued = evaluations.create_evaluation(session, version_id, dataset_id, "test").id
+        ended = evaluations.create_evaluation(session, version_id, dataset_id, None).id
+        evaluations.fail_evaluation(session, ended, "failed before the restart")
+    assert resume_unfinished(make_app(settings), settings)["evaluations"] == [queued]
+    broker = sqlite3.connect(settings.broker_url.split("///", 1)[1])
+    try:
+        (payload,), = broker.execute(
+            "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id WHERE q.name = 'training'"
+        ).fetchall()
+    finally:
+        broker.close()
+    assert "evaluations.run" in payload
