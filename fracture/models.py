@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -105,6 +106,9 @@ class ModelVersion(Base):
     notes: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column()
+    retired_at: Mapped[datetime | None] = mapped_column()
+    # Why the last automatic (or manual) decision about this version was taken, in one readable sentence.
+    decision: Mapped[str | None] = mapped_column(Text)
 
 
 class Job(Base):
@@ -178,6 +182,10 @@ class TrainingRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     schedule_id: Mapped[int | None] = mapped_column(ForeignKey("schedules.id"))
+    # Set by a cancel request; the trainer checks it after every epoch and ends the run `cancelled`.
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    # The run's log file in storage (the traceback of a failed run goes there, not to the page).
+    log_key: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
@@ -190,11 +198,31 @@ class Schedule(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
-    interval_minutes: Mapped[int] = mapped_column(Integer)
+    # every (interval_minutes) | daily (time_of_day) | weekly (weekday 0=Monday, time_of_day) | cron (cron)
+    kind: Mapped[str] = mapped_column(String(16), default="every", server_default="every")
+    interval_minutes: Mapped[int | None] = mapped_column(Integer)
+    time_of_day: Mapped[str | None] = mapped_column(String(5))
+    weekday: Mapped[int | None] = mapped_column(Integer)
+    cron: Mapped[str | None] = mapped_column(String(128))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    # The datasets and recipe of the runs it starts.
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     enabled: Mapped[bool] = mapped_column(default=True)
     last_run_at: Mapped[datetime | None] = mapped_column()
     next_run_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ScheduleFiring(Base):
+    """One due time of a schedule that started a run: unique, so a due time starts exactly one run."""
+
+    __tablename__ = "schedule_firings"
+    __table_args__ = (UniqueConstraint("schedule_id", "due_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
+    due_at: Mapped[datetime] = mapped_column()
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

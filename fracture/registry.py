@@ -68,11 +68,11 @@ def register_checkpoint(
 
 def promote(session: Session, version: ModelVersion) -> None:
     """Make `version` the active one and retire the previous active version."""
+    now = datetime.now(UTC)
     for other in session.scalars(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE)):
         if other.id != version.id:
-            other.status = ModelStatus.RETIRED
-    version.status = ModelStatus.ACTIVE
-    version.promoted_at = datetime.now(UTC)
+            other.status, other.retired_at = ModelStatus.RETIRED, now
+    version.status, version.promoted_at, version.retired_at = ModelStatus.ACTIVE, now, None
 
 
 def should_promote(candidate: ModelVersion, active: ModelVersion | None, force: bool = False) -> bool:

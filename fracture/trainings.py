@@ -119,7 +119,7 @@ def create_due_runs(session: Session, now: datetime | None = None) -> list[int]:
         .with_for_update()
     ).all()
     for schedule in due:
-        interval = timedelta(minutes=max(1, schedule.interval_minutes))
+        interval = timedelta(minutes=max(1, schedule.interval_minutes or 60))
         if schedule.next_run_at is None:
             schedule.next_run_at = now + interval
             continue
