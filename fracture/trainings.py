@@ -43,7 +43,11 @@ def start_run(session: Session, run_id: int) -> dict[str, Any] | None:
         raise LookupError(f"training run {run_id} does not exist")
     if run.status in FINAL_RUN_STATUSES:
         return None
+    if run.cancel_requested:  # cancelled while the web saw it queued and the trainer took it: never train
+        cancel_run(session, run_id, "cancelled before it started")
+        return None
     run.status, run.started_at, run.error = RunStatus.RUNNING, datetime.now(UTC), None
+    run.log_key = log_key(run_id)
     return dict(run.params or {})
 
 
@@ -69,6 +73,42 @@ def fail_run(session: Session, run_id: int, error: str, now: datetime | None = N
     run = session.get(TrainingRun, run_id)
     if run is not None:
         run.status, run.finished_at, run.error = RunStatus.FAILED, now or datetime.now(UTC), error
+
+
+def log_key(run_id: int) -> str:
+    """The storage key of a run's log (its folder also holds the trainer's checkpoints while it runs)."""
+    return f"runs/{run_id}/train.log"
+
+
+def request_cancel(session: Session, run_id: int) -> TrainingRun:
+    """Ask a run to stop: a queued one ends `cancelled` now, a running one after its current epoch.
+
+    LookupError if there is no such run; ValueError if it already ended.
+    """
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        raise LookupError(f"there is no training run {run_id}")
+    if run.status in FINAL_RUN_STATUSES:
+        raise ValueError(f"training run {run_id} already ended ({run.status})")
+    run.cancel_requested = True  # kept even when queued: a trainer that takes it meanwhile sees it
+    if run.status == RunStatus.QUEUED:
+        cancel_run(session, run_id, "cancelled before it started")
+    else:
+        run.message = "cancel requested: stopping after the current epoch"
+    return run
+
+
+def cancel_requested(session: Session, run_id: int) -> bool:
+    """Whether someone asked run `run_id` to stop (the trainer asks after every epoch)."""
+    run = session.get(TrainingRun, run_id)
+    return run is None or bool(run.cancel_requested)
+
+
+def cancel_run(session: Session, run_id: int, message: str) -> None:
+    """End a run as cancelled (it registered nothing)."""
+    run = session.get(TrainingRun, run_id)
+    if run is not None:
+        run.status, run.finished_at, run.message = RunStatus.CANCELLED, datetime.now(UTC), message
 
 
 def queued_run_ids(session: Session) -> list[int]:

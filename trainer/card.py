@@ -31,6 +31,7 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
     m = summary["metrics"]
     audit = summary["audit"]
     epoch_s = summary["history"]["epoch_s"]  # summed over every run of a resumed training
+    locked = summary.get("locked_out", {})
     md = [
         "# Model card: fracture CNN",
         "",
@@ -44,6 +45,9 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
         f"- Selected epoch (best val ROC-AUC): {m['selected_epoch']}; decision threshold (chosen on val): "
         f"{summary['threshold']:.4f}",
         f"- Data fingerprint: `{summary['data_fingerprint']}`",
+        "- Datasets (files): " + ", ".join(f"{name} ({n})" for name, n in summary.get("datasets", {}).items()),
+        f"- Left out because a locked evaluation dataset holds them: {locked.get('total', 0)} distinct images "
+        f"({locked.get('exact', 0)} with the same bytes, {locked.get('near', 0)} near duplicates)",
         f"- Checkpoint SHA-256: `{summary['sha256']}`",
         f"- Trained on {summary['device']}: {len(epoch_s)} epochs in {sum(epoch_s) / 60:.1f} min, "
         f"mean epoch {sum(epoch_s) / max(len(epoch_s), 1):.1f} s",

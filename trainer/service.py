@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +13,23 @@ from fracture.db import session_scope
 from fracture.models import TrainingRun
 from fracture.registry import active_version, promote, register_checkpoint, should_promote, store_plots
 from fracture.storage import Storage
+from trainer.run_files import RunLog, clean_folder, data_argv, sentence
 
 # Parameters a run may set (from the page, the API or a schedule), mapped to trainer options.
 ALLOWED = {"split", "arch", "width", "depths", "image_size", "epochs", "batch_size", "lr", "weight_decay",
-           "min_sensitivity", "views", "seed", "weights", "dry_run"}
+           "min_sensitivity", "views", "seed", "augment", "weights", "dry_run"}
+
+
+class Cancelled(Exception):
+    """Someone asked the run to stop: it ends `cancelled` and registers nothing."""
 
 
 def build_args(settings: Settings, run_id: int, params: dict[str, Any]) -> argparse.Namespace:
-    """Trainer arguments for a run: its params over the trainer's defaults; data from params or settings."""
+    """Trainer arguments for a run: its params over the trainer's defaults; its datasets (or FRACTURE_DATASET)."""
     from trainer.train import get_args_parser
 
-    data = params.get("data") or (str(settings.dataset_dir) if settings.dataset_dir else None)
-    if not data:
-        raise ValueError("no dataset folder: set FRACTURE_DATASET or give 'data' in the run's parameters")
     out = Storage(settings.storage_dir).path(f"runs/{run_id}")
-    argv = ["--data", str(data), "--out", str(out), "--no-progress"]
+    argv = [*data_argv(settings, params, out), "--out", str(out), "--no-progress"]
     for key, value in params.items():
         if key not in ALLOWED or value is None or value is False:
             continue
@@ -53,17 +54,39 @@ def run_training(settings: Settings, run_id: int) -> int | None:
             run = s.get(TrainingRun, run_id)
             return run.model_version_id if run is not None else None
 
+    storage = Storage(settings.storage_dir)
+    log = RunLog(storage.path(trainings.log_key(run_id)))
+
+    def stop_if_cancelled() -> None:
+        with session_scope(url) as s:
+            if trainings.cancel_requested(s, run_id):
+                raise Cancelled
+
     def on_epoch(epoch: int, epochs: int, history: dict[str, list[float]]) -> None:
         with session_scope(url) as s:
             trainings.record_epoch(s, run_id, epoch, epochs, history)
+        stop_if_cancelled()
 
     try:
+        log(f"training run {run_id} started with {params}")
         args = build_args(settings, run_id, params)
-        summary = main(args, on_epoch=on_epoch, cache_dir=settings.home / "cache")
-        return _register(settings, run_id, summary, force=bool(params.get("force")))
-    except Exception as e:
+        log("fracture train " + " ".join(args.argv))
+        summary = main(args, on_epoch=on_epoch, cache_dir=settings.home / "cache", log=log)
+        stop_if_cancelled()  # asked during the final evaluation: still nothing is registered
+        version_id = _register(settings, run_id, summary, force=bool(params.get("force")))
+        log(f"registered model version {version_id}")
+        return version_id
+    except Cancelled:
+        clean_folder(storage.path(f"runs/{run_id}"))
+        log("cancelled on request: stopped after the epoch, registered nothing, removed the checkpoints")
         with session_scope(url) as s:
-            trainings.fail_run(s, run_id, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
+            run = s.get_one(TrainingRun, run_id)
+            trainings.cancel_run(s, run_id, f"cancelled after epoch {run.epoch} of {run.epochs}")
+        return None
+    except Exception as e:
+        log.exception(e)
+        with session_scope(url) as s:
+            trainings.fail_run(s, run_id, sentence(e))
         return None
 
 

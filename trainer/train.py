@@ -27,38 +27,45 @@ from tqdm import tqdm
 from fracture.checkpoint import POSITIVE_CLASS, save_checkpoint
 from fracture.net import ModelArgs, build_model, fold_batchnorm, load_pretrained
 from fracture.preprocess import VIEWS, PreprocessSpec, forward_views, normalize
+from fracture.recipe import RECIPE
 from trainer import card, plots
 from trainer.audit import AuditReport, audit
 from trainer.data import TrainAugment, batches, decode_all
-from trainer.dataset import SPLITS, fingerprint, scan
+from trainer.dataset import SPLITS, fingerprint
 from trainer.metrics import binary_metrics, choose_threshold
 from trainer.split import POLICIES, make_split
+from trainer.union import Source, check_classes, load_locked, locked_out, locked_summary, read_spec, scan_union
 
 EpochCallback = Callable[[int, int, dict[str, list[float]]], None]
+LogCallback = Callable[[str], None]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train the fracture CNN", add_help=True)
     # The defaults are the shipped release's recipe (fracture/release/README.md), so a retrain from the web
     # or a schedule trains a model comparable with the one it may replace.
-    p.add_argument("--data", required=True, help="dataset root: ROOT/{train,val,test}/{class}/")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", help="dataset root: ROOT/{train,val,test}/{class}/ or ROOT/{class}/")
+    data.add_argument("--data-spec", help='JSON list of datasets trained together: [{"name", "root", "members"}]')
+    p.add_argument("--locked", default=None,
+                   help='JSON list of locked evaluation datasets whose images are left out: [{"name", "hashes"}]')
     p.add_argument("--out", required=True, help="run folder for checkpoints, plots, model card")
     p.add_argument("--split", default="grouped", choices=POLICIES)
     p.add_argument("--arch", default="fracnet")
-    p.add_argument("--width", default=24, type=int)
+    p.add_argument("--width", default=RECIPE["width"], type=int)
     p.add_argument("--depths", default="1,1,2,1")
-    p.add_argument("--image-size", default=128, type=int)
-    p.add_argument("--epochs", default=80, type=int)
+    p.add_argument("--image-size", default=RECIPE["image_size"], type=int)
+    p.add_argument("--epochs", default=RECIPE["epochs"], type=int)
     p.add_argument("--batch-size", default=64, type=int)
     p.add_argument("--lr", default=2e-3, type=float)
     p.add_argument("--weight-decay", default=5e-4, type=float)
     p.add_argument("--min-sensitivity", default=0.97, type=float)
     p.add_argument("--ema", default=0.99, type=float,
                    help="decay of the weights' moving average that is evaluated and shipped (0: off)")
-    p.add_argument("--views", default="dihedral", choices=VIEWS,
+    p.add_argument("--views", default=RECIPE["views"], choices=VIEWS,
                    help="test-time views averaged when choosing the threshold, evaluating and serving")
-    p.add_argument("--seed", default=0, type=int)
-    p.add_argument("--augment", default="light", choices=("light", "strong"))
+    p.add_argument("--seed", default=RECIPE["seed"], type=int)
+    p.add_argument("--augment", default=RECIPE["augment"], choices=("light", "strong"))
     p.add_argument("--weights", default=None, help="pretrained weights (file or torchvision name)")
     p.add_argument("--threads", default=0, type=int, help="torch CPU threads (0: all cores)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -79,21 +86,36 @@ class Prepared:
     fingerprint: str
     paths: dict[str, Path]
     row_md5: list[str]
+    files: dict[str, int]  # files per dataset, before the locked images are left out
+    locked: dict[str, int]  # distinct images left out because a locked evaluation dataset holds them
+
+
+def sources_of(args: argparse.Namespace) -> list[Source]:
+    """The datasets of a run: those of --data-spec, or the one folder of --data."""
+    if getattr(args, "data_spec", None):
+        return read_spec(args.data_spec)
+    return [Source(Path(args.data).name, Path(args.data))]
 
 
 def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path | None) -> Prepared:
-    """Scan, decode once, audit for duplicates, and split by the chosen policy."""
-    samples, classes = scan(args.data)
+    """Scan the datasets, decode once, leave out locked images, audit for duplicates, and split by the policy."""
+    sources = sources_of(args)
+    samples, classes, files = scan_union(sources)
     paths = {s.md5: s.path for s in samples}
     index, images, errors = decode_all(paths, spec, cache_dir)
     decoded: dict[str, PILImage.Image | str] = {m: errors[m] for m in errors}
     for m, i in index.items():
         decoded[m] = PILImage.fromarray(images[i, 0].numpy())
+    # The grouped split below runs over the union: the audit groups copies across datasets by bytes and hash.
+    excluded = locked_out({m: im for m, im in decoded.items() if not isinstance(im, str)},
+                          load_locked(getattr(args, "locked", None)))
+    samples = [s for s in samples if s.md5 not in excluded]
+    check_classes(samples, [source.name for source in sources])
     report = audit(samples, decoded)
     split = make_split(args.split, samples, report, args.seed)
     positive = POSITIVE_CLASS if POSITIVE_CLASS in classes else classes[0]
     row_md5 = sorted(index, key=index.__getitem__)
-    labels = torch.tensor([1.0 if report.label_of[m] == positive else 0.0 for m in row_md5])
+    labels = torch.tensor([1.0 if report.label_of.get(m) == positive else 0.0 for m in row_md5])
     split_index = {}
     for name in SPLITS:
         rows = np.array([index[m] for m in split[name] if m in index], dtype=np.int64)
@@ -101,7 +123,8 @@ def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path
             rng = np.random.default_rng(args.seed)
             rows = rng.permutation(rows)[:64]
         split_index[name] = rows
-    return Prepared(classes, images, labels, split_index, report, fingerprint(samples), paths, row_md5)
+    return Prepared(classes, images, labels, split_index, report, fingerprint(samples), paths, row_md5, files,
+                    locked_summary(excluded))
 
 
 def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt: torch.optim.Optimizer,
@@ -163,6 +186,12 @@ def evaluate(model: nn.Module, data: Prepared, split: str, spec: PreprocessSpec,
     return y_true, prob, sum(losses) / max(len(rows), 1)
 
 
+def test_members(data: Prepared) -> list[list[str]]:
+    """The test split as evaluated: [[path, label], ...], one file per distinct image (for comparing versions)."""
+    rows = data.split_index["test"].tolist()
+    return [[str(data.paths[data.row_md5[r]]), data.report.label_of[data.row_md5[r]]] for r in rows]
+
+
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed)
@@ -171,8 +200,9 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
-         cache_dir: Path | None = None) -> dict[str, Any]:
-    """Run one training and return a summary (paths of the artifacts and the metrics)."""
+         cache_dir: Path | None = None, log: LogCallback | None = None) -> dict[str, Any]:
+    """Run one training and return a summary (paths of the artifacts and the metrics); progress lines go to `log`."""
+    say = log or (lambda line: print(line, file=sys.stderr))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
@@ -191,7 +221,8 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
     (out / "audit.txt").write_text(data.report.render() + "\n")
     (out / "audit.json").write_text(json.dumps(data.report.to_dict(), indent=2))
     sizes = {k: len(v) for k, v in data.split_index.items()}
-    print(f"data ready in {time.time() - t0:.1f}s: {sizes} distinct images ({args.split} split)", file=sys.stderr)
+    say(f"data ready in {time.time() - t0:.1f}s: {sizes} distinct images ({args.split} split) from {data.files}; "
+        f"left out as locked evaluation images: {data.locked['total']}")
 
     model = build_model(margs)
     if args.weights:
@@ -223,7 +254,7 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
         history, best, start_epoch = state["history"], state["best"], state["epoch"]
         gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
-        print(f"resumed after epoch {start_epoch}", file=sys.stderr)
+        say(f"resumed after epoch {start_epoch}")
 
     augment = TrainAugment(args.image_size, args.augment)
     bar = tqdm(range(start_epoch, epochs), desc="epochs", disable=not progress, initial=start_epoch, total=epochs)
@@ -243,8 +274,8 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
             best = {"auc": auc, "loss": va_loss, "epoch": epoch + 1,
                     "state": {k: v.detach().clone() for k, v in served.state_dict().items()}}
         bar.set_postfix(loss=f"{tr_loss:.3f}", val_auc=f"{auc:.4f}", val_acc=f"{va['accuracy']:.3f}")
-        print(f"epoch {epoch + 1}/{epochs} train_loss {tr_loss:.4f} train_acc {tr_acc:.4f} val_loss {va_loss:.4f} "
-              f"val_acc {va['accuracy']:.4f} val_auc {auc:.4f} ({history['epoch_s'][-1]:.1f}s)", file=sys.stderr)
+        say(f"epoch {epoch + 1}/{epochs} train_loss {tr_loss:.4f} train_acc {tr_acc:.4f} val_loss {va_loss:.4f} "
+            f"val_acc {va['accuracy']:.4f} val_auc {auc:.4f} ({history['epoch_s'][-1]:.1f}s)")
         torch.save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                     "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "history": history, "best": best, "epoch": epoch + 1, "gen": gen.get_state(),
@@ -281,7 +312,8 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
                "history": history, "plots": {k: str(v) for k, v in plot_files.items()},
                "data_fingerprint": data.fingerprint, "audit": data.report.to_dict(), "split_sizes": sizes,
                "command": command, "model_args": margs.to_dict(), "preprocess": spec.to_dict(),
-               "seconds": time.time() - t0, "device": device.type}
+               "seconds": time.time() - t0, "device": device.type, "datasets": data.files,
+               "locked_out": data.locked, "splits": {"test": test_members(data)}}
     compare = json.loads(Path(args.compare).read_text()) if getattr(args, "compare", None) else None
     card.write(out, summary, compare)
     return summary

@@ -1,0 +1,94 @@
+"""What a TrainingRun's folder in storage holds: its data spec, the locked images' list, its log.
+
+The folder is `runs/<id>/`: the trainer's checkpoints go there while it runs, the log (progress lines, and the
+traceback of a failure) stays there for the page.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from fracture import datasets
+from fracture.config import Settings
+from fracture.db import session_scope
+from fracture.models import Dataset, DatasetRole, DatasetStatus
+from fracture.schedule_params import RecipeError, check_dataset_ids
+from fracture.storage import Storage
+from trainer.union import TrainingDataError
+
+KEEP = {"train.log"}  # what a cancelled run's folder keeps
+
+
+def data_argv(settings: Settings, params: dict[str, Any], out: Path) -> list[str]:
+    """The trainer's data options for a run: its datasets (or one folder), and the locked images to leave out."""
+    storage = Storage(settings.storage_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with session_scope(settings.database_url) as s:
+        if params.get("dataset_ids"):
+            ids = check_dataset_ids(s, list(params["dataset_ids"]))  # again: a dataset may have changed since
+            rows = [s.get_one(Dataset, i) for i in ids]
+            spec = [{"name": d.name, "root": d.root,
+                     "members": sorted(m) if (m := datasets.member_paths(d)) is not None else None} for d in rows]
+            (out / "data-spec.json").write_text(json.dumps(spec, indent=1))
+            argv = ["--data-spec", str(out / "data-spec.json")]
+        else:
+            data = params.get("data") or (str(settings.dataset_dir) if settings.dataset_dir else None)
+            if not data:
+                raise TrainingDataError("no dataset was named: choose one or more training datasets (or set "
+                                        "FRACTURE_DATASET)")
+            argv = ["--data", str(data)]
+        locked = [{"name": d.name, "hashes": str(storage.path(datasets.hashes_key(d.id)))}
+                  for d in s.scalars(select(Dataset).where(Dataset.role == DatasetRole.EVALUATION,
+                                                           Dataset.status == DatasetStatus.READY).order_by(Dataset.id))
+                  if storage.exists(datasets.hashes_key(d.id))]
+    if locked:
+        (out / "locked.json").write_text(json.dumps(locked, indent=1))
+        argv += ["--locked", str(out / "locked.json")]
+    return argv
+
+
+class RunLog:
+    """Append timestamped lines to a run's log file in storage (flushed at once, so the page sees them)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, line: str) -> None:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(f"{stamp} {line.rstrip()}\n")
+
+    def exception(self, exc: BaseException) -> None:
+        """Write the traceback of `exc`."""
+        self("the training failed:\n" + "".join(traceback.format_exception(exc)))
+
+
+def sentence(exc: BaseException) -> str:
+    """One readable sentence for the page; the traceback goes to the log."""
+    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError) and exc.filename:
+        text = f"cannot read {exc.filename}: {exc.strerror}"
+    elif isinstance(exc, TrainingDataError | RecipeError | ValueError) and str(exc).strip():
+        text = str(exc).strip().splitlines()[0][:300]
+    else:
+        text = f"the trainer stopped on an unexpected error ({type(exc).__name__}); the run's log has the details"
+    return f"The training failed: {text.rstrip('.')}."
+
+
+def clean_folder(out: Path) -> None:
+    """Remove what a stopped run wrote (checkpoints, plots, card), keeping its log."""
+    if not out.is_dir():
+        return
+    for path in sorted(out.rglob("*"), reverse=True):  # files before their folders
+        if path.relative_to(out).as_posix() in KEEP:
+            continue
+        if not path.is_dir():
+            path.unlink(missing_ok=True)
+        elif not any(path.iterdir()):
+            path.rmdir()

@@ -1,0 +1,106 @@
+"""A run's training data: the union of its datasets, less every image of a locked (evaluation) dataset.
+
+`--data-spec FILE` names the datasets (a JSON list of {"name", "root", "members"}); `--locked FILE` names the
+ready evaluation datasets whose images are never trained on (a JSON list of {"name", "hashes"}: the path of the
+hashes.json their validation wrote, MD5 -> 8 perceptual hashes). An image is left out when its bytes are those
+of a locked image, or when it is a near duplicate (a rotated, flipped or resized copy) of one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from trainer.audit import NEAR_DISTANCE, dihedral_hashes
+from trainer.dataset import Sample, scan
+
+
+class TrainingDataError(ValueError):
+    """The training data cannot be used as asked; the message is one readable sentence."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One dataset of a run: its name, folder, and the relative paths it is limited to (None: all of it)."""
+
+    name: str
+    root: Path
+    members: frozenset[str] | None = None
+
+
+def read_spec(path: str | Path) -> list[Source]:
+    """The datasets of a --data-spec file."""
+    items = json.loads(Path(path).read_text())
+    if not isinstance(items, list) or not items:
+        raise TrainingDataError(f"the data spec {path} names no dataset")
+    return [Source(str(i.get("name") or i["root"]), Path(i["root"]),
+                   frozenset(i["members"]) if i.get("members") is not None else None) for i in items]
+
+
+def scan_union(sources: list[Source]) -> tuple[list[Sample], list[str], dict[str, int]]:
+    """Scan every dataset: (all samples, the classes they share, files per dataset name)."""
+    samples: list[Sample] = []
+    classes: list[str] | None = None
+    files: dict[str, int] = {}
+    for source in sources:
+        if not source.root.is_dir():
+            raise TrainingDataError(f"the folder of the dataset {source.name!r} is missing: {source.root}")
+        found, names = scan(source.root, set(source.members) if source.members is not None else None)
+        if classes is not None and names != classes:
+            raise TrainingDataError(f"the dataset {source.name!r} has the classes {names}, the others {classes}; "
+                                    "datasets trained together must have the same classes")
+        classes = names
+        samples += found
+        files[source.name] = len(found)
+    assert classes is not None
+    return samples, classes, files
+
+
+def load_locked(path: str | Path | None) -> dict[str, list[str]]:
+    """The locked images of a --locked file: {md5: [8 perceptual hashes, hex]} over every dataset listed."""
+    if not path:
+        return {}
+    locked: dict[str, list[str]] = {}
+    for item in json.loads(Path(path).read_text()):
+        hashes = json.loads(Path(item["hashes"]).read_text())
+        locked.update(hashes if isinstance(hashes, dict) else {})
+    return locked
+
+
+def locked_out(images: dict[str, Image.Image], locked: dict[str, list[str]]) -> dict[str, str]:
+    """The training images (MD5 -> decoded) that are locked: {md5: "exact" | "near"}."""
+    out = {m: "exact" for m in images if m in locked}
+    rest = [m for m in sorted(images) if m not in out]
+    if not rest or not locked:
+        return out
+    base = np.array([int(h[0], 16) for h in locked.values()], dtype=np.uint64)
+    for start in range(0, len(rest), 256):  # blocks keep the (mine x 8 x locked) distances small
+        block = rest[start : start + 256]
+        views = np.stack([dihedral_hashes(images[m]) for m in block])
+        d = np.bitwise_count(views[:, :, None] ^ base[None, None, :]).min(axis=(1, 2))
+        out.update({m: "near" for m, near in zip(block, d <= NEAR_DISTANCE, strict=True) if near})
+    return out
+
+
+def check_classes(samples: list[Sample], names: list[str]) -> None:
+    """Refuse training data that holds fewer than two classes, naming the datasets."""
+    labels = Counter(s.label for s in samples)
+    if len(labels) >= 2:
+        return
+    what = f"the dataset {names[0]!r}" if len(names) == 1 else "the datasets " + ", ".join(map(repr, names))
+    if not labels:
+        raise TrainingDataError(f"{what} left no image to train on once the locked evaluation images were left out")
+    raise TrainingDataError(f"{what} {'has' if len(names) == 1 else 'have'} only one class "
+                            f"({next(iter(labels))!r}); training needs images of both classes")
+
+
+def locked_summary(excluded: dict[str, str]) -> dict[str, Any]:
+    """How many distinct images were left out because a locked evaluation dataset holds them."""
+    kinds = Counter(excluded.values())
+    return {"total": len(excluded), "exact": kinds["exact"], "near": kinds["near"]}
