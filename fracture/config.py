@@ -15,6 +15,11 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
     return int(value) if value not in (None, "") else default
 
 
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    value = env.get(name)
+    return float(value) if value not in (None, "") else default
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, resolved once per process from environment variables."""
@@ -50,6 +55,13 @@ class Settings:
     # Send the session cookie over https only; off for the embedded http://127.0.0.1 mode.
     session_cookie_secure: bool = False
     seed_model: Path | None = None
+    # Safe promotion: a finished run becomes active only if, on the same images as the active version, it
+    # reaches these floors at its own threshold, loses at most the tolerance of ROC-AUC, and the images are
+    # enough to tell (this many of each class); below that it stays a candidate.
+    promote_min_sensitivity: float = 0.95
+    promote_min_specificity: float = 0.90
+    promote_auc_tolerance: float = 0.01
+    promote_min_per_class: int = 50
 
     @property
     def embedded_broker(self) -> bool:
@@ -94,4 +106,8 @@ def get_settings(env: dict[str, str] | None = None) -> Settings:
         secret_key=env.get("SECRET_KEY") or "dev-only-change-me",
         session_cookie_secure=env.get("SESSION_COOKIE_SECURE", "").lower() in ("1", "true", "yes", "on"),
         seed_model=Path(seed) if seed else (default_seed if default_seed.exists() else None),
+        promote_min_sensitivity=_float(env, "PROMOTE_MIN_SENSITIVITY", 0.95),
+        promote_min_specificity=_float(env, "PROMOTE_MIN_SPECIFICITY", 0.90),
+        promote_auc_tolerance=_float(env, "PROMOTE_AUC_TOLERANCE", 0.01),
+        promote_min_per_class=_int(env, "PROMOTE_MIN_PER_CLASS", 50),
     )

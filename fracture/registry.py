@@ -75,15 +75,51 @@ def promote(session: Session, version: ModelVersion) -> None:
     version.status, version.promoted_at, version.retired_at = ModelStatus.ACTIVE, now, None
 
 
-def should_promote(candidate: ModelVersion, active: ModelVersion | None, force: bool = False) -> bool:
-    """A candidate replaces the active version only if it scores higher on grouped validation."""
-    if force or active is None:
-        return True
-    if candidate.selection_metric is None:
-        return False
-    if active.selection_metric is None:
-        return True
-    return candidate.selection_metric > active.selection_metric
+class RegistryError(ValueError):
+    """A registry action that cannot be taken as asked; the message says why."""
+
+
+def find_version(session: Session, ref: str | int) -> ModelVersion | None:
+    """A version by its id (an int, or digits) or by its name ("release-1"); None when there is none."""
+    text = str(ref).strip()
+    if text.isdigit():
+        version = session.get(ModelVersion, int(text))
+        if version is not None:
+            return version
+    return session.scalars(select(ModelVersion).where(ModelVersion.name == text)).first()
+
+
+def record_decision(version: ModelVersion, reason: str) -> None:
+    """Keep one readable sentence on why the last decision about `version` was taken."""
+    version.decision = reason
+
+
+def retire(session: Session, version: ModelVersion) -> None:
+    """Take a candidate (or an already retired version) out of service; the active version cannot be retired."""
+    if version.status == ModelStatus.ACTIVE:
+        raise RegistryError(f"{version.name} is the active version: promote another version (or roll back) first")
+    if version.status != ModelStatus.RETIRED:
+        version.status, version.retired_at = ModelStatus.RETIRED, datetime.now(UTC)
+
+
+def previous_active(session: Session) -> ModelVersion | None:
+    """The most recently retired version that was once active: the one a rollback goes back to."""
+    return session.scalars(
+        select(ModelVersion)
+        .where(ModelVersion.status == ModelStatus.RETIRED, ModelVersion.promoted_at.is_not(None),
+               ModelVersion.retired_at.is_not(None))
+        .order_by(ModelVersion.retired_at.desc(), ModelVersion.id.desc())
+    ).first()
+
+
+def rollback(session: Session) -> tuple[ModelVersion, ModelVersion | None]:
+    """Make the previously active version active again; returns (now active, replaced). Twice is a no-op."""
+    target = previous_active(session)
+    if target is None:
+        raise RegistryError("there is no previously active version to roll back to")
+    replaced = active_version(session)
+    promote(session, target)
+    return target, replaced
 
 
 def ensure_seed_model(session: Session, settings: Settings) -> ModelVersion | None:

@@ -11,8 +11,9 @@ from fracture import trainings
 from fracture.config import Settings
 from fracture.db import session_scope
 from fracture.models import TrainingRun
-from fracture.registry import active_version, promote, register_checkpoint, should_promote, store_plots
+from fracture.registry import active_version, register_checkpoint, store_plots
 from fracture.storage import Storage
+from trainer.promotion import decide_and_apply
 from trainer.run_files import RunLog, clean_folder, data_argv, sentence
 
 # Parameters a run may set (from the page, the API or a schedule), mapped to trainer options.
@@ -99,11 +100,13 @@ def _register(settings: Settings, run_id: int, summary: dict[str, Any], force: b
         if card.is_file():
             shutil.copyfile(card, storage.path(f"models/{version.name}/model_card.md"))
         version.plots = plots
+        version_id, name, val_auc = version.id, version.name, version.selection_metric
+    # Committed first: the safe-promotion check measures the candidate through Evaluation rows of its own.
+    test_split = (summary.get("splits") or {}).get("test")
+    _, reason = decide_and_apply(settings, version_id, test_split, force=force)
+    auc = f"{val_auc:.4f}" if val_auc is not None else "n/a"
+    with session_scope(settings.database_url) as s:
         current = active_version(s)
-        promoted = should_promote(version, current, force=force)
-        if promoted:
-            promote(s, version)
-        message = (f"registered {version.name} (val AUC {version.selection_metric:.4f}); "
-                   + ("promoted to active" if promoted else f"kept {current.name if current else '-'} active"))
-        trainings.finish_run(s, run_id, version.id, message)
-        return version.id
+        kept = f"; {current.name} is active" if current is not None else ""
+        trainings.finish_run(s, run_id, version_id, f"registered {name} (val AUC {auc}); {reason}{kept}")
+    return version_id
