@@ -46,6 +46,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     from web import api, datasets, evaluations, pages
     from web.context import close_db
+    from web.trainings import bp as trainings_bp
 
     app.teardown_appcontext(close_db)
     init_auth(app)  # before the blueprints: its guard runs first on every request
@@ -53,6 +54,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(pages.bp)
     app.register_blueprint(evaluations.bp)
     app.register_blueprint(datasets.bp)
+    app.register_blueprint(trainings_bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(OperationalError, _db_down)
     return app

@@ -1,0 +1,221 @@
+"""Trainings on registered datasets: the union of both shared datasets through redis and a real trainer worker,
+refusals, cancel within an epoch, a failure's one sentence and its traceback in the log, locked images left out.
+
+Datasets are small real samples validated in process (trainer.validate); runs are dry runs or tiny recipes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from harness import WorkerFactory
+from installation import REPO_ROOT, materialize
+from web_client import make_client
+
+from fracture.config import Settings, get_settings
+from fracture.db import dispose_engines, session_scope
+from fracture.models import ModelVersion
+from trainer.dataset import md5_file
+from trainer.service import run_training
+from trainer.validate import validate_dataset
+
+SITE = REPO_ROOT.parent / "shared" / "datasets" / "bone-fracture-roboflow-site"
+TINY = {"width": 8, "image_size": 64}  # a recipe that trains in seconds on two CPU cores
+
+
+@pytest.fixture(scope="module")
+def roots(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DATASET_ROOTS folder: `multi` (train/val/test, 6 per class), `site` (train, 10 per class), `one-class`."""
+    if not (SITE / "materialize").is_file():
+        pytest.skip(f"second real dataset not found at {SITE}")
+    root = tmp_path_factory.mktemp("roots")
+    materialize(dataset_root, root / "multi", per_class=6)
+    materialize(SITE, root / "site", per_class=10)
+    one = root / "one-class"
+    shutil.copytree(root / "site" / "train" / "fractured", one / "fractured")
+    (one / "not fractured").mkdir()  # two class folders, but images of one class only
+    return root
+
+
+@pytest.fixture
+def env(fracture_env: dict[str, str], roots: Path) -> dict[str, str]:
+    return {**fracture_env, "DATASET_ROOTS": str(roots)}
+
+
+@pytest.fixture
+def cfg(env: dict[str, str]) -> Iterator[Settings]:
+    yield get_settings(env)
+    dispose_engines()
+
+
+def ready(client: FlaskClient, cfg: Settings, path: Path, name: str, role: str = "training") -> int:
+    """Register a folder and validate it in process; its id."""
+    posted = client.post("/api/datasets", json={"path": str(path), "name": name, "role": role})
+    assert posted.status_code == 201, posted.get_json()
+    dataset_id = int(posted.get_json()["id"])
+    assert validate_dataset(cfg, dataset_id) == "ready"
+    return dataset_id
+
+
+def wait_final(client: FlaskClient, run_id: int, timeout: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = client.get(f"/api/trainings/{run_id}").get_json()
+        if body["final"]:
+            return body
+        if time.monotonic() > deadline:
+            pytest.fail(f"training run {run_id} still {body['status']} after {timeout} s: {body}")
+        time.sleep(0.3)
+
+
+def versions(cfg: Settings) -> int:
+    with session_scope(cfg.database_url) as s:
+        return s.query(ModelVersion).count()
+
+
+def test_a_dry_run_on_the_union_of_both_datasets_trains_through_redis_and_a_real_worker(
+    env: dict[str, str], redis_url: str, celery_worker_proc: WorkerFactory, roots: Path,
+) -> None:
+    env = {**env, "REDIS_URL": redis_url}
+    cfg = get_settings(env)
+    client = make_client(cfg)
+    try:
+        ids = [ready(client, cfg, roots / "multi", "multi"), ready(client, cfg, roots / "site", "site")]
+        celery_worker_proc.start(env, queues="training")
+        posted = client.post("/api/trainings", json={"dataset_ids": ids, "dry_run": True, **TINY})
+        assert posted.status_code == 201 and posted.get_json()["status"] == "queued", posted.get_json()
+        run = wait_final(client, posted.get_json()["id"])
+
+        assert run["status"] == "done", run
+        assert run["epoch"] == run["epochs"] == 1 and run["eta_s"] == 0 and run["elapsed_s"] > 0
+        assert len(run["history"]["val_auc"]) == 1 and len(run["history"]["train_loss"]) == 1
+        assert [d["name"] for d in run["datasets"]] == ["multi", "site"]
+        assert run["recipe"] | TINY == run["recipe"] and run["recipe"]["views"] == "dihedral"
+        with session_scope(cfg.database_url) as s:
+            version = s.query(ModelVersion).filter_by(name=run["model_version"]).one()
+            assert {"train", "val", "test"} <= set(version.metrics)
+            card = (cfg.storage_dir / "models" / version.name / "model_card.md").read_text()
+        assert "multi (36)" in card and "site (20)" in card
+        summary = json.loads((cfg.storage_dir / "runs" / str(run["id"]) / "model_card.json").read_text())
+        assert summary["datasets"] == {"multi": 36, "site": 20}
+        assert summary["splits"]["test"] and all(label in ("fractured", "not fractured")
+                                                 for _, label in summary["splits"]["test"])
+
+        log = client.get(run["log_url"])
+        assert log.status_code == 200 and "epoch 1/1" in log.text and "registered model version" in log.text
+        page = client.get(f"/training/{run['id']}")
+        assert page.status_code == 200 and b"epoch 1/1" in page.data and b"training.js" in page.data
+        listed = client.get("/api/trainings").get_json()["trainings"]
+        assert [r["id"] for r in listed] == [run["id"]]
+    finally:
+        dispose_engines()
+
+
+def test_evaluation_and_unready_datasets_are_refused(env: dict[str, str], cfg: Settings, roots: Path) -> None:
+    client = make_client(cfg)
+    locked = ready(client, cfg, roots / "multi", "multi", role="evaluation")
+    site = ready(client, cfg, roots / "site", "site")
+    refused = client.post("/api/trainings", json={"dataset_ids": [site, locked]})
+    assert refused.status_code == 400
+    assert "evaluation dataset" in refused.get_json()["error"] and "locked" in refused.get_json()["error"]
+
+    pending = client.post("/api/datasets", json={"path": str(roots / "one-class"), "name": "pending"}).get_json()
+    assert client.post("/api/trainings", json={"dataset_ids": [pending["id"]]}).status_code == 400
+    assert client.post("/api/trainings", json={"dataset_ids": []}).status_code == 400
+    assert client.post("/api/trainings", json={"dataset_ids": [site], "epochs": 0}).status_code == 400
+    assert client.get("/api/trainings").get_json()["trainings"] == []
+
+    page = client.get("/training")
+    assert page.status_code == 200 and f'name="dataset_ids" value="{site}"'.encode() in page.data
+    assert f'name="dataset_ids" value="{locked}"'.encode() not in page.data  # a locked dataset is not offered
+
+
+def test_cancel_stops_a_running_training_within_one_epoch_and_registers_nothing(
+    env: dict[str, str], redis_url: str, celery_worker_proc: WorkerFactory, roots: Path,
+) -> None:
+    env = {**env, "REDIS_URL": redis_url}
+    cfg = get_settings(env)
+    client = make_client(cfg)
+    try:
+        site = ready(client, cfg, roots / "site", "site")
+        before = versions(cfg)
+        # A queued run cancelled before any worker takes it ends at once, without training.
+        queued = client.post("/api/trainings", json={"dataset_ids": [site], **TINY}).get_json()
+        cancelled = client.post(f"/api/trainings/{queued['id']}/cancel")
+        assert cancelled.status_code == 200 and cancelled.get_json()["status"] == "cancelled"
+        assert client.post(f"/api/trainings/{queued['id']}/cancel").status_code == 409
+
+        run_id = client.post("/api/trainings", json={"dataset_ids": [site], "epochs": 40, **TINY}).get_json()["id"]
+        celery_worker_proc.start(env, queues="training")
+        deadline = time.monotonic() + 180
+        while (body := client.get(f"/api/trainings/{run_id}").get_json())["epoch"] < 1:
+            assert body["status"] in ("queued", "running"), body
+            assert time.monotonic() < deadline, body
+            time.sleep(0.1)
+        assert body["eta_s"] is not None and body["eta_s"] > 0
+        asked = client.post(f"/api/trainings/{run_id}/cancel")
+        assert asked.status_code == 202 and asked.get_json()["cancel_requested"] is True
+        seen = asked.get_json()["epoch"]
+
+        run = wait_final(client, run_id)
+        assert run["status"] == "cancelled", run
+        assert run["epoch"] <= seen + 1 < 40 and run["model_version"] is None
+        assert versions(cfg) == before
+        folder = cfg.storage_dir / "runs" / str(run_id)
+        assert sorted(p.name for p in folder.iterdir()) == ["train.log"]  # the checkpoints are removed
+        assert "cancelled on request" in client.get(run["log_url"]).text
+        assert client.get(f"/api/trainings/{queued['id']}").get_json()["epoch"] == 0
+    finally:
+        dispose_engines()
+
+
+def test_a_failed_run_shows_one_sentence_and_logs_the_traceback(
+    env: dict[str, str], cfg: Settings, roots: Path,
+) -> None:
+    client = make_client(cfg)
+    one = ready(client, cfg, roots / "one-class", "one-class")
+    run_id = client.post("/api/trainings", json={"dataset_ids": [one], "dry_run": True, **TINY}).get_json()["id"]
+    assert run_training(cfg, run_id) is None  # the task's body, in process
+
+    run = client.get(f"/api/trainings/{run_id}").get_json()
+    assert run["status"] == "failed"
+    assert run["error"] == ("The training failed: the dataset 'one-class' has only one class ('fractured'); "
+                            "training needs images of both classes.")
+    log = client.get(run["log_url"]).text
+    assert "Traceback (most recent call last)" in log and "TrainingDataError" in log
+    page = client.get(f"/training/{run_id}").data.decode()
+    assert run["error"].replace("'", "&#39;") in page and "Traceback" in page  # the sentence, and the log below
+    assert "Traceback" not in client.get("/training").data.decode()
+
+
+def test_images_of_a_ready_evaluation_dataset_are_left_out_of_training(
+    env: dict[str, str], cfg: Settings, roots: Path, tmp_path: Path,
+) -> None:
+    # An evaluation dataset holding copies of three images of each class of `site`, under DATASET_ROOTS.
+    held = roots / f"held-{tmp_path.name}"
+    for label in ("fractured", "not fractured"):
+        (held / label).mkdir(parents=True)
+        for f in sorted((roots / "site" / "train" / label).iterdir())[:3]:
+            shutil.copyfile(f, held / label / f.name)
+    try:
+        client = make_client(cfg)
+        ready(client, cfg, held, "held", role="evaluation")
+        site = ready(client, cfg, roots / "site", "site")
+        run_id = client.post("/api/trainings", json={"dataset_ids": [site], "dry_run": True, **TINY}).get_json()["id"]
+        assert run_training(cfg, run_id) is not None
+        summary = json.loads((cfg.storage_dir / "runs" / str(run_id) / "model_card.json").read_text())
+        copied = {md5_file(f) for f in held.rglob("*.*")}
+        assert summary["locked_out"]["exact"] == len(copied) and summary["locked_out"]["total"] >= len(copied)
+        assert summary["audit"]["files"] <= 20 - len(copied)  # the audit (and the split) saw only the rest
+        assert not copied & {md5_file(Path(p)) for p, _ in summary["splits"]["test"]}
+        card = (cfg.storage_dir / "runs" / str(run_id) / "model_card.md").read_text()
+        assert f"locked evaluation dataset holds them: {summary['locked_out']['total']} distinct images" in card
+    finally:
+        shutil.rmtree(held)
