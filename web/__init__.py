@@ -44,7 +44,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # A producer only: the web sends tasks by name and never runs one.
     app.extensions["celery"] = make_app(settings)
 
-    from web import api, datasets, evaluations, pages
+    from web import api, datasets, evaluations, models, pages
     from web.context import close_db
     from web.trainings import bp as trainings_bp
 
@@ -54,6 +54,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(pages.bp)
     app.register_blueprint(evaluations.bp)
     app.register_blueprint(datasets.bp)
+    app.register_blueprint(models.bp)
     app.register_blueprint(trainings_bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(OperationalError, _db_down)

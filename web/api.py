@@ -13,11 +13,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from fracture.models import Job, JobStatus, ModelVersion
 from fracture.queue import broker_ping, worker_ping
-from web.auth import current_user, require_admin, sees, visible
+from web.auth import current_user, sees, visible
 from web.context import active_model, celery, db
 from web.ingest import UploadRefused
 from web.jobs import JobNotDispatched, create_job, dispatch
-from web.models import promote_version
 from web.views import CSV_COLUMNS, iter_result_rows, job_dict, model_dict, result_rows
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -115,14 +114,6 @@ def list_models() -> Response:
     versions = db().scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc()))
     active = active_model()
     return jsonify({"active": active.name if active else None, "models": [_public(model_dict(v)) for v in versions]})
-
-
-@bp.post("/models/<int:version_id>/promote")
-def promote_model(version_id: int) -> Response:
-    """Make a version the active model (admins only); new jobs use it, running jobs keep theirs."""
-    require_admin("promote a model")
-    version = promote_version(version_id)
-    return jsonify(_public(model_dict(version)))
 
 
 def _public(model: dict[str, Any]) -> dict[str, Any]:

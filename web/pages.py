@@ -12,7 +12,6 @@ from fracture.models import Dataset, DatasetStatus, Job, ModelVersion, Schedule,
 from fracture.storage import StorageError
 from web.auth import require_admin, sees, visible
 from web.context import NO_MODEL_MESSAGE, active_model, celery, db, settings, storage
-from web.models import promote_version
 from web.views import job_dict, model_dict, result_rows
 
 bp = Blueprint("pages", __name__)
@@ -52,14 +51,6 @@ def models() -> ResponseReturnValue:
     ready = db().scalars(select(Dataset).where(Dataset.status == DatasetStatus.READY).order_by(Dataset.name)).all()
     return render_template("models.html", models=[model_dict(v) for v in versions], datasets=ready,
                            splits=SPLIT_CHOICES)
-
-
-@bp.post("/models/<int:version_id>/promote")
-def promote_model(version_id: int) -> ResponseReturnValue:
-    require_admin("promote a model")
-    version = promote_version(version_id)
-    flash(f"Model {version.name} is now the active model; new jobs use it.", "ok")
-    return redirect(url_for("pages.models"))
 
 
 @bp.get("/models/<int:version_id>/plots/<name>")

@@ -150,6 +150,7 @@ def model_dict(version: ModelVersion) -> dict[str, Any]:
     return {
         "id": version.id,
         "name": version.name,
+        "version": version.name,
         "status": version.status,
         "arch": version.arch,
         "threshold": version.threshold,
@@ -161,6 +162,9 @@ def model_dict(version: ModelVersion) -> dict[str, Any]:
         "notes": version.notes,
         "created_at": iso(version.created_at),
         "promoted_at": iso(version.promoted_at),
+        "retired_at": iso(version.retired_at),
+        # Why the last decision about it was taken: the automatic promotion check's reason, or an admin's action.
+        "decision": version.decision,
         "metric_columns": columns,
         "metric_rows": rows,
         "metric_flat": flat,
