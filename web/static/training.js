@@ -7,6 +7,7 @@
   const num = (v, digits) => (v === null || v === undefined ? "—" : Number(v).toFixed(digits));
   const SVG = "http://www.w3.org/2000/svg";
   const W = 480, H = 160, PAD = 8;
+  const AUC = "#2c7be5", LOSS = "#c0392b";
 
   function line(values, top, color) {
     // One polyline of `values` scaled so that `top` is the top edge; gaps (null) are skipped.
@@ -41,8 +42,15 @@
     const loss = history.train_loss || [];
     const auc = history.val_auc || [];
     const top = Math.max(...loss.filter((v) => v !== null), 0);
-    if (loss.length) svg.appendChild(line(loss, top, "#c0392b"));
-    if (auc.length) svg.appendChild(line(auc, 1, "#2c7be5"));
+    if (loss.length) svg.appendChild(line(loss, top, LOSS));
+    if (auc.length) svg.appendChild(line(auc, 1, AUC));
+    [["val ROC-AUC", AUC, 16], ["train loss", LOSS, 30]].forEach(([text, color, y]) => {
+      const label = document.createElementNS(SVG, "text");
+      label.setAttribute("x", String(W - PAD)); label.setAttribute("y", String(y));
+      label.setAttribute("text-anchor", "end"); label.setAttribute("font-size", "11"); label.setAttribute("fill", color);
+      label.textContent = text;
+      svg.appendChild(label);
+    });
   }
 
   function render(run) {
