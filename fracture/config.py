@@ -45,6 +45,8 @@ class Settings:
     # The reaper re-enqueues a job's missing chunks after this long without progress (and an empty queue).
     reaper_stale_s: int = 300
     reaper_interval_s: int = 60
+    # How often the beat asks the inference worker to start due schedules (tests make it a second).
+    schedules_tick_s: int = 60
     # A chunk whose worker died this many times on it gets error rows instead of another delivery.
     max_chunk_attempts: int = 3
     dataset_dir: Path | None = None
@@ -97,6 +99,7 @@ def get_settings(env: dict[str, str] | None = None) -> Settings:
         visibility_timeout_s=_int(env, "BROKER_VISIBILITY_TIMEOUT_S", 3600),
         reaper_stale_s=_int(env, "REAPER_STALE_S", 300),
         reaper_interval_s=_int(env, "REAPER_INTERVAL_S", 60),
+        schedules_tick_s=max(1, _int(env, "SCHEDULES_TICK_S", 60)),
         max_chunk_attempts=_int(env, "MAX_CHUNK_ATTEMPTS", 3),
         dataset_dir=Path(env["FRACTURE_DATASET"]) if env.get("FRACTURE_DATASET") else None,
         dataset_roots=tuple(

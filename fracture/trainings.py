@@ -9,10 +9,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from fracture.models import FINAL_RUN_STATUSES, RunStatus, Schedule, TrainingRun
+from fracture import schedule_params, schedule_times
+from fracture.models import FINAL_RUN_STATUSES, RunStatus, Schedule, ScheduleFiring, TrainingRun
+from fracture.schedule_times import Spec
 
 BROKER_DOWN = "the task queue (broker) is unavailable"
 
@@ -135,37 +138,116 @@ def fail_dead_runs(session: Session, now: datetime, time_limit_s: int, stale_s: 
 # ---------------------------------------------------------------- schedules
 
 
-def add_schedule(session: Session, name: str, interval_minutes: int, now: datetime | None = None) -> Schedule:
-    """Add an enabled schedule whose first run is one interval from now."""
-    now = now or datetime.now(UTC)
-    schedule = Schedule(name=name, interval_minutes=interval_minutes, enabled=True,
-                        next_run_at=now + timedelta(minutes=interval_minutes))
+def schedule_spec(schedule: Schedule) -> Spec:
+    """When a schedule row is due, as a schedule_times.Spec."""
+    return Spec(kind=schedule.kind or "every", interval_minutes=schedule.interval_minutes,
+                time_of_day=schedule.time_of_day, weekday=schedule.weekday, cron=schedule.cron,
+                timezone=schedule.timezone or "UTC")
+
+
+def _set_spec(schedule: Schedule, spec: Spec, now: datetime) -> None:
+    spec = schedule_times.check(spec)
+    schedule.kind, schedule.interval_minutes, schedule.time_of_day = spec.kind, spec.interval_minutes, spec.time_of_day
+    schedule.weekday, schedule.cron, schedule.timezone = spec.weekday, spec.cron, spec.timezone
+    schedule.next_run_at = schedule_times.next_due(spec, now)
+
+
+def get_schedule(session: Session, schedule_id: int) -> Schedule:
+    """The schedule `schedule_id`; LookupError if there is none."""
+    schedule = session.get(Schedule, schedule_id)
+    if schedule is None:
+        raise LookupError(f"there is no schedule with id {schedule_id}")
+    return schedule
+
+
+def add_schedule(
+    session: Session, name: str, spec: Spec, params: dict[str, Any], now: datetime | None = None
+) -> Schedule:
+    """Add an enabled schedule (spec checked; params as schedule_params.check_params made them), first due after now."""
+    schedule = Schedule(name=name, params=dict(params), enabled=True)
+    _set_spec(schedule, spec, now or datetime.now(UTC))
     session.add(schedule)
     session.flush()
     return schedule
 
 
-def create_due_runs(session: Session, now: datetime | None = None) -> list[int]:
-    """Create a queued run for each enabled schedule that is due and return the run ids (the caller sends them).
+def update_schedule(
+    session: Session, schedule_id: int, *, name: str | None = None, spec: Spec | None = None,
+    params: dict[str, Any] | None = None, enabled: bool | None = None, now: datetime | None = None,
+) -> Schedule:
+    """Change a schedule; a new spec or a resume counts the next due time from now (paused slots are not caught up)."""
+    now = now or datetime.now(UTC)
+    schedule = get_schedule(session, schedule_id)
+    if name is not None:
+        schedule.name = name
+    if params is not None:
+        schedule.params = dict(params)
+    resumed = enabled is True and not schedule.enabled
+    if enabled is not None:
+        schedule.enabled = enabled
+    if spec is not None or resumed:
+        _set_spec(schedule, spec or schedule_spec(schedule), now)
+    return schedule
 
-    A schedule without next_run_at gets its first run one interval from now rather than at once; slots missed
-    while the system was down are skipped instead of fired once each.
+
+def delete_schedule(session: Session, schedule_id: int) -> None:
+    """Delete a schedule and its firings; the runs it started stay, no longer linked to it."""
+    schedule = get_schedule(session, schedule_id)
+    session.execute(update(TrainingRun).where(TrainingRun.schedule_id == schedule_id).values(schedule_id=None))
+    session.execute(delete(ScheduleFiring).where(ScheduleFiring.schedule_id == schedule_id))
+    session.delete(schedule)
+    session.flush()
+
+
+def create_due_runs(session: Session, now: datetime | None = None) -> list[int]:
+    """Create one queued run per due time of each enabled schedule due by `now`; return the ids to send.
+
+    Exactly once per due time, also with two ticks at once (two beats, a restarted beat): a run goes with a
+    schedule_firings row, unique on (schedule, due time), inserted in a SAVEPOINT, so the second insert fails
+    and that tick creates nothing. The next due time is counted from `now`: slots missed while the system was
+    down are skipped, not fired once each. A schedule without next_run_at gets its first due time, not a run.
     """
     now = now or datetime.now(UTC)
     created: list[int] = []
     due = session.scalars(
         select(Schedule)
         .where(Schedule.enabled.is_(True), or_(Schedule.next_run_at.is_(None), Schedule.next_run_at <= now))
-        .with_for_update()
+        .order_by(Schedule.id)
+        .with_for_update(skip_locked=True)  # PostgreSQL: a concurrent tick skips the rows this one holds
     ).all()
     for schedule in due:
-        interval = timedelta(minutes=max(1, schedule.interval_minutes or 60))
+        spec = schedule_spec(schedule)
         if schedule.next_run_at is None:
-            schedule.next_run_at = now + interval
+            schedule.next_run_at = schedule_times.next_due(spec, now)
             continue
-        run = create_run(session, dict(schedule.params or {}), f"scheduled by {schedule.name!r}", schedule.id)
+        due_at = _aware(schedule.next_run_at)
+        # Written (and flushed) first, so on SQLite the savepoint below sits inside this tick's transaction.
+        schedule.next_run_at = schedule_times.next_due(spec, now, previous=due_at)
+        session.flush()
+        firing = ScheduleFiring(schedule_id=schedule.id, due_at=due_at)
+        try:
+            with session.begin_nested():
+                session.add(firing)
+        except IntegrityError:
+            continue  # another tick fired this due time and wrote the same next due time
+        run = create_run(session, dict(schedule.params or {}),
+                         f"scheduled by {schedule.name!r} for {due_at:%Y-%m-%d %H:%M} UTC", schedule.id)
+        firing.run_id, schedule.last_run_at = run.id, now
+        unusable = _unusable_datasets(session, schedule.params or {})
+        if unusable:
+            fail_run(session, run.id, f"the schedule's datasets cannot be used: {unusable}", now)
+            continue
         created.append(run.id)
-        schedule.last_run_at = now
-        next_run = _aware(schedule.next_run_at) + interval
-        schedule.next_run_at = next_run if next_run > now else now + interval
+    session.flush()
     return created
+
+
+def _unusable_datasets(session: Session, params: dict[str, Any]) -> str | None:
+    """Why the datasets a schedule names can no longer be trained on (deleted, invalid), or None."""
+    if "dataset_ids" not in params:
+        return None  # a schedule from before datasets: the trainer's default dataset
+    try:
+        schedule_params.check_dataset_ids(session, params["dataset_ids"])
+    except schedule_params.RecipeError as e:
+        return str(e)
+    return None

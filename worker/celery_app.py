@@ -40,7 +40,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_annotations=[_TimeLimits(settings.task_time_limit_s)],
         worker_max_memory_per_child=settings.worker_max_memory_kb,
         beat_schedule={
-            "schedules-tick": {"task": SCHEDULES_TICK_TASK, "schedule": 60.0},
+            "schedules-tick": {"task": SCHEDULES_TICK_TASK, "schedule": float(settings.schedules_tick_s)},
             # Re-enqueue what the broker lost, fail what died; cheap when there is nothing to do.
             "maintenance-reap": {"task": REAP_TASK, "schedule": float(settings.reaper_interval_s)},
         },

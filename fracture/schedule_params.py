@@ -1,0 +1,70 @@
+"""The datasets and recipe a schedule names (its params): checked, with one-sentence errors.
+
+Only READY training datasets may be named: evaluation datasets are locked, never trained on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from fracture.models import Dataset, DatasetRole, DatasetStatus
+from fracture.preprocess import VIEWS
+
+# Recipe fields a schedule or a run may set: (type, smallest, largest) or the allowed words.
+INT_FIELDS: dict[str, tuple[int, int]] = {"epochs": (1, 1000), "width": (4, 256), "image_size": (32, 1024),
+                                          "seed": (0, 2**31 - 1)}
+WORD_FIELDS: dict[str, tuple[str, ...]] = {"views": VIEWS, "augment": ("light", "strong")}
+RECIPE_FIELDS = (*INT_FIELDS, *WORD_FIELDS)
+
+
+class RecipeError(ValueError):
+    """The datasets or recipe asked for cannot be used; the message says why in one sentence."""
+
+
+def check_recipe(data: dict[str, Any]) -> dict[str, Any]:
+    """The recipe fields present in `data` (empty ones left out), checked; RecipeError otherwise."""
+    recipe: dict[str, Any] = {}
+    for name, (low, high) in INT_FIELDS.items():
+        value = data.get(name)
+        if value is None or value == "":
+            continue
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value.strip())
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise RecipeError(f"{name} must be a whole number from {low} to {high}, not {value!r}")
+        recipe[name] = value
+    for name, words in WORD_FIELDS.items():
+        value = data.get(name)
+        if value is None or value == "":
+            continue
+        if value not in words:
+            raise RecipeError(f"{name} must be one of {', '.join(words)}, not {value!r}")
+        recipe[name] = value
+    return recipe
+
+
+def check_dataset_ids(session: Session, ids: object) -> list[int]:
+    """The ids of one or more READY training datasets, sorted; RecipeError for any other."""
+    if not isinstance(ids, list) or not ids:
+        raise RecipeError("name at least one training dataset (dataset_ids: a list of dataset ids)")
+    checked: set[int] = set()
+    for raw in ids:
+        value = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise RecipeError(f"a dataset id is a whole number, not {raw!r}")
+        dataset = session.get(Dataset, value)
+        if dataset is None:
+            raise RecipeError(f"there is no dataset with id {value}")
+        if dataset.role == DatasetRole.EVALUATION:
+            raise RecipeError(f"dataset {dataset.name!r} is an evaluation dataset: it is locked, never trained on")
+        if dataset.status != DatasetStatus.READY:
+            raise RecipeError(f"dataset {dataset.name!r} is not ready ({dataset.status}): validate it first")
+        checked.add(value)
+    return sorted(checked)
+
+
+def check_params(session: Session, data: dict[str, Any]) -> dict[str, Any]:
+    """A training's params from `data`: {"dataset_ids": [...], recipe fields...}; RecipeError otherwise."""
+    return {"dataset_ids": check_dataset_ids(session, data.get("dataset_ids")), **check_recipe(data)}
