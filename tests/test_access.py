@@ -20,7 +20,7 @@ from fracture.accounts import check_password, find_user, revoke_tokens, user_for
 from fracture.config import Settings, get_settings
 from fracture.db import dispose_engines, session_scope
 from fracture.migrate import upgrade
-from fracture.models import ApiToken, Job, ModelVersion, Schedule, TrainingRun, User
+from fracture.models import ApiToken, Dataset, Job, ModelVersion, Schedule, TrainingRun, User
 from fracture.registry import register_checkpoint
 from fracture.storage import Storage
 from launcher.cli import main as fracture_cli
@@ -253,6 +253,15 @@ def test_other_users_get_404_on_a_job(
 # ---------------------------------------------------------------- admin-only actions
 
 
+def ready_dataset(settings: Settings) -> int:
+    """A READY training dataset (recorded directly), for a schedule to name."""
+    with session_scope(settings.database_url) as session:
+        dataset = Dataset(name="wrists", role="training", status="ready", source="folder", root="/nowhere")
+        session.add(dataset)
+        session.flush()
+        return dataset.id
+
+
 def _candidate(settings: Settings, checkpoint: Path) -> int:
     with session_scope(settings.database_url) as session:
         return register_checkpoint(session, Storage(settings.storage_dir), checkpoint, name="v2").id
@@ -283,7 +292,9 @@ def test_retrain_schedules_and_promotion_are_admin_only(
     v1 = as_admin.get("/api/models").get_json()["models"][-1]["id"]
     page = as_admin.post(f"/models/{v1}/promote", follow_redirects=True)
     assert b"is now the active model" in page.data
-    assert as_admin.post("/training/schedules", data={"interval_minutes": "60"}).status_code == 302
+    added = as_admin.post("/training/schedules", data={"kind": "every", "interval": "60",
+                                                       "dataset_ids": ready_dataset(settings)})
+    assert added.status_code == 302
     assert as_admin.post("/training/retrain").status_code == 302
     with session_scope(settings.database_url) as session:
         assert len(session.scalars(select(Schedule)).all()) == 1
@@ -302,11 +313,12 @@ def test_forms_and_session_uploads_need_the_csrf_token(
     assert log_in(client, "tester", admin_password).status_code == 302
     token = csrf_of(client.get("/training").data)
 
-    refused = client.post("/training/schedules", data={"interval_minutes": "5"})
+    form = {"kind": "every", "interval": "5", "dataset_ids": ready_dataset(settings)}
+    refused = client.post("/training/schedules", data=form)
     assert refused.status_code == 400 and b"CSRF token is missing" in refused.data
-    forged = client.post("/training/schedules", data={"interval_minutes": "5", "csrf_token": "x" + token[1:]})
+    forged = client.post("/training/schedules", data={**form, "csrf_token": "x" + token[1:]})
     assert forged.status_code == 400
-    assert client.post("/training/schedules", data={"interval_minutes": "5", "csrf_token": token}).status_code == 302
+    assert client.post("/training/schedules", data={**form, "csrf_token": token}).status_code == 302
     assert client.post("/logout").status_code == 400  # a forged logout is refused too
 
     # The upload page's script sends the token as a header; without it a cookie-borne upload is refused.

@@ -16,7 +16,7 @@ from web_client import make_client, post_files
 
 from fracture.config import Settings
 from fracture.db import dispose_engines, session_scope
-from fracture.models import ModelVersion, Schedule, TrainingRun
+from fracture.models import Dataset, ModelVersion, Schedule, TrainingRun
 from fracture.storage import Storage
 
 
@@ -85,11 +85,18 @@ def test_models_page_shows_metrics_and_serves_plots_by_recorded_key(client: Flas
 def test_training_page_adds_schedules_and_queues_a_retrain(client: FlaskClient, settings: Settings) -> None:
     assert b"No training runs yet" in client.get("/training").data
 
-    response = client.post("/training/schedules", data={"name": "nightly", "interval_minutes": "1440"},
+    with session_scope(settings.database_url) as session:
+        dataset = Dataset(name="wrists", role="training", status="ready", source="folder", root="/nowhere")
+        session.add(dataset)
+        session.flush()
+        dataset_id = dataset.id
+    response = client.post("/training/schedules", data={"name": "nightly", "kind": "every", "interval": "1440",
+                                                        "unit": "minutes", "dataset_ids": str(dataset_id)},
                            follow_redirects=True)
-    assert b"Schedule &#39;nightly&#39; added" in response.data
-    bad = client.post("/training/schedules", data={"interval_minutes": "0"}, follow_redirects=True)
-    assert b"at least 1" in bad.data
+    assert b"Schedule &#39;nightly&#39; added: every day" in response.data
+    bad = client.post("/training/schedules", data={"kind": "every", "interval": "0", "dataset_ids": str(dataset_id)},
+                      follow_redirects=True)
+    assert b"at least 1 minute" in bad.data
 
     response = client.post("/training/retrain", follow_redirects=True)
     assert b"Training run #1 queued" in response.data

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from fracture import queue, trainings
 from fracture.evaluations import SPLIT_CHOICES
-from fracture.models import Dataset, DatasetStatus, Job, ModelVersion, Schedule, TrainingRun
+from fracture.models import Dataset, DatasetStatus, Job, ModelVersion, TrainingRun
 from fracture.storage import StorageError
 from web.auth import require_admin, sees, visible
 from web.context import NO_MODEL_MESSAGE, active_model, celery, db, settings, storage
@@ -73,24 +73,9 @@ def model_plot(version_id: int, name: str) -> ResponseReturnValue:
 def training() -> ResponseReturnValue:
     session = db()
     runs = session.scalars(select(TrainingRun).order_by(TrainingRun.created_at.desc()).limit(50)).all()
-    schedules = session.scalars(select(Schedule).order_by(Schedule.id)).all()
     names = {row.id: row.name for row in session.execute(select(ModelVersion.id, ModelVersion.name))}
     count = session.scalar(select(func.count(TrainingRun.id)))
-    return render_template("training.html", runs=runs, schedules=schedules, names=names, count=count)
-
-
-@bp.post("/training/schedules")
-def add_schedule() -> ResponseReturnValue:
-    require_admin("add a retraining schedule")
-    minutes = request.form.get("interval_minutes", type=int)
-    name = (request.form.get("name") or "").strip()[:128] or "retrain"
-    if minutes is None or minutes < 1:
-        flash("The interval must be a whole number of minutes, at least 1.", "error")
-        return redirect(url_for("pages.training"))
-    trainings.add_schedule(db(), name, minutes)
-    db().commit()
-    flash(f"Schedule '{name}' added: every {minutes} minutes.", "ok")
-    return redirect(url_for("pages.training"))
+    return render_template("training.html", runs=runs, names=names, count=count)
 
 
 @bp.post("/training/retrain")
