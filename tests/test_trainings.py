@@ -1,5 +1,6 @@
 """Trainings on registered datasets: the union of both shared datasets through redis and a real trainer worker,
-refusals, cancel within an epoch, a failure's one sentence and its traceback in the log, locked images left out.
+refusals, cancel within an epoch, a failure's one sentence and its traceback in the log, locked images left out,
+and a schedule due in seconds that a real beat and real workers turn into a trained, evaluated version.
 
 Datasets are small real samples validated in process (trainer.validate); runs are dry runs or tiny recipes.
 """
@@ -10,18 +11,21 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from harness import WorkerFactory
-from installation import REPO_ROOT, materialize
+from harness import WorkerFactory, start_proc, wait_for
+from installation import REPO_ROOT, VENV_BIN, materialize
 from web_client import make_client
 
+from fracture import trainings
 from fracture.config import Settings, get_settings
 from fracture.db import dispose_engines, session_scope
-from fracture.models import ModelVersion
+from fracture.models import ModelVersion, TrainingRun
+from fracture.schedule_times import Spec
 from trainer.dataset import md5_file
 from trainer.service import run_training
 from trainer.validate import validate_dataset
@@ -219,3 +223,51 @@ def test_images_of_a_ready_evaluation_dataset_are_left_out_of_training(
         assert f"locked evaluation dataset holds them: {summary['locked_out']['total']} distinct images" in card
     finally:
         shutil.rmtree(held)
+
+
+@pytest.mark.slow
+def test_a_schedule_due_in_seconds_trains_on_both_datasets_through_beat_and_real_workers(
+    env: dict[str, str], redis_url: str, celery_worker_proc: WorkerFactory, roots: Path, tmp_path: Path,
+) -> None:
+    """Beat ticks, the inference worker starts the due run, the trainer trains it; the version is evaluated."""
+    env = {**env, "REDIS_URL": redis_url, "SCHEDULES_TICK_S": "1", "REAPER_INTERVAL_S": "3600"}
+    cfg = get_settings(env)
+    client = make_client(cfg)
+    beat = None
+    try:
+        ids = [ready(client, cfg, roots / "multi", "multi"), ready(client, cfg, roots / "site", "site")]
+        celery_worker_proc.start(env)  # runs schedules.tick
+        celery_worker_proc.start(env, queues="training")
+        with session_scope(cfg.database_url) as s:
+            schedule = trainings.add_schedule(s, "soon", Spec("every", interval_minutes=60),
+                                              {"dataset_ids": ids, "epochs": 1, **TINY})
+            schedule.next_run_at = datetime.now(UTC) + timedelta(seconds=3)
+            schedule_id = schedule.id
+        beat = start_proc("beat", [str(VENV_BIN / "celery"), "-A", "worker.app", "beat", "--loglevel", "INFO",
+                                   "--schedule", str(tmp_path / "beat-schedule")], env, tmp_path / "logs")
+
+        def scheduled_run() -> int | None:
+            with session_scope(cfg.database_url) as s:
+                return s.query(TrainingRun.id).filter_by(schedule_id=schedule_id).scalar()
+
+        run = wait_final(client, int(wait_for(scheduled_run, 120, "the scheduled run")))  # type: ignore[arg-type]
+        assert run["status"] == "done", run
+        assert run["schedule_id"] == schedule_id and [d["name"] for d in run["datasets"]] == ["multi", "site"]
+        with session_scope(cfg.database_url) as s:
+            version = s.query(ModelVersion).filter_by(name=run["model_version"]).one()
+            assert {"train", "val", "test"} <= set(version.metrics)
+
+        # The new version measured on the second site's data through the API and the same trainer worker.
+        posted = client.post("/api/evaluations", json={"model_version": run["model_version"], "dataset_id": ids[1]})
+        assert posted.status_code == 201, posted.get_json()
+        deadline = time.monotonic() + 180
+        while (evaluation := client.get(f"/api/evaluations/{posted.get_json()['id']}").get_json())["status"] != "done":
+            assert evaluation["status"] in ("queued", "running") and time.monotonic() < deadline, evaluation
+            time.sleep(0.5)
+        metrics = evaluation["metrics"]
+        assert metrics["n"] == 20 and metrics["n_per_class"] == {"fractured": 10, "not fractured": 10}
+        assert {"roc_auc", "sensitivity", "specificity"} <= set(metrics)
+    finally:
+        if beat is not None:
+            beat.stop()
+        dispose_engines()
