@@ -14,6 +14,7 @@ import pytest
 from bad_files import dataset_file
 from harness import LiveSystem, RedisServer, WorkerFactory, free_port, start_web
 from installation import (
+    SITE_DATASET,
     dataset_candidates,
     find_dataset,
     image_files,
@@ -41,6 +42,14 @@ def dataset_root() -> Path:
         looked = ", ".join(map(str, dataset_candidates()))
         skip_or_fail(f"real dataset not found (looked in {looked}; set FRACTURE_DATASET)")
     return root
+
+
+@pytest.fixture(scope="session")
+def site_root() -> Path:
+    """The second site's shared real dataset (`<repo>/../shared/datasets/bone-fracture-roboflow-site`)."""
+    if not (SITE_DATASET / "materialize").is_file():
+        skip_or_fail(f"second real dataset not found at {SITE_DATASET}")
+    return SITE_DATASET
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The second site's labelled X-rays (train split only), beside the first dataset.
+SITE_DATASET = REPO_ROOT.parent / "shared" / "datasets" / "bone-fracture-roboflow-site"
 TEST_ADMIN = "tester"
 LABELS = ("fractured", "not fractured")
 # Variables of the developer's shell that would point a test at the wrong database or broker.
@@ -41,6 +43,13 @@ def materialize(dataset_root: Path, dest: Path, per_class: int, splits: str | No
     if splits:
         cmd += ["--splits", splits]
     subprocess.run(cmd, check=True, capture_output=True)
+    return dest
+
+
+def materialize_both(dataset_root: Path, site_root: Path, dest: Path) -> Path:
+    """A DATASET_ROOTS folder of real samples: `multi` (train/val/test, 6 per class), `site` (train, 10 per class)."""
+    materialize(dataset_root, dest / "multi", per_class=6)
+    materialize(site_root, dest / "site", per_class=10)
     return dest
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from bad_files import make_zip
 from flask.testing import FlaskClient
-from installation import REPO_ROOT, add_user, materialize
+from installation import add_user, materialize, materialize_both
 from web_client import make_client
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import stream_encode_multipart
@@ -29,18 +29,11 @@ from trainer.dataset import md5_file
 from trainer.dataset_split import split_dataset, split_members
 from trainer.validate import inspect, validate_dataset
 
-SITE = REPO_ROOT.parent / "shared" / "datasets" / "bone-fracture-roboflow-site"
-
 
 @pytest.fixture(scope="module")
-def roots(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def roots(dataset_root: Path, site_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DATASET_ROOTS folder with real samples: `multi` (train/val/test, 6 per class) and `site` (train, 10)."""
-    if not (SITE / "materialize").is_file():
-        pytest.skip(f"second real dataset not found at {SITE}")
-    root = tmp_path_factory.mktemp("roots")
-    materialize(dataset_root, root / "multi", per_class=6)
-    materialize(SITE, root / "site", per_class=10)
-    return root
+    return materialize_both(dataset_root, site_root, tmp_path_factory.mktemp("roots"))
 
 
 @pytest.fixture
@@ -353,11 +346,13 @@ def test_pages_list_show_and_register(admin: FlaskClient, cfg: Settings, roots: 
     assert admin.get("/datasets/999").status_code == 404
 
 
-def test_fracture_up_registers_FRACTURE_DATASET_once(env: dict[str, str], roots: Path, tmp_path: Path) -> None:
+def test_fracture_up_registers_FRACTURE_DATASET_once(
+    env: dict[str, str], roots: Path, site_root: Path, tmp_path: Path
+) -> None:
     from launcher.supervisor import register_dataset_dir
 
     outside = tmp_path / "operator"
-    materialize(SITE, outside, per_class=2)
+    materialize(site_root, outside, per_class=2)
     settings = get_settings({**env, "FRACTURE_DATASET": str(outside)})
     lines: list[str] = []
     first = register_dataset_dir(settings, lines.append)

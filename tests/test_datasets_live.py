@@ -11,24 +11,17 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from harness import WorkerFactory, free_port
-from installation import REPO_ROOT, VENV_BIN, materialize
+from installation import VENV_BIN, materialize_both
 from web_client import make_client
 
 from fracture.config import get_settings
 from fracture.db import dispose_engines
 
-SITE = REPO_ROOT.parent / "shared" / "datasets" / "bone-fracture-roboflow-site"
-
 
 @pytest.fixture(scope="module")
-def roots(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A DATASET_ROOTS folder with real samples of both datasets (6 per split and class)."""
-    if not (SITE / "materialize").is_file():
-        pytest.skip(f"second real dataset not found at {SITE}")
-    root = tmp_path_factory.mktemp("roots")
-    materialize(dataset_root, root / "multi", per_class=6)
-    materialize(SITE, root / "site", per_class=10)
-    return root
+def roots(dataset_root: Path, site_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DATASET_ROOTS folder with real samples of both datasets."""
+    return materialize_both(dataset_root, site_root, tmp_path_factory.mktemp("roots"))
 
 
 def wait_ready(client: FlaskClient, dataset_id: int, timeout: float = 120) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from harness import WorkerFactory, start_proc, wait_for
-from installation import REPO_ROOT, VENV_BIN, materialize
+from installation import VENV_BIN, materialize_both
 from web_client import make_client
 
 from fracture import trainings
@@ -30,18 +30,13 @@ from trainer.dataset import md5_file
 from trainer.service import run_training
 from trainer.validate import validate_dataset
 
-SITE = REPO_ROOT.parent / "shared" / "datasets" / "bone-fracture-roboflow-site"
 TINY = {"width": 8, "image_size": 64}  # a recipe that trains in seconds on two CPU cores
 
 
 @pytest.fixture(scope="module")
-def roots(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def roots(dataset_root: Path, site_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DATASET_ROOTS folder: `multi` (train/val/test, 6 per class), `site` (train, 10 per class), `one-class`."""
-    if not (SITE / "materialize").is_file():
-        pytest.skip(f"second real dataset not found at {SITE}")
-    root = tmp_path_factory.mktemp("roots")
-    materialize(dataset_root, root / "multi", per_class=6)
-    materialize(SITE, root / "site", per_class=10)
+    root = materialize_both(dataset_root, site_root, tmp_path_factory.mktemp("roots"))
     one = root / "one-class"
     shutil.copytree(root / "site" / "train" / "fractured", one / "fractured")
     (one / "not fractured").mkdir()  # two class folders, but images of one class only

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from celery import Celery
-from flask import current_app, g
+from flask import Response, abort, current_app, g, send_file
 from sqlalchemy.orm import Session
 
 from fracture.config import Settings
 from fracture.models import ModelVersion
 from fracture.registry import active_version, ensure_seed_model
-from fracture.storage import Storage
+from fracture.storage import Storage, StorageError
 
 
 def settings() -> Settings:
@@ -33,6 +33,19 @@ def close_db(_exc: BaseException | None = None) -> None:
 
 def storage() -> Storage:
     return Storage(settings().storage_dir)
+
+
+def send_stored_png(key: object, what: str = "plot") -> Response:
+    """Serve the PNG stored under `key` (a key recorded on a row, never a path taken from the URL); 404 if none."""
+    if not isinstance(key, str):
+        abort(404, description=f"No such {what}.")
+    try:
+        path = storage().path(key)
+    except StorageError:
+        abort(404, description=f"No such {what}.")
+    if not path.is_file():
+        abort(404, description=f"The {what} file is missing from storage.")
+    return send_file(path, mimetype="image/png", max_age=3600)
 
 
 def celery() -> Celery:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, Response, abort, flash, jsonify, redirect, render_template, request, send_file, url_for
+from flask import Blueprint, Response, abort, flash, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 from werkzeug.datastructures import FileStorage
@@ -18,9 +18,8 @@ from fracture import datasets, queue
 from fracture.dataset_files import DatasetZipRefused, unpack_dataset_zip
 from fracture.datasets import DatasetError
 from fracture.models import Dataset, DatasetRole, DatasetStatus
-from fracture.storage import StorageError
 from web.auth import current_user, require_admin
-from web.context import celery, db, settings, storage
+from web.context import celery, db, send_stored_png, settings, storage
 
 bp = Blueprint("datasets", __name__)
 QUEUE_DOWN = "The task queue is unavailable, so the dataset was not validated; validate it again when it is back."
@@ -281,10 +280,4 @@ def thumbnail(dataset_id: int, class_index: int, n: int) -> ResponseReturnValue:
     key = entry.get("key") if isinstance(entry, dict) else None
     if not isinstance(key, str) or not key.startswith(f"{datasets.files_prefix(dataset_id)}/"):
         abort(404, description="No such thumbnail.")
-    try:
-        path = storage().path(key)
-    except StorageError:
-        abort(404, description="No such thumbnail.")
-    if not path.is_file():
-        abort(404, description="The thumbnail is missing from storage.")
-    return send_file(path, mimetype="image/png", max_age=3600)
+    return send_stored_png(key, "thumbnail")

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, abort, flash, jsonify, redirect, request, send_file, url_for
+from flask import Blueprint, Response, abort, flash, jsonify, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from fracture import evaluations, queue
 from fracture.evaluations import DatasetNotReady, EvaluationError
 from fracture.models import Dataset, Evaluation, ModelVersion
-from fracture.storage import StorageError
 from web.auth import require_admin
-from web.context import celery, db, storage
+from web.context import celery, db, send_stored_png
 from web.views import evaluation_dict
 
 bp = Blueprint("evaluations", __name__)
@@ -155,13 +154,4 @@ def evaluate_form(version_id: int) -> ResponseReturnValue:
 def plot(evaluation_id: int, name: str) -> ResponseReturnValue:
     """Serve a plot by the storage key recorded on the evaluation row, never a path taken from the URL."""
     evaluation = db().get(Evaluation, evaluation_id)
-    key = (evaluation.plots or {}).get(name) if evaluation else None
-    if not isinstance(key, str):
-        abort(404, description="No such plot.")
-    try:
-        path = storage().path(key)
-    except StorageError:
-        abort(404, description="No such plot.")
-    if not path.is_file():
-        abort(404, description="The plot file is missing from storage.")
-    return send_file(path, mimetype="image/png", max_age=3600)
+    return send_stored_png((evaluation.plots or {}).get(name) if evaluation else None)

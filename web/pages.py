@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, send_file, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
 from fracture import queue, trainings
 from fracture.evaluations import SPLIT_CHOICES
 from fracture.models import Dataset, DatasetStatus, Job, ModelVersion, TrainingRun
-from fracture.storage import StorageError
 from web.auth import require_admin, sees, visible
-from web.context import NO_MODEL_MESSAGE, active_model, celery, db, settings, storage
+from web.context import NO_MODEL_MESSAGE, active_model, celery, db, send_stored_png, settings
 from web.views import job_dict, model_dict, result_rows
 
 bp = Blueprint("pages", __name__)
@@ -57,16 +56,7 @@ def models() -> ResponseReturnValue:
 def model_plot(version_id: int, name: str) -> ResponseReturnValue:
     """Serve a plot by the storage key recorded on the version row, never a path taken from the URL."""
     version = db().get(ModelVersion, version_id)
-    key = (version.plots or {}).get(name) if version else None
-    if not isinstance(key, str):
-        abort(404, description="No such plot.")
-    try:
-        path = storage().path(key)
-    except StorageError:
-        abort(404, description="No such plot.")
-    if not path.is_file():
-        abort(404, description="The plot file is missing from storage.")
-    return send_file(path, mimetype="image/png", max_age=3600)
+    return send_stored_png((version.plots or {}).get(name) if version else None)
 
 
 @bp.get("/training")
