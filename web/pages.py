@@ -6,11 +6,12 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
-from fracture import queue, trainings
+from fracture import trainings
 from fracture.evaluations import SPLIT_CHOICES
 from fracture.models import Dataset, DatasetStatus, Job, ModelVersion, TrainingRun
 from web.auth import require_admin, sees, visible
-from web.context import NO_MODEL_MESSAGE, active_model, celery, db, send_stored_png, settings
+from web.context import NO_MODEL_MESSAGE, active_model, db, send_stored_png, settings
+from web.trainings import NotSent, send_run
 from web.views import job_dict, model_dict, result_rows
 
 bp = Blueprint("pages", __name__)
@@ -76,10 +77,8 @@ def retrain() -> ResponseReturnValue:
     run = trainings.create_run(session, {}, "requested on the training page")
     session.commit()
     try:
-        queue.send_retrain(celery(), run.id)
-    except queue.BrokerUnavailable:
-        trainings.fail_run(session, run.id, trainings.BROKER_DOWN)
-        session.commit()
+        send_run(run)
+    except NotSent:
         flash("The task queue is unavailable; the run was not started.", "error")
         return redirect(url_for("pages.training"))
     flash(f"Training run #{run.id} queued.", "ok")

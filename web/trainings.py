@@ -47,13 +47,18 @@ def start(body: dict[str, Any], message: str) -> TrainingRun:
         params["dry_run"] = True  # a quick check: one epoch on at most 64 images per split
     run = trainings.create_run(session, params, message)
     session.commit()
+    send_run(run)
+    return run
+
+
+def send_run(run: TrainingRun) -> None:
+    """Send a committed run to the trainer's queue; if the broker is down, fail the run with why and raise NotSent."""
     try:
         queue.send_retrain(celery(), run.id)
     except queue.BrokerUnavailable:
-        trainings.fail_run(session, run.id, trainings.BROKER_DOWN)
-        session.commit()
+        trainings.fail_run(db(), run.id, trainings.BROKER_DOWN)
+        db().commit()
         raise NotSent(run) from None
-    return run
 
 
 def cancel(run_id: int) -> TrainingRun:
