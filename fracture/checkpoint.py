@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fracture.net import ModelArgs, build_model
+from fracture.ood import Detector
 from fracture.preprocess import PreprocessSpec
 
 FORMAT_VERSION = 1
@@ -33,6 +34,7 @@ class Checkpoint:
     positive_class: str
     threshold: float
     meta: dict[str, Any]
+    detector: Detector | None = None  # None: a checkpoint from before the detector, served without the flag
 
     def label(self, probability: float) -> str:
         """The class name for a probability of the positive class, at the chosen threshold."""
@@ -52,6 +54,7 @@ def save_checkpoint(
     metrics: dict[str, Any] | None = None,
     data_fingerprint: str | None = None,
     extra: dict[str, Any] | None = None,
+    detector: Detector | None = None,
 ) -> str:
     """Write the checkpoint atomically and return the SHA-256 of the file."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -69,6 +72,8 @@ def save_checkpoint(
         "created_at": datetime.now(UTC).isoformat(),
         **(extra or {}),
     }
+    if detector is not None:
+        payload["ood_detector"] = detector.to_payload()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -109,7 +114,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     except Exception as e:
         raise CheckpointError(f"model file {Path(path).name} does not match its architecture: {e}") from None
     model.eval().to(device)
-    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "ood_detector")}
     return Checkpoint(
         model=model,
         args=args,
@@ -118,4 +123,5 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         positive_class=payload.get("positive_class", POSITIVE_CLASS),
         threshold=float(payload["threshold"]),
         meta=meta,
+        detector=Detector.from_payload(payload.get("ood_detector")),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,8 +14,15 @@ import numpy as np
 import torch
 
 from fracture.checkpoint import Checkpoint, load_checkpoint
-from fracture.net import fold_batchnorm
-from fracture.preprocess import DEFAULT_MAX_PIXELS, ImageError, forward_views, load_u8, normalize
+from fracture.net import fold_batchnorm, has_features
+from fracture.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    forward_views,
+    forward_views_features,
+    load_u8,
+    normalize,
+)
 
 Source = bytes | str | Path | BinaryIO
 
@@ -33,6 +41,12 @@ class Prediction:
     probability: float | None
     label: str | None
     error: str | None
+    # How unlike the training data the image looks to the model (1 or more: flagged), when it has a detector.
+    ood_score: float | None = None
+
+    @property
+    def in_distribution(self) -> bool | None:
+        return None if self.ood_score is None else self.ood_score < 1.0
 
 
 class Predictor:
@@ -50,6 +64,11 @@ class Predictor:
         self.model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack memory_format
         self.spec = checkpoint.preprocess
         self.amp = self.device.type == "cuda"
+        detector = checkpoint.detector if has_features(self.model) else None
+        self.detector = None if detector is None else copy.deepcopy(detector)
+        if self.detector is not None:
+            self.detector.means = self.detector.means.to(self.device)
+            self.detector.precision = self.detector.precision.to(self.device)
 
     @classmethod
     def from_file(
@@ -59,14 +78,26 @@ class Predictor:
         device = device or pick_device()
         return cls(load_checkpoint(path, device), device, batch_size, max_pixels)
 
-    @torch.inference_mode()
     def probabilities(self, batch_u8: torch.Tensor) -> np.ndarray:
         """P(positive class) for a (N, 1, S, S) uint8 batch."""
+        return self.scores(batch_u8)[0]
+
+    @torch.inference_mode()
+    def scores(self, batch_u8: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """P(positive class) and, from the same forward passes, the out-of-distribution score (None without a
+        detector) for a (N, 1, S, S) uint8 batch."""
         x = batch_u8.to(self.device, non_blocking=True)
         x = normalize(x, self.spec)
+        ood = None
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = forward_views(self.model, x, self.spec.views)  # lays each view out in channels_last
-        return torch.sigmoid(logits.float()).cpu().numpy()
+            # Each view is laid out in channels_last.
+            if self.detector is None:
+                logits = forward_views(self.model, x, self.spec.views)
+            else:
+                logits, features = forward_views_features(self.model, x, self.spec.views)
+        if self.detector is not None:
+            ood = self.detector.score(features.float()).cpu().numpy()
+        return torch.sigmoid(logits.float()).cpu().numpy(), ood
 
     def _decode(self, source: Source) -> torch.Tensor | str:
         try:
@@ -103,6 +134,6 @@ class Predictor:
         batch = torch.stack([t for _, t in pending])
         if self.device.type == "cuda":
             batch = batch.pin_memory()
-        probs = self.probabilities(batch)
-        for (i, _), p in zip(pending, probs, strict=True):
-            yield Prediction(i, float(p), self.ckpt.label(float(p)), None)
+        probs, ood = self.scores(batch)
+        for k, ((i, _), p) in enumerate(zip(pending, probs, strict=True)):
+            yield Prediction(i, float(p), self.ckpt.label(float(p)), None, None if ood is None else float(ood[k]))

@@ -86,6 +86,27 @@ class FracNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x))).squeeze(1)
 
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and, in the same pass, the mean and standard deviation of each channel of the stem's and
+        every block's output (N, 2 * sum of widths), in float32: the features of the out-of-distribution detector.
+        """
+        h = self.stem(x)
+        pooled = [_pool(h)]
+        for block in self.stages:
+            h = block(h)
+            pooled.append(_pool(h))
+        return self.head(h).squeeze(1), torch.cat(pooled, 1)
+
+
+def _pool(h: torch.Tensor) -> torch.Tensor:
+    std, mean = torch.std_mean(h.float(), dim=(2, 3))
+    return torch.cat([mean, std], 1)
+
+
+def has_features(model: nn.Module) -> bool:
+    """Whether `model` gives the detector's features (FracNet does; torchvision models do not)."""
+    return isinstance(model, FracNet)
+
 
 class TorchvisionBinary(nn.Module):
     """A torchvision classifier whose head gives one logit (probability of the positive class)."""

@@ -137,6 +137,16 @@ def forward_views(model: torch.nn.Module, x: torch.Tensor, views: str) -> torch.
     return logits[0] if len(logits) == 1 else torch.stack(logits).mean(0)
 
 
+def forward_views_features(model: torch.nn.Module, x: torch.Tensor,
+                           views: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """As forward_views, and the detector's features of each view averaged alike, from the same passes."""
+    pairs = [model.forward_features(v.contiguous(memory_format=torch.channels_last))  # type: ignore[operator]
+             for v in views_of(x, views)]
+    if len(pairs) == 1:
+        return pairs[0]
+    return torch.stack([p[0] for p in pairs]).mean(0), torch.stack([p[1] for p in pairs]).mean(0)
+
+
 def load_u8(
     source: bytes | str | Path | BinaryIO, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> torch.Tensor:

@@ -27,6 +27,24 @@ def train(argv: tuple[str, ...]) -> None:
     click.echo(f"checkpoint: {summary['checkpoint']}")
 
 
+@click.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+def recalibrate(argv: tuple[str, ...]) -> None:
+    """Choose a checkpoint's threshold again and fit its out-of-distribution detector, on its own data."""
+    from trainer.recalibrate import get_args
+    from trainer.recalibrate import recalibrate as run
+
+    args = get_args().parse_args(list(argv))
+    summary = run(args.model, args.out, args.data, args.data_spec, args.min_sensitivity)
+    click.echo(f"threshold {summary['previous_threshold']} -> {summary['threshold']:.4f}")
+    for split in ("train", "val", "test"):
+        if split in summary["metrics"]:
+            m = summary["metrics"][split]
+            click.echo(f"{split:5s} sens {m['sensitivity']:.4f} spec {m['specificity']:.4f} auc {m['roc_auc']:.4f} "
+                       f"flagged out of distribution {m.get('ood_flagged', float('nan')):.3f} (n={m['n']})")
+    click.echo(f"checkpoint: {summary['checkpoint']}")
+
+
 @click.command()
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
@@ -46,4 +64,4 @@ def audit(root: str, as_json: bool) -> None:
 
 def commands() -> list[click.Command]:
     """The trainer's click commands, added to the `fracture` group by launcher.cli."""
-    return [train, audit]
+    return [train, audit, recalibrate]

@@ -24,9 +24,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from fracture import ood
 from fracture.checkpoint import POSITIVE_CLASS, save_checkpoint
-from fracture.net import ModelArgs, build_model, fold_batchnorm, load_pretrained
-from fracture.preprocess import VIEWS, PreprocessSpec, forward_views, normalize
+from fracture.net import ModelArgs, build_model, fold_batchnorm, has_features, load_pretrained
+from fracture.preprocess import VIEWS, PreprocessSpec, forward_views, forward_views_features, normalize
 from fracture.recipe import RECIPE
 from trainer import card, plots
 from trainer.audit import AuditReport, audit
@@ -64,7 +65,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="decay of the weights' moving average that is evaluated and shipped (0: off)")
     p.add_argument("--views", default=RECIPE["views"], choices=VIEWS,
                    help="test-time views averaged when choosing the threshold, evaluating and serving")
-    p.add_argument("--seed", default=RECIPE["seed"], type=int)
+    p.add_argument("--seed", default=RECIPE["seed"], type=int, help="seed of the weights, augmentation and order")
+    p.add_argument("--split-seed", default=None, type=int,
+                   help="seed of the grouped split (default: --seed); fix it to retrain on the same data")
     p.add_argument("--augment", default=RECIPE["augment"], choices=("light", "strong"))
     p.add_argument("--weights", default=None, help="pretrained weights (file or torchvision name)")
     p.add_argument("--threads", default=0, type=int, help="torch CPU threads (0: all cores)")
@@ -112,7 +115,8 @@ def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path
     samples = [s for s in samples if s.md5 not in excluded]
     check_classes(samples, [source.name for source in sources])
     report = audit(samples, decoded)
-    split = make_split(args.split, samples, report, args.seed)
+    split_seed = args.seed if getattr(args, "split_seed", None) is None else args.split_seed
+    split = make_split(args.split, samples, report, split_seed)
     positive = POSITIVE_CLASS if POSITIVE_CLASS in classes else classes[0]
     row_md5 = sorted(index, key=index.__getitem__)
     labels = torch.tensor([1.0 if report.label_of.get(m) == positive else 0.0 for m in row_md5])
@@ -163,10 +167,13 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Prepared, split: str, spec: PreprocessSpec, device: torch.device,
-             batch_size: int = 256, views: str | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+             batch_size: int = 256, views: str | None = None,
+             features: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Probabilities of the positive class on a split, averaged over `views` (default: the spec's, as
-    served): (y, prob, mean loss)."""
+    served): (y, prob, mean loss). With a `features` list, the out-of-distribution detector's features of each
+    batch, from the same forward passes, are appended to it."""
     views = spec.views if views is None else views
+    with_features = features is not None and has_features(model)
     model.eval()
     rows = data.split_index[split]
     probs, losses = [], []
@@ -177,13 +184,45 @@ def evaluate(model: nn.Module, data: Prepared, split: str, spec: PreprocessSpec,
         batch = rows[idx]
         x = normalize(data.images[batch].to(device), spec)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = forward_views(model, x, views).float()  # lays each view out in channels_last
+            # Each view is laid out in channels_last.
+            if with_features:
+                logits, feats = forward_views_features(model, x, views)
+                features.append(feats.float().cpu().numpy())  # type: ignore[union-attr]  # with_features: a list
+            else:
+                logits = forward_views(model, x, views)
+            logits = logits.float()
         y = data.labels[batch].to(device)
         losses.append(float(loss_fn(logits, y)))
         probs.append(torch.sigmoid(logits).cpu().numpy())
     y_true = data.labels[rows].numpy()
     prob = np.concatenate(probs) if probs else np.zeros(0)
     return y_true, prob, sum(losses) / max(len(rows), 1)
+
+
+def final_evaluation(model: nn.Module, data: Prepared, spec: PreprocessSpec, device: torch.device,
+                     min_sensitivity: float) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], float,
+                                                      dict[str, Any], ood.Detector | None]:
+    """Evaluate the network exactly as the worker serves it on every split, choose the threshold on val and fit
+    the out-of-distribution detector on train (threshold on val): (curves, threshold, metrics, detector)."""
+    inference_net = fold_batchnorm(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    features: dict[str, np.ndarray] = {}
+    for split in SPLITS:
+        batches_of_features: list[np.ndarray] = []
+        y, prob, _ = evaluate(inference_net, data, split, spec, device, features=batches_of_features)
+        if len(y):
+            curves[split] = (y, prob)
+        if batches_of_features:
+            features[split] = np.concatenate(batches_of_features)
+    y_val, p_val = curves.get("val", (np.zeros(0), np.zeros(0)))
+    threshold = choose_threshold(y_val, p_val, min_sensitivity) if len(np.unique(y_val)) == 2 else 0.5
+    metrics: dict[str, Any] = {split: binary_metrics(y, prob, threshold) for split, (y, prob) in curves.items()}
+    detector = None
+    if "train" in features and "val" in features:
+        detector = ood.fit(features["train"], data.labels[data.split_index["train"]].numpy(), features["val"])
+        for split, f in features.items():
+            metrics[split]["ood_flagged"] = ood.flagged_share(detector, f)
+    return curves, threshold, metrics, detector
 
 
 def test_members(data: Prepared) -> list[list[str]]:
@@ -284,16 +323,7 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
             on_epoch(epoch + 1, epochs, history)
 
     model.load_state_dict(best["state"])
-    # The threshold and every figure come from the network exactly as the worker serves it.
-    inference_net = fold_batchnorm(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for split in SPLITS:
-        y, prob, _ = evaluate(inference_net, data, split, spec, device)
-        if len(y):
-            curves[split] = (y, prob)
-    y_val, p_val = curves.get("val", (np.zeros(0), np.zeros(0)))
-    threshold = choose_threshold(y_val, p_val, args.min_sensitivity) if len(np.unique(y_val)) == 2 else 0.5
-    metrics: dict[str, Any] = {split: binary_metrics(y, prob, threshold) for split, (y, prob) in curves.items()}
+    curves, threshold, metrics, detector = final_evaluation(model, data, spec, device, args.min_sensitivity)
     metrics["selected_epoch"] = best["epoch"]
     metrics["split_policy"] = args.split
 
@@ -304,9 +334,10 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
     sha = save_checkpoint(
         ckpt, model.cpu(), margs, spec, data.classes, threshold,
         positive_class=POSITIVE_CLASS if POSITIVE_CLASS in data.classes else data.classes[0],
-        metrics=metrics, data_fingerprint=data.fingerprint,
+        metrics=metrics, data_fingerprint=data.fingerprint, detector=detector,
         extra={"split_policy": args.split, "selection_metric": metrics.get("val", {}).get("roc_auc"),
-               "history": history, "command": command, "seed": args.seed},
+               "history": history, "command": command, "seed": args.seed,
+               "split_seed": args.seed if args.split_seed is None else args.split_seed},
     )
     summary = {"checkpoint": str(ckpt), "sha256": sha, "metrics": metrics, "threshold": threshold,
                "history": history, "plots": {k: str(v) for k, v in plot_files.items()},

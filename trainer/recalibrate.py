@@ -1,0 +1,64 @@
+"""Recalibrate a trained checkpoint on its own data, without retraining: choose its threshold with the current
+rule and fit its out-of-distribution detector (`fracture recalibrate`).
+
+The split is rebuilt exactly as the training made it (the checkpoint records its policy and split seed, and the
+data fingerprint must match), so the detector is fitted on the checkpoint's training split and calibrated on its
+val split, as a new training would do. Used for the shipped release, trained before the detector existed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fracture.checkpoint import load_checkpoint, read_payload, save_checkpoint
+from trainer.train import final_evaluation, get_args_parser, prepare_data
+
+
+class RecalibrateError(RuntimeError):
+    """The data given is not the data the checkpoint was trained on."""
+
+
+def recalibrate(model_path: Path, out: Path, data: str | None = None, data_spec: str | None = None,
+                min_sensitivity: float = 0.97, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Write `out`: the checkpoint of `model_path` with a new threshold, detector and figures; return the figures."""
+    payload = read_payload(model_path)
+    ckpt = load_checkpoint(model_path)
+    argv = ["--out", str(out.parent), "--split", payload.get("split_policy", "grouped"),
+            "--seed", str(payload.get("seed", 0))]
+    if payload.get("split_seed") is not None:
+        argv += ["--split-seed", str(payload["split_seed"])]
+    argv += ["--data-spec", data_spec] if data_spec else ["--data", str(data)]
+    args = get_args_parser().parse_args(argv)
+    prepared = prepare_data(args, ckpt.preprocess, cache_dir)
+    if payload.get("data_fingerprint") and prepared.fingerprint != payload["data_fingerprint"]:
+        raise RecalibrateError(f"the data's fingerprint {prepared.fingerprint[:12]} is not the checkpoint's "
+                               f"{str(payload['data_fingerprint'])[:12]}: give the data it was trained on")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    _, threshold, metrics, detector = final_evaluation(ckpt.model.to(device), prepared, ckpt.preprocess, device,
+                                                       min_sensitivity)
+    old = payload.get("metrics", {})
+    metrics = old | metrics  # keeps selected_epoch and split_policy
+    keep = {k: v for k, v in payload.items() if k not in {
+        "format_version", "state_dict", "arch", "model_args", "classes", "positive_class", "preprocess", "threshold",
+        "metrics", "data_fingerprint", "created_at", "ood_detector"}}
+    keep["recalibrated_from"] = {"threshold": payload.get("threshold"), "metrics": old}
+    sha = save_checkpoint(out, ckpt.model.cpu(), ckpt.args, ckpt.preprocess, ckpt.classes, threshold,
+                          positive_class=ckpt.positive_class, metrics=metrics,
+                          data_fingerprint=payload.get("data_fingerprint"), extra=keep, detector=detector)
+    return {"checkpoint": str(out), "sha256": sha, "threshold": threshold, "metrics": metrics,
+            "previous_threshold": payload.get("threshold")}
+
+
+def get_args() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fracture recalibrate", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, type=Path, help="the checkpoint to recalibrate")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", help="the dataset root it was trained on")
+    data.add_argument("--data-spec", help="the JSON list of datasets it was trained on")
+    p.add_argument("--out", required=True, type=Path, help="where to write the recalibrated checkpoint")
+    p.add_argument("--min-sensitivity", default=0.97, type=float)
+    return p
