@@ -120,6 +120,8 @@ class Job(Base):
     total: Mapped[int] = mapped_column(Integer, default=0)
     processed: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
+    # Results its model's detector flagged out of distribution (recomputed with processed and failed).
+    out_of_distribution: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -165,6 +167,10 @@ class Result(Base):
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     prediction: Mapped[str | None] = mapped_column(String(32))
     probability: Mapped[float | None] = mapped_column(Float)
+    # From the checkpoint's out-of-distribution detector; both None when the model has none (or on an error).
+    # `ood_score` is the distance relative to the detector's threshold: 1 or more means not in distribution.
+    in_distribution: Mapped[bool | None] = mapped_column(Boolean)
+    ood_score: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
