@@ -7,11 +7,11 @@ always recomputed from the Result rows, never incremented, so a chunk that runs 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import case, false, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -22,8 +22,24 @@ BROKER_DOWN_MESSAGE = (
     "it stays queued and is dispatched when the broker is back."
 )
 # The columns of a result, in the CSV of a job and of `fracture classify` alike.
-RESULT_COLUMNS = ("path", "prediction", "probability", "model_version", "error")
+RESULT_COLUMNS = ("path", "prediction", "probability", "in_distribution", "ood_score", "model_version", "error")
 _INSERT_SLICE = 1000
+
+
+def csv_row(result: Mapping[str, object]) -> list[str]:
+    """A result's values as one CSV row of RESULT_COLUMNS: numbers to 6 decimals, flags as true/false, None empty."""
+    cells = []
+    for column in RESULT_COLUMNS:
+        value = result.get(column)
+        if value is None:
+            cells.append("")
+        elif isinstance(value, bool):
+            cells.append("true" if value else "false")
+        elif isinstance(value, float):
+            cells.append(f"{value:.6f}")
+        else:
+            cells.append(str(value))
+    return cells
 
 
 @dataclass(frozen=True)
@@ -39,12 +55,17 @@ class NewImage:
 
 @dataclass(frozen=True)
 class Outcome:
-    """The outcome of one image under the job's model version: a prediction or an error."""
+    """The outcome of one image under the job's model version: a prediction or an error.
+
+    `in_distribution` and `ood_score` come from the checkpoint's out-of-distribution detector (None without one).
+    """
 
     image_id: int
     prediction: str | None = None
     probability: float | None = None
     error: str | None = None
+    in_distribution: bool | None = None
+    ood_score: float | None = None
 
 
 @dataclass
@@ -215,17 +236,20 @@ def lock_job(session: Session, job_id: str) -> Job | None:
 
 
 def refresh_progress(session: Session, job: Job) -> None:
-    """Recompute processed/failed from the job's Result rows; finish the job once every image has one.
+    """Recompute processed/failed/out_of_distribution from the job's Result rows; finish the job once every image
+    has one.
 
-    `processed` counts every image with an outcome (errors included), `failed` those whose outcome is an error.
+    `processed` counts every image with an outcome (errors included), `failed` those whose outcome is an error,
+    `out_of_distribution` those the model's detector flagged (in_distribution false).
     """
     session.flush()
+    flagged = func.count(case((Result.in_distribution == false(), 1)))
     counts = session.execute(
-        select(func.count(Result.id), func.count(Result.error)).where(
+        select(func.count(Result.id), func.count(Result.error), flagged).where(
             Result.job_id == job.id, Result.model_version_id == job.model_version_id
         )
     ).one()
-    job.processed, job.failed = int(counts[0]), int(counts[1])
+    job.processed, job.failed, job.out_of_distribution = int(counts[0]), int(counts[1]), int(counts[2])
     if job.status in (JobStatus.QUEUED, JobStatus.RUNNING) and job.processed >= job.total:
         now = datetime.now(UTC)
         job.status = JobStatus.DONE
@@ -242,7 +266,8 @@ def _upsert(
     now = datetime.now(UTC)
     values = [
         {"image_id": o.image_id, "job_id": job_id, "model_version_id": version_id, "prediction": o.prediction,
-         "probability": o.probability, "error": o.error, "created_at": now}
+         "probability": o.probability, "in_distribution": o.in_distribution, "ood_score": o.ood_score,
+         "error": o.error, "created_at": now}
         for o in outcomes
     ]
     dialect = session.get_bind().dialect.name
@@ -254,7 +279,7 @@ def _upsert(
         raise NotImplementedError(f"no upsert for database dialect {dialect!r}")
     keys = ["image_id", "model_version_id"]
     if overwrite:
-        columns = ("prediction", "probability", "error", "created_at")
+        columns = ("prediction", "probability", "in_distribution", "ood_score", "error", "created_at")
         session.execute(stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in columns}))
     else:
         session.execute(stmt.on_conflict_do_nothing(index_elements=keys))

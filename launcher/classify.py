@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from fracture.config import Settings
-from fracture.jobs import RESULT_COLUMNS
+from fracture.jobs import RESULT_COLUMNS, csv_row
 
 # Blocks bound memory when zips are read into it; within a block, batches run on the model.
 BLOCK = 256
@@ -48,8 +48,11 @@ def default_model(settings: Settings) -> tuple[Path, str]:
 def classify_files(
     paths: list[Path], out: Path, checkpoint: Path, version_name: str, settings: Settings,
     batch_size: int | None = None,
-) -> tuple[int, int]:
-    """Write a CSV row for every file under `paths` (the CSV itself and the data folder excluded); (files, errors)."""
+) -> tuple[int, int, int]:
+    """Write a CSV row for every file under `paths` (the CSV itself and the data folder excluded).
+
+    Returns (files, errors, images the model's detector flagged as unlike its training data).
+    """
     from tqdm import tqdm
 
     from fracture.checkpoint import CheckpointError
@@ -65,28 +68,32 @@ def classify_files(
     # Never read what this command writes, nor an installation's data folder that happens to lie below.
     items = collect(paths, settings, exclude=(out, settings.home))
     budget = ZipBudget(settings)
-    errors = 0
+    errors = flagged = 0
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f, tqdm(total=len(items), unit="img", file=sys.stderr) as bar:
         writer = csv.writer(f)
         writer.writerow(RESULT_COLUMNS)
         for start in range(0, len(items), BLOCK):
             part = items[start : start + BLOCK]
-            outcome: list[tuple[str, float | None, str | None]] = [("", None, None)] * len(part)
+            outcome: list[dict[str, object]] = [{} for _ in part]
             sources: list[object] = []
             where: list[int] = []
             for i, item in enumerate(part):
                 source: object = item.error or item.path or (budget.read(item) if item.member else "no data")
                 if item.error or isinstance(source, str):
-                    outcome[i] = ("", None, item.error or str(source))
+                    outcome[i] = {"error": item.error or str(source)}
                 else:
                     sources.append(source)
                     where.append(i)
             for pred in predictor.predict(sources):  # type: ignore[arg-type]
-                outcome[where[pred.index]] = (pred.label or "", pred.probability, pred.error)
-            for item, (label, prob, error) in zip(part, outcome, strict=True):
-                errors += error is not None
-                writer.writerow([item.name, label, "" if prob is None else f"{prob:.6f}", version_name, error or ""])
+                outcome[where[pred.index]] = {
+                    "prediction": pred.label, "probability": pred.probability, "in_distribution": pred.in_distribution,
+                    "ood_score": pred.ood_score, "error": pred.error,
+                }
+            for item, result in zip(part, outcome, strict=True):
+                errors += result.get("error") is not None
+                flagged += result.get("in_distribution") is False
+                writer.writerow(csv_row({**result, "path": item.name, "model_version": version_name}))
             bar.update(len(part))
     budget.close()
-    return len(items), errors
+    return len(items), errors, flagged

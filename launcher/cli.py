@@ -192,7 +192,7 @@ def up(host: str, port: int, broker: str, inference_concurrency: int) -> None:
               help="checkpoint file (default: the active model of an existing installation, else the release model)")
 @click.option("--batch-size", type=int, default=None, help="images per forward pass (default: $BATCH_SIZE)")
 def classify(paths: tuple[Path, ...], out: Path, model: Path | None, batch_size: int | None) -> None:
-    """Classify image files, folders (recursively) and zips; write path,prediction,probability,... to --out.
+    """Classify image files, folders (recursively) and zips; write one CSV row per file to --out.
 
     Runs in this process and needs no installation: nothing is written but the CSV.
     """
@@ -201,10 +201,11 @@ def classify(paths: tuple[Path, ...], out: Path, model: Path | None, batch_size:
     settings = get_settings()
     try:
         checkpoint, version_name = (model, f"file:{model.name}") if model else default_model(settings)
-        count, errors = classify_files(list(paths), out, checkpoint, version_name, settings, batch_size)
+        count, errors, flagged = classify_files(list(paths), out, checkpoint, version_name, settings, batch_size)
     except ModelMissing as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"{count} file(s), {errors} error(s) -> {out}", err=True)
+    unlike = f", {flagged} unlike the model's training data (in_distribution false)" if flagged else ""
+    click.echo(f"{count} file(s), {errors} error(s){unlike} -> {out}", err=True)
 
 
 main.add_command(datasets_commands)

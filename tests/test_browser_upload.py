@@ -93,7 +93,8 @@ def test_login_folder_upload_progress_csv_and_logout(
 
     with open(saved, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0].keys())[:5] == ["path", "prediction", "probability", "model_version", "error"]
+    assert list(rows[0].keys()) == ["path", "prediction", "probability", "in_distribution", "ood_score",
+                                    "model_version", "error"]
     assert len(rows) == 20
     names = sorted(p.relative_to(twenty_images.parent).as_posix() for p in image_files(twenty_images))
     assert sorted(r["path"] for r in rows) == names

@@ -49,7 +49,8 @@ def test_classify_a_folder_and_a_zip_with_a_non_image(
     assert done.returncode == 0, done.stderr
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["path", "prediction", "probability", "model_version", "error"]
+    assert list(rows[0]) == ["path", "prediction", "probability", "in_distribution", "ood_score", "model_version",
+                             "error"]
     assert len(rows) == len(images) + 5 + 2  # the folder, the zip's images, its text file, its unsafe member
     # Folders are named relative to their parent, a file named on the command line as given.
     by_path = {r["path"].replace(f"{archive}/", "batch.zip/"): r for r in rows}
@@ -64,6 +65,7 @@ def test_classify_a_folder_and_a_zip_with_a_non_image(
         assert r["prediction"] in ("fractured", "not fractured")
         assert 0.0 <= float(r["probability"]) <= 1.0
         assert r["model_version"] == "release-1"
+        assert r["in_distribution"] == r["ood_score"] == ""  # the tiny checkpoint has no detector
     assert "img" in done.stderr  # the progress bar
 
 

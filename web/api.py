@@ -11,6 +11,7 @@ from flask import Blueprint, Response, abort, jsonify, request, stream_with_cont
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from fracture.jobs import csv_row
 from fracture.models import Job, JobStatus, ModelVersion
 from fracture.queue import broker_ping, worker_ping
 from web.auth import current_user, sees, visible
@@ -75,27 +76,40 @@ def redispatch(job_id: str) -> tuple[Response, int]:
     return jsonify(job_dict(job)), 202
 
 
+def _in_distribution_filter() -> bool | None:
+    """The `in_distribution` query filter: true or false selects results by the detector's flag; absent, all."""
+    value = request.args.get("in_distribution")
+    if value is None or value == "":
+        return None
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    abort(400, description="in_distribution must be true or false (or left out for every result).")
+
+
 @bp.get("/jobs/<job_id>/results")
 def get_results(job_id: str) -> Response:
     job = _get_job(job_id)
     offset = max(request.args.get("offset", 0, type=int), 0)
     limit = request.args.get("limit", type=int)
-    rows = result_rows(db(), job, offset, max(limit, 0) if limit is not None else None)
-    return jsonify({"job_id": job.id, "total": job.total, "offset": offset, "results": rows})
+    flag = _in_distribution_filter()
+    rows = result_rows(db(), job, offset, max(limit, 0) if limit is not None else None, in_distribution=flag)
+    body: dict[str, Any] = {"job_id": job.id, "total": job.total, "offset": offset, "results": rows}
+    if flag is not None:
+        body["in_distribution"] = flag
+    return jsonify(body)
 
 
 @bp.get("/jobs/<job_id>/results.csv")
 def get_results_csv(job_id: str) -> Response:
     job = _get_job(job_id)
+    flag = _in_distribution_filter()
 
     def generate() -> Iterator[str]:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
-        for n, row in enumerate(iter_result_rows(db(), job), 1):
-            prob = row["probability"]
-            row = {**row, "probability": "" if prob is None else f"{prob:.6f}"}
-            writer.writerow([row[c] if row[c] is not None else "" for c in CSV_COLUMNS])
+        for n, row in enumerate(iter_result_rows(db(), job, in_distribution=flag), 1):
+            writer.writerow(csv_row(row))
             if n % 500 == 0:
                 yield buf.getvalue()
                 buf.seek(0)

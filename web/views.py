@@ -48,6 +48,8 @@ def job_dict(job: Job, now: datetime | None = None) -> dict[str, Any]:
         "processed": job.processed,
         "failed": job.failed,
         "classified": job.processed - job.failed,
+        # Results the model's detector flagged as unlike its training data (0 when the model has no detector).
+        "out_of_distribution": job.out_of_distribution or 0,
         "model_version": job.model_version.name if job.model_version else None,
         "error": job.error,
         "created_at": iso(job.created_at),
@@ -59,23 +61,32 @@ def job_dict(job: Job, now: datetime | None = None) -> dict[str, Any]:
     }
 
 
-def result_rows(session: Session, job: Job, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
-    """One row per image of `job`, in upload order; images without a result yet have no prediction."""
-    return list(_rows(session, job, offset, limit))
+def result_rows(
+    session: Session, job: Job, offset: int = 0, limit: int | None = None, in_distribution: bool | None = None,
+) -> list[dict[str, Any]]:
+    """One row per image of `job`, in upload order; images without a result yet have no prediction.
+
+    With `in_distribution` True or False, only the images whose result the detector found so.
+    """
+    return list(_rows(session, job, offset, limit, in_distribution))
 
 
-def iter_result_rows(session: Session, job: Job, batch: int = 1000) -> Iterator[dict[str, Any]]:
-    """Every row of `job`, fetched in batches so a 20 000-image CSV never sits in memory."""
+def iter_result_rows(
+    session: Session, job: Job, batch: int = 1000, in_distribution: bool | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Every row of `job` (or those `in_distribution` selects), in batches: a 20 000-image CSV never sits in memory."""
     offset = 0
     while True:
-        rows = result_rows(session, job, offset, batch)
+        rows = result_rows(session, job, offset, batch, in_distribution)
         yield from rows
         if len(rows) < batch:
             return
         offset += batch
 
 
-def _rows(session: Session, job: Job, offset: int, limit: int | None) -> Iterator[dict[str, Any]]:
+def _rows(
+    session: Session, job: Job, offset: int, limit: int | None, in_distribution: bool | None,
+) -> Iterator[dict[str, Any]]:
     version = aliased(ModelVersion)
     # The job pins its model version; a result under another version (an old re-run) is not this job's.
     on = and_(Result.image_id == Image.id, Result.model_version_id == job.model_version_id)
@@ -83,22 +94,27 @@ def _rows(session: Session, job: Job, offset: int, limit: int | None) -> Iterato
     # (two objects per image) until the end of a 10,000-row CSV.
     stmt = (
         select(Image.id, Image.seq, Image.path, Image.ingest_error, Result.prediction, Result.probability,
-               Result.error, version.name)
+               Result.in_distribution, Result.ood_score, Result.error, version.name)
         .outerjoin(Result, on)
         .outerjoin(version, version.id == Result.model_version_id)
         .where(Image.job_id == job.id)
         .order_by(Image.seq)
         .offset(offset)
     )
+    if in_distribution is not None:
+        stmt = stmt.where(Result.in_distribution == in_distribution)
     if limit is not None:
         stmt = stmt.limit(limit)
-    for image_id, seq, path, ingest_error, prediction, probability, error, version_name in session.execute(stmt):
+    for (image_id, seq, path, ingest_error, prediction, probability, in_dist, ood_score, error,
+         version_name) in session.execute(stmt):
         yield {
             "image_id": image_id,
             "seq": seq,
             "path": path,
             "prediction": prediction,
             "probability": probability,
+            "in_distribution": in_dist,
+            "ood_score": ood_score,
             "model_version": version_name,
             "error": error or ingest_error,
         }

@@ -104,7 +104,8 @@ def classify_chunk(
             todo.append((image, source))
     for pred in predictor.predict([path for _, path in todo]):
         image = todo[pred.index][0]
-        outcomes.append(jobs.Outcome(image.id, pred.label, pred.probability, pred.error))
+        outcomes.append(jobs.Outcome(image.id, pred.label, pred.probability, pred.error,
+                                     pred.in_distribution, pred.ood_score))
 
     with session_scope(settings.database_url) as session:
         jobs.record_outcomes(session, job_id, version.id, outcomes)
