@@ -37,11 +37,14 @@ def job(job_id: str) -> ResponseReturnValue:
     record = db().get(Job, job_id)
     if record is None or not sees(record):
         abort(404, description=f"There is no job with id {job_id}.")
+    # ?flag=ood lists only the images the model's detector flagged as unlike its training data.
+    flag = "ood" if request.args.get("flag") == "ood" else None
+    shown = record.out_of_distribution if flag else record.total
     size = current_app.config["RESULTS_PAGE_SIZE"]
-    pages = max(1, -(-record.total // size))
+    pages = max(1, -(-shown // size))
     page = min(max(request.args.get("page", 1, type=int), 1), pages)
-    rows = result_rows(db(), record, (page - 1) * size, size)
-    return render_template("job.html", job=job_dict(record), rows=rows, page=page, pages=pages)
+    rows = result_rows(db(), record, (page - 1) * size, size, in_distribution=False if flag else None)
+    return render_template("job.html", job=job_dict(record), rows=rows, page=page, pages=pages, flag=flag)
 
 
 @bp.get("/models")

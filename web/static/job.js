@@ -17,6 +17,11 @@
     $("status").textContent = job.status;
     $("status").className = `status ${job.status}`;
     if (job.error) { $("job-error").textContent = job.error; $("job-error").hidden = false; }
+    if (job.out_of_distribution > 0 && $("ood-banner")) {
+      $("ood-text").textContent = `${job.out_of_distribution} of ${job.total} images look unlike the data this ` +
+        "model was trained on: their predictions are unreliable.";
+      $("ood-banner").hidden = false;
+    }
   }
 
   async function poll() {
