@@ -81,12 +81,15 @@ def _expected(root: Path, split: str, threshold: float) -> dict[str, object]:
     kept = [(first[md5], label) for md5, (label, *others) in labels.items() if not others]
     predictions = list(Predictor.from_file(RELEASE, batch_size=16).predict([path for path, _ in kept]))
     ok = [(label, p.probability) for (_, label), p in zip(kept, predictions, strict=True) if p.probability is not None]
+    scores = [p.ood_score for p in predictions if p.probability is not None]
+    assert None not in scores  # the release checkpoint carries an out-of-distribution detector
     y = np.array([1 if label == LABELS[0] else 0 for label, _ in ok])
     prob = np.array([probability for _, probability in ok])
     tn, fp, fn, tp = confusion_matrix(y, (prob >= threshold).astype(int), labels=[0, 1]).ravel()
     return {"files": len(files), "distinct": len(first), "conflicts": len(first) - len(kept), "n": len(ok),
             "undecodable": len(kept) - len(ok), "roc_auc": roc_auc_score(y, prob),
-            "confusion": {"tp": tp, "fn": fn, "fp": fp, "tn": tn}, "positives": int(y.sum())}
+            "confusion": {"tp": tp, "fn": fn, "fp": fp, "tn": tn}, "positives": int(y.sum()),
+            "ood_flagged": sum(score >= 1.0 for score in scores) / len(scores)}
 
 
 def test_release_model_on_real_test_images_matches_scikit_learn_and_serves_its_plots(
@@ -112,11 +115,17 @@ def test_release_model_on_real_test_images_matches_scikit_learn_and_serves_its_p
     assert m["sensitivity"] == pytest.approx(c["tp"] / (c["tp"] + c["fn"]))
     assert m["specificity"] == pytest.approx(c["tn"] / (c["tn"] + c["fp"]))
     assert m["roc_auc"] > 0.9  # the release model on images of its own dataset
+    assert m["ood_flagged"] == pytest.approx(expected["ood_flagged"], abs=1e-9)
+    assert m["ood_flagged"] < 0.5  # images of its own dataset mostly look like its training data
 
     assert set(evaluation.plots) == {"roc", "confusion"}
     body = client.get(f"/api/evaluations/{evaluation.id}").get_json()
     assert body["status"] == "done" and body["model_version"] == "release-1" and body["dataset"] == "external"
     assert body["metrics"]["n"] == m["n"] and body["split"] == "test" and body["finished_at"]
+    assert body["metrics"]["ood_flagged"] == m["ood_flagged"]
+    html = client.get("/models").get_data(as_text=True)
+    row = html.split(f'id="evaluation-{evaluation.id}"', 1)[1].split("</tr>", 1)[0]
+    assert f'<td class="num ood-flagged">{100 * m["ood_flagged"]:.1f}%</td>' in row
     for name, url in body["plots"].items():
         assert url == f"/evaluations/{evaluation.id}/plots/{name}"
         plot = client.get(url)
@@ -139,6 +148,18 @@ def test_a_split_filter_evaluates_only_that_split(settings: Settings, real_sampl
     whole = _evaluate(settings, version_id, dataset_id, None)
     assert whole.metrics["split"] == "all" and whole.metrics["files"] == len(image_files(real_sample))
     assert whole.metrics["n"] > val.metrics["n"]
+
+
+def test_a_model_without_an_out_of_distribution_detector_records_no_share(
+    settings: Settings, client: FlaskClient, fracture_env: dict[str, str], real_sample: Path,
+) -> None:
+    tiny = int(fracture_env["FRACTURE_MODEL_VERSION_ID"])  # a checkpoint made before detectors existed
+    evaluation = _evaluate(settings, tiny, _ready_dataset(settings, real_sample), "val")
+    assert evaluation.status == RunStatus.DONE, evaluation.error
+    assert evaluation.metrics["ood_flagged"] is None and evaluation.metrics["n"] > 0
+    html = client.get("/models").get_data(as_text=True)
+    row = html.split(f'id="evaluation-{evaluation.id}"', 1)[1].split("</tr>", 1)[0]
+    assert '<td class="num ood-flagged">–</td>' in row
 
 
 def test_refusals_are_clear_4xx_and_a_down_broker_fails_the_evaluation(

@@ -111,13 +111,14 @@ def measure(settings: Settings, plan: Plan) -> tuple[dict[str, Any], dict[str, s
             raise EvaluationFailed(f"dataset {plan.dataset_name!r} has no images in split {plan.split!r}")
     rows, conflicts = distinct_images(samples)
     positive = predictor.ckpt.positive_class
-    y, prob, undecodable = [], [], []
+    y, prob, undecodable, unlike = [], [], [], []
     for row, p in zip(rows, predictor.predict([s.path for s in rows]), strict=True):
         if p.probability is None:
             undecodable.append({"file": row.rel, "error": p.error or "undecodable"})
             continue
         y.append(1 if row.label == positive else 0)
         prob.append(p.probability)
+        unlike.append(p.in_distribution is False)
     if not y:
         raise EvaluationFailed(f"none of the {len(rows)} images of dataset {plan.dataset_name!r} could be decoded")
     y_true, probs = np.array(y), np.array(prob)
@@ -130,6 +131,9 @@ def measure(settings: Settings, plan: Plan) -> tuple[dict[str, Any], dict[str, s
         n_per_class={positive: int(y_true.sum()), negative: int(len(y_true) - y_true.sum())},
         confusion={"tp": tp, "fn": fn, "fp": fp, "tn": tn}, positive_class=positive,
         split=plan.split or "all", model_version=plan.version_name, dataset=plan.dataset_name,
+        # The share of the decoded images that the model's detector flags as unlike its training data (None when
+        # the checkpoint has no detector): a high share says these metrics are measured off the model's ground.
+        ood_flagged=float(np.mean(unlike)) if predictor.detector is not None else None,
     )
     return metrics, _store_plots(settings, plan, y_true, probs, metrics)
 

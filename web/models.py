@@ -21,8 +21,9 @@ from web.views import model_dict
 
 bp = Blueprint("models", __name__)
 
-# The figures put side by side, per split and per evaluation dataset.
-COMPARED = ("n", "roc_auc", "sensitivity", "specificity", "accuracy", "precision", "f1", "threshold")
+# The figures put side by side, per split and per evaluation dataset (ood_flagged: the share of the images the
+# version's out-of-distribution detector flags, None without one).
+COMPARED = ("n", "roc_auc", "sensitivity", "specificity", "accuracy", "precision", "f1", "threshold", "ood_flagged")
 
 
 def get_version(ref: str | int) -> ModelVersion:
