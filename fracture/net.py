@@ -87,11 +87,14 @@ class FracNet(nn.Module):
         return self.head(self.stages(self.stem(x))).squeeze(1)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The logits and, in the same pass, the mean and standard deviation of each channel of the stem's and
-        every block's output (N, 2 * sum of widths), in float32: the features of the out-of-distribution detector.
+        """The logits and, in the same pass, the mean and standard deviation of each channel of every block's
+        output (N, 2 * sum of block widths), in float32: the features of the out-of-distribution detector.
+
+        The stem's output is left out: the largest map, it cost 30% more serving time for no better detection
+        (fracture/release/ood.md).
         """
         h = self.stem(x)
-        pooled = [_pool(h)]
+        pooled = []
         for block in self.stages:
             h = block(h)
             pooled.append(_pool(h))
@@ -99,8 +102,12 @@ class FracNet(nn.Module):
 
 
 def _pool(h: torch.Tensor) -> torch.Tensor:
-    std, mean = torch.std_mean(h.float(), dim=(2, 3))
-    return torch.cat([mean, std], 1)
+    """Per channel: the mean and the (population) standard deviation over the map, from the first two moments;
+    on 2 CPU cores 4x cheaper than torch.std_mean on a channels_last map."""
+    h = h.float()
+    mean = h.mean((2, 3))
+    second = (h * h).mean((2, 3))
+    return torch.cat([mean, (second - mean * mean).clamp_min(0).sqrt()], 1)
 
 
 def has_features(model: nn.Module) -> bool:

@@ -1,12 +1,12 @@
 """Out-of-distribution detector: how unlike the model's training images an image looks, to the model itself.
 
 Measured on the shipped model against alternatives (fracture/release/ood.md): class-conditional Gaussians with
-one shared covariance (the Mahalanobis detector of Lee et al., 2018) on the mean and standard deviation of every
-block's feature maps, averaged over the served test-time views. The early blocks see the look of an image (its
-exposure, texture, markers), the last one what the classifier uses, so the detector catches both another site's
-X-rays and non-X-rays. It is fitted on the training split, and its threshold is the 95th percentile of the
-distances of the validation split, so that about 5% of images like the training data are flagged; images of
-other sites never tune it.
+one shared covariance (the Mahalanobis detector of Lee et al., 2018) on the mean and standard deviation of
+every residual block's feature maps, averaged over the served test-time views. The early blocks see the look of
+an image (its exposure, texture, markers), the last one what the classifier uses, so the detector catches both
+another site's X-rays and non-X-rays. It is fitted on the training split, and its threshold is set on the
+validation split by split conformal calibration (conformal_threshold), so that at most 5% of images like the
+training data are flagged (in expectation); images of other sites never tune it.
 
 It runs in the same forward pass as the prediction (the pooled statistics come from feature maps the network
 computes anyway) and is stored in the checkpoint as plain tensors (loadable with weights_only=True).
@@ -14,6 +14,7 @@ computes anyway) and is stored in the checkpoint as plain tensors (loadable with
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,9 +72,20 @@ def fit(train: np.ndarray, labels: np.ndarray, val: np.ndarray, quantile: float 
     precision = LedoitWolf(assume_centered=True).fit(centred).precision_
     detector = Detector(torch.tensor(means, dtype=torch.float32), torch.tensor(precision, dtype=torch.float32), 1.0,
                         quantile)
-    distances = detector.distance(torch.tensor(np.asarray(val), dtype=torch.float32)).numpy()
-    detector.threshold = float(np.quantile(distances, quantile)) if len(distances) else 1.0
+    distances = np.sort(detector.distance(torch.tensor(np.asarray(val), dtype=torch.float32)).numpy())
+    detector.threshold = conformal_threshold(distances, quantile)
     return detector
+
+
+def conformal_threshold(distances: np.ndarray, quantile: float = DEFAULT_QUANTILE) -> float:
+    """The ceil((n + 1) * quantile)-th smallest of n calibration distances (split conformal): a new image like the
+    calibration images is flagged with probability at most 1 - quantile. Fewer than 1 / (1 - quantile) images
+    give the largest one."""
+    n = len(distances)
+    if not n:
+        return 1.0
+    k = min(n, math.ceil((n + 1) * quantile))
+    return float(np.sort(np.asarray(distances))[k - 1])
 
 
 def flagged_share(detector: Detector, features: np.ndarray) -> float:

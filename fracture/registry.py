@@ -16,6 +16,9 @@ from fracture.storage import Storage
 
 # The name a fresh installation gives the release checkpoint shipped in the repository.
 SEED_VERSION = "release-1"
+# Other checkpoints shipped beside it (folder under the release's, version name), registered as candidates on a
+# fresh installation so that a department can evaluate them on its own images before promoting one.
+SHIPPED_CANDIDATES = (("two-site", "two-site-1"),)
 
 
 def active_version(session: Session) -> ModelVersion | None:
@@ -136,6 +139,12 @@ def ensure_seed_model(session: Session, settings: Settings) -> ModelVersion | No
     )
     version.plots = store_plots(storage, version.name, Path(settings.seed_model).parent / "plots")
     promote(session, version)
+    for folder, name in SHIPPED_CANDIDATES:
+        shipped = Path(settings.seed_model).parent / folder
+        if (shipped / "model.pt").is_file():
+            candidate = register_checkpoint(session, storage, shipped / "model.pt", name=name,
+                                            notes=f"shipped candidate: see {folder}/model_card.md in the release")
+            candidate.plots = store_plots(storage, name, shipped / "plots")
     return version
 
 

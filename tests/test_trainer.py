@@ -150,9 +150,34 @@ def test_metrics_match_scikit_learn_on_fixed_predictions() -> None:
     assert m["f1"] == pytest.approx(skm.f1_score(y, pred))
     assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))
     assert m["confusion_matrix"] == [[4, 1], [1, 4]]
-    t = choose_threshold(y, p, min_sensitivity=1.0)
-    assert binary_metrics(y, p, t)["sensitivity"] == 1.0
-    assert t == pytest.approx(0.4)
+
+
+def test_threshold_rule_on_fixed_predictions_returns_the_documented_value() -> None:
+    # Separable scores: the lowest fracture's score keeps every fracture and rejects every other image.
+    pos, neg = np.linspace(0.5, 0.99, 50), np.linspace(0.0, 0.49, 50)
+    y = np.r_[np.ones(50), np.zeros(50)]
+    assert choose_threshold(y, np.r_[pos, neg]) == pytest.approx(0.5)
+    # Overlapping scores: the rule as its docstring states it, recomputed by brute force with scipy's own
+    # Clopper-Pearson interval (two-sided 90% = one-sided 95% lower bound).
+    from scipy.stats import binomtest
+
+    rng = np.random.default_rng(3)
+    y = np.r_[np.ones(197), np.zeros(295)].astype(int)
+    p = np.r_[rng.beta(8, 2, 197), rng.beta(2, 8, 295)]
+
+    def lower(k: int, n: int) -> float:
+        return binomtest(k, n).proportion_ci(0.90, "exact").low if k else 0.0
+
+    def room(t: float) -> float:
+        return min(lower(int((p[y == 1] >= t).sum()), 197) - 0.96, lower(int((p[y == 0] < t).sum()), 295) - 0.95)
+
+    best = max(np.unique(p), key=room)
+    t = choose_threshold(y, p)
+    assert t == pytest.approx(best)
+    assert room(t) == pytest.approx(max(room(c) for c in np.unique(p)))
+    # With a sensitivity floor of 1, every fracture is kept (the specificity floor yields first).
+    t1 = choose_threshold(y, p, min_sensitivity=1.0)
+    assert binary_metrics(y, p, t1)["sensitivity"] == 1.0 and t1 == pytest.approx(p[y == 1].min())
 
 
 def test_promotion_keeps_one_active_version(fracture_env: dict[str, str], tiny_checkpoint: Path) -> None:

@@ -35,7 +35,12 @@ def recalibrate(argv: tuple[str, ...]) -> None:
     from trainer.recalibrate import recalibrate as run
 
     args = get_args().parse_args(list(argv))
-    summary = run(args.model, args.out, args.data, args.data_spec, args.min_sensitivity)
+    summary = run(args.model, args.out, args.data, args.data_spec, args.min_sensitivity, args.min_specificity)
+    if args.curves:
+        import numpy as np
+
+        np.savez(args.curves, **{f"{split}_{name}": v for split, (y, p) in summary["curves"].items()
+                                 for name, v in (("y", y), ("prob", p))})
     click.echo(f"threshold {summary['previous_threshold']} -> {summary['threshold']:.4f}")
     for split in ("train", "val", "test"):
         if split in summary["metrics"]:

@@ -23,7 +23,8 @@ class RecalibrateError(RuntimeError):
 
 
 def recalibrate(model_path: Path, out: Path, data: str | None = None, data_spec: str | None = None,
-                min_sensitivity: float = 0.97, cache_dir: Path | None = None) -> dict[str, Any]:
+                min_sensitivity: float = 0.96, min_specificity: float = 0.95,
+                cache_dir: Path | None = None) -> dict[str, Any]:
     """Write `out`: the checkpoint of `model_path` with a new threshold, detector and figures; return the figures."""
     payload = read_payload(model_path)
     ckpt = load_checkpoint(model_path)
@@ -38,8 +39,8 @@ def recalibrate(model_path: Path, out: Path, data: str | None = None, data_spec:
         raise RecalibrateError(f"the data's fingerprint {prepared.fingerprint[:12]} is not the checkpoint's "
                                f"{str(payload['data_fingerprint'])[:12]}: give the data it was trained on")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    _, threshold, metrics, detector = final_evaluation(ckpt.model.to(device), prepared, ckpt.preprocess, device,
-                                                       min_sensitivity)
+    curves, threshold, metrics, detector = final_evaluation(ckpt.model.to(device), prepared, ckpt.preprocess,
+                                                            device, min_sensitivity, min_specificity)
     old = payload.get("metrics", {})
     metrics = old | metrics  # keeps selected_epoch and split_policy
     keep = {k: v for k, v in payload.items() if k not in {
@@ -50,7 +51,7 @@ def recalibrate(model_path: Path, out: Path, data: str | None = None, data_spec:
                           positive_class=ckpt.positive_class, metrics=metrics,
                           data_fingerprint=payload.get("data_fingerprint"), extra=keep, detector=detector)
     return {"checkpoint": str(out), "sha256": sha, "threshold": threshold, "metrics": metrics,
-            "previous_threshold": payload.get("threshold")}
+            "previous_threshold": payload.get("threshold"), "curves": curves}
 
 
 def get_args() -> argparse.ArgumentParser:
@@ -60,5 +61,8 @@ def get_args() -> argparse.ArgumentParser:
     data.add_argument("--data", help="the dataset root it was trained on")
     data.add_argument("--data-spec", help="the JSON list of datasets it was trained on")
     p.add_argument("--out", required=True, type=Path, help="where to write the recalibrated checkpoint")
-    p.add_argument("--min-sensitivity", default=0.97, type=float)
+    p.add_argument("--min-sensitivity", default=0.96, type=float)
+    p.add_argument("--min-specificity", default=0.95, type=float)
+    p.add_argument("--curves", type=Path, default=None,
+                   help="also save each split's labels and served probabilities here (.npz), to study threshold rules")
     return p

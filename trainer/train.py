@@ -60,7 +60,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", default=64, type=int)
     p.add_argument("--lr", default=2e-3, type=float)
     p.add_argument("--weight-decay", default=5e-4, type=float)
-    p.add_argument("--min-sensitivity", default=0.97, type=float)
+    p.add_argument("--min-sensitivity", default=0.96, type=float,
+                   help="the sensitivity floor the threshold is chosen to meet (trainer.metrics.choose_threshold)")
+    p.add_argument("--min-specificity", default=0.95, type=float, help="the specificity floor")
     p.add_argument("--ema", default=0.99, type=float,
                    help="decay of the weights' moving average that is evaluated and shipped (0: off)")
     p.add_argument("--views", default=RECIPE["views"], choices=VIEWS,
@@ -199,13 +201,16 @@ def evaluate(model: nn.Module, data: Prepared, split: str, spec: PreprocessSpec,
     return y_true, prob, sum(losses) / max(len(rows), 1)
 
 
+Curves = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
 def final_evaluation(model: nn.Module, data: Prepared, spec: PreprocessSpec, device: torch.device,
-                     min_sensitivity: float) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], float,
-                                                      dict[str, Any], ood.Detector | None]:
+                     min_sensitivity: float, min_specificity: float) -> tuple[Curves, float, dict[str, Any],
+                                                                              ood.Detector | None]:
     """Evaluate the network exactly as the worker serves it on every split, choose the threshold on val and fit
     the out-of-distribution detector on train (threshold on val): (curves, threshold, metrics, detector)."""
     inference_net = fold_batchnorm(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    curves: Curves = {}
     features: dict[str, np.ndarray] = {}
     for split in SPLITS:
         batches_of_features: list[np.ndarray] = []
@@ -215,7 +220,7 @@ def final_evaluation(model: nn.Module, data: Prepared, spec: PreprocessSpec, dev
         if batches_of_features:
             features[split] = np.concatenate(batches_of_features)
     y_val, p_val = curves.get("val", (np.zeros(0), np.zeros(0)))
-    threshold = choose_threshold(y_val, p_val, min_sensitivity) if len(np.unique(y_val)) == 2 else 0.5
+    threshold = choose_threshold(y_val, p_val, min_sensitivity, min_specificity) if len(np.unique(y_val)) == 2 else 0.5
     metrics: dict[str, Any] = {split: binary_metrics(y, prob, threshold) for split, (y, prob) in curves.items()}
     detector = None
     if "train" in features and "val" in features:
@@ -323,7 +328,8 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
             on_epoch(epoch + 1, epochs, history)
 
     model.load_state_dict(best["state"])
-    curves, threshold, metrics, detector = final_evaluation(model, data, spec, device, args.min_sensitivity)
+    curves, threshold, metrics, detector = final_evaluation(model, data, spec, device, args.min_sensitivity,
+                                                            args.min_specificity)
     metrics["selected_epoch"] = best["epoch"]
     metrics["split_policy"] = args.split
 
