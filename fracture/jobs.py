@@ -38,8 +38,19 @@ def csv_row(result: Mapping[str, object]) -> list[str]:
         elif isinstance(value, float):
             cells.append(f"{value:.6f}")
         else:
-            cells.append(str(value))
+            cells.append(spreadsheet_safe(str(value)))
     return cells
+
+
+# A spreadsheet reads a cell starting with one of these as a formula (OWASP, "CSV Injection"): a file named
+# =HYPERLINK("http://...","x").jpg inside an uploaded zip would become a live link in a department's spreadsheet.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """`text` as a CSV cell no spreadsheet runs: a leading single quote before a formula-like start (OWASP's advice;
+    the quote shows in the cell, the rest of the text is kept as it was)."""
+    return "'" + text if text.lstrip(" ").startswith(FORMULA_STARTS) else text
 
 
 @dataclass(frozen=True)

@@ -117,3 +117,22 @@ def test_classify_dot_skips_an_installation_in_the_folder(tmp_path: Path, sample
     assert done.returncode == 0, done.stderr
     rows = _rows(folder / "out" / "results.csv")
     assert [r["path"] for r in rows] == ["scan.jpg"] and rows[0]["model_version"] == "release-1"
+
+
+def test_no_csv_cell_is_a_live_formula(tmp_path: Path, sample_images: list[Path]) -> None:
+    """File names that a spreadsheet would run as formulas reach the CSV neutralised with a leading quote."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    png = next(p for p in sample_images if p.suffix.lower() == ".png" or p.read_bytes()[:4] == b"\x89PNG")
+    evil = ['=HYPERLINK("https:example.invalid","click").png', "+SUM(1,2).png", "-2+3.png", "@cmd.png"]
+    for name in evil:
+        (folder / name).write_bytes(png.read_bytes())
+    with zipfile.ZipFile(folder / "=1+1.zip", "w") as z:
+        z.writestr('=HYPERLINK("http://example.invalid/x","x").png', png.read_bytes())
+    env = {k: v for k, v in base_env(tmp_path / "home").items() if k not in ("FRACTURE_HOME", "DATABASE_URL")}
+    done = run(["classify", ".", "--out", str(tmp_path / "out.csv")], env, folder)  # names as the cells' start
+    assert done.returncode == 0, done.stderr
+    paths = [r["path"] for r in _rows(tmp_path / "out.csv")]
+    assert len(paths) == len(evil) + 1
+    assert sorted(p for p in paths if not p.startswith("'=1+1.zip/")) == sorted("'" + n for n in evil)
+    assert not any(p.startswith(("=", "+", "-", "@")) for p in paths)

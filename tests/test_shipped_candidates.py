@@ -1,0 +1,58 @@
+"""A fresh installation registers the shipped release as active and the shipped two-site model as a candidate."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from installation import REPO_ROOT
+from sqlalchemy import select
+
+from fracture.checkpoint import read_payload
+from fracture.config import get_settings
+from fracture.db import dispose_engines, session_scope
+from fracture.migrate import upgrade
+from fracture.models import ModelStatus, ModelVersion
+from fracture.registry import ensure_seed_model
+
+RELEASE = REPO_ROOT / "fracture" / "release"
+
+
+def _versions(database_url: str) -> dict[str, tuple[str, dict[str, str], str | None]]:
+    with session_scope(database_url) as session:
+        return {v.name: (v.status, dict(v.plots or {}), v.notes) for v in session.scalars(select(ModelVersion))}
+
+
+def test_a_fresh_install_registers_the_two_site_model_as_a_candidate_beside_the_active_release(
+        tmp_path: Path) -> None:
+    two_site = RELEASE / "two-site" / "model.pt"
+    assert two_site.is_file() and two_site.stat().st_size <= 25 * 2**20
+    assert (RELEASE / "two-site" / "model_card.md").is_file()
+    settings = dataclasses.replace(get_settings({"FRACTURE_HOME": str(tmp_path / "home")}),
+                                   seed_model=RELEASE / "model.pt")
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        active = ensure_seed_model(session, settings)
+        assert active is not None and active.name == "release-1"
+    versions = _versions(settings.database_url)
+    assert versions["release-1"][0] == ModelStatus.ACTIVE
+    status, plots, notes = versions["two-site-1"]
+    assert status == ModelStatus.CANDIDATE and "two-site/model_card.md" in (notes or "")
+    assert plots and all((settings.storage_dir / key).is_file() for key in plots.values())
+    with session_scope(settings.database_url) as session:
+        candidate = session.scalars(select(ModelVersion).where(ModelVersion.name == "two-site-1")).one()
+        assert candidate.metrics == read_payload(two_site)["metrics"]
+        ensure_seed_model(session, settings)  # once only: nothing new on the next start
+    assert sorted(_versions(settings.database_url)) == ["release-1", "two-site-1"]
+    dispose_engines()
+
+
+def test_an_installation_seeded_from_elsewhere_registers_only_its_model(tmp_path: Path,
+                                                                          tiny_checkpoint: Path) -> None:
+    settings = dataclasses.replace(get_settings({"FRACTURE_HOME": str(tmp_path / "home")}),
+                                   seed_model=tiny_checkpoint)
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        ensure_seed_model(session, settings)
+    assert list(_versions(settings.database_url)) == ["release-1"]
+    dispose_engines()
