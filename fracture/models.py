@@ -151,6 +151,13 @@ class Image(Base):
     ingest_error: Mapped[str | None] = mapped_column(Text)
     # How many times a worker has started on this image: bounds redelivery of a chunk that kills its worker.
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # From a DICOM file's header at upload (None for other images): its study and its own instance.
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    # The patient's identifiers: written only while SHOW_PATIENT_IDENTIFIERS is on, shown only while it is.
+    patient_name: Mapped[str | None] = mapped_column(String(255))
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_birth_date: Mapped[str | None] = mapped_column(String(16))
 
     job: Mapped[Job] = relationship(back_populates="images")
 
