@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from fracture import dicom
 from fracture.storage import TooLarge
 
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 # Below this size a high compression ratio is harmless (a blank test image); above it, a bomb.
 RATIO_FLOOR_BYTES = 1 << 20
 NESTED_ARCHIVE = "refused: nested archives are not opened"
+# How many first bytes tell a file's kind (a DICOM file's preamble and "DICM" are the longest).
+HEAD_BYTES = dicom.HEAD_BYTES
 _DRIVE_PREFIX = re.compile(r"^[A-Za-z]:")  # C:\x, C:/x and drive-relative C:x
 _BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
 # What zipfile raises on a damaged archive (found by fuzzing: a bad version is NotImplementedError, a header
@@ -95,20 +98,30 @@ def corrupt_member(exc: BaseException) -> str:
     return f"corrupt archive member ({exc})"
 
 
-def sniff(head: bytes) -> str | None:
-    """'image' or 'zip' from a file's first bytes (never its extension), None when neither."""
+def sniff(head: bytes, name: str = "") -> str | None:
+    """'image', 'dicom' or 'zip' from a file's first HEAD_BYTES bytes, None when none of them.
+
+    Told by the bytes, never the extension; only a DICOM data set written without its preamble is taken as one
+    by its name (.dcm) too, as nothing else marks it.
+    """
     if head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")):
         return "image"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image"
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "zip"
+    if dicom.is_dicom(head, name):
+        return "dicom"
     return None
 
 
-def not_an_image(head: bytes) -> str:
-    """The reason given for a file whose first bytes `sniff` recognises as neither image nor zip."""
-    return "empty file" if not head else "not an image: unrecognised file format"
+def not_an_image(head: bytes, name: str = "") -> str:
+    """The reason given for a file whose first bytes `sniff` recognises as none of image, DICOM or zip."""
+    if not head:
+        return "empty file"
+    if name.lower().endswith(dicom.SUFFIXES):
+        return "not a DICOM file: no 'DICM' after a 128-byte preamble, and no data set at its start"
+    return "not an image: unrecognised file format"
 
 
 class Guarded:
@@ -229,12 +242,12 @@ class ZipReader:
         try:
             with zf.open(member.info) as src:
                 guarded = Guarded(src, member.compressed, self.max_ratio, self.max_total_bytes - self.unzipped)
-                head = guarded.read(16)
-                kind = sniff(head)
+                head = guarded.read(HEAD_BYTES)
+                kind = sniff(head, member.path)
                 if kind == "zip":
                     raise Refused(NESTED_ARCHIVE)
                 if kind is None:
-                    raise Refused(not_an_image(head))
+                    raise Refused(not_an_image(head, member.path))
                 yield Prefixed(head, guarded)
         except TooLarge as exc:
             raise ArchiveRefused(over_budget(self.max_total_bytes)) from exc

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fracture.archive import ArchiveRefused, Member, Refused, ZipReader, is_junk, not_an_image, sniff
+from fracture.archive import HEAD_BYTES, ArchiveRefused, Member, Refused, ZipReader, is_junk, not_an_image, sniff
 from fracture.config import Settings
 
 
@@ -40,18 +40,19 @@ def _zip_items(archive: Path, display: str, reader: ZipReader) -> Iterator[Item]
 
 
 def _file_items(f: Path, display: str, reader: ZipReader) -> Iterator[Item]:
-    """One loose file, told apart by its first bytes (never its extension): an image, a zip, or an error row."""
+    """One loose file, told apart by its first bytes (never its extension): an image or DICOM file, a zip, or an
+    error row."""
     try:
         with open(f, "rb") as fh:
-            head = fh.read(16)
+            head = fh.read(HEAD_BYTES)
     except OSError as e:
         yield Item(display, error=f"could not read file: {e}")
         return
-    kind = sniff(head)
+    kind = sniff(head, f.name)
     if kind == "zip" or (not head and f.suffix.lower() == ".zip"):
         yield from _zip_items(f, display, reader)
     elif kind is None:
-        yield Item(display, error=not_an_image(head))
+        yield Item(display, error=not_an_image(head, f.name))
     else:
         yield Item(display, path=f)
 

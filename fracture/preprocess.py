@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from fracture import dicom
+
 # Formats an X-ray export realistically comes in; anything else is refused, not guessed.
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error row, not half an image
@@ -77,6 +79,10 @@ def decode(source: bytes | str | Path | BinaryIO, size: int, max_pixels: int = D
     """Decode one image to 8-bit grayscale at `size`x`size`, or raise ImageError with a reason."""
     fp: BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else source  # type: ignore[assignment]
     try:
+        head = dicom.head_of(fp)
+        if dicom.has_preamble(head) or dicom.is_bare_dataset(head):  # no image format Pillow reads starts so
+            gray = Image.fromarray(dicom.to_gray(fp, max_pixels))
+            return gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
         im = Image.open(fp, formats=ALLOWED_FORMATS)  # reads the header only
         with im:
             w, h = im.size
@@ -94,8 +100,12 @@ def decode(source: bytes | str | Path | BinaryIO, size: int, max_pixels: int = D
             return gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
     except ImageError:
         raise
+    except dicom.DicomError as e:
+        raise ImageError(str(e)) from None
     except UnidentifiedImageError:
-        raise ImageError("not an image (or a format that is not accepted: JPEG, PNG, GIF, BMP, TIFF, WEBP)") from None
+        raise ImageError(
+            "not an image (or a format that is not accepted: JPEG, PNG, GIF, BMP, TIFF, WEBP, DICOM)"
+        ) from None
     except MemoryError:
         raise ImageError("could not decode image: out of memory") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
