@@ -20,6 +20,10 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
     return float(value) if value not in (None, "") else default
 
 
+def _flag(env: dict[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, resolved once per process from environment variables."""
@@ -64,6 +68,8 @@ class Settings:
     promote_min_specificity: float = 0.90
     promote_auc_tolerance: float = 0.01
     promote_min_per_class: int = 50
+    # DICOM patient name, id and birth date: read, stored and shown (JSON, CSV) only when this is on.
+    show_patient_identifiers: bool = False
 
     @property
     def embedded_broker(self) -> bool:
@@ -107,10 +113,11 @@ def get_settings(env: dict[str, str] | None = None) -> Settings:
         ),
         training_time_limit_s=_int(env, "TRAINING_TIME_LIMIT_S", 6 * 3600),
         secret_key=env.get("SECRET_KEY") or "dev-only-change-me",
-        session_cookie_secure=env.get("SESSION_COOKIE_SECURE", "").lower() in ("1", "true", "yes", "on"),
+        session_cookie_secure=_flag(env, "SESSION_COOKIE_SECURE"),
         seed_model=Path(seed) if seed else (default_seed if default_seed.exists() else None),
         promote_min_sensitivity=_float(env, "PROMOTE_MIN_SENSITIVITY", 0.95),
         promote_min_specificity=_float(env, "PROMOTE_MIN_SPECIFICITY", 0.90),
         promote_auc_tolerance=_float(env, "PROMOTE_AUC_TOLERANCE", 0.01),
         promote_min_per_class=_int(env, "PROMOTE_MIN_PER_CLASS", 50),
+        show_patient_identifiers=_flag(env, "SHOW_PATIENT_IDENTIFIERS"),
     )

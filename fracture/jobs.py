@@ -21,15 +21,23 @@ BROKER_DOWN_MESSAGE = (
     "The job was saved but the task queue (broker) is unavailable, so it has not started yet; "
     "it stays queued and is dispatched when the broker is back."
 )
-# The columns of a result, in the CSV of a job and of `fracture classify` alike.
-RESULT_COLUMNS = ("path", "prediction", "probability", "in_distribution", "ood_score", "model_version", "error")
+# The columns of a result, in the CSV of a job and of `fracture classify` alike (the UIDs empty but for DICOM).
+RESULT_COLUMNS = ("path", "prediction", "probability", "in_distribution", "ood_score", "model_version", "error",
+                  "study_instance_uid", "sop_instance_uid")
+# Added only while SHOW_PATIENT_IDENTIFIERS is on; otherwise they appear in no page, JSON or CSV.
+PATIENT_COLUMNS = ("patient_name", "patient_id", "patient_birth_date")
 _INSERT_SLICE = 1000
 
 
-def csv_row(result: Mapping[str, object]) -> list[str]:
-    """A result's values as one CSV row of RESULT_COLUMNS: numbers to 6 decimals, flags as true/false, None empty."""
+def result_columns(show_patient_identifiers: bool = False) -> tuple[str, ...]:
+    """The CSV columns of a result, with the patient's identifiers when the setting shows them."""
+    return RESULT_COLUMNS + PATIENT_COLUMNS if show_patient_identifiers else RESULT_COLUMNS
+
+
+def csv_row(result: Mapping[str, object], columns: Sequence[str] = RESULT_COLUMNS) -> list[str]:
+    """A result's values as one CSV row of `columns`: numbers to 6 decimals, flags as true/false, None empty."""
     cells = []
-    for column in RESULT_COLUMNS:
+    for column in columns:
         value = result.get(column)
         if value is None:
             cells.append("")
@@ -55,13 +63,21 @@ def spreadsheet_safe(text: str) -> str:
 
 @dataclass(frozen=True)
 class NewImage:
-    """One file of an upload, as stored: becomes one Image row (`ingest_error` when it was refused)."""
+    """One file of an upload, as stored: becomes one Image row (`ingest_error` when it was refused).
+
+    A DICOM file brings its UIDs, and the patient's identifiers only when the setting allows them.
+    """
 
     seq: int
     path: str
     storage_key: str | None = None
     size_bytes: int | None = None
     ingest_error: str | None = None
+    study_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+    patient_name: str | None = None
+    patient_id: str | None = None
+    patient_birth_date: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +123,9 @@ def create_job(
     for start in range(0, len(images), _INSERT_SLICE):
         session.execute(insert(Image), [
             {"job_id": job_id, "seq": e.seq, "path": e.path, "storage_key": e.storage_key,
-             "size_bytes": e.size_bytes, "ingest_error": e.ingest_error}
+             "size_bytes": e.size_bytes, "ingest_error": e.ingest_error,
+             "study_instance_uid": e.study_instance_uid, "sop_instance_uid": e.sop_instance_uid,
+             "patient_name": e.patient_name, "patient_id": e.patient_id, "patient_birth_date": e.patient_birth_date}
             for e in images[start:start + _INSERT_SLICE]
         ])
     return job

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from fracture.config import Settings
-from fracture.jobs import RESULT_COLUMNS, csv_row
+from fracture.jobs import csv_row, result_columns
 
 # Blocks bound memory when zips are read into it; within a block, batches run on the model.
 BLOCK = 256
@@ -56,6 +56,7 @@ def classify_files(
     from tqdm import tqdm
 
     from fracture.checkpoint import CheckpointError
+    from fracture.dicom import read_identifiers
     from fracture.inference import Predictor
     from fracture.inputs import ZipBudget, collect
 
@@ -69,10 +70,11 @@ def classify_files(
     items = collect(paths, settings, exclude=(out, settings.home))
     budget = ZipBudget(settings)
     errors = flagged = 0
+    columns = result_columns(settings.show_patient_identifiers)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f, tqdm(total=len(items), unit="img", file=sys.stderr) as bar:
         writer = csv.writer(f)
-        writer.writerow(RESULT_COLUMNS)
+        writer.writerow(columns)
         for start in range(0, len(items), BLOCK):
             part = items[start : start + BLOCK]
             outcome: list[dict[str, object]] = [{} for _ in part]
@@ -85,15 +87,17 @@ def classify_files(
                 else:
                     sources.append(source)
                     where.append(i)
+                    ids = read_identifiers(source, settings.show_patient_identifiers)  # type: ignore[arg-type]
+                    outcome[i] = dict(ids.as_dict()) if ids else {}
             for pred in predictor.predict(sources):  # type: ignore[arg-type]
-                outcome[where[pred.index]] = {
+                outcome[where[pred.index]] |= {
                     "prediction": pred.label, "probability": pred.probability, "in_distribution": pred.in_distribution,
                     "ood_score": pred.ood_score, "error": pred.error,
                 }
             for item, result in zip(part, outcome, strict=True):
                 errors += result.get("error") is not None
                 flagged += result.get("in_distribution") is False
-                writer.writerow(csv_row({**result, "path": item.name, "model_version": version_name}))
+                writer.writerow(csv_row({**result, "path": item.name, "model_version": version_name}, columns))
             bar.update(len(part))
     budget.close()
     return len(items), errors, flagged

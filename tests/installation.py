@@ -17,8 +17,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SITE_DATASET = REPO_ROOT.parent / "shared" / "datasets" / "bone-fracture-roboflow-site"
 TEST_ADMIN = "tester"
 LABELS = ("fractured", "not fractured")
-# Variables of the developer's shell that would point a test at the wrong database or broker.
-_SCRUBBED = ("FRACTURE_HOME", "DATABASE_URL", "BROKER_URL", "REDIS_URL", "STORAGE_DIR", "FRACTURE_SEED_MODEL")
+# Variables of the developer's shell that would point a test at the wrong database or broker, or show patients' names.
+_SCRUBBED = ("FRACTURE_HOME", "DATABASE_URL", "BROKER_URL", "REDIS_URL", "STORAGE_DIR", "FRACTURE_SEED_MODEL",
+             "SHOW_PATIENT_IDENTIFIERS")
 
 
 # ---------------------------------------------------------------- the real dataset

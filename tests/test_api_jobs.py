@@ -54,7 +54,8 @@ def test_results_json_and_csv_have_one_row_per_file(client: FlaskClient, sample_
     rows = client.get(f"/api/jobs/{job_id}/results").get_json()["results"]
     assert [r["path"] for r in rows] == [name for _, name in files]
     assert set(rows[0]) >= {"image_id", "path", "prediction", "probability", "in_distribution", "ood_score",
-                            "model_version", "error"}
+                            "model_version", "error", "study_instance_uid", "sop_instance_uid"}
+    assert rows[0]["study_instance_uid"] is None and rows[0]["sop_instance_uid"] is None  # not DICOM
     assert rows[0]["prediction"] is None  # no worker in this test: nothing classified yet
     assert rows[-1]["error"] == "not an image: unrecognised file format"
     assert rows[-1]["model_version"] == "v1"  # the refusal is recorded as a result at dispatch
@@ -67,7 +68,7 @@ def test_results_json_and_csv_have_one_row_per_file(client: FlaskClient, sample_
     assert "attachment" in response.headers["Content-Disposition"]
     table = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
     assert table[0] == ["path", "prediction", "probability", "in_distribution", "ood_score", "model_version",
-                        "error"]
+                        "error", "study_instance_uid", "sop_instance_uid"]
     assert len(table) == 1 + len(files)
     assert [r[0] for r in table[1:]] == [name for _, name in files]
     assert table[-1][6] == "not an image: unrecognised file format"

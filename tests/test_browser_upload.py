@@ -94,7 +94,7 @@ def test_login_folder_upload_progress_csv_and_logout(
     with open(saved, newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0].keys()) == ["path", "prediction", "probability", "in_distribution", "ood_score",
-                                    "model_version", "error"]
+                                    "model_version", "error", "study_instance_uid", "sop_instance_uid"]
     assert len(rows) == 20
     names = sorted(p.relative_to(twenty_images.parent).as_posix() for p in image_files(twenty_images))
     assert sorted(r["path"] for r in rows) == names

@@ -50,7 +50,7 @@ def test_classify_a_folder_and_a_zip_with_a_non_image(
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["path", "prediction", "probability", "in_distribution", "ood_score", "model_version",
-                             "error"]
+                             "error", "study_instance_uid", "sop_instance_uid"]
     assert len(rows) == len(images) + 5 + 2  # the folder, the zip's images, its text file, its unsafe member
     # Folders are named relative to their parent, a file named on the command line as given.
     by_path = {r["path"].replace(f"{archive}/", "batch.zip/"): r for r in rows}

@@ -146,7 +146,7 @@ def test_release_results_carry_the_flag_in_json_csv_and_the_job_count(
     # The CSV carries the same fields: true/false and the score, empty where there is none.
     table = _csv(client, f"/api/jobs/{classified.job_id}/results.csv")
     assert list(table[0]) == ["path", "prediction", "probability", "in_distribution", "ood_score", "model_version",
-                              "error"]
+                              "error", "study_instance_uid", "sop_instance_uid"]
     for line in table:
         row = by_name[line["path"]]
         if row["in_distribution"] is None:

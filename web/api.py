@@ -11,14 +11,14 @@ from flask import Blueprint, Response, abort, jsonify, request, stream_with_cont
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from fracture.jobs import csv_row
+from fracture.jobs import csv_row, result_columns
 from fracture.models import Job, JobStatus, ModelVersion
 from fracture.queue import broker_ping, worker_ping
 from web.auth import current_user, sees, visible
-from web.context import active_model, celery, db
+from web.context import active_model, celery, db, settings
 from web.ingest import UploadRefused
 from web.jobs import JobNotDispatched, create_job, dispatch
-from web.views import CSV_COLUMNS, iter_result_rows, job_dict, model_dict, result_rows
+from web.views import iter_result_rows, job_dict, model_dict, result_rows
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -92,7 +92,8 @@ def get_results(job_id: str) -> Response:
     offset = max(request.args.get("offset", 0, type=int), 0)
     limit = request.args.get("limit", type=int)
     flag = _in_distribution_filter()
-    rows = result_rows(db(), job, offset, max(limit, 0) if limit is not None else None, in_distribution=flag)
+    rows = result_rows(db(), job, offset, max(limit, 0) if limit is not None else None, in_distribution=flag,
+                       patient=settings().show_patient_identifiers)
     body: dict[str, Any] = {"job_id": job.id, "total": job.total, "offset": offset, "results": rows}
     if flag is not None:
         body["in_distribution"] = flag
@@ -103,13 +104,15 @@ def get_results(job_id: str) -> Response:
 def get_results_csv(job_id: str) -> Response:
     job = _get_job(job_id)
     flag = _in_distribution_filter()
+    patient = settings().show_patient_identifiers
+    columns = result_columns(patient)
 
     def generate() -> Iterator[str]:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
-        for n, row in enumerate(iter_result_rows(db(), job, in_distribution=flag), 1):
-            writer.writerow(csv_row(row))
+        writer.writerow(columns)
+        for n, row in enumerate(iter_result_rows(db(), job, in_distribution=flag, patient=patient), 1):
+            writer.writerow(csv_row(row, columns))
             if n % 500 == 0:
                 yield buf.getvalue()
                 buf.seek(0)

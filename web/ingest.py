@@ -6,7 +6,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Protocol
 
-from fracture.archive import ArchiveRefused, Prefixed, Refused, ZipReader, clean_path, is_junk, not_an_image, sniff
+from fracture import dicom
+from fracture.archive import (
+    HEAD_BYTES,
+    ArchiveRefused,
+    Prefixed,
+    Refused,
+    ZipReader,
+    clean_path,
+    is_junk,
+    not_an_image,
+    sniff,
+)
 from fracture.config import Settings
 from fracture.jobs import NewImage
 from fracture.storage import Storage
@@ -59,13 +70,13 @@ class Ingest:
         if is_junk(raw) or raw.endswith(("/", "\\")):
             self.upload.skipped += 1
             return
-        head = part.stream.read(16)
-        kind = sniff(head)
+        head = part.stream.read(HEAD_BYTES)
+        kind = sniff(head, path)
         if kind == "zip" or (not head and path.lower().endswith(".zip")):
             part.stream.seek(0)
             self._add_zip(path, part.stream)
         elif kind is None:
-            self._refuse(path, not_an_image(head))
+            self._refuse(path, not_an_image(head, path))
         else:
             self._store(path, Prefixed(head, part.stream))
 
@@ -84,7 +95,11 @@ class Ingest:
         seq = self._next_seq()
         key = f"uploads/{self.job_id}/{seq:06d}"
         size = self.storage.write_stream(key, src)  # type: ignore[arg-type]
-        self.upload.entries.append(NewImage(seq=seq, path=path, storage_key=key, size_bytes=size))
+        # A DICOM file's UIDs (and the patient's identifiers only where they may be shown) from its header alone.
+        ids = dicom.read_identifiers(self.storage.path(key), self.settings.show_patient_identifiers)
+        self.upload.entries.append(
+            NewImage(seq=seq, path=path, storage_key=key, size_bytes=size, **(ids.as_dict() if ids else {}))
+        )
 
     def _add_zip(self, name: str, stream: IO[bytes]) -> None:
         try:

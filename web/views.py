@@ -11,10 +11,8 @@ from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, aliased, object_session
 
 from fracture.evaluations import evaluations_with_names
-from fracture.jobs import RESULT_COLUMNS
+from fracture.jobs import PATIENT_COLUMNS
 from fracture.models import FINAL_JOB_STATUSES, Evaluation, Image, Job, ModelVersion, Result
-
-CSV_COLUMNS = RESULT_COLUMNS
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -63,21 +61,23 @@ def job_dict(job: Job, now: datetime | None = None) -> dict[str, Any]:
 
 def result_rows(
     session: Session, job: Job, offset: int = 0, limit: int | None = None, in_distribution: bool | None = None,
+    patient: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per image of `job`, in upload order; images without a result yet have no prediction.
 
-    With `in_distribution` True or False, only the images whose result the detector found so.
+    With `in_distribution` True or False, only the images whose result the detector found so. The patient's
+    identifiers are in the rows only with `patient` (the SHOW_PATIENT_IDENTIFIERS setting), never otherwise.
     """
-    return list(_rows(session, job, offset, limit, in_distribution))
+    return list(_rows(session, job, offset, limit, in_distribution, patient))
 
 
 def iter_result_rows(
-    session: Session, job: Job, batch: int = 1000, in_distribution: bool | None = None,
+    session: Session, job: Job, batch: int = 1000, in_distribution: bool | None = None, patient: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Every row of `job` (or those `in_distribution` selects), in batches: a 20 000-image CSV never sits in memory."""
     offset = 0
     while True:
-        rows = result_rows(session, job, offset, batch, in_distribution)
+        rows = result_rows(session, job, offset, batch, in_distribution, patient)
         yield from rows
         if len(rows) < batch:
             return
@@ -85,7 +85,7 @@ def iter_result_rows(
 
 
 def _rows(
-    session: Session, job: Job, offset: int, limit: int | None, in_distribution: bool | None,
+    session: Session, job: Job, offset: int, limit: int | None, in_distribution: bool | None, patient: bool,
 ) -> Iterator[dict[str, Any]]:
     version = aliased(ModelVersion)
     # The job pins its model version; a result under another version (an old re-run) is not this job's.
@@ -94,7 +94,8 @@ def _rows(
     # (two objects per image) until the end of a 10,000-row CSV.
     stmt = (
         select(Image.id, Image.seq, Image.path, Image.ingest_error, Result.prediction, Result.probability,
-               Result.in_distribution, Result.ood_score, Result.error, version.name)
+               Result.in_distribution, Result.ood_score, Result.error, version.name, Image.study_instance_uid,
+               Image.sop_instance_uid, Image.patient_name, Image.patient_id, Image.patient_birth_date)
         .outerjoin(Result, on)
         .outerjoin(version, version.id == Result.model_version_id)
         .where(Image.job_id == job.id)
@@ -105,9 +106,9 @@ def _rows(
         stmt = stmt.where(Result.in_distribution == in_distribution)
     if limit is not None:
         stmt = stmt.limit(limit)
-    for (image_id, seq, path, ingest_error, prediction, probability, in_dist, ood_score, error,
-         version_name) in session.execute(stmt):
-        yield {
+    for (image_id, seq, path, ingest_error, prediction, probability, in_dist, ood_score, error, version_name,
+         study_uid, sop_uid, *patient_values) in session.execute(stmt):
+        row = {
             "image_id": image_id,
             "seq": seq,
             "path": path,
@@ -117,7 +118,12 @@ def _rows(
             "ood_score": ood_score,
             "model_version": version_name,
             "error": error or ingest_error,
+            "study_instance_uid": study_uid,
+            "sop_instance_uid": sop_uid,
         }
+        if patient:
+            row.update(zip(PATIENT_COLUMNS, patient_values, strict=True))
+        yield row
 
 
 def _scalar(value: object) -> bool:
