@@ -184,3 +184,24 @@ def test_identifiers_are_read_from_the_header_and_the_patients_only_when_asked(p
     assert dicom.read_identifiers(bare.data) == dicom.Identifiers(bare.study_uid, bare.sop_uid)
     assert dicom.read_identifiers(png_bytes(Image.fromarray(pixels))) is None
     assert dicom.read_identifiers(b"\0" * 128 + b"DICM" + b"\xff" * 40) is None  # a broken header: none
+
+
+def test_a_voi_lut_sequence_is_applied_over_its_own_output_range(pixels: np.ndarray) -> None:
+    from pydicom.dataset import Dataset
+
+    stored = as_16_bit(pixels)
+    # A LUT over the stored values 1000..52000 (slope 1, intercept 0: a float modality output) to 0..4095.
+    first, count = 1000, 51001
+    lut = Dataset()
+    lut.LUTDescriptor = [count, first, 16]
+    lut.add_new("LUTData", "OW", (np.arange(count) * 4095 // (count - 1)).astype("<u2").tobytes())
+    data = dicom_file(stored, RescaleSlope=1, RescaleIntercept=0, VOILUTSequence=[lut]).data
+    assert_same(decoded(data), reference(pixels))
+
+
+def test_colour_is_taken_as_luminance_and_palette_colour_is_refused(pixels: np.ndarray) -> None:
+    rgb = np.repeat(pixels[:, :, None], 3, axis=2)
+    assert_same(decoded(dicom_file(rgb, photometric="RGB", modality="OT").data), reference(pixels), tolerance=0)
+    palette = dicom_file(pixels, photometric="PALETTE COLOR").data
+    with pytest.raises(ImageError, match="^DICOM photometric interpretation PALETTE COLOR is not supported$"):
+        decode(palette, SIZE)
