@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 from pydicom import dcmread, uid
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 
 # A patient whose identifiers must never reach a page, a JSON answer or a CSV unless the setting allows it.
 PATIENT_NAME = "Doe^Jane"
@@ -73,6 +74,21 @@ def dicom_file(
         del ds.file_meta
         ds.save_as(buf, implicit_vr=True, little_endian=True, enforce_file_format=False)
     return DicomFile(buf.getvalue(), str(study), str(sop))
+
+
+def jpeg_baseline_dicom(image: Image.Image, quality: int = 95) -> DicomFile:
+    """A DICOM file whose pixel data is a JPEG baseline of `image` (encoded by Pillow), as many CR exports are."""
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality)
+    made = dicom_file(np.asarray(image))
+    ds = dcmread(io.BytesIO(made.data))
+    ds.PixelData = encapsulate([buf.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = uid.JPEGBaseline8Bit
+    ds.LossyImageCompression = "01"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return DicomFile(out.getvalue(), made.study_uid, made.sop_uid)
 
 
 def with_syntax(data: bytes, syntax: str) -> bytes:

@@ -4,6 +4,8 @@ reason (modality, frames, a transfer syntax no decoder reads, size), told apart 
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from dicom_files import (
@@ -12,6 +14,7 @@ from dicom_files import (
     PATIENT_NAME,
     UNDECODABLE_SYNTAX,
     dicom_file,
+    jpeg_baseline_dicom,
     png_bytes,
     small,
     with_syntax,
@@ -117,6 +120,15 @@ def test_compressed_8_and_16_bit_decode_to_the_same_pixels(pixels: np.ndarray, s
     stored = as_16_bit(pixels)
     deep = dicom_file(stored, syntax=syntax, **RESCALE, **window_of(0, 255)).data
     assert_same(decoded(deep), reference(pixels))
+
+
+def test_jpeg_baseline_decodes_like_the_jpeg_itself(image: Image.Image) -> None:
+    data = jpeg_baseline_dicom(image).data
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=95)
+    with Image.open(buf) as jpeg:
+        want = reference(np.asarray(jpeg.convert("L")))
+    assert_same(decoded(data), want, tolerance=2)  # another libjpeg may round an IDCT differently
 
 
 def test_a_data_set_without_its_preamble_is_dicom_only_when_named_dcm(pixels: np.ndarray) -> None:
