@@ -182,16 +182,17 @@ def _check(ds: Dataset, max_pixels: int) -> None:
 def _check_decoder(ds: Dataset) -> None:
     """Refuse a compressed transfer syntax that no installed decoder reads, naming it."""
     from pydicom import uid
+    from pydicom.dataset import FileMetaDataset
     from pydicom.pixels import get_decoder
 
-    meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if getattr(ds, "file_meta", None) is None:
+        ds.file_meta = FileMetaDataset()
+    syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax is None:
         # A data set without its file meta: its encoding, as read, says which uncompressed syntax it is.
         implicit, little = ds.original_encoding
         syntax = (uid.ImplicitVRLittleEndian if implicit else
                   uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian)
-        ds.file_meta = ds.file_meta if meta is not None else _empty_meta()
         ds.file_meta.TransferSyntaxUID = syntax
     syntax = uid.UID(str(syntax))
     try:
@@ -201,12 +202,6 @@ def _check_decoder(ds: Dataset) -> None:
     if not available:
         name = f"{syntax.name} ({syntax})" if syntax.name != str(syntax) else str(syntax)
         raise DicomError(f"DICOM transfer syntax {name} cannot be decoded: no decoder for it is installed")
-
-
-def _empty_meta() -> Any:
-    from pydicom.dataset import FileMetaDataset
-
-    return FileMetaDataset()
 
 
 def _pixel_array(ds: Dataset) -> np.ndarray:
@@ -243,7 +238,7 @@ def _window(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, float]:
         return apply_voi_lut(values, ds), float(outputs.min()), float(outputs.max())
     if has_window:
         center, width = (_first(ds.WindowCenter), abs(_first(ds.WindowWidth)))
-        probe = np.array([center - 64 * width - 1, center + 64 * width + 1])
+        probe = np.array([center - 64 * width, center + 64 * width])  # far below and above: black and white
         try:
             lo, hi = apply_windowing(probe, ds)
             return apply_voi_lut(values, ds), float(lo), float(hi)

@@ -88,6 +88,9 @@ def test_16_bit_with_rescale_slope_intercept_and_a_window(pixels: np.ndarray) ->
     lo, hi = 40, 200
     narrow = np.clip((pixels.astype(np.float64) - lo) * 255 / (hi - lo), 0, 255).round().astype(np.uint8)
     assert_same(decoded(dicom_file(stored, **RESCALE, **window_of(lo, hi)).data), reference(narrow))
+    # A SIGMOID window (PS3.3 C.11.2.1.3.1) shows the same anatomy through a smooth curve.
+    sigmoid = decoded(dicom_file(stored, **RESCALE, **window_of(lo, hi), VOILUTFunction="SIGMOID").data)
+    assert np.corrcoef(sigmoid.ravel(), reference(narrow).ravel())[0, 1] > 0.95
     # Several windows: the first is shown.
     two = window_of(lo, hi)
     both = {"WindowCenter": [two["WindowCenter"], 20000], "WindowWidth": [two["WindowWidth"], 100]}
