@@ -115,5 +115,6 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
     (out / "model_card.md").write_text("\n".join(md) + "\n")
     data = {k: v for k, v in summary.items() if k != "audit"} | {"audit": audit}
     if compare:
-        data["compare"] = {"split_policy": compare["metrics"]["split_policy"], "metrics": compare["metrics"]}
+        data["compare"] = {"split_policy": compare["metrics"]["split_policy"], "metrics": compare["metrics"],
+                           "command": compare.get("command"), "split_sizes": compare.get("split_sizes")}
     (out / "model_card.json").write_text(json.dumps(data, indent=2, default=str))
