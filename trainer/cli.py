@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
@@ -19,11 +20,17 @@ def train(argv: tuple[str, ...]) -> None:
     args = parser.parse_args(list(argv))
     args.argv = list(argv)
     summary = main(args)
+    _echo_figures(summary)
+
+
+def _echo_figures(summary: dict[str, Any]) -> None:
+    """One line of figures per split, then the checkpoint written."""
     for split in ("train", "val", "test"):
         if split in summary["metrics"]:
             m = summary["metrics"][split]
+            flagged = f" flagged out of distribution {m['ood_flagged']:.3f}" if "ood_flagged" in m else ""
             click.echo(f"{split:5s} acc {m['accuracy']:.4f} sens {m['sensitivity']:.4f} spec {m['specificity']:.4f} "
-                       f"auc {m['roc_auc']:.4f} (n={m['n']})")
+                       f"auc {m['roc_auc']:.4f}{flagged} (n={m['n']})")
     click.echo(f"checkpoint: {summary['checkpoint']}")
 
 
@@ -42,12 +49,7 @@ def recalibrate(argv: tuple[str, ...]) -> None:
         np.savez(args.curves, **{f"{split}_{name}": v for split, (y, p) in summary["curves"].items()
                                  for name, v in (("y", y), ("prob", p))})
     click.echo(f"threshold {summary['previous_threshold']} -> {summary['threshold']:.4f}")
-    for split in ("train", "val", "test"):
-        if split in summary["metrics"]:
-            m = summary["metrics"][split]
-            click.echo(f"{split:5s} sens {m['sensitivity']:.4f} spec {m['specificity']:.4f} auc {m['roc_auc']:.4f} "
-                       f"flagged out of distribution {m.get('ood_flagged', float('nan')):.3f} (n={m['n']})")
-    click.echo(f"checkpoint: {summary['checkpoint']}")
+    _echo_figures(summary)
 
 
 @click.command()
