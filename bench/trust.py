@@ -34,7 +34,7 @@ from fracture.checkpoint import read_payload  # noqa: E402
 from fracture.inference import Predictor  # noqa: E402
 from fracture.preprocess import load_u8  # noqa: E402
 from trainer.metrics import binary_metrics  # noqa: E402
-from trainer.train import get_args_parser, prepare_data  # noqa: E402
+from trainer.recalibrate import checkpoint_data  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "datasets"
 FIRST = Path(os.environ.get("FRACTURE_DATASET", SHARED / "bone-fracture-multiregion"))
@@ -69,23 +69,13 @@ def made_up(n: int, size: int = 512, seed: int = 0) -> dict[str, list[Image.Imag
     return out
 
 
-def grouped_test(ckpt_path: Path, first_root: Path, spec_file: Path | None = None,
+def grouped_test(ckpt_path: Path, spec: Any, first_root: Path, spec_file: Path | None = None,
                  locked_file: Path | None = None) -> tuple[np.ndarray, list[torch.Tensor]]:
     """(labels, images) of the first dataset's images in the checkpoint's own grouped test split: the split is
     rebuilt from its policy and seed over its training data (the first dataset, or the union of `spec_file`
     less the locked images of `locked_file`), so none of these images was trained on."""
-    payload = read_payload(ckpt_path)
-    predictor_spec = Predictor.from_file(ckpt_path, device=torch.device("cpu")).spec
-    seed = payload.get("split_seed", payload.get("seed", 0))
-    argv = ["--out", tempfile.gettempdir(), "--split", payload.get("split_policy", "grouped"),
-            "--split-seed", str(seed)]
-    argv += ["--data-spec", str(spec_file)] if spec_file else ["--data", str(first_root)]
-    if locked_file:
-        argv += ["--locked", str(locked_file)]
-    data = prepare_data(get_args_parser().parse_args(argv), predictor_spec,
-                        Path(tempfile.gettempdir()) / "fracture-bench-cache")
-    if payload.get("data_fingerprint") and data.fingerprint != payload["data_fingerprint"]:
-        raise SystemExit(f"{ckpt_path}: the data given is not the data it was trained on (fingerprint differs)")
+    data = checkpoint_data(read_payload(ckpt_path), spec, first_root, spec_file, locked_file,
+                           Path(tempfile.gettempdir()) / "fracture-bench-cache")
     first = first_root.resolve()
     rows = [r for r in data.split_index["test"] if first in data.paths[data.row_md5[r]].resolve().parents]
     return data.labels[rows].numpy(), [data.images[r] for r in rows]
@@ -170,7 +160,8 @@ def main() -> int:
         predictor = Predictor.from_file(path, device=torch.device("cpu"))
         rows: dict[str, Any] = {}
         t0 = time.time()
-        rows["first dataset, grouped test"] = figures(predictor, *grouped_test(path, first, a.data_spec, a.locked))
+        test = grouped_test(path, predictor.spec, first, a.data_spec, a.locked)
+        rows["first dataset, grouped test"] = figures(predictor, *test)
         rows["second site, all images"] = figures(predictor, *site_images(predictor.spec))
         if a.site_parts:
             locked = {m.split("/", 1)[1] for m in json.loads(a.site_parts.read_text())}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,10 +65,8 @@ class Predictor:
         self.spec = checkpoint.preprocess
         self.amp = self.device.type == "cuda"
         detector = checkpoint.detector if has_features(self.model) else None
-        self.detector = None if detector is None else copy.deepcopy(detector)
-        if self.detector is not None:
-            self.detector.means = self.detector.means.to(self.device)
-            self.detector.precision = self.detector.precision.to(self.device)
+        self.detector = None if detector is None else dataclasses.replace(
+            detector, means=detector.means.to(self.device), precision=detector.precision.to(self.device))
 
     @classmethod
     def from_file(

@@ -73,13 +73,11 @@ def test_the_release_model_does_not_flag_the_first_datasets_unseen_xrays(
         release: Predictor, dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """The grouped test split the release was evaluated on (no copy of a training image): about 5% flagged,
     as calibrated on val; far fewer than the made-up images or the second site's X-rays."""
-    from trainer.train import get_args_parser, prepare_data
+    from trainer.recalibrate import checkpoint_data
 
     root = materialize(dataset_root, tmp_path_factory.mktemp("full"), per_class=100000)
     payload = read_payload(RELEASE)
-    args = get_args_parser().parse_args(["--data", str(root), "--out", str(root.parent), "--split", "grouped",
-                                         "--split-seed", str(payload.get("split_seed", payload.get("seed", 0)))])
-    data = prepare_data(args, release.spec, None)
+    data = checkpoint_data(payload, release.spec, root)  # the release's own split, its fingerprint checked
     rows = data.split_index["test"]
     assert len(rows) == payload["metrics"]["test"]["n"]
     scores = np.concatenate([release.scores(data.images[rows[i:i + 64]])[1] for i in range(0, len(rows), 64)])

@@ -9,17 +9,38 @@ val split, as a new training would do. Used for the shipped release, trained bef
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fracture.checkpoint import load_checkpoint, read_payload, save_checkpoint
-from trainer.train import final_evaluation, get_args_parser, prepare_data
+from fracture.preprocess import PreprocessSpec
+from trainer.train import Prepared, final_evaluation, get_args_parser, prepare_data
 
 
 class RecalibrateError(RuntimeError):
     """The data given is not the data the checkpoint was trained on."""
+
+
+def checkpoint_data(payload: dict[str, Any], spec: PreprocessSpec, data: str | Path | None = None,
+                    data_spec: str | Path | None = None, locked: str | Path | None = None,
+                    cache_dir: Path | None = None) -> Prepared:
+    """The data of a checkpoint's training, split again exactly as that training split it (its policy and split
+    seed); raises RecalibrateError when the data's fingerprint is not the checkpoint's."""
+    argv = ["--out", tempfile.gettempdir(), "--split", payload.get("split_policy", "grouped"),
+            "--seed", str(payload.get("seed", 0))]
+    if payload.get("split_seed") is not None:
+        argv += ["--split-seed", str(payload["split_seed"])]
+    argv += ["--data-spec", str(data_spec)] if data_spec else ["--data", str(data)]
+    if locked:
+        argv += ["--locked", str(locked)]
+    prepared = prepare_data(get_args_parser().parse_args(argv), spec, cache_dir)
+    if payload.get("data_fingerprint") and prepared.fingerprint != payload["data_fingerprint"]:
+        raise RecalibrateError(f"the data's fingerprint {prepared.fingerprint[:12]} is not the checkpoint's "
+                               f"{str(payload['data_fingerprint'])[:12]}: give the data it was trained on")
+    return prepared
 
 
 def recalibrate(model_path: Path, out: Path, data: str | None = None, data_spec: str | None = None,
@@ -28,16 +49,7 @@ def recalibrate(model_path: Path, out: Path, data: str | None = None, data_spec:
     """Write `out`: the checkpoint of `model_path` with a new threshold, detector and figures; return the figures."""
     payload = read_payload(model_path)
     ckpt = load_checkpoint(model_path)
-    argv = ["--out", str(out.parent), "--split", payload.get("split_policy", "grouped"),
-            "--seed", str(payload.get("seed", 0))]
-    if payload.get("split_seed") is not None:
-        argv += ["--split-seed", str(payload["split_seed"])]
-    argv += ["--data-spec", data_spec] if data_spec else ["--data", str(data)]
-    args = get_args_parser().parse_args(argv)
-    prepared = prepare_data(args, ckpt.preprocess, cache_dir)
-    if payload.get("data_fingerprint") and prepared.fingerprint != payload["data_fingerprint"]:
-        raise RecalibrateError(f"the data's fingerprint {prepared.fingerprint[:12]} is not the checkpoint's "
-                               f"{str(payload['data_fingerprint'])[:12]}: give the data it was trained on")
+    prepared = checkpoint_data(payload, ckpt.preprocess, data, data_spec, cache_dir=cache_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     curves, threshold, metrics, detector = final_evaluation(ckpt.model.to(device), prepared, ckpt.preprocess,
                                                             device, min_sensitivity, min_specificity)
