@@ -158,6 +158,8 @@ class Image(Base):
     patient_name: Mapped[str | None] = mapped_column(String(255))
     patient_id: Mapped[str | None] = mapped_column(String(64))
     patient_birth_date: Mapped[str | None] = mapped_column(String(16))
+    # A small JPEG the worker wrote while classifying (storage key), for the job page's reading list.
+    thumbnail_key: Mapped[str | None] = mapped_column(String(255))
 
     job: Mapped[Job] = relationship(back_populates="images")
 
@@ -180,6 +182,67 @@ class Result(Base):
     ood_score: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class HeatmapStatus(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Heatmap(Base):
+    """Where the model looked in one image, under one model version: asked for, computed once, kept in storage."""
+
+    __tablename__ = "heatmaps"
+    __table_args__ = (UniqueConstraint("image_id", "model_version_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    status: Mapped[str] = mapped_column(String(16), default=HeatmapStatus.PENDING)
+    storage_key: Mapped[str | None] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class Review(Base):
+    """A reader's verdict on one image's prediction: the right label, who gave it and when (the latest counts)."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(32))
+    # The prediction the reader judged, and whether the reader agreed with it.
+    prediction: Mapped[str | None] = mapped_column(String(32))
+    correct: Mapped[bool] = mapped_column(Boolean)
+    reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    reviewed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DatasetAddition(Base):
+    """A reviewed image added to a training dataset with its reviewed label; its file is copied into storage.
+
+    Unique per dataset by MD5, so the same X-ray is never added twice.
+    """
+
+    __tablename__ = "dataset_additions"
+    __table_args__ = (UniqueConstraint("dataset_id", "md5"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    storage_key: Mapped[str] = mapped_column(String(255))
+    md5: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str] = mapped_column(String(32))
+    # Where it came from (kept as plain values: the job may be deleted later, the copy stays).
+    source_job_id: Mapped[str | None] = mapped_column(String(32))
+    source_image_id: Mapped[int | None] = mapped_column(Integer)
+    source_path: Mapped[str | None] = mapped_column(Text)
+    added_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class TrainingRun(Base):
