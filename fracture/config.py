@@ -70,6 +70,10 @@ class Settings:
     promote_min_per_class: int = 50
     # DICOM patient name, id and birth date: read, stored and shown (JSON, CSV) only when this is on.
     show_patient_identifiers: bool = False
+    # The worker writes a small JPEG of each image as it classifies it (the job page's reading list).
+    thumbnails: bool = True
+    # "Uncertain" on the job page: a probability within this distance of the model's threshold.
+    uncertain_margin: float = 0.1
 
     @property
     def embedded_broker(self) -> bool:
@@ -120,4 +124,6 @@ def get_settings(env: dict[str, str] | None = None) -> Settings:
         promote_auc_tolerance=_float(env, "PROMOTE_AUC_TOLERANCE", 0.01),
         promote_min_per_class=_int(env, "PROMOTE_MIN_PER_CLASS", 50),
         show_patient_identifiers=_flag(env, "SHOW_PATIENT_IDENTIFIERS"),
+        thumbnails=env.get("THUMBNAILS", "1").strip().lower() not in ("0", "false", "no", "off"),
+        uncertain_margin=_float(env, "UNCERTAIN_MARGIN", 0.1),
     )

@@ -18,10 +18,13 @@ from fracture.net import fold_batchnorm, has_features
 from fracture.preprocess import (
     DEFAULT_MAX_PIXELS,
     ImageError,
+    decode_gray,
     forward_views,
     forward_views_features,
-    load_u8,
     normalize,
+    square,
+    thumbnail_jpeg,
+    to_uint8_tensor,
 )
 
 Source = bytes | str | Path | BinaryIO
@@ -43,6 +46,8 @@ class Prediction:
     error: str | None
     # How unlike the training data the image looks to the model (1 or more: flagged), when it has a detector.
     ood_score: float | None = None
+    # A small JPEG of the image, made from the same decode, when predict() was asked for thumbnails.
+    thumbnail: bytes | None = None
 
     @property
     def in_distribution(self) -> bool | None:
@@ -97,27 +102,33 @@ class Predictor:
             ood = self.detector.score(features.float()).cpu().numpy()
         return torch.sigmoid(logits.float()).cpu().numpy(), ood
 
-    def _decode(self, source: Source) -> torch.Tensor | str:
+    def _decode(self, source: Source, thumbnail: bool = False) -> tuple[torch.Tensor, bytes | None] | str:
         try:
-            return load_u8(source, self.spec, self.max_pixels)
+            gray = decode_gray(source, self.spec.image_size, self.max_pixels)
+            thumb = thumbnail_jpeg(gray) if thumbnail else None
+            return to_uint8_tensor(square(gray, self.spec.image_size)), thumb
         except ImageError as e:
             return str(e)
         except OSError as e:
             return f"could not read file: {e}"
 
-    def predict(self, sources: Iterable[Source], decode_threads: int = 2) -> Iterator[Prediction]:
-        """Classify `sources` in order, one Prediction each; decoding overlaps the forward passes."""
+    def predict(self, sources: Iterable[Source], decode_threads: int = 2,
+                thumbnails: bool = False) -> Iterator[Prediction]:
+        """Classify `sources` in order, one Prediction each; decoding overlaps the forward passes.
+
+        With `thumbnails`, each Prediction also carries a small JPEG made from the same decode (no second read).
+        """
         pool = ThreadPoolExecutor(max_workers=decode_threads)
         try:
-            decoded = pool.map(self._decode, sources)
-            pending: list[tuple[int, torch.Tensor]] = []
+            decoded = pool.map(lambda source: self._decode(source, thumbnails), sources)
+            pending: list[tuple[int, torch.Tensor, bytes | None]] = []
             for index, item in enumerate(decoded):
                 if isinstance(item, str):
                     yield from self._flush(pending)
                     pending = []
                     yield Prediction(index, None, None, item)
                 else:
-                    pending.append((index, item))
+                    pending.append((index, *item))
                     if len(pending) >= self.batch_size:
                         yield from self._flush(pending)
                         pending = []
@@ -126,12 +137,13 @@ class Predictor:
             # Interrupted (a task's soft time limit): drop the decodes not yet started instead of waiting for them.
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _flush(self, pending: Sequence[tuple[int, torch.Tensor]]) -> Iterator[Prediction]:
+    def _flush(self, pending: Sequence[tuple[int, torch.Tensor, bytes | None]]) -> Iterator[Prediction]:
         if not pending:
             return
-        batch = torch.stack([t for _, t in pending])
+        batch = torch.stack([t for _, t, _ in pending])
         if self.device.type == "cuda":
             batch = batch.pin_memory()
         probs, ood = self.scores(batch)
-        for k, ((i, _), p) in enumerate(zip(pending, probs, strict=True)):
-            yield Prediction(i, float(p), self.ckpt.label(float(p)), None, None if ood is None else float(ood[k]))
+        for k, ((i, _, thumb), p) in enumerate(zip(pending, probs, strict=True)):
+            yield Prediction(i, float(p), self.ckpt.label(float(p)), None, None if ood is None else float(ood[k]),
+                             thumb)

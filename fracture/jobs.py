@@ -93,6 +93,8 @@ class Outcome:
     error: str | None = None
     in_distribution: bool | None = None
     ood_score: float | None = None
+    # The storage key of the thumbnail the worker wrote for the image (the job page's reading list).
+    thumbnail_key: str | None = None
 
 
 @dataclass
@@ -224,6 +226,9 @@ def record_outcomes(session: Session, job_id: str, version_id: int, outcomes: Se
     if job is None:
         return
     _upsert(session, job_id, version_id, outcomes, overwrite=True)
+    thumbnails = [{"id": o.image_id, "thumbnail_key": o.thumbnail_key} for o in outcomes if o.thumbnail_key]
+    if thumbnails:
+        session.execute(update(Image), thumbnails)  # bulk UPDATE by primary key
     refresh_progress(session, job)
 
 

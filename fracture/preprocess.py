@@ -77,12 +77,22 @@ def _to_grayscale(im: Image.Image) -> Image.Image:
 
 def decode(source: bytes | str | Path | BinaryIO, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode one image to 8-bit grayscale at `size`x`size`, or raise ImageError with a reason."""
+    return square(decode_gray(source, size, max_pixels), size)
+
+
+def square(gray: Image.Image, size: int) -> Image.Image:
+    """A decoded grayscale image resized to the network's `size`x`size` input."""
+    return gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+
+
+def decode_gray(source: bytes | str | Path | BinaryIO, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode one image to 8-bit grayscale at its own aspect ratio (a large JPEG decoded at a reduced scale no
+    smaller than `size`), or raise ImageError with a reason. DICOM files get their modality and VOI LUT."""
     fp: BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else source  # type: ignore[assignment]
     try:
         head = dicom.head_of(fp)
         if dicom.has_preamble(head) or dicom.is_bare_dataset(head):  # no image format Pillow reads starts so
-            gray = Image.fromarray(dicom.to_gray(fp, max_pixels))
-            return gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+            return Image.fromarray(dicom.to_gray(fp, max_pixels))
         im = Image.open(fp, formats=ALLOWED_FORMATS)  # reads the header only
         with im:
             w, h = im.size
@@ -96,8 +106,7 @@ def decode(source: bytes | str | Path | BinaryIO, size: int, max_pixels: int = D
             im.load()
             # In place, and no convert() of an image already "L": a copy of a 64M-pixel image is 64 MB more.
             ImageOps.exif_transpose(im, in_place=True)
-            gray = _to_grayscale(im)
-            return gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+            return _to_grayscale(im)
     except ImageError:
         raise
     except dicom.DicomError as e:
@@ -162,3 +171,15 @@ def load_u8(
 ) -> torch.Tensor:
     """Decode and resize one image into a (1, S, S) uint8 tensor, or raise ImageError."""
     return to_uint8_tensor(decode(source, spec.image_size, max_pixels))
+
+
+THUMBNAIL_SIZE = 160  # pixels on the longer side: a row of the job page's reading list
+
+
+def thumbnail_jpeg(gray: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
+    """A small JPEG of a decoded grayscale image, at its own aspect ratio (the job page's thumbnails)."""
+    small = gray.copy()
+    small.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    out = io.BytesIO()
+    small.save(out, format="JPEG", quality=80, optimize=False)
+    return out.getvalue()

@@ -11,7 +11,7 @@ from fracture import jobs
 from fracture.checkpoint import CheckpointError, sha256_file
 from fracture.config import Settings
 from fracture.db import session_scope
-from fracture.inference import Predictor
+from fracture.inference import Prediction, Predictor
 from fracture.models import Image, ModelVersion
 from fracture.registry import checkpoint_path
 from fracture.storage import Storage, StorageError
@@ -60,6 +60,24 @@ def _source(storage: Storage, image: Image) -> Path | str:
         return str(e)
 
 
+def thumbnail_key(image: Image) -> str:
+    """Where the worker keeps an image's thumbnail: beside nothing the user named, under the job's prefix."""
+    return f"thumbnails/{image.job_id}/{image.id}.jpg"
+
+
+def _save_thumbnail(storage: Storage, image: Image, pred: Prediction) -> str | None:
+    """Write the prediction's thumbnail to storage and return its key; a failed write costs the thumbnail only."""
+    if pred.thumbnail is None:
+        return None
+    key = thumbnail_key(image)
+    try:
+        storage.write_bytes(key, pred.thumbnail)
+    except OSError as e:
+        log.warning("job %s image %s: thumbnail not written: %s", image.job_id, image.id, e)
+        return None
+    return key
+
+
 def classify_chunk(
     settings: Settings, job_id: str, image_ids: list[int], resend: Callable[[list[int]], None] | None = None
 ) -> ChunkOutcome:
@@ -102,10 +120,10 @@ def classify_chunk(
             outcomes.append(jobs.Outcome(image.id, error=source))
         else:
             todo.append((image, source))
-    for pred in predictor.predict([path for _, path in todo]):
+    for pred in predictor.predict([path for _, path in todo], thumbnails=settings.thumbnails):
         image = todo[pred.index][0]
         outcomes.append(jobs.Outcome(image.id, pred.label, pred.probability, pred.error,
-                                     pred.in_distribution, pred.ood_score))
+                                     pred.in_distribution, pred.ood_score, _save_thumbnail(storage, image, pred)))
 
     with session_scope(settings.database_url) as session:
         jobs.record_outcomes(session, job_id, version.id, outcomes)
