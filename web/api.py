@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from fracture.jobs import csv_row, result_columns
 from fracture.models import Job, JobStatus, ModelVersion
 from fracture.queue import broker_ping, worker_ping
-from web.auth import current_user, sees, visible
+from web.auth import current_user, job_or_404, visible
 from web.context import active_model, celery, db, settings
 from web.ingest import UploadRefused
 from web.jobs import JobNotDispatched, create_job, dispatch
@@ -38,11 +38,7 @@ def _not_dispatched(exc: JobNotDispatched) -> tuple[Response, int]:
 
 
 def _get_job(job_id: str) -> Job:
-    job = db().get(Job, job_id)
-    if job is None or not sees(job):
-        # Someone else's job answers exactly like a missing one: its id reveals nothing.
-        abort(404, description=f"no job with id {job_id}")
-    return job
+    return job_or_404(job_id)
 
 
 @bp.post("/jobs")

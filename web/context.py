@@ -35,8 +35,9 @@ def storage() -> Storage:
     return Storage(settings().storage_dir)
 
 
-def send_stored_png(key: object, what: str = "plot") -> Response:
-    """Serve the PNG stored under `key` (a key recorded on a row, never a path taken from the URL); 404 if none."""
+def send_stored_png(key: object, what: str = "plot", mimetype: str = "image/png") -> Response:
+    """Serve the PNG (or `mimetype`) stored under `key` (a key recorded on a row, never a path taken from the URL);
+    404 if none."""
     if not isinstance(key, str):
         abort(404, description=f"No such {what}.")
     try:
@@ -45,7 +46,7 @@ def send_stored_png(key: object, what: str = "plot") -> Response:
         abort(404, description=f"No such {what}.")
     if not path.is_file():
         abort(404, description=f"The {what} file is missing from storage.")
-    return send_file(path, mimetype="image/png", max_age=3600)
+    return send_file(path, mimetype=mimetype, max_age=3600)
 
 
 def celery() -> Celery:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from web.auth.identity import current_user, require_admin, sees, visible
+from web.auth.identity import current_user, job_or_404, require_admin, sees, visible
 from web.auth.setup import auth_config, init_auth
 
-__all__ = ["auth_config", "current_user", "init_auth", "require_admin", "sees", "visible"]
+__all__ = ["auth_config", "current_user", "init_auth", "job_or_404", "require_admin", "sees", "visible"]

@@ -29,6 +29,14 @@ def sees(job: Job | None) -> bool:
     return job is not None and (user.is_admin or job.owner_id == user.id)
 
 
+def job_or_404(job_id: str) -> Job:
+    """The job `job_id` if the current user may see it; someone else's job answers exactly like a missing one."""
+    job = db().get(Job, job_id)
+    if job is None or not sees(job):
+        abort(404, description=f"no job with id {job_id}")
+    return job
+
+
 def visible(stmt: Select[Any]) -> Select[Any]:
     """Restrict a query of jobs to those the current user may see."""
     user = current_user()
