@@ -44,7 +44,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # A producer only: the web sends tasks by name and never runs one.
     app.extensions["celery"] = make_app(settings)
 
-    from web import api, datasets, evaluations, models, pages
+    from web import api, datasets, evaluations, images, models, pages
     from web.context import close_db
     from web.schedules import bp as schedules_bp
     from web.trainings import bp as trainings_bp
@@ -53,6 +53,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     init_auth(app)  # before the blueprints: its guard runs first on every request
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(images.bp)
     app.register_blueprint(evaluations.bp)
     app.register_blueprint(datasets.bp)
     app.register_blueprint(models.bp)

@@ -18,7 +18,7 @@ from web.auth import current_user, job_or_404, visible
 from web.context import active_model, celery, db, settings
 from web.ingest import UploadRefused
 from web.jobs import JobNotDispatched, create_job, dispatch
-from web.views import iter_result_rows, job_dict, model_dict, result_rows
+from web.views import RowQuery, count_rows, iter_result_rows, job_dict, model_dict, parse_row_query, result_rows
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -84,15 +84,20 @@ def _in_distribution_filter() -> bool | None:
 
 @bp.get("/jobs/<job_id>/results")
 def get_results(job_id: str) -> Response:
+    """The job's rows, in upload order or `?sort=`, filtered as the job page filters them (see parse_row_query)."""
     job = _get_job(job_id)
     offset = max(request.args.get("offset", 0, type=int), 0)
     limit = request.args.get("limit", type=int)
-    flag = _in_distribution_filter()
-    rows = result_rows(db(), job, offset, max(limit, 0) if limit is not None else None, in_distribution=flag,
-                       patient=settings().show_patient_identifiers)
+    query = parse_row_query(request.args)
+    margin = settings().uncertain_margin
+    rows = result_rows(db(), job, offset, max(limit, 0) if limit is not None else None, query=query,
+                       patient=settings().show_patient_identifiers, margin=margin)
     body: dict[str, Any] = {"job_id": job.id, "total": job.total, "offset": offset, "results": rows}
-    if flag is not None:
-        body["in_distribution"] = flag
+    if query != RowQuery():
+        body["matching"] = count_rows(db(), job, query, margin)
+        body.update(query.args())
+    if query.in_distribution is not None:
+        body["in_distribution"] = query.in_distribution
     return jsonify(body)
 
 

@@ -12,7 +12,7 @@ from fracture.models import Dataset, DatasetStatus, Job, ModelVersion, TrainingR
 from web.auth import require_admin, sees, visible
 from web.context import NO_MODEL_MESSAGE, active_model, db, send_stored_png, settings
 from web.trainings import NotSent, send_run
-from web.views import job_dict, model_dict, result_rows
+from web.views import RowQuery, count_rows, job_dict, job_summary, model_dict, parse_row_query, result_rows
 
 bp = Blueprint("pages", __name__)
 
@@ -34,17 +34,23 @@ def jobs() -> ResponseReturnValue:
 
 @bp.get("/jobs/<job_id>")
 def job(job_id: str) -> ResponseReturnValue:
+    """The job as a reading list: its summary and histogram, then its rows, filtered and sorted as asked."""
     record = db().get(Job, job_id)
     if record is None or not sees(record):
         abort(404, description=f"There is no job with id {job_id}.")
-    # ?flag=ood lists only the images the model's detector flagged as unlike its training data.
-    flag = "ood" if request.args.get("flag") == "ood" else None
-    shown = record.out_of_distribution if flag else record.total
+    query = parse_row_query(request.args)
+    margin = settings().uncertain_margin
+    filtered = query != RowQuery()
+    shown = count_rows(db(), record, query, margin) if filtered else record.total
     size = current_app.config["RESULTS_PAGE_SIZE"]
     pages = max(1, -(-shown // size))
     page = min(max(request.args.get("page", 1, type=int), 1), pages)
-    rows = result_rows(db(), record, (page - 1) * size, size, in_distribution=False if flag else None)
-    return render_template("job.html", job=job_dict(record), rows=rows, page=page, pages=pages, flag=flag)
+    rows = result_rows(db(), record, (page - 1) * size, size, query=query, margin=margin)
+    return render_template(
+        "job.html", job=job_dict(record), rows=rows, page=page, pages=pages, shown=shown, filtered=filtered,
+        query=query, args=query.args(), summary=job_summary(db(), record, margin),
+        flag="ood" if query.in_distribution is False else None,
+    )
 
 
 @bp.get("/models")

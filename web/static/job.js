@@ -1,10 +1,51 @@
-// Poll the job's JSON status every second until it is final, then reload once to show the results.
+// The job page: poll the job's JSON status every second until it is final (then reload once to show the
+// results), and mark a row's prediction correct or wrong from the table.
 (function () {
   "use strict";
-  const section = document.getElementById("job");
-  if (!section || section.dataset.final === "true") return;
   const $ = (id) => document.getElementById(id);
   const show = (v) => (v === null || v === undefined ? "—" : String(v));
+  const csrf = document.querySelector('meta[name="csrf-token"]');
+
+  // ---------------------------------------------------------------- reviews from the table
+  async function review(row, label) {
+    const response = await fetch(row.dataset.reviewUrl, {
+      method: "PUT",
+      headers: { "Content-Type": "application/json", Accept: "application/json",
+                 "X-CSRFToken": csrf ? csrf.content : "" },
+      body: JSON.stringify({ label: label }),
+    });
+    const body = await response.json().catch(() => ({}));
+    const state = row.querySelector(".review-state");
+    if (!response.ok) {
+      state.textContent = body.error || `review not saved (${response.status})`;
+      state.classList.add("err");
+      return;
+    }
+    state.classList.remove("err");
+    const r = body.review;
+    state.textContent = r.correct ? "correct " : `wrong: ${r.label} `;
+    const who = document.createElement("span");
+    who.className = "muted";
+    who.textContent = `(${r.reviewer})`;
+    state.appendChild(who);
+    if (body.progress) {
+      if ($("reviewed-count")) $("reviewed-count").textContent = body.progress.reviewed;
+      if ($("reviewed-wrong")) $("reviewed-wrong").textContent = body.progress.wrong;
+    }
+  }
+
+  const table = $("results");
+  if (table) {
+    table.addEventListener("click", (event) => {
+      const button = event.target.closest("button.agree, button.disagree");
+      if (!button) return;
+      review(button.closest("tr"), button.dataset.label);
+    });
+  }
+
+  // ---------------------------------------------------------------- live progress
+  const section = $("job");
+  if (!section || section.dataset.final === "true") return;
 
   function render(job) {
     $("progress").max = job.total;
