@@ -6,30 +6,12 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import imagehash
 import numpy as np
 from PIL import Image
 
+from fracture.image_hashes import NEAR_DISTANCE, dihedral_hashes
 from fracture.preprocess import ImageError, decode
 from trainer.dataset import SPLITS, Sample
-
-HASH_SIZE = 8
-# Hamming distance (of 64 bits) up to which two perceptual hashes count as one picture. Measured on
-# the shared dataset: at 4, groups stay small (largest 41 images); at 6 they chain into one of 499.
-NEAR_DISTANCE = 4
-
-
-def dihedral_hashes(gray: Image.Image) -> np.ndarray:
-    """Perceptual hashes of the 8 rotations/flips of an image, as uint64 (index 0: as is)."""
-    a = np.asarray(gray)
-    out = np.empty(8, dtype=np.uint64)
-    for i in range(8):
-        t = np.rot90(a, i % 4)
-        if i >= 4:
-            t = np.fliplr(t)
-        bits = imagehash.phash(Image.fromarray(np.ascontiguousarray(t)), hash_size=HASH_SIZE).hash.flatten()
-        out[i] = np.packbits(bits).view(">u8")[0]
-    return out
 
 
 class UnionFind:

@@ -56,6 +56,7 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
     audit = summary["audit"]
     epoch_s = summary["history"]["epoch_s"]  # summed over every run of a resumed training
     locked = summary.get("locked_out", {})
+    corrections = summary.get("corrections", {})
     md = [
         "# Model card: fracture CNN",
         "",
@@ -78,6 +79,11 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
         "- Datasets (files): " + ", ".join(f"{name} ({n})" for name, n in summary.get("datasets", {}).items()),
         f"- Left out because a locked evaluation dataset holds them: {locked.get('total', 0)} distinct images "
         f"({locked.get('exact', 0)} with the same bytes, {locked.get('near', 0)} near duplicates)",
+        *([f"- Reviewed corrections trained on: {corrections['used']} of the {corrections['offered']} reviewed "
+           f"images added to the datasets ({corrections['relabelled']} with a label other than the model's "
+           f"prediction; {corrections['left_out']} left out: already in the data, held by a locked evaluation "
+           "dataset, or a duplicate of a val/test image); they are trained on, never validated or tested on"]
+          if corrections else []),
         f"- Checkpoint SHA-256: `{summary['sha256']}`",
         f"- Trained on {summary['device']}: {len(epoch_s)} epochs in {sum(epoch_s) / 60:.1f} min, "
         f"mean epoch {sum(epoch_s) / max(len(epoch_s), 1):.1f} s",

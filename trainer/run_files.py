@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from fracture import datasets
+from fracture import dataset_additions, datasets
 from fracture.config import Settings
 from fracture.db import session_scope
 from fracture.models import Dataset, DatasetRole, DatasetStatus
@@ -33,8 +33,10 @@ def data_argv(settings: Settings, params: dict[str, Any], out: Path) -> list[str
         if params.get("dataset_ids"):
             ids = check_dataset_ids(s, list(params["dataset_ids"]))  # again: a dataset may have changed since
             rows = [s.get_one(Dataset, i) for i in ids]
+            # A dataset's reviewed additions (fracture.dataset_additions) are trained on with it.
             spec = [{"name": d.name, "root": d.root,
-                     "members": sorted(m) if (m := datasets.member_paths(d)) is not None else None} for d in rows]
+                     "members": sorted(m) if (m := datasets.member_paths(d)) is not None else None,
+                     "additions": dataset_additions.spec_of(s, storage, d.id)} for d in rows]
             (out / "data-spec.json").write_text(json.dumps(spec, indent=1))
             argv = ["--data-spec", str(out / "data-spec.json")]
         else:

@@ -13,7 +13,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,16 @@ from trainer.data import TrainAugment, batches, decode_all
 from trainer.dataset import SPLITS, fingerprint
 from trainer.metrics import binary_metrics, choose_threshold
 from trainer.split import POLICIES, make_split
-from trainer.union import Source, check_classes, load_locked, locked_out, locked_summary, read_spec, scan_union
+from trainer.union import (
+    Source,
+    check_classes,
+    load_locked,
+    locked_out,
+    locked_summary,
+    read_spec,
+    scan_additions,
+    scan_union,
+)
 
 EpochCallback = Callable[[int, int, dict[str, list[float]]], None]
 LogCallback = Callable[[str], None]
@@ -93,6 +102,7 @@ class Prepared:
     row_md5: list[str]
     files: dict[str, int]  # files per dataset, before the locked images are left out
     locked: dict[str, int]  # distinct images left out because a locked evaluation dataset holds them
+    corrections: dict[str, int]  # the datasets' reviewed additions: offered, trained on, relabelled, left out
 
 
 def sources_of(args: argparse.Namespace) -> list[Source]:
@@ -106,7 +116,8 @@ def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path
     """Scan the datasets, decode once, leave out locked images, audit for duplicates, and split by the policy."""
     sources = sources_of(args)
     samples, classes, files = scan_union(sources)
-    paths = {s.md5: s.path for s in samples}
+    added, relabelled = scan_additions(sources, classes)
+    paths = {s.md5: s.path for s in added} | {s.md5: s.path for s in samples}
     index, images, errors = decode_all(paths, spec, cache_dir)
     decoded: dict[str, PILImage.Image | str] = {m: errors[m] for m in errors}
     for m, i in index.items():
@@ -115,10 +126,21 @@ def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path
     excluded = locked_out({m: im for m, im in decoded.items() if not isinstance(im, str)},
                           load_locked(getattr(args, "locked", None)))
     samples = [s for s in samples if s.md5 not in excluded]
-    check_classes(samples, [source.name for source in sources])
-    report = audit(samples, decoded)
+    own = {s.md5 for s in samples}
+    offered = {s.md5 for s in added}
+    added = [s for s in added if s.md5 not in excluded and s.md5 not in own and s.md5 in index]
+    check_classes(samples + added, [source.name for source in sources])
+    report = audit(samples + added, decoded)
     split_seed = args.seed if getattr(args, "split_seed", None) is None else args.split_seed
-    split = make_split(args.split, samples, report, split_seed)
+    # The datasets' own images are split as if nothing had been added (the same val and test as before); the
+    # reviewed additions then join train, but for any whose duplicate group reaches val or test.
+    split = make_split(args.split, samples, own_view(report, own), split_seed)
+    held = {report.group_of[m] for name in ("val", "test") for m in split[name] if m in report.group_of}
+    added = [s for s in added if report.group_of[s.md5] not in held]
+    split["train"] = sorted(set(split["train"]) | {s.md5 for s in added})
+    corrections = {"offered": len(offered), "used": len({s.md5 for s in added}),
+                   "relabelled": sum(1 for m in {s.md5 for s in added} if relabelled.get(m))}
+    corrections["left_out"] = corrections["offered"] - corrections["used"]
     positive = POSITIVE_CLASS if POSITIVE_CLASS in classes else classes[0]
     row_md5 = sorted(index, key=index.__getitem__)
     labels = torch.tensor([1.0 if report.label_of.get(m) == positive else 0.0 for m in row_md5])
@@ -129,8 +151,14 @@ def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path
             rng = np.random.default_rng(args.seed)
             rows = rng.permutation(rows)[:64]
         split_index[name] = rows
-    return Prepared(classes, images, labels, split_index, report, fingerprint(samples), paths, row_md5, files,
-                    locked_summary(excluded))
+    return Prepared(classes, images, labels, split_index, report, fingerprint(samples + added), paths, row_md5, files,
+                    locked_summary(excluded), corrections)
+
+
+def own_view(report: AuditReport, own: set[str]) -> AuditReport:
+    """The audit limited to the datasets' own images (what the split of their files is drawn from)."""
+    return replace(report, group_of={m: g for m, g in report.group_of.items() if m in own},
+                   label_of={m: v for m, v in report.label_of.items() if m in own})
 
 
 def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt: torch.optim.Optimizer,
@@ -266,7 +294,8 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
     (out / "audit.json").write_text(json.dumps(data.report.to_dict(), indent=2))
     sizes = {k: len(v) for k, v in data.split_index.items()}
     say(f"data ready in {time.time() - t0:.1f}s: {sizes} distinct images ({args.split} split) from {data.files}; "
-        f"left out as locked evaluation images: {data.locked['total']}")
+        f"left out as locked evaluation images: {data.locked['total']}; reviewed corrections trained on: "
+        f"{data.corrections['used']} of {data.corrections['offered']}")
 
     model = build_model(margs)
     if args.weights:
@@ -332,6 +361,9 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
                                                             args.min_specificity)
     metrics["selected_epoch"] = best["epoch"]
     metrics["split_policy"] = args.split
+    if data.corrections["offered"]:  # the models page lists these beside the selected epoch
+        metrics["corrections"] = data.corrections["used"]
+        metrics["corrections_relabelled"] = data.corrections["relabelled"]
 
     plot_files = plots.write_all(out / "plots", history, curves, metrics)
     # --resume continues the same run to the same result, so the command that reproduces it leaves it out.
@@ -350,7 +382,7 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
                "data_fingerprint": data.fingerprint, "audit": data.report.to_dict(), "split_sizes": sizes,
                "command": command, "model_args": margs.to_dict(), "preprocess": spec.to_dict(),
                "seconds": time.time() - t0, "device": device.type, "datasets": data.files,
-               "locked_out": data.locked, "splits": {"test": test_members(data)}}
+               "locked_out": data.locked, "corrections": data.corrections, "splits": {"test": test_members(data)}}
     compare = json.loads(Path(args.compare).read_text()) if getattr(args, "compare", None) else None
     card.write(out, summary, compare)
     return summary

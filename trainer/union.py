@@ -1,6 +1,8 @@
 """A run's training data: the union of its datasets, less every image of a locked (evaluation) dataset.
 
-`--data-spec FILE` names the datasets (a JSON list of {"name", "root", "members"}); `--locked FILE` names the
+`--data-spec FILE` names the datasets (a JSON list of {"name", "root", "members", "additions"}: "additions" lists
+the reviewed images an admin added to the dataset, {"file", "label", "md5", "relabelled"}, trained on but never
+validated or tested on); `--locked FILE` names the
 ready evaluation datasets whose images are never trained on (a JSON list of {"name", "hashes"}: the path of the
 hashes.json their validation wrote, MD5 -> 8 perceptual hashes). An image is left out when its bytes are those
 of a locked image, or when it is a near duplicate (a rotated, flipped or resized copy) of one.
@@ -17,8 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from trainer.audit import NEAR_DISTANCE, dihedral_hashes
-from trainer.dataset import Sample, scan
+from fracture.image_hashes import NEAR_DISTANCE, dihedral_hashes
+from trainer.dataset import Sample, md5_file, scan
 
 
 class TrainingDataError(ValueError):
@@ -26,12 +28,24 @@ class TrainingDataError(ValueError):
 
 
 @dataclass(frozen=True)
+class Addition:
+    """A reviewed image added to a dataset: its copy in storage, its reviewed label, and whether that label
+    differs from the model's prediction (None: no longer known)."""
+
+    file: Path
+    label: str
+    relabelled: bool | None = None
+
+
+@dataclass(frozen=True)
 class Source:
-    """One dataset of a run: its name, folder, and the relative paths it is limited to (None: all of it)."""
+    """One dataset of a run: its name, folder, the relative paths it is limited to (None: all of it), and the
+    reviewed images added to it."""
 
     name: str
     root: Path
     members: frozenset[str] | None = None
+    additions: tuple[Addition, ...] = ()
 
 
 def read_spec(path: str | Path) -> list[Source]:
@@ -40,7 +54,9 @@ def read_spec(path: str | Path) -> list[Source]:
     if not isinstance(items, list) or not items:
         raise TrainingDataError(f"the data spec {path} names no dataset")
     return [Source(str(i.get("name") or i["root"]), Path(i["root"]),
-                   frozenset(i["members"]) if i.get("members") is not None else None) for i in items]
+                   frozenset(i["members"]) if i.get("members") is not None else None,
+                   tuple(Addition(Path(a["file"]), str(a["label"]), a.get("relabelled"))
+                         for a in i.get("additions") or ())) for i in items]
 
 
 def scan_union(sources: list[Source]) -> tuple[list[Sample], list[str], dict[str, int]]:
@@ -60,6 +76,24 @@ def scan_union(sources: list[Source]) -> tuple[list[Sample], list[str], dict[str
         files[source.name] = len(found)
     assert classes is not None
     return samples, classes, files
+
+
+def scan_additions(sources: list[Source], classes: list[str]) -> tuple[list[Sample], dict[str, bool | None]]:
+    """The datasets' reviewed additions as `train` samples, and whether each (by MD5) changed the model's label."""
+    samples: list[Sample] = []
+    relabelled: dict[str, bool | None] = {}
+    for source in sources:
+        for a in source.additions:
+            if a.label not in classes:
+                raise TrainingDataError(f"a reviewed image added to the dataset {source.name!r} is labelled "
+                                        f"{a.label!r}, not one of its classes {classes}")
+            if not a.file.is_file():
+                raise TrainingDataError(f"a reviewed image added to the dataset {source.name!r} is missing from "
+                                        f"storage: {a.file}")
+            sample = Sample(a.file, "train", a.label, md5_file(a.file))
+            samples.append(sample)
+            relabelled[sample.md5] = a.relabelled
+    return samples, relabelled
 
 
 def load_locked(path: str | Path | None) -> dict[str, list[str]]:
