@@ -17,6 +17,7 @@ from fracture.checkpoint import Checkpoint, load_checkpoint
 from fracture.net import fold_batchnorm, has_features
 from fracture.preprocess import (
     DEFAULT_MAX_PIXELS,
+    THUMBNAIL_SIZE,
     ImageError,
     decode_gray,
     forward_views,
@@ -104,7 +105,9 @@ class Predictor:
 
     def _decode(self, source: Source, thumbnail: bool = False) -> tuple[torch.Tensor, bytes | None] | str:
         try:
-            gray = decode_gray(source, self.spec.image_size, self.max_pixels)
+            # A large JPEG is decoded at a reduced scale no smaller than this: enough for the thumbnail too.
+            size = max(self.spec.image_size, THUMBNAIL_SIZE) if thumbnail else self.spec.image_size
+            gray = decode_gray(source, size, self.max_pixels)
             thumb = thumbnail_jpeg(gray) if thumbnail else None
             return to_uint8_tensor(square(gray, self.spec.image_size)), thumb
         except ImageError as e:
