@@ -137,12 +137,14 @@ def workers_reported(health: dict[str, Any]) -> bool:
 class System:
     """`fracture up` in a fresh FRACTURE_HOME with the release model, on a free port."""
 
-    def __init__(self, workdir: Path, concurrency: int = 1, broker: str = "auto") -> None:
+    def __init__(self, workdir: Path, concurrency: int = 1, broker: str = "auto",
+                 extra_env: dict[str, str] | None = None) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="home-", dir=workdir))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL")}
         env.update(FRACTURE_HOME=str(self.home), FRACTURE_SEED_MODEL=str(MODEL), PYTHONUNBUFFERED="1")
+        env.update(extra_env or {})
         self.env = env
         self.proc: Proc = start_fracture_up(env, self.port, self.home, broker=broker, concurrency=concurrency,
                                             name="up", healthy=workers_reported)

@@ -1,0 +1,155 @@
+"""The reader's view benchmark: what thumbnails cost end to end, and how fast a 20,000-image job's pages answer.
+
+    .venv/bin/python bench/reader.py            # 400 images end to end (x2 each way), a 20,000-image job
+    .venv/bin/python bench/reader.py --quick    # 100 images, a 5,000-image job
+
+Rows:
+- end to end through `fracture up` (embedded broker, one worker), the same zip with THUMBNAILS=1 and =0, run
+  alternately, best of 2 each: the throughput ratio is the cost of the worker's thumbnails (target: at most 10%);
+- the job page, its filters and sorts, the summary, the results API and the viewer on a job of 20,000 images with
+  results and reviews (made directly in the database), median of 5 requests each through the Flask app.
+
+Prints a table; the last line is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+from installation import new_installation  # noqa: E402  (the tests' installation helpers)
+from run import MODEL, System, make_zip, real_images  # noqa: E402  (the inference benchmark's harness)
+
+
+def end_to_end(workdir: Path, n: int, rounds: int = 2) -> dict[str, float]:
+    """Images per second of the same n-image zip with and without thumbnails, best of `rounds` each."""
+    files = real_images(n, workdir)
+    zipped = make_zip(files, workdir / f"reader-{n}.zip")
+    one = make_zip(files[:1], workdir / "reader-one.zip")
+    best: dict[str, float] = {"on": 0.0, "off": 0.0}
+    for _ in range(rounds):
+        for mode, flag in (("on", "1"), ("off", "0")):
+            system = System(workdir, concurrency=1, extra_env={"THUMBNAILS": flag})
+            try:
+                system.run_job(one, 1)  # warm: the worker loads the model on its first job
+                seconds, _ = system.run_job(zipped, n)
+                best[mode] = max(best[mode], n / seconds)
+                if mode == "on":
+                    stored = list((system.home / "storage" / "thumbnails").rglob("*.jpg"))
+                    assert len(stored) >= n, f"{len(stored)} thumbnails for {n} images"
+                    best["thumb_kb"] = sum(p.stat().st_size for p in stored) / len(stored) / 1024
+            finally:
+                system.stop()
+    return best
+
+
+def big_job(workdir: Path, n: int) -> tuple[dict[str, str], str]:
+    """An installation with the release model and one finished n-image job: results, 5% reviewed, 1% errors."""
+    from sqlalchemy import select
+
+    from fracture import jobs, reviews
+    from fracture.config import get_settings
+    from fracture.db import session_scope
+    from fracture.models import Image, Job, User
+    from fracture.storage import Storage
+
+    env = new_installation(Path(tempfile.mkdtemp(prefix="reader-", dir=workdir)) / "home", MODEL)
+    settings = get_settings(env)
+    rng = random.Random(0)
+    with session_scope(settings.database_url) as session:
+        version_id = int(env["FRACTURE_MODEL_VERSION_ID"])
+        entries = [jobs.NewImage(seq=k, path=f"study-{k // 4:05d}/image-{k:06d}.png", storage_key=None)
+                   for k in range(1, n + 1)]
+        job = jobs.create_job(session, "bench", f"bench ({n} files)", version_id, entries)
+        ids = list(session.scalars(select(Image.id).where(Image.job_id == job.id).order_by(Image.seq)))
+        outcomes = []
+        for image_id in ids:
+            if rng.random() < 0.01:
+                outcomes.append(jobs.Outcome(image_id, error="could not decode image: bench"))
+                continue
+            p = rng.betavariate(0.4, 0.4)
+            ood = rng.expovariate(2.0)
+            outcomes.append(jobs.Outcome(image_id, "fractured" if p >= 0.258 else "not fractured", p, None,
+                                         ood < 1.0, ood, thumbnail_key=f"thumbnails/{job.id}/{image_id}.jpg"))
+        jobs.record_outcomes(session, job.id, version_id, outcomes)
+        session.flush()
+        job_row = session.get(Job, job.id)
+        assert job_row is not None
+        reviewer = session.scalars(select(User)).first()
+        storage = Storage(settings.storage_dir)
+        for o in outcomes[::20]:
+            if o.prediction is not None and reviewer is not None:
+                reviews.set_review(session, storage, job_row, o.image_id, o.prediction, reviewer.id)
+        return env, job.id
+
+
+def page_timings(env: dict[str, str], job_id: str, n: int, repeats: int = 5) -> dict[str, float]:
+    from web_client import make_client
+
+    from fracture.config import get_settings
+
+    client = make_client(get_settings(env))
+    middle = client.get(f"/api/jobs/{job_id}/results?offset={n // 2}&limit=1").get_json()["results"][0]["image_id"]
+    last_page = -(-n // 50)
+    urls = {
+        "job page 1": f"/jobs/{job_id}",
+        "job page, last": f"/jobs/{job_id}?page={last_page}",
+        "job page, by probability": f"/jobs/{job_id}?sort=-probability",
+        "job page, uncertain": f"/jobs/{job_id}?uncertain=1&sort=probability",
+        "job page, unreviewed fractured by path": f"/jobs/{job_id}?prediction=fractured&review=unreviewed&sort=path",
+        "summary API": f"/api/jobs/{job_id}/summary",
+        "results API, last 50": f"/api/jobs/{job_id}/results?offset={n - 50}&limit=50",
+        "viewer (middle image, by probability)": f"/jobs/{job_id}/images/{middle}?sort=-probability",
+    }
+    out: dict[str, float] = {}
+    for name, url in urls.items():
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            response = client.get(url)
+            times.append(1000 * (time.perf_counter() - t))
+            assert response.status_code == 200, (url, response.status_code)
+        out[name] = statistics.median(times)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="100 images end to end, a 5,000-image job")
+    p.add_argument("--workdir", default=None)
+    a = p.parse_args()
+    n_e2e, n_big = (100, 5000) if a.quick else (400, 20_000)
+    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="fracture-bench-reader-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    fig: dict[str, float | int] = {"images_e2e": n_e2e, "images_job": n_big}
+    e2e = end_to_end(workdir, n_e2e)
+    fig.update({"e2e_ips_thumbnails": e2e["on"], "e2e_ips_no_thumbnails": e2e["off"],
+                "thumbnail_cost": 1 - e2e["on"] / e2e["off"], "thumbnail_kb": e2e["thumb_kb"]})
+    t = time.perf_counter()
+    env, job_id = big_job(workdir, n_big)
+    fig["make_job_s"] = time.perf_counter() - t
+    pages = page_timings(env, job_id, n_big)
+
+    print("| row | figure | ratio |\n|---|---|---|")
+    print(f"| end to end, thumbnails on ({n_e2e} images, 1 worker) | {e2e['on']:.1f} img/s | "
+          f"{e2e['on'] / e2e['off']:.3f} x off (cost {100 * fig['thumbnail_cost']:.1f}%, target <= 10%) |")
+    print(f"| end to end, thumbnails off | {e2e['off']:.1f} img/s | 1.000 |")
+    print(f"| thumbnail size (160 px JPEG) | {e2e['thumb_kb']:.1f} KiB | |")
+    for name, ms in pages.items():
+        print(f"| {name} ({n_big} images) | {ms:.0f} ms | |")
+        fig[f"ms {name}"] = ms
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in fig.items()}))
+
+
+if __name__ == "__main__":
+    main()
