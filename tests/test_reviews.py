@@ -261,7 +261,8 @@ def test_the_job_page_partial_offers_ready_training_datasets_to_admins_only(
             s.expunge(g.user)
         g.auth = "token"
         html = render_template("_add_reviewed.html", job={"id": job_id})
-    assert "<strong>1 / 2</strong> reviewed" in html and "0 correct · 1 wrong" in html
+    assert '<strong><span id="progress-reviewed">1</span> / 2</strong> reviewed' in html
+    assert '<span id="progress-correct">0</span> correct · <span id="progress-wrong">1</span> wrong' in html
     assert f'<option value="{site}">site</option>' in html and ">held<" not in html  # training datasets only
     assert f'action="/jobs/{job_id}/add-to-dataset"' in html and 'name="csrf_token"' in html
     assert f"/api/jobs/{job_id}/reviews.csv" in html
@@ -274,4 +275,4 @@ def test_the_job_page_partial_offers_ready_training_datasets_to_admins_only(
             job.owner_id = g.user.id
         g.auth = "token"
         html = render_template("_add_reviewed.html", job={"id": job_id})
-    assert "1 / 2" in html and "add-reviewed-form" not in html
+    assert "1</span> / 2" in html and "add-reviewed-form" not in html

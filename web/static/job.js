@@ -28,9 +28,10 @@
     who.className = "muted";
     who.textContent = `(${r.reviewer})`;
     state.appendChild(who);
-    if (body.progress) {
-      if ($("reviewed-count")) $("reviewed-count").textContent = body.progress.reviewed;
-      if ($("reviewed-wrong")) $("reviewed-wrong").textContent = body.progress.wrong;
+    if (body.progress) {  // the summary's counts and the corrections card's
+      const counts = { "reviewed-count": "reviewed", "reviewed-wrong": "wrong", "progress-reviewed": "reviewed",
+                       "progress-correct": "correct", "progress-wrong": "wrong" };
+      for (const [id, key] of Object.entries(counts)) if ($(id)) $(id).textContent = body.progress[key];
     }
   }
 
