@@ -74,6 +74,9 @@ class Settings:
     thumbnails: bool = True
     # "Uncertain" on the job page: a probability within this distance of the model's threshold.
     uncertain_margin: float = 0.1
+    # Compute the heatmap of every image the model calls positive as soon as its chunk is classified (each on its
+    # own task of the inference queue); off, heatmaps are made only when someone asks for one.
+    heatmaps_above_threshold: bool = False
 
     @property
     def embedded_broker(self) -> bool:
@@ -126,4 +129,5 @@ def get_settings(env: dict[str, str] | None = None) -> Settings:
         show_patient_identifiers=_flag(env, "SHOW_PATIENT_IDENTIFIERS"),
         thumbnails=env.get("THUMBNAILS", "1").strip().lower() not in ("0", "false", "no", "off"),
         uncertain_margin=_float(env, "UNCERTAIN_MARGIN", 0.1),
+        heatmaps_above_threshold=_flag(env, "HEATMAPS_ABOVE_THRESHOLD"),
     )

@@ -19,6 +19,7 @@ from fracture.db import session_scope
 INFERENCE_QUEUE = "inference"
 TRAINING_QUEUE = "training"
 CLASSIFY_TASK = "inference.classify_chunk"
+HEATMAP_TASK = "inference.heatmap"
 RETRAIN_TASK = "training.retrain"
 VALIDATE_DATASET_TASK = "datasets.validate"
 SPLIT_DATASET_TASK = "datasets.split"
@@ -145,6 +146,17 @@ def dispatch_job(app: Celery, settings: Settings, job_id: str) -> None:
 def send_classify(app: Celery, job_id: str, image_ids: list[int]) -> None:
     """Send one chunk of a job to the inference queue (a worker splitting a chunk it could not finish)."""
     app.send_task(CLASSIFY_TASK, args=(job_id, image_ids), queue=INFERENCE_QUEUE)
+
+
+def send_heatmap(app: Celery, job_id: str, image_id: int, version_id: int, check_broker: bool = True) -> None:
+    """Send the heatmap of one image under one model version to the inference queue (its own task, so plain
+    classification never waits on it); raises BrokerUnavailable quickly if the broker is down."""
+    try:
+        if check_broker:
+            _ensure_broker(app)
+        app.send_task(HEATMAP_TASK, args=(job_id, image_id, version_id), queue=INFERENCE_QUEUE, retry=False)
+    except (KombuOperationalError, OSError) as e:
+        raise BrokerUnavailable(f"the message broker is not reachable: {e}") from e
 
 
 def send_retrain(app: Celery, run_id: int) -> None:

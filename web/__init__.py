@@ -46,6 +46,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     from web import api, datasets, evaluations, images, models, pages
     from web.context import close_db
+    from web.heatmaps import bp as heatmaps_bp
     from web.reviews import bp as reviews_bp
     from web.schedules import bp as schedules_bp
     from web.trainings import bp as trainings_bp
@@ -60,6 +61,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(models.bp)
     app.register_blueprint(schedules_bp)
     app.register_blueprint(trainings_bp)
+    app.register_blueprint(heatmaps_bp)
     app.register_blueprint(reviews_bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(OperationalError, _db_down)

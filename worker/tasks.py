@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 from fracture import queue
 from worker.celery_app import soft_time_limit
 from worker.classify import classify_chunk, fail_images
+from worker.heatmaps import make_heatmap, request_positive
 from worker.reaper import reap
 from worker.schedules import run_due_schedules
 
@@ -36,6 +37,26 @@ def classify_chunk_task(self: Task, job_id: str, image_ids: list[int]) -> None:
         # The database was busy or away: try again later, the chunk is idempotent.
         raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
     log.info("job %s chunk of %d: %s", job_id, len(image_ids), outcome)
+    if settings.heatmaps_above_threshold:
+        try:
+            sent = request_positive(settings, job_id, image_ids, lambda job, image, version: queue.send_heatmap(
+                self.app, job, image, version, check_broker=False))
+        except (queue.BrokerUnavailable, OperationalError) as e:
+            # The chunk is done; its heatmaps can still be asked for one by one (a lost request is sent again).
+            log.warning("job %s: heatmaps of the chunk not requested: %s", job_id, e)
+        else:
+            log.info("job %s: %d heatmaps requested", job_id, sent)
+
+
+@shared_task(name=queue.HEATMAP_TASK, bind=True, max_retries=5)
+def heatmap_task(self: Task, job_id: str, image_id: int, version_id: int) -> None:
+    """Make the heatmap of one image under one model version; safe to run more than once."""
+    settings = queue.settings_of(self.app)
+    try:
+        outcome = make_heatmap(settings, job_id, image_id, version_id)
+    except OperationalError as e:
+        raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
+    log.info("job %s image %d heatmap: %s", job_id, image_id, outcome)
 
 
 @shared_task(name=queue.SCHEDULES_TICK_TASK, bind=True)

@@ -1,0 +1,133 @@
+"""Where the served network looked: Grad-CAM over the served test-time views, and the PNGs that show it.
+
+The map explains the served logit of the positive class (the mean over the checkpoint's test-time views): each view's
+map is computed on that view, turned back to the image's own orientation, and the maps are averaged, so a rotated or
+mirrored upload gets the rotated or mirrored map. The layer and the method were chosen by measurement
+(bench/heatmaps.py, fracture/release/heatmaps.md).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from fracture.net import FracNet
+from fracture.preprocess import PreprocessSpec, decode_gray, normalize, views_of
+
+# FracNet's block whose output Grad-CAM weighs: -2 is the stride-1 block before the last one (8x8 at 128 px); the
+# last block (4x4) deleted the evidence more slowly in bench/heatmaps.py.
+FRACNET_BLOCK = -2
+COLORMAP = "inferno"
+MAX_SIDE = 1024  # the longest side of a stored overlay or composite, in pixels (the viewer scales it anyway)
+
+
+def target_layer(model: nn.Module, block: int = FRACNET_BLOCK) -> nn.Module:
+    """The layer whose activations and gradients make the map: a FracNet block, else the last convolution."""
+    if isinstance(model, FracNet):
+        return model.stages[block]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("the network has no convolution to take a heatmap from")
+    return convs[-1]
+
+
+def unview(maps: torch.Tensor, views: str) -> torch.Tensor:
+    """Turn each view's map (V, ..., S, S), in the order of preprocess.views_of, back to the image's orientation."""
+    if views == "identity":
+        return maps
+    back = []
+    for i in range(maps.shape[0]):
+        m = maps[i]
+        if i >= 4:  # views_of flips after turning: undo the flip first
+            m = m.flip(-1)
+        back.append(torch.rot90(m, -(i % 4), dims=(-2, -1)))
+    return torch.stack(back)
+
+
+def layer_maps(model: nn.Module, x: torch.Tensor, views: str, layer: nn.Module,
+               plusplus: bool = False) -> torch.Tensor:
+    """Signed Grad-CAM (or Grad-CAM++) maps of each view of one normalised image (1, C, S, S), at S x S, turned back
+    to the image's orientation: (V, S, S). The target is the served score, the mean logit over the views."""
+    acts: list[torch.Tensor] = []
+    hook = layer.register_forward_hook(lambda _m, _i, out: acts.append(out))
+    try:
+        with torch.enable_grad():
+            batch = torch.cat(views_of(x, views)).contiguous(memory_format=torch.channels_last)
+            logits = model(batch)
+            (grads,) = torch.autograd.grad(logits.mean(), acts[0])
+    finally:
+        hook.remove()
+    a, g = acts[0].detach().float(), grads.float()
+    if plusplus:
+        # Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19 for a linear score): pixel-wise weights of the gradients.
+        g2, g3 = g * g, g * g * g
+        denom = 2 * g2 + (a * g3).sum((2, 3), keepdim=True)
+        alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
+        weights = (alpha * g.clamp_min(0)).sum((2, 3), keepdim=True)
+    else:
+        weights = g.mean((2, 3), keepdim=True)
+    cams = (weights * a).sum(1, keepdim=True)
+    size = x.shape[-1]
+    cams = F.interpolate(cams, size=(size, size), mode="bilinear", align_corners=False)
+    return unview(cams[:, 0], views)
+
+
+def normalized(signed: torch.Tensor) -> np.ndarray:
+    """A signed map (S, S) as float32 in [0, 1]: the positive evidence over its maximum (all zero if there is none)."""
+    m = signed.clamp_min(0)
+    top = float(m.max())
+    return (m / top if top > 0 else m).cpu().numpy().astype(np.float32)
+
+
+def heatmap(model: nn.Module, image_u8: torch.Tensor, spec: PreprocessSpec, device: torch.device | None = None,
+            block: int = FRACNET_BLOCK) -> np.ndarray:
+    """The product's map for one decoded image (1, S, S) uint8 and its network: float32 (S, S) in [0, 1], at the
+    model's input resolution and in the image's orientation; the average over the served views of Grad-CAM."""
+    device = device or next(model.parameters()).device
+    x = normalize(image_u8.unsqueeze(0).to(device), spec)
+    maps = layer_maps(model, x, spec.views, target_layer(model, block))
+    return normalized(maps.mean(0))
+
+
+# ---------------------------------------------------------------- pictures
+
+
+def display_gray(source: str | Path | bytes, max_pixels: int, max_side: int = MAX_SIDE) -> Image.Image:
+    """The image as served, in its own aspect (8-bit grayscale, EXIF-turned, DICOM windowed), at most `max_side`.
+
+    The network sees it squashed to a square; stretching the map to this image's size undoes the squash. Raises
+    ImageError as preprocess.decode does.
+    """
+    gray = decode_gray(source, max_side, max_pixels)
+    gray.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return gray
+
+
+def overlay(heat: np.ndarray, size: tuple[int, int], colormap: str = COLORMAP) -> Image.Image:
+    """An RGBA overlay of `heat` (S, S in [0, 1]) at `size` (width, height): colour from `colormap`, opacity rising with
+    the value (transparent where the model found nothing)."""
+    from matplotlib import colormaps  # the colour table only: no pyplot, no backend
+
+    square = Image.fromarray(heat.astype(np.float32), mode="F")
+    value = np.clip(np.asarray(square.resize(size, Image.Resampling.BILINEAR), dtype=np.float32), 0.0, 1.0)
+    rgba = colormaps[colormap](value)  # (H, W, 4) floats
+    rgba[..., 3] = np.clip(value * 1.25, 0.0, 1.0) ** 1.5 * 0.85
+    return Image.fromarray((rgba * 255).round().astype(np.uint8), mode="RGBA")
+
+
+def composite(gray: Image.Image, heat: np.ndarray, colormap: str = COLORMAP) -> Image.Image:
+    """The image with its overlay drawn on it (RGB): what a download holds."""
+    base = gray.convert("RGBA")
+    return Image.alpha_composite(base, overlay(heat, base.size, colormap)).convert("RGB")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()

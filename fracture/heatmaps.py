@@ -1,0 +1,175 @@
+"""The state of heatmaps: the only code that writes Heatmap rows (asked for, done, failed) and their stored PNGs.
+
+A heatmap belongs to one image under the job's pinned model version. The web asks for one (the first request sends
+the task), the worker marks it done or failed; a request that was lost (its task never ran) or failed a while ago is
+sent again on the next ask, so nothing stays pending for ever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from fracture.models import Heatmap, HeatmapStatus, Image, Job, Result
+from fracture.storage import Storage
+
+# A pending request older than this was lost (a worker died, the broker restarted): the next ask sends it again.
+# A failure is shown for as long before the next ask tries again (a restarted worker may succeed).
+RESEND_AFTER = timedelta(minutes=5)
+
+
+class HeatmapRefused(ValueError):
+    """No heatmap can be made for this image now; `final` when it never can (its classification is an error)."""
+
+    def __init__(self, message: str, final: bool) -> None:
+        super().__init__(message)
+        self.final = final
+
+
+@dataclass(frozen=True)
+class Requested:
+    """A heatmap row after a request, and whether its task must be sent now."""
+
+    heatmap: Heatmap
+    send: bool
+
+
+def storage_key(job_id: str, image_id: int, version_id: int) -> str:
+    """Where the overlay (RGBA, the image's aspect) is stored."""
+    return f"heatmaps/{job_id}/{image_id}-{version_id}.png"
+
+
+def composite_key(key: str) -> str:
+    """Where the download (the image with its overlay drawn on) is stored, beside the overlay."""
+    return key.removesuffix(".png") + "-composite.png"
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+
+
+def find(session: Session, image_id: int, version_id: int) -> Heatmap | None:
+    """The heatmap row of `image_id` under `version_id`, if one was ever asked for."""
+    return session.scalars(
+        select(Heatmap).where(Heatmap.image_id == image_id, Heatmap.model_version_id == version_id)
+    ).first()
+
+
+def check_classified(session: Session, job: Job, image_id: int) -> int:
+    """The model version to explain `image_id` of `job` with; raise HeatmapRefused when it has no usable result."""
+    image = session.get(Image, image_id)
+    if image is None or image.job_id != job.id:
+        raise LookupError(f"no image {image_id} in job {job.id}")
+    if job.model_version_id is None:
+        raise HeatmapRefused("the job has no model version", final=True)
+    result = session.scalars(
+        select(Result).where(Result.image_id == image_id, Result.model_version_id == job.model_version_id)
+    ).first()
+    if result is None:
+        if image.ingest_error:
+            raise HeatmapRefused(f"the image could not be classified: {image.ingest_error}", final=True)
+        raise HeatmapRefused("the image is not classified yet; ask again when it is", final=False)
+    if result.error is not None:
+        raise HeatmapRefused(f"the image could not be classified: {result.error}", final=True)
+    return job.model_version_id
+
+
+def request(session: Session, job: Job, image_id: int, storage: Storage, now: datetime | None = None) -> Requested:
+    """Get or create the heatmap of `image_id` under the job's model version; say whether its task must be sent.
+
+    Raises HeatmapRefused when the image has no result to explain, LookupError when it is not the job's.
+    """
+    version_id = check_classified(session, job, image_id)
+    sent = _ensure_rows(session, job.id, version_id, [image_id], storage, now)
+    heatmap = find(session, image_id, version_id)
+    assert heatmap is not None
+    return Requested(heatmap, bool(sent))
+
+
+def request_many(session: Session, job_id: str, version_id: int, image_ids: Sequence[int], storage: Storage,
+                 now: datetime | None = None) -> list[int]:
+    """Ask for the heatmaps of `image_ids` (classified images of `job_id`); return those whose task must be sent."""
+    return _ensure_rows(session, job_id, version_id, image_ids, storage, now)
+
+
+def _ensure_rows(session: Session, job_id: str, version_id: int, image_ids: Sequence[int], storage: Storage,
+                 now: datetime | None) -> list[int]:
+    now = now or datetime.now(UTC)
+    if not image_ids:
+        return []
+    values = [{"image_id": i, "job_id": job_id, "model_version_id": version_id, "status": HeatmapStatus.PENDING,
+               "requested_at": now} for i in image_ids]
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        stmt = postgresql.insert(Heatmap).values(values).on_conflict_do_nothing(
+            index_elements=["image_id", "model_version_id"]).returning(Heatmap.image_id)
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(Heatmap).values(values).on_conflict_do_nothing(
+            index_elements=["image_id", "model_version_id"]).returning(Heatmap.image_id)
+    else:
+        raise NotImplementedError(f"no upsert for database dialect {dialect!r}")
+    created = set(session.scalars(stmt).all())
+    existing = session.scalars(
+        select(Heatmap).where(Heatmap.model_version_id == version_id, Heatmap.image_id.in_(image_ids),
+                              Heatmap.image_id.not_in(created)).with_for_update()
+    ).all()
+    resend = [h for h in existing if _needs_sending(h, storage, now)]
+    for heatmap in resend:
+        heatmap.status, heatmap.error, heatmap.storage_key = HeatmapStatus.PENDING, None, None
+        heatmap.requested_at, heatmap.finished_at = now, None
+    session.flush()
+    return sorted(created | {h.image_id for h in resend})
+
+
+def _needs_sending(heatmap: Heatmap, storage: Storage, now: datetime) -> bool:
+    if heatmap.status == HeatmapStatus.DONE:
+        return not (heatmap.storage_key and storage.exists(heatmap.storage_key))  # its file was removed
+    stamp = heatmap.finished_at if heatmap.status == HeatmapStatus.FAILED else heatmap.requested_at
+    return stamp is None or now - _aware(stamp) >= RESEND_AFTER
+
+
+def withdraw(session: Session, heatmap: Heatmap) -> None:
+    """Forget a request whose task could not be sent (the broker was down), so that the next ask sends it."""
+    if heatmap.status == HeatmapStatus.PENDING:
+        session.delete(heatmap)
+        session.flush()
+
+
+def mark_done(session: Session, storage: Storage, job_id: str, image_id: int, version_id: int,
+              overlay_png: bytes, composite_png: bytes) -> Heatmap:
+    """Store the overlay and the composite of a computed heatmap and record it done (a repeat overwrites both)."""
+    key = storage_key(job_id, image_id, version_id)
+    storage.write_bytes(composite_key(key), composite_png)
+    storage.write_bytes(key, overlay_png)  # last: a done row's files are both there
+    return _finish(session, job_id, image_id, version_id, HeatmapStatus.DONE, key=key)
+
+
+def mark_failed(session: Session, job_id: str, image_id: int, version_id: int, reason: str) -> Heatmap:
+    """Record why the heatmap of `image_id` could not be made; the reason is shown to whoever asks for it."""
+    return _finish(session, job_id, image_id, version_id, HeatmapStatus.FAILED, error=reason)
+
+
+def _finish(session: Session, job_id: str, image_id: int, version_id: int, status: HeatmapStatus,
+            key: str | None = None, error: str | None = None) -> Heatmap:
+    heatmap = find(session, image_id, version_id)
+    if heatmap is None:  # computed without a request (a task sent by hand): record it all the same
+        heatmap = Heatmap(image_id=image_id, job_id=job_id, model_version_id=version_id)
+        session.add(heatmap)
+    heatmap.status, heatmap.storage_key, heatmap.error = status, key, error
+    heatmap.finished_at = datetime.now(UTC)
+    session.flush()
+    return heatmap
+
+
+def positive_images(session: Session, job_id: str, version_id: int, image_ids: Sequence[int],
+                    positive_class: str) -> list[int]:
+    """Those of `image_ids` whose result under `version_id` is the positive class (above the threshold)."""
+    return sorted(session.scalars(
+        select(Result.image_id).where(Result.job_id == job_id, Result.model_version_id == version_id,
+                                      Result.image_id.in_(image_ids), Result.prediction == positive_class)
+    ).all())

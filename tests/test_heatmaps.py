@@ -1,0 +1,206 @@
+"""Heatmaps: Grad-CAM of the served release model on real X-rays, consistent with its test-time views, and the
+heatmap endpoint through a real Celery worker (202 while computing, the PNG after, access, download, errors)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flask.testing import FlaskClient
+from harness import WorkerFactory, wait_for
+from installation import REPO_ROOT, add_user, create_job, job_state, new_installation
+from PIL import Image as PILImage
+from PIL import ImageOps
+from sqlalchemy import select
+from web_client import make_client
+
+from fracture import gradcam
+from fracture.config import get_settings
+from fracture.db import dispose_engines, session_scope
+from fracture.inference import Predictor
+from fracture.models import Heatmap, HeatmapStatus, Image
+from fracture.preprocess import load_u8
+from fracture.queue import enqueue_job, make_app
+
+RELEASE = REPO_ROOT / "fracture" / "release" / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    """The release checkpoint as the worker serves it (batch norm folded, channels_last), on the CPU."""
+    return Predictor.from_file(RELEASE, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def called(predictor: Predictor, sample_images: list[Path]) -> dict[str, list[Path]]:
+    """Real X-rays of the sample that the release model calls fractured (labelled so) and not fractured."""
+    out: dict[str, list[Path]] = {"fractured": [], "not fractured": []}
+    for path in sample_images:
+        label = path.parent.name
+        if len(out[label]) >= 3:
+            continue
+        try:
+            u8 = load_u8(path, predictor.spec)
+        except ValueError:
+            continue  # the dataset's truncated files
+        if predictor.ckpt.label(float(predictor.probabilities(u8[None])[0])) == label:
+            out[label].append(path)
+    assert len(out["fractured"]) >= 2 and out["not fractured"], out
+    return out
+
+
+def test_heatmaps_of_two_fractured_xrays_come_from_the_model_and_differ(
+    predictor: Predictor, called: dict[str, list[Path]],
+) -> None:
+    maps = []
+    for path in called["fractured"][:2]:
+        heat = gradcam.heatmap(predictor.model, load_u8(path, predictor.spec), predictor.spec)
+        assert heat.shape == (128, 128) and heat.dtype == np.float32
+        assert heat.min() >= 0 and heat.max() == pytest.approx(1.0)
+        hot = float((heat > 0.5).mean())
+        assert 0.01 < hot < 0.7, hot  # a region, neither a dot nor the whole image
+        maps.append(heat)
+    corr = float(np.corrcoef(maps[0].ravel(), maps[1].ravel())[0, 1])
+    assert corr < 0.9, corr
+
+
+def test_the_map_of_a_mirrored_or_turned_xray_is_the_mirrored_or_turned_map(
+    predictor: Predictor, called: dict[str, list[Path]],
+) -> None:
+    path = called["fractured"][0]
+    with PILImage.open(path) as im:
+        gray = im.convert("L")
+    heat = gradcam.heatmap(predictor.model, load_u8(path, predictor.spec), predictor.spec)
+
+    def map_of(image: PILImage.Image) -> np.ndarray:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return gradcam.heatmap(predictor.model, load_u8(buf.getvalue(), predictor.spec), predictor.spec)
+
+    mirrored = map_of(ImageOps.mirror(gray))
+    np.testing.assert_allclose(mirrored, heat[:, ::-1], atol=0.03)
+    turned = map_of(gray.transpose(PILImage.Transpose.ROTATE_90))  # counter-clockwise, as np.rot90
+    np.testing.assert_allclose(turned, np.rot90(heat), atol=0.03)
+    # With one view only (what a map of the identity view alone would be), the symmetry is lost.
+    single = dataclasses.replace(predictor.spec, views="identity")
+    one = gradcam.heatmap(predictor.model, load_u8(path, single), single)
+    assert np.abs(one - heat).max() > 0.1
+
+
+def test_the_overlay_and_composite_keep_the_image_aspect(
+    predictor: Predictor, called: dict[str, list[Path]],
+) -> None:
+    heat = gradcam.heatmap(predictor.model, load_u8(called["fractured"][0], predictor.spec), predictor.spec)
+    wide = PILImage.new("L", (300, 120), 128)
+    overlay = gradcam.overlay(heat, wide.size)
+    assert overlay.mode == "RGBA" and overlay.size == (300, 120)
+    alpha = np.asarray(overlay)[..., 3]
+    assert alpha.min() == 0 and alpha.max() > 150  # transparent where the model found nothing
+    composite = gradcam.composite(wide, heat)
+    assert composite.mode == "RGB" and composite.size == (300, 120)
+
+
+# ---------------------------------------------------------------- through a real worker and the API
+
+
+@pytest.fixture
+def served(tmp_path: Path, called: dict[str, list[Path]]) -> Iterator[tuple[dict[str, str], str, list[Path]]]:
+    """A release-model installation with HEATMAPS_ABOVE_THRESHOLD on, a real worker, and a finished job of two
+    X-rays called fractured, one called not fractured and a file refused at ingest."""
+    env = {**new_installation(tmp_path / "home", RELEASE), "HEATMAPS_ABOVE_THRESHOLD": "1"}
+    files = [*called["fractured"][:2], called["not fractured"][0]]
+    job_id = create_job(env, files, refused={"notes.txt": "not an image"})
+    workers = WorkerFactory(tmp_path / "logs")
+    try:
+        worker = workers.start(env)
+        settings = get_settings(env)
+        enqueue_job(make_app(settings), settings, job_id)
+        wait_for(lambda: job_state(env, job_id)["status"] == "done", 120, f"job {job_id} to finish")
+        yield env, job_id, files
+        assert worker.alive(), worker.log_text()
+    finally:
+        workers.stop_all()
+        dispose_engines()
+
+
+def _images(env: dict[str, str], job_id: str) -> list[Image]:
+    with session_scope(get_settings(env).database_url) as session:
+        return list(session.scalars(select(Image).where(Image.job_id == job_id).order_by(Image.seq)))
+
+
+def _heatmaps(env: dict[str, str]) -> dict[int, str]:
+    with session_scope(get_settings(env).database_url) as session:
+        return {h.image_id: h.status for h in session.scalars(select(Heatmap))}
+
+
+def _status(client: FlaskClient, url: str) -> int:
+    response = client.get(url)
+    response.close()
+    return response.status_code
+
+
+def test_heatmap_endpoint_through_a_real_worker(
+    served: tuple[dict[str, str], str, list[Path]], predictor: Predictor,
+) -> None:
+    env, job_id, files = served
+    settings = get_settings(env)
+    first, second, negative, refused = _images(env, job_id)
+    # The setting asked for the heatmaps of the two images called fractured, and of no other.
+    wait_for(lambda: _heatmaps(env) == {first.id: HeatmapStatus.DONE, second.id: HeatmapStatus.DONE}, 60,
+             "the heatmaps of the positive images")
+
+    client = make_client(settings)
+    url = f"/api/jobs/{job_id}/images/{negative.id}/heatmap.png"
+    # The broker is down: 503 with a reason, and nothing is left pending.
+    down = make_client(dataclasses.replace(settings, broker_url="redis://127.0.0.1:9/0"))
+    response = down.get(url)
+    assert response.status_code == 503 and "broker" in response.get_json()["error"]
+    assert negative.id not in _heatmaps(env)
+
+    response = client.get(url)  # on request: the first call sends the task
+    assert response.status_code == 202, response.get_data(as_text=True)
+    assert response.get_json() == {"status": "pending"} and response.headers["Retry-After"]
+    wait_for(lambda: _status(client, url) == 200, 60, "the heatmap")
+    response = client.get(url)
+    assert response.mimetype == "image/png" and "public" not in response.headers["Cache-Control"]
+    overlay = PILImage.open(io.BytesIO(response.data))
+    response.close()
+    with PILImage.open(files[2]) as original:
+        shown = ImageOps.exif_transpose(original)
+        shown.thumbnail((gradcam.MAX_SIDE, gradcam.MAX_SIDE))
+        size = shown.size
+    assert overlay.mode == "RGBA" and overlay.size == size  # the image's own aspect, not the network's square
+
+    # The stored overlay is the served model's map of this image.
+    heat = gradcam.heatmap(predictor.model, load_u8(files[2], predictor.spec), predictor.spec)
+    expected = np.asarray(gradcam.overlay(heat, size), dtype=np.int16)
+    assert np.abs(np.asarray(overlay, dtype=np.int16) - expected).mean() < 1.0
+
+    done = client.get(f"/api/jobs/{job_id}/images/{first.id}/heatmap.png")
+    assert done.status_code == 200 and done.data != response.data
+    done.close()
+    download = client.get(f"{url}?download=1")
+    assert download.status_code == 200 and download.mimetype == "image/png"
+    stem = Path(files[2].name).stem
+    assert download.headers["Content-Disposition"].startswith("attachment;") and stem in \
+        download.headers["Content-Disposition"]
+    assert PILImage.open(io.BytesIO(download.data)).size == size
+    download.close()
+
+    # Errors are JSON like the rest of the API: an image without a result, an image not in the job.
+    response = client.get(f"/api/jobs/{job_id}/images/{refused.id}/heatmap.png")
+    assert response.status_code == 422 and "not an image" in response.get_json()["error"]
+    response = client.get(f"/api/jobs/{job_id}/images/{refused.id + 1000}/heatmap.png")
+    assert response.status_code == 404 and response.get_json()["error"]
+
+    # Someone else's job answers like a missing one.
+    other = add_user(env, "someone")
+    stranger = make_client(settings, as_user=None, token=other["token"])
+    for query in ("", "?download=1"):
+        response = stranger.get(f"{url}{query}")
+        assert response.status_code == 404 and response.get_json()["error"], response.get_data(as_text=True)
