@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,16 @@ from PIL import ImageOps
 from sqlalchemy import select
 from web_client import make_client
 
-from fracture import gradcam
+from fracture import gradcam, heatmaps, jobs
 from fracture.config import get_settings
 from fracture.db import dispose_engines, session_scope
 from fracture.inference import Predictor
-from fracture.models import Heatmap, HeatmapStatus, Image
+from fracture.models import Heatmap, HeatmapStatus, Image, Job
 from fracture.preprocess import load_u8
 from fracture.queue import enqueue_job, make_app
+from fracture.storage import Storage
+from worker.classify import _predictors
+from worker.heatmaps import make_heatmap
 
 RELEASE = REPO_ROOT / "fracture" / "release" / "model.pt"
 
@@ -204,3 +208,48 @@ def test_heatmap_endpoint_through_a_real_worker(
     for query in ("", "?download=1"):
         response = stranger.get(f"{url}{query}")
         assert response.status_code == 404 and response.get_json()["error"], response.get_data(as_text=True)
+
+
+# ---------------------------------------------------------------- the state of a heatmap, and the task's body
+
+
+def test_lost_and_failed_requests_are_sent_again_and_the_task_body_records_both_ends(
+    fracture_env: dict[str, str], sample_images: list[Path],
+) -> None:
+    settings = get_settings(fracture_env)
+    storage = Storage(settings.storage_dir)
+    job_id = create_job(fracture_env, sample_images[:3])
+    version_id = int(fracture_env["FRACTURE_MODEL_VERSION_ID"])
+    good, broken, unclassified = _images(fracture_env, job_id)
+    with session_scope(settings.database_url) as session:
+        jobs.record_outcomes(session, job_id, version_id, [jobs.Outcome(good.id, "fractured", 0.9),
+                                                           jobs.Outcome(broken.id, "fractured", 0.8)])
+    (settings.storage_dir / str(broken.storage_key)).write_bytes(b"no longer an image")
+
+    later = datetime.now(UTC) + heatmaps.RESEND_AFTER + timedelta(seconds=1)
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert heatmaps.request(session, job, good.id, storage).send  # first ask: sent
+        assert not heatmaps.request(session, job, good.id, storage).send  # pending: not twice
+        assert heatmaps.request(session, job, good.id, storage, now=later).send  # lost: sent again
+        with pytest.raises(heatmaps.HeatmapRefused) as refused:
+            heatmaps.request(session, job, unclassified.id, storage)
+        assert not refused.value.final
+        assert heatmaps.request(session, job, broken.id, storage).send
+
+    _predictors.clear()  # a model cached under the same version id by another installation's test
+    assert make_heatmap(settings, job_id, good.id, version_id) == "done"
+    assert make_heatmap(settings, job_id, good.id, version_id) == "already done"
+    assert make_heatmap(settings, job_id, broken.id, version_id).startswith("failed")
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        done = heatmaps.request(session, job, good.id, storage)
+        assert done.heatmap.status == HeatmapStatus.DONE and not done.send
+        assert storage.exists(str(done.heatmap.storage_key))
+        assert storage.exists(heatmaps.composite_key(str(done.heatmap.storage_key)))
+        failed = heatmaps.request(session, job, broken.id, storage)
+        assert failed.heatmap.status == HeatmapStatus.FAILED and not failed.send
+        assert "image" in str(failed.heatmap.error)
+        assert heatmaps.request(session, job, broken.id, storage, now=later + timedelta(minutes=1)).send
