@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+# Test-time views whose logits are averaged. "dihedral" is the 8 rotations and mirrorings the training
+# augmentation draws from: averaging over all of them makes a prediction exactly the same for a rotated or
+# mirrored upload of the same X-ray, and measured on val it raised ROC-AUC (0.9972 -> 0.9986, release model).
+# Here, not in fracture.preprocess, so that the web checks a recipe without importing torch.
+VIEWS = ("identity", "dihedral")
+
 RECIPE: dict[str, Any] = {"epochs": 80, "width": 24, "image_size": 128, "views": "dihedral", "seed": 0,
                           "augment": "light"}
 

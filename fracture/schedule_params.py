@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from fracture.models import Dataset, DatasetRole, DatasetStatus
-from fracture.preprocess import VIEWS
+from fracture.recipe import VIEWS
 
 # Recipe fields a schedule or a run may set: (type, smallest, largest) or the allowed words.
 INT_FIELDS: dict[str, tuple[int, int]] = {"epochs": (1, 1000), "width": (4, 256), "image_size": (32, 1024),

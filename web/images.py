@@ -8,8 +8,8 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 from flask.typing import ResponseReturnValue
 from PIL import Image as PILImage
 
+from fracture.decode import ImageError, decode_gray
 from fracture.models import Image, Job
-from fracture.preprocess import ImageError, decode_gray
 from fracture.storage import StorageError
 from web.auth import job_or_404
 from web.context import db, send_stored_png, settings, storage
