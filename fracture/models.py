@@ -98,6 +98,8 @@ class ModelVersion(Base):
     checkpoint_key: Mapped[str] = mapped_column(String(255))
     checkpoint_sha256: Mapped[str] = mapped_column(String(64))
     threshold: Mapped[float] = mapped_column(Float)
+    # The names the checkpoint predicts (its classes), read at registration: the labels a reader may give.
+    classes: Mapped[list[str] | None] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     plots: Mapped[dict[str, Any]] = mapped_column(default=dict)
     data_fingerprint: Mapped[str | None] = mapped_column(String(64))

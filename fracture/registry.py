@@ -57,6 +57,7 @@ def register_checkpoint(
         checkpoint_key=key,
         checkpoint_sha256=sha256_file(dest),
         threshold=float(payload["threshold"]),
+        classes=[str(c) for c in payload["classes"]],
         metrics=metrics,
         plots=plots or {},
         data_fingerprint=payload.get("data_fingerprint"),

@@ -55,9 +55,12 @@ def _checkpoint_classes(path: str, sha256: str) -> tuple[str, ...]:
 
 
 def model_labels(storage: Storage, version: ModelVersion | None) -> tuple[str, ...]:
-    """The two labels a reader may give under `version`: its checkpoint's classes (the names it predicts)."""
+    """The two labels a reader may give under `version`: its checkpoint's classes (the names it predicts), as
+    recorded at registration (read from the file for a version registered before they were)."""
     if version is None:
         return DEFAULT_LABELS
+    if version.classes:
+        return tuple(version.classes)
     return _checkpoint_classes(str(storage.path(version.checkpoint_key)), version.checkpoint_sha256)
 
 

@@ -1,4 +1,4 @@
-"""the reader's view: image thumbnails, heatmaps, reviews, and reviewed images added to training datasets
+"""the reader's view: image thumbnails, heatmaps, reviews, reviewed images added to training datasets, model classes
 
 Revision ID: 0008
 Revises: 0007
@@ -17,6 +17,8 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("images") as batch:
         batch.add_column(sa.Column("thumbnail_key", sa.String(length=255), nullable=True))
+    with op.batch_alter_table("model_versions") as batch:
+        batch.add_column(sa.Column("classes", sa.JSON(), nullable=True))
     op.create_table(
         "heatmaps",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -79,5 +81,7 @@ def downgrade() -> None:
     op.drop_table("reviews")
     op.drop_index(op.f("ix_heatmaps_job_id"), table_name="heatmaps")
     op.drop_table("heatmaps")
+    with op.batch_alter_table("model_versions") as batch:
+        batch.drop_column("classes")
     with op.batch_alter_table("images") as batch:
         batch.drop_column("thumbnail_key")
