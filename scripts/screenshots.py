@@ -1,4 +1,4 @@
-"""Take the README's screenshots with headless Chromium: docs/screenshots/{login,upload,job,jobs,models,training}.png.
+"""Take the README's screenshots with headless Chromium: docs/screenshots/{login,upload,job,viewer,...}.png.
 
     .venv/bin/python scripts/screenshots.py                      # a throwaway live system (tiny untrained model)
     .venv/bin/python scripts/screenshots.py --url http://127.0.0.1:5000 --user admin --password ...
@@ -47,7 +47,18 @@ def shoot(url: str, out: Path, user: str, password: str) -> None:
             page.wait_for_url("**/jobs/*", timeout=60_000)
             expect(page.locator("#status")).to_have_text("done", timeout=600_000)
             page.wait_for_load_state("load")
+            page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)",
+                                   timeout=30_000)  # the thumbnails load lazily
             page.screenshot(path=out / "job.png")
+            # The viewer of the most likely fracture, with the heatmap the worker computes on request.
+            page.locator("#sort").select_option("-probability")
+            page.locator("#apply-filters").click()
+            page.locator("#results tbody tr a.open").first.click()
+            page.wait_for_url("**/images/*")
+            page.locator("#heatmap-toggle").check()
+            expect(page.locator("#heatmap")).to_be_visible(timeout=120_000)
+            page.wait_for_function("document.getElementById('heatmap').complete", timeout=30_000)
+            page.screenshot(path=out / "viewer.png")
             for name in ("jobs", "models", "training"):
                 page.goto(f"{url}/{name}")
                 # The model plots load lazily: wait until every image on the page has really arrived.

@@ -201,8 +201,8 @@ def test_job_page_shows_the_banner_and_filters_to_the_flagged_images(
         assert f"Page {page} of {pages}" in html
         if page < pages:
             assert f'href="/jobs/{classified.job_id}?page={page + 1}&amp;flag=ood"' in html
-        body = html.split('<table class="grid" id="results">', 1)[1]
-        paths = re.findall(r'<td class="path">([^<]*)</td>', body)
+        body = html.split('id="results"', 1)[1]
+        paths = re.findall(r'<a class="open" href="[^"]*">([^<]*)</a>', body)
         assert body.count(BADGE) == len(paths)
         listed += paths
     assert listed == flagged

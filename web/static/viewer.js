@@ -169,4 +169,5 @@
     if (action) { e.preventDefault(); action(); }
   });
   stage.focus();
+  viewer.dataset.ready = "true";  // every control is wired (tests wait for this)
 })();
