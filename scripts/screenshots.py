@@ -16,7 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
-MAX_BYTES = 300 * 1024
+MAX_BYTES = 400 * 1024
 
 
 def dataset_root() -> Path:
@@ -49,7 +49,9 @@ def shoot(url: str, out: Path, user: str, password: str) -> None:
             page.wait_for_load_state("load")
             page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)",
                                    timeout=30_000)  # the thumbnails load lazily
+            page.set_viewport_size({"width": 1280, "height": 1240})  # the summary and the first rows of the list
             page.screenshot(path=out / "job.png")
+            page.set_viewport_size({"width": 1280, "height": 860})
             # The viewer of the most likely fracture, with the heatmap the worker computes on request.
             page.locator("#sort").select_option("-probability")
             page.locator("#apply-filters").click()
