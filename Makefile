@@ -6,6 +6,9 @@ VENV := .venv/bin
 # Extra arguments: `make up ARGS="--port 8000"`, `make test PYTEST_ARGS="-k migrations -x"`.
 ARGS ?=
 PYTEST_ARGS ?=
+# Test files run in this many processes (pytest-xdist, a file's tests stay together): most tests wait on
+# processes they start, so two share the two cores well. `make test PYTEST_WORKERS=0` runs them in one.
+PYTEST_WORKERS ?= 2
 
 .PHONY: bootstrap system-deps up test lint bench clean-venv
 
@@ -20,7 +23,7 @@ up: bootstrap
 
 test: bootstrap system-deps
 	@start=$$SECONDS; rc=0; \
-	$(VENV)/pytest -q -rfEs --durations=15 $(PYTEST_ARGS) || rc=$$?; \
+	$(VENV)/pytest -q -rfEs --durations=15 -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || rc=$$?; \
 	if [[ $$rc -eq 0 ]]; then verdict=PASSED; else verdict="FAILED (pytest exit $$rc)"; fi; \
 	echo "== make test: $$verdict in $$((SECONDS - start))s =="; \
 	exit $$rc
