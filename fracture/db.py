@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 _engines: dict[str, Engine] = {}
@@ -64,3 +65,15 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def insert_on_conflict(session: Session, entity: Any) -> postgresql.Insert:
+    """An INSERT for the session's database that takes ON CONFLICT clauses (`on_conflict_do_update`,
+    `on_conflict_do_nothing`): PostgreSQL's and SQLite's have the same API. One statement, so two writers racing
+    on the same key leave one row."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(entity)
+    if dialect == "sqlite":
+        return sqlite.insert(entity)  # type: ignore[return-value]  # the same ON CONFLICT API
+    raise NotImplementedError(f"no upsert for database dialect {dialect!r}")

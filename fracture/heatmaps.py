@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from fracture.db import insert_on_conflict
 from fracture.models import Heatmap, HeatmapStatus, Image, Job, Result
 from fracture.storage import Storage
 
@@ -104,15 +104,8 @@ def _ensure_rows(session: Session, job_id: str, version_id: int, image_ids: Sequ
         return []
     values = [{"image_id": i, "job_id": job_id, "model_version_id": version_id, "status": HeatmapStatus.PENDING,
                "requested_at": now} for i in image_ids]
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        stmt = postgresql.insert(Heatmap).values(values).on_conflict_do_nothing(
-            index_elements=["image_id", "model_version_id"]).returning(Heatmap.image_id)
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(Heatmap).values(values).on_conflict_do_nothing(
-            index_elements=["image_id", "model_version_id"]).returning(Heatmap.image_id)
-    else:
-        raise NotImplementedError(f"no upsert for database dialect {dialect!r}")
+    stmt = insert_on_conflict(session, Heatmap).values(values).on_conflict_do_nothing(
+        index_elements=["image_id", "model_version_id"]).returning(Heatmap.image_id)
     created = set(session.scalars(stmt).all())
     existing = session.scalars(
         select(Heatmap).where(Heatmap.model_version_id == version_id, Heatmap.image_id.in_(image_ids),

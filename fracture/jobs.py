@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import case, false, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from fracture.db import insert_on_conflict
 from fracture.models import FINAL_JOB_STATUSES, Image, Job, JobStatus, ModelVersion, Result
 
 BROKER_DOWN_MESSAGE = (
@@ -304,13 +304,7 @@ def _upsert(
          "error": o.error, "created_at": now}
         for o in outcomes
     ]
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        stmt = postgresql.insert(Result).values(values)
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(Result).values(values)  # type: ignore[assignment]
-    else:
-        raise NotImplementedError(f"no upsert for database dialect {dialect!r}")
+    stmt = insert_on_conflict(session, Result).values(values)
     keys = ["image_id", "model_version_id"]
     if overwrite:
         columns = ("prediction", "probability", "in_distribution", "ood_score", "error", "created_at")

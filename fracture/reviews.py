@@ -14,9 +14,9 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from fracture.db import insert_on_conflict
 from fracture.models import Image, Job, ModelVersion, Result, Review, User
 from fracture.storage import Storage
 
@@ -96,13 +96,7 @@ def set_review(
     values = {"image_id": image_id, "job_id": job.id, "label": label, "prediction": result.prediction,
               "correct": label == result.prediction, "reviewer_id": reviewer_id,
               "reviewed_at": now or datetime.now(UTC)}
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        stmt = postgresql.insert(Review).values(values)
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(Review).values(values)  # type: ignore[assignment]
-    else:
-        raise NotImplementedError(f"no upsert for database dialect {dialect!r}")
+    stmt = insert_on_conflict(session, Review).values(values)
     # One statement: two readers saving the same image at once leave one review, the later one.
     session.execute(stmt.on_conflict_do_update(
         index_elements=["image_id"], set_={c: stmt.excluded[c] for c in values if c != "image_id"}))

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, abort, jsonify, request, stream_with_context
+from flask import Blueprint, Response, abort, jsonify, request
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from fracture.jobs import csv_row, result_columns
+from fracture.jobs import result_columns
 from fracture.models import Job, JobStatus, ModelVersion
 from fracture.queue import broker_ping, worker_ping
 from web.auth import current_user, job_or_404, visible
-from web.context import active_model, celery, db, settings
+from web.context import active_model, celery, csv_download, db, settings
 from web.ingest import UploadRefused
 from web.jobs import JobNotDispatched, create_job, dispatch
 from web.views import RowQuery, count_rows, iter_result_rows, job_dict, model_dict, parse_row_query, result_rows
@@ -106,25 +103,8 @@ def get_results_csv(job_id: str) -> Response:
     job = _get_job(job_id)
     flag = _in_distribution_filter()
     patient = settings().show_patient_identifiers
-    columns = result_columns(patient)
-
-    def generate() -> Iterator[str]:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(columns)
-        for n, row in enumerate(iter_result_rows(db(), job, in_distribution=flag, patient=patient), 1):
-            writer.writerow(csv_row(row, columns))
-            if n % 500 == 0:
-                yield buf.getvalue()
-                buf.seek(0)
-                buf.truncate()
-        yield buf.getvalue()
-
-    name = f"fracture-{job.id[:8]}.csv"
-    return Response(
-        stream_with_context(generate()), mimetype="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
-    )
+    rows = iter_result_rows(db(), job, in_distribution=flag, patient=patient)
+    return csv_download(result_columns(patient), rows, f"fracture-{job.id[:8]}.csv")
 
 
 @bp.get("/models")

@@ -5,21 +5,17 @@ admins. The state lives in fracture.reviews and fracture.dataset_additions.
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, flash, jsonify, redirect, request, stream_with_context, url_for
+from flask import Blueprint, Response, flash, jsonify, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 
 from fracture import dataset_additions, reviews
 from fracture.datasets import DatasetError
-from fracture.jobs import csv_row
 from fracture.models import Job
 from fracture.reviews import REVIEW_COLUMNS, ReviewError
 from web.auth import current_user, job_or_404, require_admin
-from web.context import db, storage
+from web.context import csv_download, db, storage
 
 bp = Blueprint("reviews", __name__)
 REVIEW_PATH = "/api/jobs/<job_id>/images/<int:image_id>/review"
@@ -66,22 +62,7 @@ def get_reviews(job_id: str) -> Response:
 def get_reviews_csv(job_id: str) -> Response:
     """The job's reviewed images as CSV (every text cell made safe for spreadsheets)."""
     job = job_or_404(job_id)
-
-    def generate() -> Iterator[str]:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(REVIEW_COLUMNS)
-        for n, row in enumerate(reviews.iter_reviews(db(), job), 1):
-            writer.writerow(csv_row(row, REVIEW_COLUMNS))
-            if n % 500 == 0:
-                yield buf.getvalue()
-                buf.seek(0)
-                buf.truncate()
-        yield buf.getvalue()
-
-    name = f"fracture-{job.id[:8]}-reviews.csv"
-    return Response(stream_with_context(generate()), mimetype="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return csv_download(REVIEW_COLUMNS, reviews.iter_reviews(db(), job), f"fracture-{job.id[:8]}-reviews.csv")
 
 
 def _add(job: Job, dataset_id: object) -> dataset_additions.AdditionReport:
