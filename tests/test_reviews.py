@@ -209,6 +209,11 @@ def test_reviewed_images_join_a_training_dataset_once_never_a_locked_ones_and_th
     # The page's form says the same and goes back to the job.
     form = admin.post(f"/jobs/{job_id}/add-to-dataset", data={"dataset_id": str(site)})
     assert form.status_code == 302 and form.headers["Location"].endswith(f"/jobs/{job_id}")
+    # The dataset says how many it holds besides its own files; the locked one holds none.
+    assert admin.get(f"/api/datasets/{site}").get_json()["reviewed_additions"] == 3
+    assert admin.get(f"/api/datasets/{held}").get_json()["reviewed_additions"] == 0
+    assert '<p id="reviewed-additions">Plus <strong>3</strong> reviewed images' in admin.get(
+        f"/datasets/{site}").get_data(as_text=True)
 
     with session_scope(cfg.database_url) as s:
         added = s.scalars(select(DatasetAddition).order_by(DatasetAddition.id)).all()

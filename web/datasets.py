@@ -14,7 +14,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 from werkzeug.datastructures import FileStorage
 
-from fracture import datasets, queue
+from fracture import dataset_additions, datasets, queue
 from fracture.dataset_files import DatasetZipRefused, unpack_dataset_zip
 from fracture.datasets import DatasetError
 from fracture.models import Dataset, DatasetRole, DatasetStatus
@@ -121,6 +121,8 @@ def _get(dataset_id: int) -> Dataset:
 def dataset_json(dataset: Dataset) -> dict[str, Any]:
     """The API's form of a dataset, with the URLs of its thumbnails."""
     out = datasets.as_dict(dataset, with_root=current_user().is_admin)
+    # Reviewed images added from jobs (trained on with their reviewed labels, besides the dataset's own files).
+    out["reviewed_additions"] = dataset_additions.addition_count(db(), dataset.id)
     out["thumbnails"] = {
         label: [url_for("datasets.thumbnail", dataset_id=dataset.id, class_index=c, n=n) for n in range(len(items))]
         for c, (label, items) in enumerate((dataset.thumbnails or {}).items())
