@@ -72,6 +72,9 @@ def cancel(run_id: int) -> TrainingRun:
     except ValueError as e:
         abort(409, description=f"Cannot cancel: {e}.")
     session.commit()
+    # Read again after the commit: the epoch read before it may be one the trainer has since finished, and the
+    # run stops at most one epoch after the one this reply reports.
+    session.refresh(run)
     return run
 
 
