@@ -7,10 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+from browser import chromium_page, log_in
 from harness import LiveSystem, wait_for
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
 
 pytestmark = pytest.mark.slow
 
@@ -32,9 +30,7 @@ def _finished_job(system: LiveSystem, images: list[Path]) -> str:
 def test_read_a_job_filter_uncertain_view_heatmap_step_and_correct(
     live_system: LiveSystem, sample_images: list[Path],
 ) -> None:
-    if not CHROMIUM.exists():
-        pytest.fail("Debian chromium is not installed (apt-get install -y chromium)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     job_id = _finished_job(live_system, sample_images[:6])
     summary = live_system.http.get(f"{live_system.url}/api/jobs/{job_id}/summary", timeout=10).json()
@@ -42,84 +38,72 @@ def test_read_a_job_filter_uncertain_view_heatmap_step_and_correct(
     assert summary["uncertain"] >= 2, summary  # the tiny untrained model answers near its threshold
     shots = os.environ.get("FRACTURE_SCREENSHOTS")
     url = live_system.url
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 860})
-            blocked: list[str] = []
-            page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{url}/login")
-            page.locator("#username").fill(live_system.env["FRACTURE_TEST_USER"])
-            page.locator("#password").fill(live_system.env["FRACTURE_TEST_PASSWORD"])
-            page.locator("#login").click()
-            page.wait_for_url(f"{url}/")
+    with chromium_page() as watched:
+        page = watched.page
+        log_in(page, live_system)
 
-            # The reading list: a thumbnail per row, served from storage.
-            page.goto(f"{url}/jobs/{job_id}")
-            expect(page.locator("#results tbody tr")).to_have_count(6)
-            page.wait_for_function("Array.from(document.querySelectorAll('td.thumb img'))"
-                                   ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
-            assert page.locator("td.thumb img").count() == 6
-            expect(page.locator("#reviewed-count")).to_have_text("0")
+        # The reading list: a thumbnail per row, served from storage.
+        page.goto(f"{url}/jobs/{job_id}")
+        expect(page.locator("#results tbody tr")).to_have_count(6)
+        page.wait_for_function("Array.from(document.querySelectorAll('td.thumb img'))"
+                               ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+        assert page.locator("td.thumb img").count() == 6
+        expect(page.locator("#reviewed-count")).to_have_text("0")
 
-            # Filter to the uncertain ones: every row listed is within the margin of the threshold.
-            page.locator("#filter-uncertain").check()
-            page.locator("#apply-filters").click()
-            page.wait_for_url("**uncertain=1**")
-            rows = page.locator("#results tbody tr")
-            expect(rows).to_have_count(summary["uncertain"])
-            for text in rows.locator("td.num:nth-child(5)").all_inner_texts():
-                assert abs(float(text) - threshold) <= margin + 1e-3
-            first_path = rows.first.locator("td.path").inner_text()
+        # Filter to the uncertain ones: every row listed is within the margin of the threshold.
+        page.locator("#filter-uncertain").check()
+        page.locator("#apply-filters").click()
+        page.wait_for_url("**uncertain=1**")
+        rows = page.locator("#results tbody tr")
+        expect(rows).to_have_count(summary["uncertain"])
+        for text in rows.locator("td.num:nth-child(5)").all_inner_texts():
+            assert abs(float(text) - threshold) <= margin + 1e-3
+        first_path = rows.first.locator("td.path").inner_text()
 
-            # The viewer: the image, its place in the filtered list, the heatmap overlay from the worker.
-            rows.first.locator("a.open").click()
-            page.wait_for_url(f"**/jobs/{job_id}/images/**")
-            expect(page.locator("#image-path")).to_have_text(first_path)
-            expect(page.locator("#position")).to_have_text(f"1 of {summary['uncertain']}")
-            expect(page.locator("#viewer")).to_have_attribute("data-ready", "true")
-            page.wait_for_function("document.getElementById('xray').naturalWidth > 0", timeout=30_000)
-            page.locator("#heatmap-toggle").check()
-            expect(page.locator("#heatmap")).to_be_visible(timeout=120_000)
-            page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0", timeout=30_000)
-            opacity = page.locator("#heatmap-opacity")
-            opacity.fill("80")
-            assert page.eval_on_selector("#heatmap", "e => e.style.opacity") == "0.8"
-            page.locator("#window").fill("50")  # window/level: the filter's slope follows the slider
-            assert page.eval_on_selector("#wl-r", "e => e.getAttribute('slope')") == "2"
-            if shots:
-                page.screenshot(path=f"{shots}/viewer.png")
+        # The viewer: the image, its place in the filtered list, the heatmap overlay from the worker.
+        rows.first.locator("a.open").click()
+        page.wait_for_url(f"**/jobs/{job_id}/images/**")
+        expect(page.locator("#image-path")).to_have_text(first_path)
+        expect(page.locator("#position")).to_have_text(f"1 of {summary['uncertain']}")
+        expect(page.locator("#viewer")).to_have_attribute("data-ready", "true")
+        page.wait_for_function("document.getElementById('xray').naturalWidth > 0", timeout=30_000)
+        page.locator("#heatmap-toggle").check()
+        expect(page.locator("#heatmap")).to_be_visible(timeout=120_000)
+        page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0", timeout=30_000)
+        opacity = page.locator("#heatmap-opacity")
+        opacity.fill("80")
+        assert page.eval_on_selector("#heatmap", "e => e.style.opacity") == "0.8"
+        page.locator("#window").fill("50")  # window/level: the filter's slope follows the slider
+        assert page.eval_on_selector("#wl-r", "e => e.getAttribute('slope')") == "2"
+        if shots:
+            page.screenshot(path=f"{shots}/viewer.png")
 
-            # The next image by keyboard, the overlay still on; then this prediction marked wrong.
-            page.locator("#stage").focus()
-            page.keyboard.press("ArrowRight")
-            expect(page.locator("#position")).to_have_text(f"2 of {summary['uncertain']}")
-            expect(page.locator("#viewer")).to_have_attribute("data-ready", "true")
-            assert page.locator("#image-path").inner_text() != first_path
-            expect(page.locator("#heatmap-toggle")).to_be_checked()
-            expect(page.locator("#heatmap")).to_be_visible(timeout=120_000)
-            predicted = page.locator("#prediction").inner_text()
-            page.locator("#mark-wrong").click()
-            page.screenshot(path="/tmp/dev/after-click.png")
-            expect(page.locator("#review-state")).to_contain_text("Wrong: ")
-            expect(page.locator("#review-state")).to_contain_text(live_system.env["FRACTURE_TEST_USER"])
-            wrong_label = page.locator("#mark-wrong").get_attribute("data-label")
-            assert wrong_label and wrong_label != predicted
+        # The next image by keyboard, the overlay still on; then this prediction marked wrong.
+        page.locator("#stage").focus()
+        page.keyboard.press("ArrowRight")
+        expect(page.locator("#position")).to_have_text(f"2 of {summary['uncertain']}")
+        expect(page.locator("#viewer")).to_have_attribute("data-ready", "true")
+        assert page.locator("#image-path").inner_text() != first_path
+        expect(page.locator("#heatmap-toggle")).to_be_checked()
+        expect(page.locator("#heatmap")).to_be_visible(timeout=120_000)
+        predicted = page.locator("#prediction").inner_text()
+        page.locator("#mark-wrong").click()
+        page.screenshot(path="/tmp/dev/after-click.png")
+        expect(page.locator("#review-state")).to_contain_text("Wrong: ")
+        expect(page.locator("#review-state")).to_contain_text(live_system.env["FRACTURE_TEST_USER"])
+        wrong_label = page.locator("#mark-wrong").get_attribute("data-label")
+        assert wrong_label and wrong_label != predicted
 
-            # Back on the list: the review is counted; one more from the table counts without a reload.
-            page.keyboard.press("Escape")
-            page.wait_for_url(f"**/jobs/{job_id}?uncertain=1**")
-            expect(page.locator("#reviewed-count")).to_have_text("1")
-            expect(page.locator("#reviewed-wrong")).to_have_text("1")
-            expect(page.locator("#results tbody tr").nth(1).locator(".review-state")).to_contain_text("wrong")
-            page.locator("#results tbody tr").nth(2).locator("button.agree").click()
-            expect(page.locator("#reviewed-count")).to_have_text("2")
-            expect(page.locator("#results tbody tr").nth(2).locator(".review-state")).to_contain_text("correct")
-            assert blocked == [] and errors == []
-        finally:
-            browser.close()
+        # Back on the list: the review is counted; one more from the table counts without a reload.
+        page.keyboard.press("Escape")
+        page.wait_for_url(f"**/jobs/{job_id}?uncertain=1**")
+        expect(page.locator("#reviewed-count")).to_have_text("1")
+        expect(page.locator("#reviewed-wrong")).to_have_text("1")
+        expect(page.locator("#results tbody tr").nth(1).locator(".review-state")).to_contain_text("wrong")
+        page.locator("#results tbody tr").nth(2).locator("button.agree").click()
+        expect(page.locator("#reviewed-count")).to_have_text("2")
+        expect(page.locator("#results tbody tr").nth(2).locator(".review-state")).to_contain_text("correct")
+        assert watched.blocked == [] and watched.errors == []
 
     reviews = live_system.http.get(f"{url}/api/jobs/{job_id}/reviews", timeout=10).json()
     assert reviews["progress"]["reviewed"] == 2 and reviews["progress"]["wrong"] == 1

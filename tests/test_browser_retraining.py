@@ -8,11 +8,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from browser import chromium_page, log_in
 from harness import LiveSystem, WorkerFactory
 from installation import image_files, materialize
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
 
 pytestmark = pytest.mark.slow
 
@@ -32,75 +30,63 @@ def test_zip_dataset_training_progress_compare_and_promote(
     live_system: LiveSystem, celery_worker_proc: WorkerFactory, dataset_zip: Path
 ) -> None:
     version = ""
-    if not CHROMIUM.exists():
-        pytest.fail("Debian chromium is not installed (apt-get install -y chromium)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     celery_worker_proc.start(live_system.env, queues="training")
     url = live_system.url
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            blocked: list[str] = []
-            page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
-            page.goto(f"{url}/login")
-            page.locator("#username").fill(live_system.env["FRACTURE_TEST_USER"])
-            page.locator("#password").fill(live_system.env["FRACTURE_TEST_PASSWORD"])
-            page.locator("#login").click()
-            page.wait_for_url(f"{url}/")
+    with chromium_page(height=900) as watched:
+        page = watched.page
+        log_in(page, live_system)
 
-            # A fresh installation: the training page says a dataset is needed.
-            page.goto(f"{url}/training")
-            expect(page.locator("#no-dataset")).to_be_visible()
+        # A fresh installation: the training page says a dataset is needed.
+        page.goto(f"{url}/training")
+        expect(page.locator("#no-dataset")).to_be_visible()
 
-            page.goto(f"{url}/datasets")
-            form = page.locator("#upload-dataset-form")
-            form.locator("input[name=file]").set_input_files(dataset_zip)
-            form.locator("input[name=name]").fill("site zip")
-            page.locator("#upload-dataset").click()
-            page.wait_for_url(re.compile(r".*/datasets/\d+$"))
-            deadline = time.monotonic() + 180
-            status = page.locator("#status")
-            while (status.text_content() or "").strip() != "ready":  # the page says to reload while validating
-                assert (status.text_content() or "").strip() == "validating", page.locator("body").inner_text()
-                assert time.monotonic() < deadline, "the dataset was not validated in 180 s"
-                time.sleep(1)
-                page.reload()
-            expect(page.locator("#counts")).to_contain_text("fractured")
+        page.goto(f"{url}/datasets")
+        form = page.locator("#upload-dataset-form")
+        form.locator("input[name=file]").set_input_files(dataset_zip)
+        form.locator("input[name=name]").fill("site zip")
+        page.locator("#upload-dataset").click()
+        page.wait_for_url(re.compile(r".*/datasets/\d+$"))
+        deadline = time.monotonic() + 180
+        status = page.locator("#status")
+        while (status.text_content() or "").strip() != "ready":  # the page says to reload while validating
+            assert (status.text_content() or "").strip() == "validating", page.locator("body").inner_text()
+            assert time.monotonic() < deadline, "the dataset was not validated in 180 s"
+            time.sleep(1)
+            page.reload()
+        expect(page.locator("#counts")).to_contain_text("fractured")
 
-            page.goto(f"{url}/training")
-            expect(page.locator("#no-dataset")).to_have_count(0)
-            start = page.locator("#start-training")
-            start.get_by_label("site zip").check()
-            start.locator("input[name=epochs]").fill("2")
-            start.locator("input[name=width]").fill("8")
-            start.locator("input[name=image_size]").fill("64")
-            page.locator("#start").click()
-            page.wait_for_url(re.compile(r".*/training/\d+$"))
-            # The run page polls: the epoch counter and the status move without a reload.
-            expect(page.locator("#epochs")).to_have_text("2")
-            expect(page.locator("#epoch")).to_have_text("2", timeout=240_000)
-            expect(page.locator("#status")).to_have_text("done", timeout=240_000)
-            expect(page.locator("#log")).to_contain_text("epoch")
-            expect(page.locator("#curve polyline").first).to_be_attached()
-            version = page.locator("#run-model a").inner_text().strip()
-            assert version and version != "v1"
+        page.goto(f"{url}/training")
+        expect(page.locator("#no-dataset")).to_have_count(0)
+        start = page.locator("#start-training")
+        start.get_by_label("site zip").check()
+        start.locator("input[name=epochs]").fill("2")
+        start.locator("input[name=width]").fill("8")
+        start.locator("input[name=image_size]").fill("64")
+        page.locator("#start").click()
+        page.wait_for_url(re.compile(r".*/training/\d+$"))
+        # The run page polls: the epoch counter and the status move without a reload.
+        expect(page.locator("#epochs")).to_have_text("2")
+        expect(page.locator("#epoch")).to_have_text("2", timeout=240_000)
+        expect(page.locator("#status")).to_have_text("done", timeout=240_000)
+        expect(page.locator("#log")).to_contain_text("epoch")
+        expect(page.locator("#curve polyline").first).to_be_attached()
+        version = page.locator("#run-model a").inner_text().strip()
+        assert version and version != "v1"
 
-            page.goto(f"{url}/models")
-            card = page.locator("section.model", has_text=version).first
-            card.get_by_role("link", name=re.compile("Compare with")).click()
-            page.wait_for_url("**/models/compare?**")
-            expect(page.locator("#version-a")).to_have_text("v1")
-            expect(page.locator("#version-b")).to_have_text(version)
+        page.goto(f"{url}/models")
+        card = page.locator("section.model", has_text=version).first
+        card.get_by_role("link", name=re.compile("Compare with")).click()
+        page.wait_for_url("**/models/compare?**")
+        expect(page.locator("#version-a")).to_have_text("v1")
+        expect(page.locator("#version-b")).to_have_text(version)
 
-            page.goto(f"{url}/models")
-            card = page.locator("section.model", has_text=version).first
-            card.get_by_role("button", name="Make active").click()
-            expect(page.locator(".flash, .banner").first).to_contain_text(f"Model {version} is now the active model")
-            assert not blocked, blocked
-        finally:
-            browser.close()
+        page.goto(f"{url}/models")
+        card = page.locator("section.model", has_text=version).first
+        card.get_by_role("button", name="Make active").click()
+        expect(page.locator(".flash, .banner").first).to_contain_text(f"Model {version} is now the active model")
+        assert not watched.blocked and not watched.errors, (watched.blocked, watched.errors)
 
     health = live_system.http.get(f"{url}/api/health", timeout=10).json()
     assert health["model"]["active"] == version

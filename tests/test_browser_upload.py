@@ -7,11 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from browser import chromium_page
 from harness import LiveSystem
 from installation import image_files, materialize
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
 
 pytestmark = pytest.mark.slow
 
@@ -27,69 +25,60 @@ def twenty_images(dataset_root: Path, tmp_path: Path) -> Path:
 def test_login_folder_upload_progress_csv_and_logout(
     live_system: LiveSystem, twenty_images: Path, tmp_path: Path
 ) -> None:
-    if not CHROMIUM.exists():
-        pytest.fail("Debian chromium is not installed (apt-get install -y chromium)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     shots = os.environ.get("FRACTURE_SCREENSHOTS")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 860})
-            # Anything the Content-Security-Policy blocks shows up as a console error.
-            blocked: list[str] = []
-            page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
-            page.goto(f"{live_system.url}/")
-            page.wait_for_url("**/login?next=**")  # no session yet: the pages send the browser to log in
-            if shots:
-                page.screenshot(path=f"{shots}/login.png")
-            page.locator("#username").fill(live_system.env["FRACTURE_TEST_USER"])
-            page.locator("#password").fill("not the password")
-            page.locator("#login").click()
-            expect(page.locator("#login-error")).to_have_text("Wrong username or password.")
-            page.locator("#password").fill(live_system.env["FRACTURE_TEST_PASSWORD"])
-            page.locator("#login").click()
-            page.wait_for_url(f"{live_system.url}/")
-            expect(page.locator("#signed-in")).to_have_text("tester (admin)")
-            expect(page.locator("#submit")).to_be_enabled()
-            page.locator("#dir-input").set_input_files(twenty_images)
-            expect(page.locator("#selection")).to_contain_text("20 file(s) chosen")
-            if shots:
-                page.screenshot(path=f"{shots}/upload.png")
+    with chromium_page() as watched:
+        page = watched.page
+        page.goto(f"{live_system.url}/")
+        page.wait_for_url("**/login?next=**")  # no session yet: the pages send the browser to log in
+        if shots:
+            page.screenshot(path=f"{shots}/login.png")
+        page.locator("#username").fill(live_system.env["FRACTURE_TEST_USER"])
+        page.locator("#password").fill("not the password")
+        page.locator("#login").click()
+        expect(page.locator("#login-error")).to_have_text("Wrong username or password.")
+        page.locator("#password").fill(live_system.env["FRACTURE_TEST_PASSWORD"])
+        page.locator("#login").click()
+        page.wait_for_url(f"{live_system.url}/")
+        expect(page.locator("#signed-in")).to_have_text("tester (admin)")
+        expect(page.locator("#submit")).to_be_enabled()
+        page.locator("#dir-input").set_input_files(twenty_images)
+        expect(page.locator("#selection")).to_contain_text("20 file(s) chosen")
+        if shots:
+            page.screenshot(path=f"{shots}/upload.png")
 
-            page.locator("#submit").click()
-            page.wait_for_url("**/jobs/*", timeout=60_000)
-            job_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+        page.locator("#submit").click()
+        page.wait_for_url("**/jobs/*", timeout=60_000)
+        job_id = page.url.rstrip("/").rsplit("/", 1)[-1]
 
-            progress = page.locator("#progress")
-            expect(progress).to_have_attribute("max", "20")
-            expect(page.locator("#progress-text")).to_have_text("20 / 20", timeout=240_000)
-            expect(progress).to_have_attribute("value", "20")
-            expect(page.locator("#status")).to_have_text("done", timeout=30_000)
-            page.wait_for_load_state("load")
-            expect(page.locator("#results tbody tr")).to_have_count(20)
-            # Paths come from the folder picker, relative to the chosen folder.
-            expect(page.locator("#results tbody tr").first.locator("td.path")).to_contain_text("xrays/")
-            if shots:
-                page.screenshot(path=f"{shots}/job.png", full_page=False)
+        progress = page.locator("#progress")
+        expect(progress).to_have_attribute("max", "20")
+        expect(page.locator("#progress-text")).to_have_text("20 / 20", timeout=240_000)
+        expect(progress).to_have_attribute("value", "20")
+        expect(page.locator("#status")).to_have_text("done", timeout=30_000)
+        page.wait_for_load_state("load")
+        expect(page.locator("#results tbody tr")).to_have_count(20)
+        # Paths come from the folder picker, relative to the chosen folder.
+        expect(page.locator("#results tbody tr").first.locator("td.path")).to_contain_text("xrays/")
+        if shots:
+            page.screenshot(path=f"{shots}/job.png", full_page=False)
 
-            with page.expect_download() as info:
-                page.locator("#download-csv").click()
-            saved = tmp_path / "results.csv"
-            info.value.save_as(saved)
+        with page.expect_download() as info:
+            page.locator("#download-csv").click()
+        saved = tmp_path / "results.csv"
+        info.value.save_as(saved)
 
-            if shots:
-                for name in ("jobs", "models", "training"):
-                    page.goto(f"{live_system.url}/{name}")
-                    page.screenshot(path=f"{shots}/{name}.png")
+        if shots:
+            for name in ("jobs", "models", "training"):
+                page.goto(f"{live_system.url}/{name}")
+                page.screenshot(path=f"{shots}/{name}.png")
 
-            page.locator("#logout").click()
-            page.wait_for_url("**/login")
-            page.goto(f"{live_system.url}/jobs/{job_id}")
-            page.wait_for_url("**/login?next=**")  # the session ended with the logout
-            assert not blocked, blocked
-        finally:
-            browser.close()
+        page.locator("#logout").click()
+        page.wait_for_url("**/login")
+        page.goto(f"{live_system.url}/jobs/{job_id}")
+        page.wait_for_url("**/login?next=**")  # the session ended with the logout
+        assert not watched.blocked and not watched.errors, (watched.blocked, watched.errors)
 
     with open(saved, newline="") as f:
         rows = list(csv.DictReader(f))

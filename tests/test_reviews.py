@@ -21,7 +21,7 @@ from flask.testing import FlaskClient
 from installation import add_user, create_job, materialize
 from PIL import Image as PILImage
 from sqlalchemy import select
-from web_client import make_client
+from web_client import make_client, ready_dataset
 
 from fracture import jobs
 from fracture.config import Settings, get_settings
@@ -31,7 +31,6 @@ from fracture.models import Dataset, DatasetAddition, Image, Job, ModelVersion, 
 from fracture.preprocess import decode
 from trainer.dataset import Sample, fingerprint, md5_file, scan
 from trainer.service import run_training
-from trainer.validate import validate_dataset
 
 TINY = {"width": 8, "image_size": 64, "dry_run": True}
 
@@ -73,13 +72,6 @@ def classified(env: dict[str, str], files: list[Path], prediction: str = "fractu
                              [jobs.Outcome(i, prediction=prediction, probability=0.75) for i in ids])
     return job_id, ids
 
-
-def ready(client: FlaskClient, cfg: Settings, path: Path, name: str, role: str = "training") -> int:
-    posted = client.post("/api/datasets", json={"path": str(path), "name": name, "role": role})
-    assert posted.status_code == 201, posted.get_json()
-    dataset_id = int(posted.get_json()["id"])
-    assert validate_dataset(cfg, dataset_id) == "ready"
-    return dataset_id
 
 
 def review_url(job_id: str, image_id: int) -> str:
@@ -171,8 +163,8 @@ def _near_a_held_image(path: Path, held: dict[str, list[str]]) -> bool:
 def test_reviewed_images_join_a_training_dataset_once_never_a_locked_ones_and_the_next_training_counts_them(
     fracture_env: dict[str, str], cfg: Settings, admin: FlaskClient, roots: Path, tmp_path: Path,
 ) -> None:
-    site = ready(admin, cfg, roots / "site", "site")
-    held = ready(admin, cfg, roots / "held", "held", role="evaluation")
+    site = ready_dataset(admin, cfg, roots / "site", "site")
+    held = ready_dataset(admin, cfg, roots / "held", "held", role="evaluation")
     held_hashes = json.loads((cfg.storage_dir / "datasets" / str(held) / "hashes.json").read_text())
     held_counts = admin.get(f"/api/datasets/{held}").get_json()["counts"]
     in_site = sorted((roots / "site" / "train" / "not fractured").iterdir())[0]
@@ -255,8 +247,8 @@ def test_reviewed_images_join_a_training_dataset_once_never_a_locked_ones_and_th
 def test_the_job_page_partial_offers_ready_training_datasets_to_admins_only(
     fracture_env: dict[str, str], cfg: Settings, admin: FlaskClient, roots: Path, sample_images: list[Path],
 ) -> None:
-    site = ready(admin, cfg, roots / "site", "site")
-    ready(admin, cfg, roots / "held", "held", role="evaluation")
+    site = ready_dataset(admin, cfg, roots / "site", "site")
+    ready_dataset(admin, cfg, roots / "held", "held", role="evaluation")
     job_id, ids = classified(fracture_env, sample_images[:2])
     admin.put(review_url(job_id, ids[0]), json={"label": "not fractured"})
     app = admin.application

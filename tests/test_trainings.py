@@ -19,7 +19,7 @@ import pytest
 from flask.testing import FlaskClient
 from harness import WorkerFactory, start_proc, wait_for
 from installation import VENV_BIN, materialize_both
-from web_client import make_client
+from web_client import make_client, ready_dataset
 
 from fracture import trainings
 from fracture.config import Settings, get_settings
@@ -28,7 +28,6 @@ from fracture.models import ModelVersion, TrainingRun
 from fracture.schedule_times import Spec
 from trainer.dataset import md5_file
 from trainer.service import run_training
-from trainer.validate import validate_dataset
 
 TINY = {"width": 8, "image_size": 64}  # a recipe that trains in seconds on two CPU cores
 
@@ -54,14 +53,6 @@ def cfg(env: dict[str, str]) -> Iterator[Settings]:
     dispose_engines()
 
 
-def ready(client: FlaskClient, cfg: Settings, path: Path, name: str, role: str = "training") -> int:
-    """Register a folder and validate it in process; its id."""
-    posted = client.post("/api/datasets", json={"path": str(path), "name": name, "role": role})
-    assert posted.status_code == 201, posted.get_json()
-    dataset_id = int(posted.get_json()["id"])
-    assert validate_dataset(cfg, dataset_id) == "ready"
-    return dataset_id
-
 
 def wait_final(client: FlaskClient, run_id: int, timeout: float = 300) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
@@ -86,7 +77,7 @@ def test_a_dry_run_on_the_union_of_both_datasets_trains_through_redis_and_a_real
     cfg = get_settings(env)
     client = make_client(cfg)
     try:
-        ids = [ready(client, cfg, roots / "multi", "multi"), ready(client, cfg, roots / "site", "site")]
+        ids = [ready_dataset(client, cfg, roots / "multi", "multi"), ready_dataset(client, cfg, roots / "site", "site")]
         celery_worker_proc.start(env, queues="training")
         posted = client.post("/api/trainings", json={"dataset_ids": ids, "dry_run": True, **TINY})
         assert posted.status_code == 201 and posted.get_json()["status"] == "queued", posted.get_json()
@@ -119,8 +110,8 @@ def test_a_dry_run_on_the_union_of_both_datasets_trains_through_redis_and_a_real
 
 def test_evaluation_and_unready_datasets_are_refused(env: dict[str, str], cfg: Settings, roots: Path) -> None:
     client = make_client(cfg)
-    locked = ready(client, cfg, roots / "multi", "multi", role="evaluation")
-    site = ready(client, cfg, roots / "site", "site")
+    locked = ready_dataset(client, cfg, roots / "multi", "multi", role="evaluation")
+    site = ready_dataset(client, cfg, roots / "site", "site")
     refused = client.post("/api/trainings", json={"dataset_ids": [site, locked]})
     assert refused.status_code == 400
     assert "evaluation dataset" in refused.get_json()["error"] and "locked" in refused.get_json()["error"]
@@ -143,7 +134,7 @@ def test_cancel_stops_a_running_training_within_one_epoch_and_registers_nothing(
     cfg = get_settings(env)
     client = make_client(cfg)
     try:
-        site = ready(client, cfg, roots / "site", "site")
+        site = ready_dataset(client, cfg, roots / "site", "site")
         before = versions(cfg)
         # A queued run cancelled before any worker takes it ends at once, without training.
         queued = client.post("/api/trainings", json={"dataset_ids": [site], **TINY}).get_json()
@@ -179,7 +170,7 @@ def test_a_failed_run_shows_one_sentence_and_logs_the_traceback(
     env: dict[str, str], cfg: Settings, roots: Path,
 ) -> None:
     client = make_client(cfg)
-    one = ready(client, cfg, roots / "one-class", "one-class")
+    one = ready_dataset(client, cfg, roots / "one-class", "one-class")
     run_id = client.post("/api/trainings", json={"dataset_ids": [one], "dry_run": True, **TINY}).get_json()["id"]
     assert run_training(cfg, run_id) is None  # the task's body, in process
 
@@ -205,8 +196,8 @@ def test_images_of_a_ready_evaluation_dataset_are_left_out_of_training(
             shutil.copyfile(f, held / label / f.name)
     try:
         client = make_client(cfg)
-        ready(client, cfg, held, "held", role="evaluation")
-        site = ready(client, cfg, roots / "site", "site")
+        ready_dataset(client, cfg, held, "held", role="evaluation")
+        site = ready_dataset(client, cfg, roots / "site", "site")
         run_id = client.post("/api/trainings", json={"dataset_ids": [site], "dry_run": True, **TINY}).get_json()["id"]
         assert run_training(cfg, run_id) is not None
         summary = json.loads((cfg.storage_dir / "runs" / str(run_id) / "model_card.json").read_text())
@@ -230,7 +221,7 @@ def test_a_schedule_due_in_seconds_trains_on_both_datasets_through_beat_and_real
     client = make_client(cfg)
     beat = None
     try:
-        ids = [ready(client, cfg, roots / "multi", "multi"), ready(client, cfg, roots / "site", "site")]
+        ids = [ready_dataset(client, cfg, roots / "multi", "multi"), ready_dataset(client, cfg, roots / "site", "site")]
         celery_worker_proc.start(env)  # runs schedules.tick
         celery_worker_proc.start(env, queues="training")
         with session_scope(cfg.database_url) as s:

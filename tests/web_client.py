@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from flask.testing import FlaskClient
 from installation import TEST_ADMIN
@@ -50,3 +51,14 @@ def multipart(files: list[tuple[bytes, str]]) -> tuple[bytes, str]:
 def post_files(client: FlaskClient, files: list[tuple[bytes, str]]) -> TestResponse:
     body, content_type = multipart(files)
     return client.post("/api/jobs", data=body, content_type=content_type)
+
+
+def ready_dataset(client: FlaskClient, settings: Settings, path: Path, name: str, role: str = "training") -> int:
+    """Register folder `path` through the API and validate it in this process (the trainer's task body); its id."""
+    from trainer.validate import validate_dataset
+
+    posted = client.post("/api/datasets", json={"path": str(path), "name": name, "role": role})
+    assert posted.status_code == 201, posted.get_json()
+    dataset_id = int(posted.get_json()["id"])
+    assert validate_dataset(settings, dataset_id) == "ready"
+    return dataset_id

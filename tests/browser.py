@@ -1,0 +1,57 @@
+"""The browser tests' Chromium: Debian's build driven by Playwright (`playwright install` cannot download one here),
+one page that records what the Content-Security-Policy blocked and any uncaught script error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from harness import LiveSystem
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
+
+
+@dataclass
+class Watched:
+    """A page, what the CSP blocked on it (console messages) and the script errors it raised."""
+
+    page: Page
+    blocked: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def chromium_page(width: int = 1280, height: int = 860) -> Iterator[Watched]:
+    """A fresh headless Chromium with one page; fails the test when Debian's chromium is missing."""
+    if not CHROMIUM.exists():
+        pytest.fail("Debian chromium is not installed (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            watched = Watched(browser.new_page(viewport={"width": width, "height": height}))
+            # Anything the Content-Security-Policy blocks shows up as a console error.
+            watched.page.on("console", lambda m: watched.blocked.append(m.text)
+                            if "Content Security Policy" in m.text else None)
+            watched.page.on("pageerror", lambda e: watched.errors.append(str(e)))
+            yield watched
+        finally:
+            browser.close()
+
+
+def log_in(page: Page, system: LiveSystem) -> None:
+    """Log in as the live system's test user, from the login page to the upload form."""
+    page.goto(f"{system.url}/login")
+    page.locator("#username").fill(system.env["FRACTURE_TEST_USER"])
+    page.locator("#password").fill(system.env["FRACTURE_TEST_PASSWORD"])
+    page.locator("#login").click()
+    page.wait_for_url(f"{system.url}/")
