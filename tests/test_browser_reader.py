@@ -88,7 +88,6 @@ def test_read_a_job_filter_uncertain_view_heatmap_step_and_correct(
         expect(page.locator("#heatmap")).to_be_visible(timeout=120_000)
         predicted = page.locator("#prediction").inner_text()
         page.locator("#mark-wrong").click()
-        page.screenshot(path="/tmp/dev/after-click.png")
         expect(page.locator("#review-state")).to_contain_text("Wrong: ")
         expect(page.locator("#review-state")).to_contain_text(live_system.env["FRACTURE_TEST_USER"])
         wrong_label = page.locator("#mark-wrong").get_attribute("data-label")
@@ -103,6 +102,20 @@ def test_read_a_job_filter_uncertain_view_heatmap_step_and_correct(
         page.locator("#results tbody tr").nth(2).locator("button.agree").click()
         expect(page.locator("#reviewed-count")).to_have_text("2")
         expect(page.locator("#results tbody tr").nth(2).locator(".review-state")).to_contain_text("correct")
+
+        # A file that does not decode: the viewer says so, without a broken image or controls that do nothing.
+        broken = live_system.http.post(f"{url}/api/jobs", timeout=60,
+                                       files=[("files", ("broken.jpg", b"\xff\xd8\xff not a JPEG", "image/jpeg"))])
+        broken_id = broken.json()["id"]
+        wait_for(lambda: bool(live_system.http.get(f"{url}/api/jobs/{broken_id}", timeout=10).json()["final"]),
+                 60, "the broken file's job to finish")
+        row = live_system.http.get(f"{url}/api/jobs/{broken_id}/results", timeout=10).json()["results"][0]
+        page.goto(f"{url}/jobs/{broken_id}/images/{row['image_id']}")
+        expect(page.locator("#image-error")).to_have_text(row["error"])
+        expect(page.locator("#stage-note")).to_have_text("This file cannot be shown as an image.")
+        expect(page.locator("#display-controls")).to_be_hidden()
+        expect(page.locator("#canvas")).to_be_hidden()
+        assert page.locator("#review, #heatmap-controls").count() == 0
         assert watched.blocked == [] and watched.errors == []
 
     reviews = live_system.http.get(f"{url}/api/jobs/{job_id}/reviews", timeout=10).json()

@@ -34,7 +34,13 @@
     apply();
   }
   if (xray.complete && xray.naturalWidth) reset(); else xray.addEventListener("load", reset);
-  xray.addEventListener("error", () => note("The image could not be shown."));
+  xray.addEventListener("error", () => {
+    // Nothing to look at (a file that does not decode): no broken-image box, no display controls.
+    canvas.hidden = true;
+    $("display-controls").hidden = true;
+    stage.classList.add("empty");
+    note("This file cannot be shown as an image.");
+  });
   window.addEventListener("resize", reset);
   stage.addEventListener("wheel", (e) => {
     e.preventDefault();
