@@ -1,6 +1,6 @@
 """DICOM X-rays built from a real X-ray of the dataset: decoded to the same pixels as their source image (8- and
-16-bit, rescale and window, MONOCHROME1, RLE and JPEG 2000, a data set without its preamble), refused with a clear
-reason (modality, frames, a transfer syntax no decoder reads, size), told apart by their first bytes."""
+16-bit, rescale and window, MONOCHROME1, RLE, JPEG 2000 and JPEG-LS, a data set without its preamble), refused
+with a clear reason (modality, frames, a transfer syntax no decoder reads, size), told apart by their first bytes."""
 
 from __future__ import annotations
 
@@ -115,7 +115,13 @@ def test_16_bit_without_a_window_is_stretched_from_its_lowest_to_its_highest_val
     assert_same(decoded(data), reference(stretched))
 
 
-@pytest.mark.parametrize("syntax", [uid.RLELossless, uid.JPEG2000Lossless], ids=["rle", "jpeg2000"])
+# The compressed syntaxes the tests encode (RLE: pydicom; JPEG 2000: pylibjpeg-openjpeg; JPEG-LS: pyjpegls, a test
+# dependency only) and, for each, the decoders of the project's own dependencies that must read it.
+COMPRESSED = {uid.RLELossless: {"pydicom"}, uid.JPEG2000Lossless: {"pylibjpeg", "pillow"},
+              uid.JPEGLSLossless: {"pylibjpeg"}}
+
+
+@pytest.mark.parametrize("syntax", list(COMPRESSED), ids=["rle", "jpeg2000", "jpeg-ls"])
 def test_compressed_8_and_16_bit_decode_to_the_same_pixels(pixels: np.ndarray, syntax: str) -> None:
     compressed = dicom_file(pixels, syntax=syntax).data
     assert dicom.has_preamble(compressed[:HEAD_BYTES])
@@ -123,6 +129,20 @@ def test_compressed_8_and_16_bit_decode_to_the_same_pixels(pixels: np.ndarray, s
     stored = as_16_bit(pixels)
     deep = dicom_file(stored, syntax=syntax, **RESCALE, **window_of(0, 255)).data
     assert_same(decoded(deep), reference(pixels))
+
+
+@pytest.mark.parametrize("syntax", [*COMPRESSED, uid.JPEGLSNearLossless, uid.JPEGLosslessSV1, uid.JPEGLossless,
+                                    uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEG2000, uid.HTJ2KLossless])
+def test_every_syntax_the_readme_names_is_read_by_a_decoder_the_project_installs(pixels: np.ndarray,
+                                                                                 syntax: str) -> None:
+    from pydicom.pixels import get_decoder, pixel_array
+
+    shipped = {"pydicom", "pylibjpeg", "pillow"}  # pyjpegls is a test dependency: it must not be the only reader
+    assert set(get_decoder(syntax).available_plugins) & COMPRESSED.get(syntax, shipped), syntax
+    if syntax in COMPRESSED:  # the files the tests encode decode through the project's own decoders alone
+        data = dicom_file(as_16_bit(pixels), syntax=syntax).data
+        for plugin in set(get_decoder(syntax).available_plugins) & COMPRESSED[syntax]:
+            assert (pixel_array(io.BytesIO(data), decoding_plugin=plugin) == as_16_bit(pixels)).all(), plugin
 
 
 def test_jpeg_baseline_decodes_like_the_jpeg_itself(image: Image.Image) -> None:
