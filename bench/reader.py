@@ -6,6 +6,8 @@
 Rows:
 - end to end through `fracture up` (embedded broker, one worker), the same zip with THUMBNAILS=1 and =0, run
   alternately, best of 2 each: the throughput ratio is the cost of the worker's thumbnails (target: at most 10%);
+- a heatmap asked for (as the viewer does) on an idle worker, and while a 2,000-image job is being classified (its
+  chunks queued before the request), with how far that job had got when the heatmap came;
 - the job page, its filters and sorts, the summary, the results API and the viewer on a job of 20,000 images with
   results and reviews (made directly in the database), median of 5 requests each through the Flask app.
 
@@ -50,6 +52,43 @@ def end_to_end(workdir: Path, n: int, rounds: int = 2) -> dict[str, float]:
             finally:
                 system.stop()
     return best
+
+
+def heatmap_wait(workdir: Path, n_backlog: int, broker: str = "auto") -> dict[str, float]:
+    """Seconds from asking for a heatmap to its PNG (the viewer's polling, every 0.1 s here), on an idle system and
+    while an n_backlog-image job is being classified (its chunks queued ahead of the request)."""
+    files = real_images(max(n_backlog, 8), workdir)
+    small = make_zip(files[:8], workdir / "heatmap-small.zip")
+    backlog = make_zip(files[:n_backlog], workdir / f"heatmap-backlog-{n_backlog}.zip")
+    system = System(workdir, concurrency=1, broker=broker)
+    try:
+        system.run_job(small, 8)
+        job = system.http.get(f"{system.url}/api/jobs", timeout=30).json()["jobs"][0]["id"]
+        ids = [r["image_id"] for r in system.http.get(f"{system.url}/api/jobs/{job}/results", timeout=30)
+               .json()["results"]]
+
+        def wait(image_id: int) -> float:
+            url = f"{system.url}/api/jobs/{job}/images/{image_id}/heatmap.png"
+            t0 = time.perf_counter()
+            while (code := system.http.get(url, timeout=30).status_code) == 202:
+                time.sleep(0.1)
+            if code != 200:
+                raise RuntimeError(f"heatmap of image {image_id}: HTTP {code}")
+            return time.perf_counter() - t0
+
+        wait(ids[0])  # the first loads the network for Grad-CAM
+        idle = statistics.median(wait(i) for i in ids[1:4])
+        with open(backlog, "rb") as f:
+            posted = system.http.post(f"{system.url}/api/jobs", timeout=600,
+                                      files={"files": (backlog.name, f, "application/zip")})
+        posted.raise_for_status()
+        big = posted.json()["id"]
+        time.sleep(2)  # the chunks are queued and the worker is busy with them
+        busy = wait(ids[4])
+        left = system.http.get(f"{system.url}/api/jobs/{big}", timeout=30).json()
+        return {"idle_s": idle, "busy_s": busy, "backlog_done_when_served": left["processed"] / left["total"]}
+    finally:
+        system.stop()
 
 
 def big_job(workdir: Path, n: int) -> tuple[dict[str, str], str]:
@@ -127,7 +166,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="100 images end to end, a 5,000-image job")
     p.add_argument("--workdir", default=None)
     a = p.parse_args()
-    n_e2e, n_big = (100, 5000) if a.quick else (400, 20_000)
+    n_e2e, n_big, n_backlog = (100, 5000, 500) if a.quick else (400, 20_000, 2000)
     workdir = Path(a.workdir or tempfile.mkdtemp(prefix="fracture-bench-reader-"))
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -135,6 +174,9 @@ def main() -> None:
     e2e = end_to_end(workdir, n_e2e)
     fig.update({"e2e_ips_thumbnails": e2e["on"], "e2e_ips_no_thumbnails": e2e["off"],
                 "thumbnail_cost": 1 - e2e["on"] / e2e["off"], "thumbnail_kb": e2e["thumb_kb"]})
+    hm = heatmap_wait(workdir, n_backlog)
+    fig.update({"heatmap_idle_s": hm["idle_s"], "heatmap_busy_s": hm["busy_s"],
+                "backlog_done_when_heatmap_served": hm["backlog_done_when_served"]})
     t = time.perf_counter()
     env, job_id = big_job(workdir, n_big)
     fig["make_job_s"] = time.perf_counter() - t
@@ -145,6 +187,9 @@ def main() -> None:
           f"{e2e['on'] / e2e['off']:.3f} x off (cost {100 * fig['thumbnail_cost']:.1f}%, target <= 10%) |")
     print(f"| end to end, thumbnails off | {e2e['off']:.1f} img/s | 1.000 |")
     print(f"| thumbnail size (160 px JPEG) | {e2e['thumb_kb']:.1f} KiB | |")
+    print(f"| heatmap, ask to PNG, idle worker | {hm['idle_s']:.2f} s | |")
+    print(f"| heatmap, ask to PNG, while a {n_backlog}-image job is classified | {hm['busy_s']:.2f} s | "
+          f"{hm['busy_s'] / hm['idle_s']:.1f} x idle; that job {100 * hm['backlog_done_when_served']:.0f}% done |")
     for name, ms in pages.items():
         print(f"| {name} ({n_big} images) | {ms:.0f} ms | |")
         fig[f"ms {name}"] = ms

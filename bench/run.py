@@ -130,8 +130,10 @@ def processes_of(home: Path) -> dict[str, list[int]]:
 
 
 def workers_reported(health: dict[str, Any]) -> bool:
-    """Whether /api/health reports on the workers: it lists one, or can ask them (a redis broker)."""
-    return bool(health.get("workers")) and any(health["workers"].values())
+    """Whether /api/health reports a worker, or cannot ask them (the embedded broker has no broadcast: the first
+    job then waits for the workers to start)."""
+    workers = health.get("workers") or {}
+    return bool(workers.get("workers")) or workers.get("supported") is False
 
 
 class System:

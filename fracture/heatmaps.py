@@ -1,8 +1,9 @@
 """The state of heatmaps: the only code that writes Heatmap rows (asked for, done, failed) and their stored PNGs.
 
 A heatmap belongs to one image under the job's pinned model version. The web asks for one (the first request sends
-the task), the worker marks it done or failed; a request that was lost (its task never ran) or failed a while ago is
-sent again on the next ask, so nothing stays pending for ever.
+the task, to the interactive queue), the worker marks it done or failed; a request that was lost (its task never ran)
+or failed a while ago is sent again on the next ask, so nothing stays pending for ever. One asked for in bulk
+(HEATMAPS_ABOVE_THRESHOLD: queued behind the chunks) is sent once more, interactively, when a person asks for it.
 """
 
 from __future__ import annotations
@@ -80,12 +81,13 @@ def check_classified(session: Session, job: Job, image_id: int) -> int:
 
 
 def request(session: Session, job: Job, image_id: int, storage: Storage, now: datetime | None = None) -> Requested:
-    """Get or create the heatmap of `image_id` under the job's model version; say whether its task must be sent.
+    """Get or create the heatmap of `image_id` under the job's model version, as a person asks for it; say whether
+    its task must be sent (to the interactive queue).
 
     Raises HeatmapRefused when the image has no result to explain, LookupError when it is not the job's.
     """
     version_id = check_classified(session, job, image_id)
-    sent = _ensure_rows(session, job.id, version_id, [image_id], storage, now)
+    sent = _ensure_rows(session, job.id, version_id, [image_id], storage, now, interactive=True)
     heatmap = find(session, image_id, version_id)
     assert heatmap is not None
     return Requested(heatmap, bool(sent))
@@ -93,17 +95,18 @@ def request(session: Session, job: Job, image_id: int, storage: Storage, now: da
 
 def request_many(session: Session, job_id: str, version_id: int, image_ids: Sequence[int], storage: Storage,
                  now: datetime | None = None) -> list[int]:
-    """Ask for the heatmaps of `image_ids` (classified images of `job_id`); return those whose task must be sent."""
-    return _ensure_rows(session, job_id, version_id, image_ids, storage, now)
+    """Ask in bulk for the heatmaps of `image_ids` (classified images of `job_id`); return those whose task must be
+    sent (behind the chunks)."""
+    return _ensure_rows(session, job_id, version_id, image_ids, storage, now, interactive=False)
 
 
 def _ensure_rows(session: Session, job_id: str, version_id: int, image_ids: Sequence[int], storage: Storage,
-                 now: datetime | None) -> list[int]:
+                 now: datetime | None, interactive: bool) -> list[int]:
     now = now or datetime.now(UTC)
     if not image_ids:
         return []
     values = [{"image_id": i, "job_id": job_id, "model_version_id": version_id, "status": HeatmapStatus.PENDING,
-               "requested_at": now} for i in image_ids]
+               "requested_at": now, "interactive": interactive} for i in image_ids]
     stmt = insert_on_conflict(session, Heatmap).values(values).on_conflict_do_nothing(
         index_elements=["image_id", "model_version_id"]).returning(Heatmap.image_id)
     created = set(session.scalars(stmt).all())
@@ -111,10 +114,13 @@ def _ensure_rows(session: Session, job_id: str, version_id: int, image_ids: Sequ
         select(Heatmap).where(Heatmap.model_version_id == version_id, Heatmap.image_id.in_(image_ids),
                               Heatmap.image_id.not_in(created)).with_for_update()
     ).all()
-    resend = [h for h in existing if _needs_sending(h, storage, now)]
+    # A bulk request still waiting behind the chunks jumps the queue once when a person asks for it.
+    resend = [h for h in existing if _needs_sending(h, storage, now)
+              or (interactive and h.status == HeatmapStatus.PENDING and not h.interactive)]
     for heatmap in resend:
         heatmap.status, heatmap.error, heatmap.storage_key = HeatmapStatus.PENDING, None, None
         heatmap.requested_at, heatmap.finished_at = now, None
+        heatmap.interactive = heatmap.interactive or interactive
     session.flush()
     return sorted(created | {h.image_id for h in resend})
 

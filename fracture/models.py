@@ -207,6 +207,8 @@ class Heatmap(Base):
     error: Mapped[str | None] = mapped_column(Text)
     requested_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
+    # Sent to the interactive queue (someone asked for it), not behind the chunks (HEATMAPS_ABOVE_THRESHOLD).
+    interactive: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
 
 
 class Review(Base):

@@ -17,6 +17,11 @@ from fracture.config import Settings, get_settings
 from fracture.db import session_scope
 
 INFERENCE_QUEUE = "inference"
+# What a person is waiting on (a heatmap asked for in the viewer). The inference workers consume it beside
+# "inference" and take from the two in turn, so such a request waits for the chunk in progress, not for every
+# chunk queued before it.
+INTERACTIVE_QUEUE = "interactive"
+INFERENCE_WORKER_QUEUES = f"{INFERENCE_QUEUE},{INTERACTIVE_QUEUE}"  # a worker's -Q
 TRAINING_QUEUE = "training"
 CLASSIFY_TASK = "inference.classify_chunk"
 HEATMAP_TASK = "inference.heatmap"
@@ -148,13 +153,16 @@ def send_classify(app: Celery, job_id: str, image_ids: list[int]) -> None:
     app.send_task(CLASSIFY_TASK, args=(job_id, image_ids), queue=INFERENCE_QUEUE)
 
 
-def send_heatmap(app: Celery, job_id: str, image_id: int, version_id: int, check_broker: bool = True) -> None:
-    """Send the heatmap of one image under one model version to the inference queue (its own task, so plain
-    classification never waits on it); raises BrokerUnavailable quickly if the broker is down."""
+def send_heatmap(app: Celery, job_id: str, image_id: int, version_id: int, check_broker: bool = True,
+                 interactive: bool = True) -> None:
+    """Send the heatmap of one image under one model version (its own task, so plain classification never waits on
+    it): to the interactive queue when someone asked for it, else (HEATMAPS_ABOVE_THRESHOLD) to the inference queue
+    behind the chunks. Raises BrokerUnavailable quickly if the broker is down."""
+    queue = INTERACTIVE_QUEUE if interactive else INFERENCE_QUEUE
     try:
         if check_broker:
             _ensure_broker(app)
-        app.send_task(HEATMAP_TASK, args=(job_id, image_id, version_id), queue=INFERENCE_QUEUE, retry=False)
+        app.send_task(HEATMAP_TASK, args=(job_id, image_id, version_id), queue=queue, retry=False)
     except (KombuOperationalError, OSError) as e:
         raise BrokerUnavailable(f"the message broker is not reachable: {e}") from e
 

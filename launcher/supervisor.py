@@ -166,7 +166,7 @@ def up(host: str, port: int, broker: str, inference_concurrency: int, echo: Call
     """Run the whole system until Ctrl-C/SIGTERM (exit 0) or until a child dies (exit 1)."""
     from fracture.db import session_scope
     from fracture.migrate import upgrade
-    from fracture.queue import INFERENCE_QUEUE, TRAINING_QUEUE, make_app, resume_unfinished
+    from fracture.queue import INFERENCE_WORKER_QUEUES, TRAINING_QUEUE, make_app, resume_unfinished
     from fracture.registry import ensure_seed_model
 
     env = dict(os.environ)
@@ -219,7 +219,8 @@ def up(host: str, port: int, broker: str, inference_concurrency: int, echo: Call
                     WEB_APP]
         sup.start("web", web_args, env)
         threads = str(max(1, (os.cpu_count() or 1) // max(1, inference_concurrency)))
-        sup.start("inference-worker", _worker_args(WORKER_APP, "inference", INFERENCE_QUEUE, inference_concurrency),
+        sup.start("inference-worker",
+                  _worker_args(WORKER_APP, "inference", INFERENCE_WORKER_QUEUES, inference_concurrency),
                   {"TORCH_THREADS": threads, **env})
         sup.start("training-worker", _worker_args(TRAINER_APP, "training", TRAINING_QUEUE, 1), env)
         sup.start("beat", _celery(WORKER_APP, "beat", "--schedule", str(home / "celerybeat-schedule"), "--loglevel",

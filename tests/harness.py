@@ -23,6 +23,8 @@ from typing import Any
 import requests
 from installation import REPO_ROOT, VENV_BIN, bearer
 
+from fracture.queue import INFERENCE_WORKER_QUEUES
+
 
 class HarnessError(AssertionError):
     """A harness helper gave up: the test (or benchmark) cannot go on."""
@@ -210,7 +212,7 @@ class WorkerFactory:
     started: list[Proc] = field(default_factory=list)
 
     def start(
-        self, env: dict[str, str], queues: str = "inference", concurrency: int = 1, pool: str = "prefork",
+        self, env: dict[str, str], queues: str = INFERENCE_WORKER_QUEUES, concurrency: int = 1, pool: str = "prefork",
         ready_timeout: float = 90,
     ) -> Proc:
         """Start a worker on `queues` and wait until it reports ready."""

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from fracture.queue import INFERENCE_WORKER_QUEUES
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 APP_SERVICES = ("migrate", "web", "worker", "trainer", "beat")
 GPU_SERVICES = ("worker", "trainer")
@@ -82,7 +84,7 @@ def test_roles_and_gpu_reservations(compose: dict[str, Any]) -> None:
 
     worker = command_of(services["worker"])
     assert worker[:4] == ["celery", "-A", "worker.app", "worker"]
-    assert worker[worker.index("-Q") + 1] == "inference"
+    assert worker[worker.index("-Q") + 1] == INFERENCE_WORKER_QUEUES  # "inference,interactive", as fracture up
     trainer = command_of(services["trainer"])
     assert trainer[:4] == ["celery", "-A", "trainer.app", "worker"]  # the trainer's own worker app
     assert trainer[trainer.index("-Q") + 1] == "training" and trainer[trainer.index("-c") + 1] == "1"

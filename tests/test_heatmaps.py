@@ -26,7 +26,7 @@ from fracture.db import dispose_engines, session_scope
 from fracture.inference import Predictor
 from fracture.models import Heatmap, HeatmapStatus, Image, Job
 from fracture.preprocess import load_u8
-from fracture.queue import enqueue_job, make_app
+from fracture.queue import INFERENCE_QUEUE, INTERACTIVE_QUEUE, enqueue_job, make_app, queued_messages, send_heatmap
 from fracture.storage import Storage
 from worker.classify import _predictors
 from worker.heatmaps import make_heatmap
@@ -208,6 +208,37 @@ def test_heatmap_endpoint_through_a_real_worker(
     for query in ("", "?download=1"):
         response = stranger.get(f"{url}{query}")
         assert response.status_code == 404 and response.get_json()["error"], response.get_data(as_text=True)
+
+
+def test_a_heatmap_someone_asks_for_does_not_wait_behind_the_queued_chunks(
+    fracture_env: dict[str, str], redis_url: str, sample_images: list[Path], celery_worker_proc: WorkerFactory,
+) -> None:
+    env = {**fracture_env, "REDIS_URL": redis_url, "CHUNK_SIZE": "2"}
+    settings = get_settings(env)
+    app = make_app(settings)
+    job_id = create_job(env, sample_images[:6])
+    version_id = int(env["FRACTURE_MODEL_VERSION_ID"])
+    bulk, asked = _images(env, job_id)[:2]
+    with session_scope(settings.database_url) as session:  # two images classified, the rest still to come
+        jobs.record_outcomes(session, job_id, version_id, [jobs.Outcome(bulk.id, "fractured", 0.9),
+                                                           jobs.Outcome(asked.id, "fractured", 0.8)])
+        assert heatmaps.request_many(session, job_id, version_id, [bulk.id], Storage(settings.storage_dir)) == \
+            [bulk.id]
+    enqueue_job(app, settings, job_id)  # no worker yet: the other four wait in two chunks
+    send_heatmap(app, job_id, bulk.id, version_id, interactive=False)  # HEATMAPS_ABOVE_THRESHOLD: behind them
+    assert (queued_messages(app, INFERENCE_QUEUE), queued_messages(app, INTERACTIVE_QUEUE)) == (3, 0)
+
+    client = make_client(settings)
+    for image in (asked, bulk, bulk):  # a person asks: queued apart; the bulk one jumps the queue, once
+        response = client.get(f"/api/jobs/{job_id}/images/{image.id}/heatmap.png")
+        assert response.status_code == 202, response.get_data(as_text=True)
+    assert (queued_messages(app, INFERENCE_QUEUE), queued_messages(app, INTERACTIVE_QUEUE)) == (3, 2)
+
+    # A worker of the interactive queue alone makes both while every chunk still waits.
+    celery_worker_proc.start(env, queues=INTERACTIVE_QUEUE)
+    wait_for(lambda: _heatmaps(env) == {bulk.id: HeatmapStatus.DONE, asked.id: HeatmapStatus.DONE}, 60,
+             "the heatmaps asked for")
+    assert queued_messages(app, INFERENCE_QUEUE) == 3 and job_state(env, job_id)["processed"] == 2
 
 
 # ---------------------------------------------------------------- the state of a heatmap, and the task's body

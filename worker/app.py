@@ -1,4 +1,4 @@
-"""Entry module for the inference worker and beat: `celery -A worker.app worker -Q inference` / `beat`."""
+"""Entry module for the inference worker and beat: `celery -A worker.app worker -Q inference,interactive` / `beat`."""
 
 from worker.celery_app import make_celery
 

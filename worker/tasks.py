@@ -40,7 +40,7 @@ def classify_chunk_task(self: Task, job_id: str, image_ids: list[int]) -> None:
     if settings.heatmaps_above_threshold:
         try:
             sent = request_positive(settings, job_id, image_ids, lambda job, image, version: queue.send_heatmap(
-                self.app, job, image, version, check_broker=False))
+                self.app, job, image, version, check_broker=False, interactive=False))
         except (queue.BrokerUnavailable, OperationalError) as e:
             # The chunk is done; its heatmaps can still be asked for one by one (a lost request is sent again).
             log.warning("job %s: heatmaps of the chunk not requested: %s", job_id, e)
