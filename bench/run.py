@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import requests.adapters
 import torch
 import torchvision
 from PIL import Image
+from urllib3.util.retry import Retry
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -151,6 +153,9 @@ class System:
         self.proc: Proc = start_fracture_up(env, self.port, self.home, broker=broker, concurrency=concurrency,
                                             name="up", healthy=workers_reported)
         self.http = requests.Session()
+        # A GET that meets a keep-alive connection the server has just closed is sent again (as a browser does).
+        self.http.mount("http://", requests.adapters.HTTPAdapter(
+            max_retries=Retry(total=3, connect=3, read=3, status=0, allowed_methods={"GET"}, backoff_factor=0.1)))
         try:
             self.http.headers["Authorization"] = f"Bearer {self.create_user('bench', admin=True)['token']}"
         except BaseException:

@@ -30,10 +30,14 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def free_port(host: str = "127.0.0.1", avoid: frozenset[int] = frozenset()) -> int:
+    """A port nothing listens on now, other than those in `avoid` (ports this process is about to use itself)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 def http_ok(url: str) -> bool:
@@ -185,7 +189,7 @@ def up(host: str, port: int, broker: str, inference_concurrency: int, echo: Call
     try:
         kind, private_redis = choose_broker(broker, env, home)
         if private_redis:
-            redis_port = free_port()
+            redis_port = free_port(avoid=frozenset({port}))  # free now, the web's port may be too: not that one
             redis_dir = home / "redis"
             redis_dir.mkdir(exist_ok=True)
             sup.start("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
