@@ -20,8 +20,11 @@ from fracture.models import Heatmap, HeatmapStatus, Image, Job, Result
 from fracture.storage import Storage
 
 # A pending request older than this was lost (a worker died, the broker restarted): the next ask sends it again.
-# A failure is shown for as long before the next ask tries again (a restarted worker may succeed).
+# On the interactive queue a request waits for one chunk at most, so after a minute it is lost; one asked for in
+# bulk waits behind whole jobs. A failure is shown for 5 minutes before the next ask tries again (a restarted
+# worker may succeed).
 RESEND_AFTER = timedelta(minutes=5)
+RESEND_INTERACTIVE_AFTER = timedelta(minutes=1)
 
 
 class HeatmapRefused(ValueError):
@@ -128,8 +131,11 @@ def _ensure_rows(session: Session, job_id: str, version_id: int, image_ids: Sequ
 def _needs_sending(heatmap: Heatmap, storage: Storage, now: datetime) -> bool:
     if heatmap.status == HeatmapStatus.DONE:
         return not (heatmap.storage_key and storage.exists(heatmap.storage_key))  # its file was removed
-    stamp = heatmap.finished_at if heatmap.status == HeatmapStatus.FAILED else heatmap.requested_at
-    return stamp is None or now - _aware(stamp) >= RESEND_AFTER
+    if heatmap.status == HeatmapStatus.FAILED:
+        stamp, after = heatmap.finished_at, RESEND_AFTER
+    else:
+        stamp, after = heatmap.requested_at, RESEND_INTERACTIVE_AFTER if heatmap.interactive else RESEND_AFTER
+    return stamp is None or now - _aware(stamp) >= after
 
 
 def withdraw(session: Session, heatmap: Heatmap) -> None:

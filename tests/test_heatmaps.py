@@ -224,6 +224,9 @@ def test_a_heatmap_someone_asks_for_does_not_wait_behind_the_queued_chunks(
                                                            jobs.Outcome(asked.id, "fractured", 0.8)])
         assert heatmaps.request_many(session, job_id, version_id, [bulk.id], Storage(settings.storage_dir)) == \
             [bulk.id]
+        # Behind the chunks it may wait for whole jobs: two minutes later it is not taken for lost.
+        assert heatmaps.request_many(session, job_id, version_id, [bulk.id], Storage(settings.storage_dir),
+                                     now=datetime.now(UTC) + timedelta(minutes=2)) == []
     enqueue_job(app, settings, job_id)  # no worker yet: the other four wait in two chunks
     send_heatmap(app, job_id, bulk.id, version_id, interactive=False)  # HEATMAPS_ABOVE_THRESHOLD: behind them
     assert (queued_messages(app, INFERENCE_QUEUE), queued_messages(app, INTERACTIVE_QUEUE)) == (3, 0)
@@ -263,6 +266,9 @@ def test_lost_and_failed_requests_are_sent_again_and_the_task_body_records_both_
         assert job is not None
         assert heatmaps.request(session, job, good.id, storage).send  # first ask: sent
         assert not heatmaps.request(session, job, good.id, storage).send  # pending: not twice
+        soon = datetime.now(UTC) + heatmaps.RESEND_INTERACTIVE_AFTER
+        assert not heatmaps.request(session, job, good.id, storage, now=soon - timedelta(seconds=5)).send
+        assert heatmaps.request(session, job, good.id, storage, now=soon + timedelta(seconds=1)).send  # lost
         assert heatmaps.request(session, job, good.id, storage, now=later).send  # lost: sent again
         with pytest.raises(heatmaps.HeatmapRefused) as refused:
             heatmaps.request(session, job, unclassified.id, storage)
