@@ -15,6 +15,10 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from browser import wait_until  # noqa: E402  (polls without eval(): the pages' CSP forbids it)
+
+ALL_IMAGES = "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
 MAX_BYTES = 400 * 1024
 
@@ -47,8 +51,7 @@ def shoot(url: str, out: Path, user: str, password: str) -> None:
             page.wait_for_url("**/jobs/*", timeout=60_000)
             expect(page.locator("#status")).to_have_text("done", timeout=600_000)
             page.wait_for_load_state("load")
-            page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)",
-                                   timeout=30_000)  # the thumbnails load lazily
+            wait_until(page, ALL_IMAGES, 30, "the images")  # the thumbnails load lazily
             page.set_viewport_size({"width": 1280, "height": 1240})  # the summary and the first rows of the list
             page.screenshot(path=out / "job.png")
             page.set_viewport_size({"width": 1280, "height": 860})
@@ -59,13 +62,12 @@ def shoot(url: str, out: Path, user: str, password: str) -> None:
             page.wait_for_url("**/images/*")
             page.locator("#heatmap-toggle").check()
             expect(page.locator("#heatmap")).to_be_visible(timeout=120_000)
-            page.wait_for_function("document.getElementById('heatmap').complete", timeout=30_000)
+            wait_until(page, "document.getElementById('heatmap').complete", 30, "the heatmap")
             page.screenshot(path=out / "viewer.png")
             for name in ("jobs", "models", "training"):
                 page.goto(f"{url}/{name}")
                 # The model plots load lazily: wait until every image on the page has really arrived.
-                page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)",
-                                       timeout=30_000)
+                wait_until(page, ALL_IMAGES, 30, "the images")
                 page.screenshot(path=out / f"{name}.png", full_page=name == "models")
             browser.close()
 

@@ -22,6 +22,10 @@ from typing import Any
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from browser import wait_until  # noqa: E402  (polls without eval(): the pages' CSP forbids it)
+
+ALL_IMAGES = "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
 
 
@@ -118,8 +122,7 @@ def shoot(args: argparse.Namespace, dataset_id: int, run_id: int, a: str, b: str
         for name, path in (("datasets", "/datasets"), ("dataset", f"/datasets/{dataset_id}"),
                            ("training-run", f"/training/{run_id}"), ("compare", f"/models/compare?a={a}&b={b}")):
             page.goto(f"{url}{path}")
-            page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)",
-                                   timeout=30_000)
+            wait_until(page, ALL_IMAGES, 30, "the images")
             page.screenshot(path=out / f"{name}.png", full_page=name in ("dataset", "compare"))
         browser.close()
 

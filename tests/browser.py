@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from harness import LiveSystem
+from harness import LiveSystem, wait_for
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -46,6 +46,12 @@ def chromium_page(width: int = 1280, height: int = 860) -> Iterator[Watched]:
             yield watched
         finally:
             browser.close()
+
+
+def wait_until(page: Page, expression: str, timeout: float, what: str) -> None:
+    """Poll a JavaScript expression until it is true. Not page.wait_for_function: its polling evaluates a string with
+    eval() inside the page, which the pages' CSP (script-src 'self') forbids once the first check is false."""
+    wait_for(lambda: page.evaluate(expression), timeout, what, interval=0.1)
 
 
 def log_in(page: Page, system: LiveSystem) -> None:

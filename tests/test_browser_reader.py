@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from browser import chromium_page, log_in
+from browser import chromium_page, log_in, wait_until
 from harness import LiveSystem, wait_for
 
 pytestmark = pytest.mark.slow
@@ -45,8 +45,8 @@ def test_read_a_job_filter_uncertain_view_heatmap_step_and_correct(
         # The reading list: a thumbnail per row, served from storage.
         page.goto(f"{url}/jobs/{job_id}")
         expect(page.locator("#results tbody tr")).to_have_count(6)
-        page.wait_for_function("Array.from(document.querySelectorAll('td.thumb img'))"
-                               ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+        wait_until(page, "Array.from(document.querySelectorAll('td.thumb img'))"
+                         ".every(i => i.complete && i.naturalWidth > 0)", 30, "the thumbnails")
         assert page.locator("td.thumb img").count() == 6
         expect(page.locator("#reviewed-count")).to_have_text("0")
 
@@ -66,10 +66,10 @@ def test_read_a_job_filter_uncertain_view_heatmap_step_and_correct(
         expect(page.locator("#image-path")).to_have_text(first_path)
         expect(page.locator("#position")).to_have_text(f"1 of {summary['uncertain']}")
         expect(page.locator("#viewer")).to_have_attribute("data-ready", "true")
-        page.wait_for_function("document.getElementById('xray').naturalWidth > 0", timeout=30_000)
+        wait_until(page, "document.getElementById('xray').naturalWidth > 0", 30, "the X-ray")
         page.locator("#heatmap-toggle").check()
         expect(page.locator("#heatmap")).to_be_visible(timeout=120_000)
-        page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0", timeout=30_000)
+        wait_until(page, "document.getElementById('heatmap').naturalWidth > 0", 30, "the heatmap")
         opacity = page.locator("#heatmap-opacity")
         opacity.fill("80")
         assert page.eval_on_selector("#heatmap", "e => e.style.opacity") == "0.8"
