@@ -16,10 +16,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from browser import wait_until  # noqa: E402  (polls without eval(): the pages' CSP forbids it)
+from browser import ALL_IMAGES_LOADED, CHROMIUM, CHROMIUM_ARGS, wait_until  # noqa: E402  (the tests' Chromium)
 
-ALL_IMAGES = "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
 MAX_BYTES = 400 * 1024
 
 
@@ -37,7 +35,7 @@ def shoot(url: str, out: Path, user: str, password: str) -> None:
         subprocess.run([sys.executable, str(dataset_root() / "materialize"), str(folder), "--per-class", "5",
                         "--splits", "train,val"], check=True, capture_output=True)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 860})
             page.goto(f"{url}/login")
             page.screenshot(path=out / "login.png")
@@ -51,7 +49,7 @@ def shoot(url: str, out: Path, user: str, password: str) -> None:
             page.wait_for_url("**/jobs/*", timeout=60_000)
             expect(page.locator("#status")).to_have_text("done", timeout=600_000)
             page.wait_for_load_state("load")
-            wait_until(page, ALL_IMAGES, 30, "the images")  # the thumbnails load lazily
+            wait_until(page, ALL_IMAGES_LOADED, 30, "the images")  # the thumbnails load lazily
             page.set_viewport_size({"width": 1280, "height": 1240})  # the summary and the first rows of the list
             page.screenshot(path=out / "job.png")
             page.set_viewport_size({"width": 1280, "height": 860})
@@ -67,7 +65,7 @@ def shoot(url: str, out: Path, user: str, password: str) -> None:
             for name in ("jobs", "models", "training"):
                 page.goto(f"{url}/{name}")
                 # The model plots load lazily: wait until every image on the page has really arrived.
-                wait_until(page, ALL_IMAGES, 30, "the images")
+                wait_until(page, ALL_IMAGES_LOADED, 30, "the images")
                 page.screenshot(path=out / f"{name}.png", full_page=name == "models")
             browser.close()
 

@@ -23,10 +23,7 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from browser import wait_until  # noqa: E402  (polls without eval(): the pages' CSP forbids it)
-
-ALL_IMAGES = "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
+from browser import ALL_IMAGES_LOADED, CHROMIUM, CHROMIUM_ARGS, wait_until  # noqa: E402  (the tests' Chromium)
 
 
 class Api:
@@ -112,7 +109,7 @@ def shoot(args: argparse.Namespace, dataset_id: int, run_id: int, a: str, b: str
     out.mkdir(parents=True, exist_ok=True)
     url = args.url.rstrip("/")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(f"{url}/login")
         page.locator("#username").fill(args.user)
@@ -122,7 +119,7 @@ def shoot(args: argparse.Namespace, dataset_id: int, run_id: int, a: str, b: str
         for name, path in (("datasets", "/datasets"), ("dataset", f"/datasets/{dataset_id}"),
                            ("training-run", f"/training/{run_id}"), ("compare", f"/models/compare?a={a}&b={b}")):
             page.goto(f"{url}{path}")
-            wait_until(page, ALL_IMAGES, 30, "the images")
+            wait_until(page, ALL_IMAGES_LOADED, 30, "the images")
             page.screenshot(path=out / f"{name}.png", full_page=name in ("dataset", "compare"))
         browser.close()
 
