@@ -22,7 +22,8 @@ class DatasetNotReady(EvaluationError):
     """The dataset exists but cannot be read yet (validating) or at all (invalid)."""
 
 
-def create_evaluation(session: Session, version_id: int, dataset_id: int, split: str | None = None) -> Evaluation:
+def create_evaluation(session: Session, version_id: int, dataset_id: int, split: str | None = None,
+                      audit: bool = False) -> Evaluation:
     """Add a queued evaluation (flushed, not committed: the caller commits, then sends `evaluations.run`)."""
     if session.get(ModelVersion, version_id) is None:
         raise EvaluationError(f"no model version with id {version_id}")
@@ -33,7 +34,8 @@ def create_evaluation(session: Session, version_id: int, dataset_id: int, split:
         raise DatasetNotReady(f"dataset {dataset.name!r} is {dataset.status}, not ready")
     if split is not None and split not in SPLIT_CHOICES:
         raise EvaluationError(f"split must be one of {', '.join(SPLIT_CHOICES)} (or none for all of it)")
-    evaluation = Evaluation(model_version_id=version_id, dataset_id=dataset_id, split=split, status=RunStatus.QUEUED)
+    evaluation = Evaluation(model_version_id=version_id, dataset_id=dataset_id, split=split, audit=audit,
+                            status=RunStatus.QUEUED)
     session.add(evaluation)
     session.flush()
     return evaluation

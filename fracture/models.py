@@ -345,6 +345,8 @@ class Evaluation(Base):
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), index=True)
     split: Mapped[str | None] = mapped_column(String(16))
+    # Also run the robustness audit (the figures under other departments' acquisition changes: trainer.robustness).
+    audit: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED, index=True)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     plots: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -9,6 +9,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms.v2.functional import equalize
 
 from fracture.decode import (  # noqa: F401  (re-exported: the decoding every caller shares)
     ALLOWED_FORMATS,
@@ -20,7 +21,7 @@ from fracture.decode import (  # noqa: F401  (re-exported: the decoding every ca
     square,
     thumbnail_jpeg,
 )
-from fracture.recipe import VIEWS
+from fracture.recipe import INTENSITIES, VIEWS
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,15 @@ class PreprocessSpec:
     mean: tuple[float, ...] = field(default=(0.5,))
     std: tuple[float, ...] = field(default=(0.25,))
     views: str = "identity"
+    # "equalize": each image's grey levels equalised (its histogram made flat) before the network sees it, so a
+    # brighter, darker or flatter exposure of the same X-ray (any monotone look-up table) gives nearly the same input.
+    intensity: str = "none"
 
     def __post_init__(self) -> None:
         if self.views not in VIEWS:
             raise ValueError(f"unknown test-time views {self.views!r}; expected one of {VIEWS}")
+        if self.intensity not in INTENSITIES:
+            raise ValueError(f"unknown intensity normalisation {self.intensity!r}; expected one of {INTENSITIES}")
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -50,6 +56,7 @@ class PreprocessSpec:
             mean=tuple(float(x) for x in d["mean"]),  # type: ignore[attr-defined]
             std=tuple(float(x) for x in d["std"]),  # type: ignore[attr-defined]
             views=str(d.get("views", "identity")),  # checkpoints written before views existed: one view
+            intensity=str(d.get("intensity", "none")),  # and before intensity normalisation: none
         )
 
 
@@ -60,6 +67,8 @@ def to_uint8_tensor(gray: Image.Image) -> torch.Tensor:
 
 def normalize(batch_u8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """Turn a (N, 1, H, W) uint8 batch into the float input the network was trained on."""
+    if spec.intensity == "equalize":
+        batch_u8 = equalize(batch_u8)
     x = batch_u8.float().div_(255.0)
     if spec.channels == 3:
         x = x.expand(-1, 3, -1, -1)

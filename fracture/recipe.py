@@ -13,9 +13,13 @@ from typing import Any
 # mirrored upload of the same X-ray, and measured on val it raised ROC-AUC (0.9972 -> 0.9986, release model).
 # Here, not in fracture.preprocess, so that the web checks a recipe without importing torch.
 VIEWS = ("identity", "dihedral")
+# Per-image intensity normalisations of fracture.preprocess (named here for the same reason).
+INTENSITIES = ("none", "equalize")
+# Training augmentations of trainer.data.TrainAugment.
+AUGMENTATIONS = ("light", "strong", "acquisition")
 
 RECIPE: dict[str, Any] = {"epochs": 80, "width": 24, "image_size": 128, "views": "dihedral", "seed": 0,
-                          "augment": "light"}
+                          "augment": "light", "intensity": "none"}
 
 
 def recipe_of(params: dict[str, Any]) -> dict[str, Any]:

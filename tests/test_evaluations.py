@@ -30,6 +30,7 @@ from fracture.inference import Predictor
 from fracture.models import Evaluation, ModelVersion, RunStatus
 from fracture.registry import register_checkpoint
 from fracture.storage import Storage
+from trainer.acquisition import AUDIT
 from trainer.evaluate_dataset import evaluate
 
 RELEASE = Path(__file__).resolve().parent.parent / "fracture" / "release" / "model.pt"
@@ -178,6 +179,7 @@ def test_refusals_are_clear_4xx_and_a_down_broker_fails_the_evaluation(
         ({"model_version": "v1", "dataset_id": 999}, 404, "no dataset with id 999"),
         ({"model_version": "v1", "dataset_id": validating}, 409, "not ready"),
         ({"model_version": version_id, "dataset_id": ready, "split": "holdout"}, 400, "split must be"),
+        ({"model_version": version_id, "dataset_id": ready, "audit": "maybe"}, 400, "audit must be true or false"),
     ]
     for body, status, words in cases:
         response = client.post("/api/evaluations", json=body)
@@ -224,7 +226,8 @@ def test_evaluation_through_redis_and_a_real_trainer_worker(
     celery_worker_proc.start(env, queues="training")
     client = make_client(settings)
 
-    response = client.post("/api/evaluations", json={"model_version": name, "dataset_id": dataset_id, "split": "val"})
+    response = client.post("/api/evaluations", json={"model_version": name, "dataset_id": dataset_id, "split": "val",
+                                                      "audit": True})
     assert response.status_code == 201, response.get_json()
     created = response.get_json()
     assert created["status"] == "queued" and set(created) == {"id", "status"}
@@ -236,6 +239,13 @@ def test_evaluation_through_redis_and_a_real_trainer_worker(
     assert body["status"] == "done", body["error"]
     assert body["metrics"]["n"] > 0 and body["metrics"]["roc_auc"] > 0.9
     assert {"sensitivity", "specificity", "accuracy", "confusion"} <= set(body["metrics"])
+    # The robustness audit ran too: every change of the family on the same images, served as the workers serve.
+    audit = body["metrics"]["robustness"]
+    assert body["audit"] is True and [r["change"] for r in audit["rows"]] == [c.name for c in AUDIT]
+    assert audit["sampled"] == audit["of"] == body["metrics"]["n"]
+    assert all(r["n"] == body["metrics"]["n"] and 0 <= r["flagged"] <= 1 for r in audit["rows"])
+    assert abs(audit["rows"][0]["roc_auc"] - body["metrics"]["roc_auc"]) < 0.05  # unchanged, decoded larger
+    assert audit["worst"]["flagged"] == max(r["flagged"] for r in audit["rows"])
 
     models = {m["name"]: m for m in client.get("/api/models").get_json()["models"]}
     (listed,) = models[name]["evaluations"]
@@ -245,6 +255,8 @@ def test_evaluation_through_redis_and_a_real_trainer_worker(
     assert [e["id"] for e in by_version] == [created["id"]]
     html = client.get("/models").get_data(as_text=True)
     assert f'id="evaluation-{created["id"]}"' in html and f"{body['metrics']['roc_auc']:.4g}" in html
+    table = html.split(f'id="evaluation-robustness-{created["id"]}"', 1)[1].split("</details>", 1)[0]
+    assert all(c.name in table for c in AUDIT)
 
 
 def test_a_restart_sends_queued_evaluations_again(

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from trainer.robustness import render as robustness_table
+
 ROWS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "threshold", "n")
 
 
@@ -94,6 +96,14 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
         metrics_table(m, m["split_policy"]),
         "",
     ]
+    robustness = m.get("robustness")
+    if robustness:
+        md += ["## Robustness audit (test split)", "",
+               "The served model on its grouped test split with each image changed as another department's X-ray "
+               "system or export changes images (trainer.acquisition; applied here at the network's input size, by "
+               "bench/robustness.py at full resolution). 'Not flagged': the images the out-of-distribution detector "
+               "lets through, the ones whose predictions a reader would rely on.", "",
+               robustness_table(robustness["rows"]), ""]
     if summary.get("seeds"):
         md += ["## The same recipe over training seeds (same data and split, grouped test)", "",
                seeds_table(summary["seeds"]), ""]

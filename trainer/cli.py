@@ -42,7 +42,8 @@ def recalibrate(argv: tuple[str, ...]) -> None:
     from trainer.recalibrate import recalibrate as run
 
     args = get_args().parse_args(list(argv))
-    summary = run(args.model, args.out, args.data, args.data_spec, args.min_sensitivity, args.min_specificity)
+    summary = run(args.model, args.out, args.data, args.data_spec, args.min_sensitivity, args.min_specificity,
+                  locked=args.locked, acquisition=args.ood_acquisition)
     if args.curves:
         import numpy as np
 

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
-from fracture.preprocess import ImageError, load_u8
+from fracture.preprocess import ImageError, load_u8, to_uint8_tensor
 from fracture.preprocess import PreprocessSpec as Spec
+from trainer.acquisition import random_acquisition
 
 
 def decode_all(paths: dict[str, Path], spec: Spec, cache_dir: Path | None = None,
@@ -52,26 +54,46 @@ class TrainAugment:
     random crop-and-zoom and exposure/contrast changes; never colour.
 
     `strong` adds small rotations and wider zoom and exposure ranges; measured on the grouped split
-    it under-fits this data in a CPU budget of epochs, so `light` is the default.
+    it under-fits this data in a CPU budget of epochs. `acquisition` draws, per image, from the changes another
+    department's machines make (trainer.acquisition: margins, rotations with black corners, gamma, contrast and
+    windows, resolution, JPEG, burned-in markers), the family the robustness audit measures.
     """
 
     def __init__(self, size: int, strength: str = "light") -> None:
         strong = strength == "strong"
+        self.acquisition = strength == "acquisition"
+        scale = (0.7, 1.0) if self.acquisition else (0.6, 1.0) if strong else (0.85, 1.0)
         steps: list[object] = [
-            v2.RandomResizedCrop(size, scale=(0.6, 1.0) if strong else (0.85, 1.0), ratio=(0.8, 1.25) if strong
+            v2.RandomResizedCrop(size, scale=scale, ratio=(0.8, 1.25) if strong or self.acquisition
                                  else (0.9, 1.1), antialias=True),
             v2.RandomHorizontalFlip(),
             v2.RandomVerticalFlip(),
         ]
         if strong:
             steps.append(v2.RandomApply([v2.RandomRotation(15)], p=0.5))
-        steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3) if strong else v2.ColorJitter(0.1, 0.1))
+        if not self.acquisition:  # acquisition's look-up tables cover exposure and contrast
+            steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3) if strong else v2.ColorJitter(0.1, 0.1))
         self.t = v2.Compose(steps)
 
     def __call__(self, batch_u8: torch.Tensor) -> torch.Tensor:
+        if self.acquisition:
+            # numpy draws seeded from torch's generator: a seeded (and resumed) run augments the same way.
+            batch_u8 = AcquisitionChange(int(torch.randint(0, 2**31 - 1, ()).item()))(batch_u8)
         out = torch.stack([self.t(img) for img in batch_u8])
         k = int(torch.randint(0, 4, ()).item())  # quarter turns, shared by the batch (cheap)
         return torch.rot90(out, k, dims=(2, 3))
+
+
+class AcquisitionChange:
+    """Each image of a uint8 batch changed by one random draw of trainer.acquisition (no crop, no turn), from its
+    own seeded generator: the same copies every time for the same seed and order."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, batch_u8: torch.Tensor) -> torch.Tensor:
+        return torch.stack([to_uint8_tensor(random_acquisition(self.rng)(Image.fromarray(img[0].numpy())))
+                            for img in batch_u8])
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle: bool) -> list[np.ndarray]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from sqlalchemy.orm import Session
 
 from fracture import evaluations
@@ -25,14 +26,18 @@ from fracture.datasets import member_paths
 from fracture.db import session_scope
 from fracture.inference import Predictor
 from fracture.models import Dataset, ModelVersion
+from fracture.preprocess import decode_gray
 from fracture.registry import checkpoint_path
 from fracture.storage import Storage
 from trainer import plots
 from trainer.dataset import Sample, scan
 from trainer.metrics import binary_metrics
+from trainer.robustness import acquisition_audit, worst
 
 log = logging.getLogger(__name__)
 _EXAMPLES = 10  # undecodable files named in the metrics; the count covers them all
+AUDIT_MAX_IMAGES = 2000  # images the robustness audit changes (a seeded sample of larger datasets)
+AUDIT_SIDE = 512  # pixels on the long side at which the audit's changes are applied
 
 
 class EvaluationFailed(RuntimeError):
@@ -52,6 +57,7 @@ class Plan:
     root: Path
     members: set[str] | None
     split: str | None
+    audit: bool = False
 
 
 def evaluate(settings: Settings, evaluation_id: int) -> bool:
@@ -87,7 +93,7 @@ def _plan(settings: Settings, session: Session, evaluation_id: int) -> Plan | No
     return Plan(
         evaluation_id, version.name, checkpoint_path(settings, version), version.checkpoint_sha256,
         float(version.threshold),
-        dataset.name, Path(dataset.root), member_paths(dataset), evaluation.split,
+        dataset.name, Path(dataset.root), member_paths(dataset), evaluation.split, bool(evaluation.audit),
     )
 
 
@@ -111,11 +117,12 @@ def measure(settings: Settings, plan: Plan) -> tuple[dict[str, Any], dict[str, s
             raise EvaluationFailed(f"dataset {plan.dataset_name!r} has no images in split {plan.split!r}")
     rows, conflicts = distinct_images(samples)
     positive = predictor.ckpt.positive_class
-    y, prob, undecodable, unlike = [], [], [], []
+    y, prob, undecodable, unlike, decoded = [], [], [], [], []
     for row, p in zip(rows, predictor.predict([s.path for s in rows]), strict=True):
         if p.probability is None:
             undecodable.append({"file": row.rel, "error": p.error or "undecodable"})
             continue
+        decoded.append(row)
         y.append(1 if row.label == positive else 0)
         prob.append(p.probability)
         unlike.append(p.in_distribution is False)
@@ -135,7 +142,25 @@ def measure(settings: Settings, plan: Plan) -> tuple[dict[str, Any], dict[str, s
         # the checkpoint has no detector): a high share says these metrics are measured off the model's ground.
         ood_flagged=float(np.mean(unlike)) if predictor.detector is not None else None,
     )
+    if plan.audit:
+        metrics["robustness"] = robustness(predictor, [s.path for s in decoded], y_true, settings.max_image_pixels)
     return metrics, _store_plots(settings, plan, y_true, probs, metrics)
+
+
+def robustness(predictor: Predictor, paths: list[Path], y: np.ndarray, max_pixels: int) -> dict[str, Any]:
+    """The robustness audit (trainer.robustness) on at most AUDIT_MAX_IMAGES of the decoded images (a seeded
+    sample), each changed at up to AUDIT_SIDE pixels on its long side, then served as the workers serve it."""
+    pick = np.arange(len(paths))
+    if len(pick) > AUDIT_MAX_IMAGES:
+        pick = np.sort(np.random.default_rng(0).permutation(len(paths))[:AUDIT_MAX_IMAGES])
+    images = []
+    for i in pick:
+        gray = decode_gray(paths[i], AUDIT_SIDE, max_pixels)
+        gray.thumbnail((AUDIT_SIDE, AUDIT_SIDE), Image.Resampling.BILINEAR)
+        images.append(gray)
+    rows = acquisition_audit(predictor, images, y[pick].astype(float))
+    return {"split": "as evaluated", "at": f"up to {AUDIT_SIDE} px", "sampled": int(len(pick)),
+            "of": len(paths), "rows": rows, "worst": worst(rows)}
 
 
 def _load(settings: Settings, plan: Plan) -> Predictor:

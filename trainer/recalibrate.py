@@ -45,20 +45,26 @@ def checkpoint_data(payload: dict[str, Any], spec: PreprocessSpec, data: str | P
 
 def recalibrate(model_path: Path, out: Path, data: str | None = None, data_spec: str | None = None,
                 min_sensitivity: float = 0.96, min_specificity: float = 0.95,
-                cache_dir: Path | None = None) -> dict[str, Any]:
-    """Write `out`: the checkpoint of `model_path` with a new threshold, detector and figures; return the figures."""
+                cache_dir: Path | None = None, locked: str | None = None,
+                acquisition: bool | None = None) -> dict[str, Any]:
+    """Write `out`: the checkpoint of `model_path` with a new threshold, detector and figures; return the figures.
+    `acquisition` (default: whether the checkpoint was trained with that augmentation) fits the detector on
+    acquisition-changed copies too (trainer.train.final_evaluation)."""
     payload = read_payload(model_path)
     ckpt = load_checkpoint(model_path)
-    prepared = checkpoint_data(payload, ckpt.preprocess, data, data_spec, cache_dir=cache_dir)
+    prepared = checkpoint_data(payload, ckpt.preprocess, data, data_spec, locked, cache_dir=cache_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if acquisition is None:
+        acquisition = payload.get("augment") == "acquisition"
     curves, threshold, metrics, detector = final_evaluation(ckpt.model.to(device), prepared, ckpt.preprocess,
-                                                            device, min_sensitivity, min_specificity)
+                                                            device, min_sensitivity, min_specificity, acquisition)
     old = payload.get("metrics", {})
     metrics = old | metrics  # keeps selected_epoch and split_policy
     keep = {k: v for k, v in payload.items() if k not in {
         "format_version", "state_dict", "arch", "model_args", "classes", "positive_class", "preprocess", "threshold",
         "metrics", "data_fingerprint", "created_at", "ood_detector"}}
     keep["recalibrated_from"] = {"threshold": payload.get("threshold"), "metrics": old}
+    keep["ood_acquisition"] = acquisition
     sha = save_checkpoint(out, ckpt.model.cpu(), ckpt.args, ckpt.preprocess, ckpt.classes, threshold,
                           positive_class=ckpt.positive_class, metrics=metrics,
                           data_fingerprint=payload.get("data_fingerprint"), extra=keep, detector=detector)
@@ -72,6 +78,9 @@ def get_args() -> argparse.ArgumentParser:
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", help="the dataset root it was trained on")
     data.add_argument("--data-spec", help="the JSON list of datasets it was trained on")
+    p.add_argument("--locked", default=None, help="the --locked file it was trained with")
+    p.add_argument("--ood-acquisition", default=None, action=argparse.BooleanOptionalAction,
+                   help="fit the detector on acquisition-changed copies too (default: if trained with them)")
     p.add_argument("--out", required=True, type=Path, help="where to write the recalibrated checkpoint")
     p.add_argument("--min-sensitivity", default=0.96, type=float)
     p.add_argument("--min-specificity", default=0.95, type=float)

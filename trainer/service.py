@@ -18,7 +18,7 @@ from trainer.run_files import RunLog, clean_folder, data_argv, sentence
 
 # Parameters a run may set (from the page, the API or a schedule), mapped to trainer options.
 ALLOWED = {"split", "arch", "width", "depths", "image_size", "epochs", "batch_size", "lr", "weight_decay",
-           "min_sensitivity", "min_specificity", "views", "seed", "augment", "weights", "dry_run"}
+           "min_sensitivity", "min_specificity", "views", "seed", "augment", "intensity", "weights", "dry_run"}
 
 
 class Cancelled(Exception):

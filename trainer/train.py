@@ -25,15 +25,17 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from fracture import ood
-from fracture.checkpoint import POSITIVE_CLASS, save_checkpoint
+from fracture.checkpoint import POSITIVE_CLASS, Checkpoint, save_checkpoint
+from fracture.inference import Predictor
 from fracture.net import ModelArgs, build_model, fold_batchnorm, has_features, load_pretrained
 from fracture.preprocess import VIEWS, PreprocessSpec, forward_views, forward_views_features, normalize
-from fracture.recipe import RECIPE
+from fracture.recipe import AUGMENTATIONS, INTENSITIES, RECIPE
 from trainer import card, plots
 from trainer.audit import AuditReport, audit
-from trainer.data import TrainAugment, batches, decode_all
+from trainer.data import AcquisitionChange, TrainAugment, batches, decode_all
 from trainer.dataset import SPLITS, fingerprint
 from trainer.metrics import binary_metrics, choose_threshold
+from trainer.robustness import acquisition_audit, worst
 from trainer.split import POLICIES, make_split
 from trainer.union import (
     Source,
@@ -79,12 +81,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", default=RECIPE["seed"], type=int, help="seed of the weights, augmentation and order")
     p.add_argument("--split-seed", default=None, type=int,
                    help="seed of the grouped split (default: --seed); fix it to retrain on the same data")
-    p.add_argument("--augment", default=RECIPE["augment"], choices=("light", "strong"))
+    p.add_argument("--augment", default=RECIPE["augment"], choices=AUGMENTATIONS,
+                   help="acquisition: margins, rotations, exposure, resolution, markers (trainer.acquisition)")
+    p.add_argument("--intensity", default=RECIPE["intensity"], choices=INTENSITIES,
+                   help="per-image intensity normalisation, saved in the checkpoint and applied when serving")
     p.add_argument("--weights", default=None, help="pretrained weights (file or torchvision name)")
     p.add_argument("--threads", default=0, type=int, help="torch CPU threads (0: all cores)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--dry-run", action="store_true", help="one epoch on at most 64 images per split")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-robustness", dest="robustness", action="store_false",
+                   help="skip the model card's robustness audit of the test split (trainer.robustness)")
     p.add_argument("--compare", default=None,
                    help="model_card.json of a run of the same recipe under the other split policy, shown side by side")
     return p
@@ -197,11 +204,11 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Prepared, split: str, spec: PreprocessSpec, device: torch.device,
-             batch_size: int = 256, views: str | None = None,
-             features: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+             batch_size: int = 256, views: str | None = None, features: list[np.ndarray] | None = None,
+             transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Probabilities of the positive class on a split, averaged over `views` (default: the spec's, as
     served): (y, prob, mean loss). With a `features` list, the out-of-distribution detector's features of each
-    batch, from the same forward passes, are appended to it."""
+    batch, from the same forward passes, are appended to it; `transform` changes each uint8 batch first."""
     views = spec.views if views is None else views
     with_features = features is not None and has_features(model)
     model.eval()
@@ -212,7 +219,8 @@ def evaluate(model: nn.Module, data: Prepared, split: str, spec: PreprocessSpec,
         batch_size = max(1, batch_size // 8)  # 8 passes per batch; on 2 CPU cores 32 images a pass ran fastest
     for idx in batches(len(rows), batch_size, None, shuffle=False):
         batch = rows[idx]
-        x = normalize(data.images[batch].to(device), spec)
+        u8 = data.images[batch] if transform is None else transform(data.images[batch])
+        x = normalize(u8.to(device), spec)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             # Each view is laid out in channels_last.
             if with_features:
@@ -233,10 +241,14 @@ Curves = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def final_evaluation(model: nn.Module, data: Prepared, spec: PreprocessSpec, device: torch.device,
-                     min_sensitivity: float, min_specificity: float) -> tuple[Curves, float, dict[str, Any],
-                                                                              ood.Detector | None]:
+                     min_sensitivity: float, min_specificity: float,
+                     acquisition: bool = False) -> tuple[Curves, float, dict[str, Any], ood.Detector | None]:
     """Evaluate the network exactly as the worker serves it on every split, choose the threshold on val and fit
-    the out-of-distribution detector on train (threshold on val): (curves, threshold, metrics, detector)."""
+    the out-of-distribution detector on train (threshold on val): (curves, threshold, metrics, detector).
+
+    With `acquisition`, the detector is fitted on train and on a copy of train changed as other departments'
+    machines change X-rays (trainer.acquisition), and calibrated on val and a changed copy of val: ordinary
+    acquisition changes are then in distribution, made-up scenes still are not."""
     inference_net = fold_batchnorm(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     curves: Curves = {}
     features: dict[str, np.ndarray] = {}
@@ -252,10 +264,42 @@ def final_evaluation(model: nn.Module, data: Prepared, spec: PreprocessSpec, dev
     metrics: dict[str, Any] = {split: binary_metrics(y, prob, threshold) for split, (y, prob) in curves.items()}
     detector = None
     if "train" in features and "val" in features:
-        detector = ood.fit(features["train"], data.labels[data.split_index["train"]].numpy(), features["val"])
+        fit_on, calibrate_on = features["train"], features["val"]
+        labels = data.labels[data.split_index["train"]].numpy()
+        if acquisition:
+            changed = changed_features(inference_net, data, spec, device)
+            fit_on, labels = np.concatenate([fit_on, changed["train"]]), np.concatenate([labels, labels])
+            calibrate_on = np.concatenate([calibrate_on, changed["val"]])
+        detector = ood.fit(fit_on, labels, calibrate_on)
         for split, f in features.items():
             metrics[split]["ood_flagged"] = ood.flagged_share(detector, f)
     return curves, threshold, metrics, detector
+
+
+def changed_features(model: nn.Module, data: Prepared, spec: PreprocessSpec, device: torch.device,
+                     seed: int = 0) -> dict[str, np.ndarray]:
+    """The detector's features of one acquisition-changed copy of train and of val (seeded: the same copies for the
+    same data), at the served views."""
+    change = AcquisitionChange(seed)
+    out = {}
+    for split in ("train", "val"):
+        batches_of_features: list[np.ndarray] = []
+        evaluate(model, data, split, spec, device, features=batches_of_features, transform=change)
+        out[split] = np.concatenate(batches_of_features)
+    return out
+
+
+def robustness_audit(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, data: Prepared, threshold: float,
+                     detector: ood.Detector | None, device: torch.device) -> dict[str, Any]:
+    """The model as served (views, threshold, detector) on the test split under the audit's acquisition changes,
+    applied at the network's input size (trainer.robustness; bench/robustness.py applies them at full size)."""
+    positive = POSITIVE_CLASS if POSITIVE_CLASS in data.classes else data.classes[0]
+    served = Checkpoint(model, margs, spec, data.classes, positive, threshold, {}, detector)
+    predictor = Predictor(served, device)
+    rows = data.split_index["test"]
+    images = [PILImage.fromarray(data.images[r, 0].numpy()) for r in rows]
+    audit_rows = acquisition_audit(predictor, images, data.labels[rows].numpy())
+    return {"split": "test", "at": "input size", "rows": audit_rows, "worst": worst(audit_rows)}
 
 
 def test_members(data: Prepared) -> list[list[str]]:
@@ -283,7 +327,8 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     channels = 1 if args.arch == "fracnet" else 3
     spec = PreprocessSpec(image_size=args.image_size, channels=channels,
-                          mean=(0.5,) * channels, std=(0.25,) * channels, views=args.views)
+                          mean=(0.5,) * channels, std=(0.25,) * channels, views=args.views,
+                          intensity=getattr(args, "intensity", "none"))
     margs = ModelArgs(arch=args.arch, width=args.width, depths=tuple(int(d) for d in args.depths.split(",")),
                       in_channels=channels)
     progress = not args.no_progress
@@ -358,13 +403,18 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
 
     model.load_state_dict(best["state"])
     curves, threshold, metrics, detector = final_evaluation(model, data, spec, device, args.min_sensitivity,
-                                                            args.min_specificity)
+                                                            args.min_specificity, args.augment == "acquisition")
     metrics["selected_epoch"] = best["epoch"]
     metrics["split_policy"] = args.split
     if data.corrections["offered"]:  # the models page lists these beside the selected epoch
         metrics["corrections"] = data.corrections["used"]
         metrics["corrections_relabelled"] = data.corrections["relabelled"]
 
+    if getattr(args, "robustness", True) and len(data.split_index["test"]):
+        t_audit = time.time()
+        metrics["robustness"] = robustness_audit(model, margs, spec, data, threshold, detector, device)
+        say(f"robustness audit of the test split under {len(metrics['robustness']['rows'])} acquisition changes "
+            f"in {time.time() - t_audit:.0f}s: worst {metrics['robustness']['worst']}")
     plot_files = plots.write_all(out / "plots", history, curves, metrics)
     # --resume continues the same run to the same result, so the command that reproduces it leaves it out.
     command = "fracture train " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) if a != "--resume")
@@ -375,7 +425,8 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
         metrics=metrics, data_fingerprint=data.fingerprint, detector=detector,
         extra={"split_policy": args.split, "selection_metric": metrics.get("val", {}).get("roc_auc"),
                "history": history, "command": command, "seed": args.seed,
-               "split_seed": args.seed if args.split_seed is None else args.split_seed},
+               "split_seed": args.seed if args.split_seed is None else args.split_seed,
+               "augment": args.augment, "ood_acquisition": args.augment == "acquisition"},
     )
     summary = {"checkpoint": str(ckpt), "sha256": sha, "metrics": metrics, "threshold": threshold,
                "history": history, "plots": {k: str(v) for k, v in plot_files.items()},

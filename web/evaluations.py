@@ -30,10 +30,10 @@ class NotSent(RuntimeError):
         self.evaluation = evaluation
 
 
-def start(version_id: int, dataset_id: int, split: str | None) -> Evaluation:
+def start(version_id: int, dataset_id: int, split: str | None, audit: bool = False) -> Evaluation:
     """Record a queued evaluation, commit, and send it to the trainer; EvaluationError or NotSent otherwise."""
     session = db()
-    evaluation = evaluations.create_evaluation(session, version_id, dataset_id, split)
+    evaluation = evaluations.create_evaluation(session, version_id, dataset_id, split, audit)
     session.commit()
     try:
         queue.send_trainer_task(celery(), queue.EVALUATE_TASK, evaluation.id)
@@ -77,6 +77,16 @@ def _split(value: object) -> str | None:
     return value
 
 
+def _audit(value: object) -> bool:
+    if value is None or value in ("", "0", "false", "off"):
+        return False
+    if value is True or value is False:
+        return value
+    if value in ("1", "true", "on"):
+        return True
+    abort(400, description="audit must be true or false (true also runs the robustness audit).")
+
+
 def _as_dict(evaluation: Evaluation) -> dict[str, Any]:
     session = db()
     version = session.get_one(ModelVersion, evaluation.model_version_id)
@@ -89,7 +99,8 @@ def _as_dict(evaluation: Evaluation) -> dict[str, Any]:
 
 @bp.post("/api/evaluations")
 def post_evaluation() -> tuple[Response, int]:
-    """Evaluate `model_version` on `dataset_id` (all of it, or `split`): {"id", "status"}."""
+    """Evaluate `model_version` on `dataset_id` (all of it, or `split`; with `audit`, also under the robustness
+    audit's acquisition changes): {"id", "status"}."""
     require_admin("start an evaluation")
     body = request.get_json(silent=True)
     body = body if isinstance(body, dict) else request.form.to_dict()
@@ -98,7 +109,7 @@ def post_evaluation() -> tuple[Response, int]:
     if db().get(Dataset, dataset_id) is None:
         abort(404, description=f"There is no dataset with id {dataset_id}.")
     try:
-        evaluation = start(version.id, dataset_id, _split(body.get("split")))
+        evaluation = start(version.id, dataset_id, _split(body.get("split")), _audit(body.get("audit")))
     except DatasetNotReady as e:
         abort(409, description=f"Cannot evaluate: {e}.")
     except EvaluationError as e:
@@ -139,7 +150,8 @@ def evaluate_form(version_id: int) -> ResponseReturnValue:
         flash("Choose a dataset to evaluate on.", "error")
         return back
     try:
-        evaluation = start(version.id, dataset_id, request.form.get("split") or None)
+        evaluation = start(version.id, dataset_id, request.form.get("split") or None,
+                           request.form.get("audit") == "on")
     except EvaluationError as e:
         flash(f"Cannot evaluate: {e}.", "error")
         return back

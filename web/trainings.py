@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from fracture import queue, trainings
 from fracture.models import FINAL_RUN_STATUSES, Dataset, DatasetRole, DatasetStatus, ModelVersion, TrainingRun
-from fracture.recipe import RECIPE, recipe_of
+from fracture.recipe import AUGMENTATIONS, INTENSITIES, RECIPE, VIEWS, recipe_of
 from fracture.schedule_params import RecipeError, check_params
 from fracture.storage import StorageError
 from web.auth import current_user, require_admin
@@ -142,7 +142,8 @@ def training_choices() -> dict[str, Any]:
     """What the training page's start form offers: the ready training datasets and the recipe's defaults."""
     rows = db().scalars(select(Dataset).where(Dataset.status == DatasetStatus.READY,
                                               Dataset.role == DatasetRole.TRAINING).order_by(Dataset.name)).all()
-    return {"datasets": rows, "recipe": RECIPE}
+    return {"datasets": rows, "recipe": RECIPE, "views": VIEWS, "augmentations": AUGMENTATIONS,
+            "intensities": INTENSITIES}
 
 
 # ---------------------------------------------------------------- the API
@@ -150,7 +151,8 @@ def training_choices() -> dict[str, Any]:
 
 @bp.post("/api/trainings")
 def api_start() -> tuple[Response, int]:
-    """{"dataset_ids": [...], "epochs"?, "width"?, "image_size"?, "views"?, "seed"?, "augment"?} -> {"id", "status"}."""
+    """{"dataset_ids": [...], "epochs"?, "width"?, "image_size"?, "views"?, "seed"?, "augment"?,
+    "intensity"?} -> {"id", "status"}."""
     require_admin("start a training run")
     body = request.get_json(silent=True)
     if not isinstance(body, dict):

@@ -300,6 +300,8 @@ def metric_table(metrics: dict[str, Any]) -> tuple[list[str], list[tuple[str, di
     rows: list[tuple[str, dict[str, Any]]] = []
     flat: list[tuple[str, Any]] = []
     for key, value in metrics.items():
+        if key == "robustness":  # a table of its own (model_dict's "robustness")
+            continue
         if isinstance(value, dict):
             scalars = {k: v for k, v in value.items() if _scalar(v)}
             columns += [k for k in scalars if k not in columns]
@@ -319,6 +321,7 @@ def evaluation_dict(evaluation: Evaluation, version_name: str, dataset_name: str
         "dataset": dataset_name,
         "dataset_id": evaluation.dataset_id,
         "split": evaluation.split,
+        "audit": bool(evaluation.audit),
         "metrics": evaluation.metrics or {},
         "plots": {name: url_for("evaluations.plot", evaluation_id=evaluation.id, name=name)
                   for name in sorted(evaluation.plots or {})},
@@ -354,6 +357,8 @@ def model_dict(version: ModelVersion) -> dict[str, Any]:
         "metric_columns": columns,
         "metric_rows": rows,
         "metric_flat": flat,
+        # Its test split under other departments' acquisition changes (trainer.robustness), when measured.
+        "robustness": (version.metrics or {}).get("robustness"),
         # Its external validation: every evaluation of this version on a registered dataset, newest first.
         "evaluations": [evaluation_dict(e, version.name, dataset) for e, _, dataset in measured],
     }

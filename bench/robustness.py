@@ -1,0 +1,257 @@
+"""The robustness and shortcut audit: how models hold under another department's acquisition, and where they look.
+
+    .venv/bin/python scripts/two_sources.py /tmp/two            # both sources laid out, the site's locked part
+    .venv/bin/python bench/robustness.py --two /tmp/two         # release-1 and two-site-1
+    .venv/bin/python bench/robustness.py --two /tmp/two --model A.pt --model B.pt --markdown out.md --json out.json
+    .venv/bin/python bench/robustness.py --two /tmp/two --survey   # what the two sources hold (the ranges' basis)
+
+Held-out images, the same for every model compared:
+- first source: its distinct images that are in the grouped test split of every model given (each split rebuilt
+  from the checkpoint's policy and seed over the data it was trained on: the first dataset alone, or the union
+  of --two's spec.json), so none of them, nor a near duplicate, was trained on by any of the models;
+- second source: its locked evaluation part (scripts/two_sources.py: the product's grouped split, a fifth, seed 0),
+  never trained on.
+For each model and each source, every change of trainer.acquisition.AUDIT applied to the images at their own
+resolution (at most 1024 px on the long side), then served as the worker serves it (squashed to the input, the
+checkpoint's views, threshold and detector): ROC-AUC, sensitivity, specificity and the share flagged, and the three
+figures among the images not flagged. Then the heatmap audit on the second source's locked fractured images with
+boxes (trainer.robustness.heatmap_audit), and the made-up non-X-rays of bench/trust.py (still flagged?).
+Prints Markdown tables; the last line is one JSON object with every figure. --figures DIR draws heatmaps of the
+site's fractured images with their boxes (not committed: the dataset's README forbids committing derived images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from trust import made_up  # noqa: E402
+
+from fracture.checkpoint import read_payload  # noqa: E402
+from fracture.gradcam import composite, heatmap  # noqa: E402
+from fracture.inference import Predictor  # noqa: E402
+from fracture.preprocess import ImageError, decode_gray, square, to_uint8_tensor  # noqa: E402
+from trainer.recalibrate import RecalibrateError, checkpoint_data  # noqa: E402
+from trainer.robustness import AUDIT_HEADER, acquisition_audit, heatmap_audit, render_rows, worst  # noqa: E402
+
+SITE = REPO.parent / "shared" / "datasets" / "bone-fracture-roboflow-site"
+RELEASE = REPO / "fracture" / "release" / "model.pt"
+TWO_SITE = REPO / "fracture" / "release" / "two-site" / "model.pt"
+MAX_SIDE = 1024
+CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "fracture-bench-cache"
+
+
+def load_gray(path: Path) -> Image.Image | None:
+    try:
+        gray = decode_gray(path, 512)
+    except ImageError:
+        return None
+    gray.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BILINEAR)
+    return gray
+
+
+def first_held_out(models: list[Path], two: Path) -> list[tuple[Path, float]]:
+    """(path, label) of the first source's distinct images in every model's own grouped test split."""
+    first = (two / "first").resolve()
+    common: set[str] | None = None
+    where: dict[str, tuple[Path, float]] = {}
+    for path in models:
+        payload = read_payload(path)
+        from fracture.preprocess import PreprocessSpec
+
+        spec = PreprocessSpec.from_dict(payload["preprocess"])
+        try:
+            data = checkpoint_data(payload, spec, first, cache_dir=CACHE)
+        except RecalibrateError:
+            data = checkpoint_data(payload, spec, None, two / "spec.json", two / "locked.json", CACHE)
+        mine = set()
+        for r in data.split_index["test"]:
+            md5 = data.row_md5[r]
+            p = data.paths[md5]
+            if first in p.resolve().parents:
+                mine.add(md5)
+                where[md5] = (p, float(data.labels[r]))
+        common = mine if common is None else common & mine
+        print(f"{path}: {len(mine)} first-source test images", file=sys.stderr)
+    return [where[m] for m in sorted(common or ())]
+
+
+def site_locked(two: Path) -> tuple[list[Path], np.ndarray, list[list[tuple[float, float, float, float]]]]:
+    """The second site's locked evaluation part: paths, labels and each image's fracture boxes."""
+    rels = json.loads((two / "site_parts.json").read_text())
+    boxes: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
+    with open(SITE / "boxes.csv", newline="") as f:
+        for b in csv.DictReader(f):
+            if b["class"] != "humerus":  # the bone, not a finding (the dataset's README)
+                boxes[b["filename"]].append((float(b["x0"]), float(b["y0"]), float(b["x1"]), float(b["y1"])))
+    paths = [two / "site" / r for r in rels]
+    labels = np.array([1.0 if r.split("/")[1] == "fractured" else 0.0 for r in rels])
+    return paths, labels, [boxes.get(Path(r).name, []) for r in rels]
+
+
+def survey(two: Path) -> dict[str, Any]:
+    """What the two sources hold: dark and white bands at the edges (rows or columns of mean grey level under 12 or
+    over 243, from either side: padding, collimation, a dark background) and each image's mean grey level, at 256
+    px, one file per name."""
+    out: dict[str, Any] = {}
+    for name, root in (("first source", two / "first"), ("second source", two / "site")):
+        seen: set[str] = set()
+        black, white, mean = [], [], []
+        for p in sorted(root.rglob("*")):
+            if not p.is_file() or p.name in seen:
+                continue
+            seen.add(p.name)
+            try:
+                a = np.asarray(decode_gray(p, 256).resize((256, 256)), dtype=np.float32)
+            except ImageError:
+                continue
+            rows, cols = a.mean(1), a.mean(0)
+            def band(line: np.ndarray, dark: bool) -> float:
+                hit = line < 12 if dark else line > 243
+                left = int(np.argmin(hit)) if not hit.all() else len(line)
+                right = int(np.argmin(hit[::-1])) if not hit.all() else len(line)
+                return max(left, right) / len(line)
+            black.append(max(band(rows, True), band(cols, True)))
+            white.append(max(band(rows, False), band(cols, False)))
+            mean.append(a.mean())
+        out[name] = {
+            "images": len(mean),
+            "black band (share of side) p50/p90/p99": np.percentile(black, [50, 90, 99]).round(3).tolist(),
+            "share with a black band >= 5%": float(np.mean(np.array(black) >= 0.05)),
+            "white band p90/p99": np.percentile(white, [90, 99]).round(3).tolist(),
+            "mean grey level p5/p50/p95": np.percentile(mean, [5, 50, 95]).round(1).tolist(),
+        }
+    # The gamma that maps one source's median grey level to the other's, and the spread within each.
+    for s in out.values():
+        p5, p50, p95 = s["mean grey level p5/p50/p95"]
+        s["gamma spanning p5..p95 around the median"] = [round(float(np.log(p95 / 255) / np.log(p50 / 255)), 2),
+                                                         round(float(np.log(p5 / 255) / np.log(p50 / 255)), 2)]
+    return out
+
+
+def draw_figures(predictor: Predictor, images: list[Image.Image], boxes: list[list[tuple[float, ...]]],
+                 out: Path, name: str, n: int = 12) -> Path:
+    """A sheet of heatmaps of fractured images with their boxes drawn (green)."""
+    tiles = []
+    for im, bxs in list(zip(images, boxes, strict=True))[:n]:
+        heat = heatmap(predictor.model, to_uint8_tensor(square(im, predictor.spec.image_size)), predictor.spec,
+                       predictor.device)
+        tile = composite(im, heat)
+        tile.thumbnail((256, 256))
+        draw = ImageDraw.Draw(tile)
+        w, h = tile.size
+        for x0, y0, x1, y1 in bxs:
+            draw.rectangle((x0 * w, y0 * h, x1 * w, y1 * h), outline=(0, 255, 0), width=2)
+        tiles.append(tile)
+    sheet = Image.new("RGB", (256 * 6, 256 * ((len(tiles) + 5) // 6)))
+    for i, t in enumerate(tiles):
+        sheet.paste(t, ((i % 6) * 256, (i // 6) * 256))
+    out.mkdir(parents=True, exist_ok=True)
+    dest = out / f"heatmaps-{name}.png"
+    sheet.save(dest)
+    return dest
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--two", type=Path, required=True, help="the folder scripts/two_sources.py wrote")
+    p.add_argument("--model", action="append", type=Path,
+                   help="checkpoint (repeatable; default: release-1, two-site-1)")
+    p.add_argument("--name", action="append", help="a name per --model for the tables")
+    p.add_argument("--limit", type=int, default=0, help="at most this many images per source (0: all)")
+    p.add_argument("--survey", action="store_true", help="only measure what the two sources hold")
+    p.add_argument("--markdown", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--figures", type=Path, default=None, help="draw heatmaps with boxes here")
+    a = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    if a.survey:
+        print(json.dumps(survey(a.two), indent=1))
+        return 0
+    models = a.model or [RELEASE, TWO_SITE]
+    names = a.name or (["release-1", "two-site-1"] if not a.model else [m.parent.name for m in models])
+    t0 = time.time()
+    first = first_held_out(models, a.two)
+    site_paths, site_y, site_boxes = site_locked(a.two)
+    if a.limit:  # a seeded sample of each source (a quick look; the figures are for all)
+        rng = np.random.default_rng(0)
+        first = [first[i] for i in sorted(rng.permutation(len(first))[:a.limit])]
+        pick = sorted(rng.permutation(len(site_paths))[:a.limit])
+        site_paths, site_y, site_boxes = [site_paths[i] for i in pick], site_y[pick], [site_boxes[i] for i in pick]
+    sources: dict[str, tuple[list[Image.Image], np.ndarray]] = {}
+    ims, ys = [], []
+    for path, label in first:
+        im = load_gray(path)
+        if im is not None:
+            ims.append(im)
+            ys.append(label)
+    sources["first source, held out by every model"] = (ims, np.array(ys))
+    site_ims = [load_gray(path) for path in site_paths]
+    keep = [i for i, im in enumerate(site_ims) if im is not None]
+    sources["second source, locked part"] = ([site_ims[i] for i in keep], site_y[keep])  # type: ignore[misc]
+    fractured = [i for i in keep if site_y[i] == 1 and site_boxes[i]]
+    print(f"images ready in {time.time() - t0:.0f}s: " + ", ".join(f"{k}: {len(v[0])}" for k, v in sources.items())
+          + f"; {len(fractured)} fractured with boxes", file=sys.stderr)
+    fakes = made_up(25)
+    report: dict[str, Any] = {"sources": {k: len(v[0]) for k, v in sources.items()}, "models": {}}
+    lines: list[str] = []
+    for path, name in zip(models, names, strict=True):
+        t1 = time.time()
+        predictor = Predictor.from_file(path, device=torch.device("cpu"))
+        entry: dict[str, Any] = {"checkpoint": str(path), "audit": {}, "worst": {}}
+        for source, (images, y) in sources.items():
+            rows = acquisition_audit(predictor, images, y)
+            entry["audit"][source] = rows
+            entry["worst"][source] = worst(rows)
+            lines += [f"\n**{name}: {source}**\n", *AUDIT_HEADER, *render_rows(rows)]
+        heat = heatmap_audit(predictor, [site_ims[i] for i in fractured], [site_boxes[i] for i in fractured])  # type: ignore[misc]
+        entry["heatmaps"] = heat
+        flagged = {}
+        for kind, fake in fakes.items():
+            u8 = torch.stack([to_uint8_tensor(square(im.convert("L"), predictor.spec.image_size)) for im in fake])
+            _, ood = predictor.scores(u8)
+            flagged[kind] = None if ood is None else float(np.mean(ood >= 1))
+        entry["made_up_flagged"] = flagged
+        lines.append(f"\n{name}: heatmaps of {heat['n']} fractured images of the second source's locked part: "
+                     f"{_f(heat['box_mass'])} of the map's mass in the boxes (they cover {_f(heat['box_area'])} of "
+                     f"the image), {_f(heat['border_mass'])} in the outer tenth (which covers "
+                     f"{_f(heat['border_area'])}); pointing game {_f(heat['pointing_game'])} (chance "
+                     f"{_f(heat['pointing_chance'])}). Made-up images flagged: "
+                     + ", ".join(f"{k} {_f(v)}" for k, v in flagged.items()))
+        if a.figures:
+            dest = draw_figures(predictor, [site_ims[i] for i in fractured],  # type: ignore[misc]
+                                [site_boxes[i] for i in fractured], a.figures, name)
+            lines.append(f"(heatmaps drawn: {dest})")
+        entry["seconds"] = time.time() - t1
+        report["models"][name] = entry
+        print(f"{name}: {entry['seconds']:.0f} s", file=sys.stderr)
+    text = "\n".join(lines)
+    print(text)
+    if a.markdown:
+        a.markdown.write_text(text + "\n")
+    if a.json:
+        a.json.write_text(json.dumps(report, indent=1, default=float))
+    print(json.dumps(report, default=float))
+    return 0
+
+
+def _f(v: Any) -> str:
+    return "" if v is None else f"{v:.3f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The robustness audit and the acquisition recipe on real X-rays: the changes, the intensity normalisation, the audit's
+figures against scikit-learn, the heatmap audit against the boxes, and a dry-run training with the recipe."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from installation import image_files, materialize
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from fracture.checkpoint import load_checkpoint
+from fracture.inference import Predictor
+from fracture.preprocess import PreprocessSpec, decode_gray, normalize, square, to_uint8_tensor
+from fracture.schedule_params import RecipeError, check_recipe
+from trainer.acquisition import AUDIT, gamma, margin, markers, random_acquisition, rotate, window
+from trainer.data import TrainAugment
+from trainer.robustness import acquisition_audit, border_mask, box_mask, heatmap_audit, worst
+
+RELEASE = Path(__file__).resolve().parent.parent / "fracture" / "release" / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def xrays(sample_images: list[Path]) -> list[Image.Image]:
+    """Real X-rays of the first source, decoded at up to 512 px as the audit decodes them."""
+    return [decode_gray(p, 512) for p in sample_images[:12]]
+
+
+def test_each_change_keeps_the_frame_and_does_what_its_name_says(xrays: list[Image.Image]) -> None:
+    im = xrays[0]
+    a = np.asarray(im, dtype=np.int32)
+    for c in AUDIT:
+        if c.change is not None:
+            out = c.change(im)
+            assert out.size == im.size and out.mode == "L", c.name
+            assert not np.array_equal(np.asarray(out), a), f"{c.name} changed nothing"
+    w, h = im.size
+    framed = np.asarray(margin(0.10)(im))
+    band = int(0.10 * min(w, h)) - 1
+    assert framed[:band].max() == 0 and framed[-band:].max() == 0 and framed[:, :band].max() == 0
+    white = np.asarray(margin(0.05, 255)(im))
+    assert white[: int(0.05 * h) - 1].min() == 255
+    turned = np.asarray(rotate(20)(im))
+    assert turned[0, 0] == turned[-1, -1] == 0  # black corners
+    bright = np.asarray(gamma(0.7)(im), dtype=np.int32)
+    assert (bright >= a).all() and bright.mean() > a.mean() + 5  # brighter everywhere, never darker
+    assert (np.asarray(window(40, 215)(im))[a <= 40] == 0).all()
+    marked = np.asarray(markers(corner=1)(im), dtype=np.int32)
+    changed = np.argwhere(marked != a)
+    assert len(changed) and (changed[:, 0] < 0.2 * h).any()  # the letter, top right
+    assert ((changed[:, 0] < 0.2 * h) | (changed[:, 0] > 0.8 * h)).all()  # letter and text stay at the edges
+
+
+def test_random_acquisition_is_seeded_and_varied(xrays: list[Image.Image]) -> None:
+    im = square(xrays[1], 128)
+    draw = [np.asarray(random_acquisition(np.random.default_rng(s))(im)) for s in range(12)]
+    again = [np.asarray(random_acquisition(np.random.default_rng(s))(im)) for s in range(12)]
+    assert all(np.array_equal(x, y) for x, y in zip(draw, again, strict=True))
+    distinct = {x.tobytes() for x in draw}
+    assert len(distinct) >= 10  # most draws change the image, each differently
+    torch.manual_seed(0)
+    batch = torch.stack([to_uint8_tensor(square(x, 64)) for x in xrays[:4]])
+    out = TrainAugment(64, "acquisition")(batch)
+    assert out.shape == batch.shape and out.dtype == torch.uint8
+
+
+def test_equalize_makes_exposure_changes_nearly_invisible_to_the_network(xrays: list[Image.Image]) -> None:
+    plain, equalized = PreprocessSpec(), PreprocessSpec(intensity="equalize")
+    ratios = []
+    for im in xrays[:6]:
+        x = to_uint8_tensor(square(im, 128))[None]
+        for g in (0.5, 0.7, 1.4, 2.0):
+            y = to_uint8_tensor(square(gamma(g)(im), 128))[None]
+            without = float((normalize(x, plain) - normalize(y, plain)).abs().mean())
+            with_eq = float((normalize(x, equalized) - normalize(y, equalized)).abs().mean())
+            ratios.append(with_eq / without)
+    # Not exactly zero: the squash to 128 px interpolates after the change, and a darker copy merges grey levels.
+    assert np.median(ratios) < 0.2 and max(ratios) < 0.7, ratios
+    old = PreprocessSpec().to_dict()
+    del old["intensity"]  # a checkpoint written before the option
+    assert PreprocessSpec.from_dict(old).intensity == "none"
+    with pytest.raises(ValueError, match="intensity"):
+        PreprocessSpec(intensity="clahe")
+
+
+def test_the_recipe_fields_accept_the_new_options_and_refuse_others() -> None:
+    assert check_recipe({"augment": "acquisition", "intensity": "equalize"}) == {"augment": "acquisition",
+                                                                                 "intensity": "equalize"}
+    with pytest.raises(RecipeError, match="intensity must be one of none, equalize"):
+        check_recipe({"intensity": "histogram"})
+
+
+def test_the_audit_of_the_release_matches_scikit_learn_on_changed_real_images(
+    dataset_root: Path, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    root = materialize(dataset_root, tmp_path_factory.mktemp("audit"), per_class=8, splits="test")
+    files = image_files(root)
+    images = [decode_gray(p, 512) for p in files]
+    y = np.array([1.0 if p.parent.name == "fractured" else 0.0 for p in files])
+    predictor = Predictor.from_file(RELEASE, device=torch.device("cpu"))
+    changes = [c for c in AUDIT if c.name in ("none", "brighter (gamma 0.7)", "black margin 10%")]
+    rows = acquisition_audit(predictor, images, y, changes)
+    assert [r["change"] for r in rows] == [c.name for c in changes]
+    for change, row in zip(changes, rows, strict=True):
+        # Independently: the change, the worker's squash, the served scores, scikit-learn.
+        u8 = torch.stack([to_uint8_tensor(square(change.change(im) if change.change else im, 128)) for im in images])
+        prob, ood = predictor.scores(u8)
+        assert row["n"] == len(files)
+        assert row["roc_auc"] == pytest.approx(roc_auc_score(y, prob), abs=1e-9)
+        called = prob >= predictor.ckpt.threshold
+        assert row["sensitivity"] == pytest.approx(called[y == 1].mean())
+        assert row["specificity"] == pytest.approx((~called[y == 0]).mean())
+        assert ood is not None and row["flagged"] == pytest.approx(float(np.mean(ood >= 1)))
+        kept = ood < 1
+        assert row["kept"]["n"] == int(kept.sum())
+    # The release is not invariant to exposure: a brighter copy of the same X-rays is scored differently.
+    assert rows[1]["roc_auc"] != rows[0]["roc_auc"] or rows[1]["sensitivity"] != rows[0]["sensitivity"]
+    w = worst(rows)
+    assert w["flagged"] == max(r["flagged"] for r in rows)
+
+
+def test_heatmap_audit_measures_mass_and_pointing_against_real_fracture_boxes(
+    site_root: Path, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    mask = box_mask([(0.25, 0.25, 0.5, 0.5)], 128)
+    assert mask.sum() == 32 * 32 and mask[32:64, 32:64].all()
+    assert border_mask(128).mean() == pytest.approx(1 - (128 - 26) ** 2 / 128**2)
+    root = materialize(site_root, tmp_path_factory.mktemp("site"), per_class=6)
+    boxes: dict[str, list[tuple[float, float, float, float]]] = {}
+    with open(site_root / "boxes.csv", newline="") as f:
+        for b in csv.DictReader(f):
+            if b["class"] != "humerus":
+                boxes.setdefault(b["filename"], []).append(
+                    (float(b["x0"]), float(b["y0"]), float(b["x1"]), float(b["y1"])))
+    files = [p for p in image_files(root / "train" / "fractured") if p.name in boxes][:4]
+    assert files, "the sample's fractured images have boxes"
+    predictor = Predictor.from_file(RELEASE, device=torch.device("cpu"))
+    images = [decode_gray(p, 512) for p in files]
+    result = heatmap_audit(predictor, images, [boxes[p.name] for p in files])
+    assert result["n"] == len(files)
+    assert result["box_area"] == pytest.approx(np.mean([box_mask(boxes[p.name], 128).mean() for p in files]))
+    assert 0 <= result["box_mass"] <= 1 and 0 <= result["border_mass"] <= 1
+    assert result["pointing_game"] in {i / len(files) for i in range(len(files) + 1)}
+    # A box over the whole image holds all the mass and every maximum.
+    whole = heatmap_audit(predictor, images[:2], [[(0.0, 0.0, 1.0, 1.0)]] * 2)
+    assert whole["box_mass"] == pytest.approx(1.0) and whole["pointing_game"] == 1.0
+
+
+def test_a_dry_run_with_the_acquisition_recipe_serves_equalized_and_carries_its_audit(
+    dataset_root: Path, tmp_path: Path,
+) -> None:
+    data = materialize(dataset_root, tmp_path / "ds", per_class=12)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "fracture"), "train", "--data", str(data), "--out", str(out),
+         "--dry-run", "--no-progress", "--width", "8", "--image-size", "64", "--augment", "acquisition",
+         "--intensity", "equalize"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(out / "model.pt")
+    assert ckpt.preprocess.intensity == "equalize"
+    assert ckpt.meta["augment"] == "acquisition" and ckpt.meta["ood_acquisition"] is True
+    audit = ckpt.meta["metrics"]["robustness"]
+    assert [r["change"] for r in audit["rows"]] == [c.name for c in AUDIT]
+    assert audit["rows"][0]["n"] == ckpt.meta["metrics"]["test"]["n"]
+    assert "## Robustness audit (test split)" in (out / "model_card.md").read_text()
+    assert "brighter (gamma 0.7)" in (out / "model_card.md").read_text()
+    # Served with the equalisation: a brighter copy of an X-ray gets nearly the same probability.
+    predictor = Predictor(ckpt, torch.device("cpu"))
+    files = image_files(data / "test")[:8]
+    grays = [decode_gray(p, 256) for p in files]
+    x = torch.stack([to_uint8_tensor(square(g, 64)) for g in grays])
+    xb = torch.stack([to_uint8_tensor(square(gamma(0.6)(g), 64)) for g in grays])
+    p, _ = predictor.scores(x)
+    pb, _ = predictor.scores(xb)
+    assert np.abs(p - pb).max() < 0.05
