@@ -6,9 +6,11 @@
     .venv/bin/python bench/robustness.py --two /tmp/two --survey   # what the two sources hold (the ranges' basis)
 
 Held-out images, the same for every model compared:
-- first source: its distinct images that are in the grouped test split of every model given (each split rebuilt
-  from the checkpoint's policy and seed over the data it was trained on: the first dataset alone, or the union
-  of --two's spec.json), so none of them, nor a near duplicate, was trained on by any of the models;
+- first source: each model's own grouped test split, restricted to the first source's distinct images (the split
+  rebuilt from the checkpoint's policy and seed over the data it was trained on: the first dataset alone, or the
+  union of --two's spec.json), so none of them, nor a near duplicate, was trained on by that model (models trained
+  on the same data and split seed share it: two-site-1 and the models of the acquisition recipe); --first common
+  takes instead the images every model given holds out (fewer: 105 for release-1 and two-site-1);
 - second source: its locked evaluation part (scripts/two_sources.py: the product's grouped split, a fifth, seed 0),
   never trained on.
 For each model and each source, every change of trainer.acquisition.AUDIT applied to the images at their own
@@ -64,11 +66,10 @@ def load_gray(path: Path) -> Image.Image | None:
     return gray
 
 
-def first_held_out(models: list[Path], two: Path) -> list[tuple[Path, float]]:
-    """(path, label) of the first source's distinct images in every model's own grouped test split."""
+def first_held_out(models: list[Path], two: Path) -> list[list[tuple[Path, float]]]:
+    """Per model, (path, label) of the first source's distinct images in its own grouped test split."""
     first = (two / "first").resolve()
-    common: set[str] | None = None
-    where: dict[str, tuple[Path, float]] = {}
+    out = []
     for path in models:
         payload = read_payload(path)
         from fracture.preprocess import PreprocessSpec
@@ -78,16 +79,20 @@ def first_held_out(models: list[Path], two: Path) -> list[tuple[Path, float]]:
             data = checkpoint_data(payload, spec, first, cache_dir=CACHE)
         except RecalibrateError:
             data = checkpoint_data(payload, spec, None, two / "spec.json", two / "locked.json", CACHE)
-        mine = set()
+        mine = []
         for r in data.split_index["test"]:
             md5 = data.row_md5[r]
-            p = data.paths[md5]
-            if first in p.resolve().parents:
-                mine.add(md5)
-                where[md5] = (p, float(data.labels[r]))
-        common = mine if common is None else common & mine
+            if first in data.paths[md5].resolve().parents:
+                mine.append((md5, data.paths[md5], float(data.labels[r])))
         print(f"{path}: {len(mine)} first-source test images", file=sys.stderr)
-    return [where[m] for m in sorted(common or ())]
+        out.append([(p, y) for _, p, y in sorted(mine)])
+    return out
+
+
+def common_held_out(per_model: list[list[tuple[Path, float]]]) -> list[tuple[Path, float]]:
+    """The images every model holds out."""
+    keys = set.intersection(*({str(p) for p, _ in images} for images in per_model))
+    return [(p, y) for p, y in per_model[0] if str(p) in keys]
 
 
 def site_locked(two: Path) -> tuple[list[Path], np.ndarray, list[list[tuple[float, float, float, float]]]]:
@@ -173,6 +178,8 @@ def main() -> int:
                    help="checkpoint (repeatable; default: release-1, two-site-1)")
     p.add_argument("--name", action="append", help="a name per --model for the tables")
     p.add_argument("--limit", type=int, default=0, help="at most this many images per source (0: all)")
+    p.add_argument("--first", choices=("own", "common"), default="own",
+                   help="the first source's images: each model's own grouped test, or those all models hold out")
     p.add_argument("--survey", action="store_true", help="only measure what the two sources hold")
     p.add_argument("--markdown", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)
@@ -185,31 +192,38 @@ def main() -> int:
     models = a.model or [RELEASE, TWO_SITE]
     names = a.name or (["release-1", "two-site-1"] if not a.model else [m.parent.name for m in models])
     t0 = time.time()
-    first = first_held_out(models, a.two)
+    firsts = first_held_out(models, a.two)
+    if a.first == "common":
+        firsts = [common_held_out(firsts)] * len(models)
     site_paths, site_y, site_boxes = site_locked(a.two)
+    rng = np.random.default_rng(0)
     if a.limit:  # a seeded sample of each source (a quick look; the figures are for all)
-        rng = np.random.default_rng(0)
-        first = [first[i] for i in sorted(rng.permutation(len(first))[:a.limit])]
+        firsts = [[f[i] for i in sorted(rng.permutation(len(f))[:a.limit])] for f in firsts]
         pick = sorted(rng.permutation(len(site_paths))[:a.limit])
         site_paths, site_y, site_boxes = [site_paths[i] for i in pick], site_y[pick], [site_boxes[i] for i in pick]
-    sources: dict[str, tuple[list[Image.Image], np.ndarray]] = {}
-    ims, ys = [], []
-    for path, label in first:
-        im = load_gray(path)
-        if im is not None:
-            ims.append(im)
-            ys.append(label)
-    sources["first source, held out by every model"] = (ims, np.array(ys))
+    decoded: dict[str, Image.Image | None] = {}
+    first_sources = []
+    for first in firsts:
+        ims, ys = [], []
+        for path, label in first:
+            im = decoded.setdefault(str(path), load_gray(path))
+            if im is not None:
+                ims.append(im)
+                ys.append(label)
+        first_sources.append((ims, np.array(ys)))
     site_ims = [load_gray(path) for path in site_paths]
     keep = [i for i, im in enumerate(site_ims) if im is not None]
-    sources["second source, locked part"] = ([site_ims[i] for i in keep], site_y[keep])  # type: ignore[misc]
+    site = ([site_ims[i] for i in keep], site_y[keep])
     fractured = [i for i in keep if site_y[i] == 1 and site_boxes[i]]
-    print(f"images ready in {time.time() - t0:.0f}s: " + ", ".join(f"{k}: {len(v[0])}" for k, v in sources.items())
-          + f"; {len(fractured)} fractured with boxes", file=sys.stderr)
+    first_name = ("first source, held out by every model" if a.first == "common"
+                  else "first source, its own grouped test")
+    print(f"images ready in {time.time() - t0:.0f}s: first source {[len(f[0]) for f in first_sources]}, second "
+          f"source {len(site[0])}; {len(fractured)} fractured with boxes", file=sys.stderr)
     fakes = made_up(25)
-    report: dict[str, Any] = {"sources": {k: len(v[0]) for k, v in sources.items()}, "models": {}}
+    report: dict[str, Any] = {"first": a.first, "models": {}}
     lines: list[str] = []
-    for path, name in zip(models, names, strict=True):
+    for path, name, first_source in zip(models, names, first_sources, strict=True):
+        sources = {first_name: first_source, "second source, locked part": site}
         t1 = time.time()
         predictor = Predictor.from_file(path, device=torch.device("cpu"))
         entry: dict[str, Any] = {"checkpoint": str(path), "audit": {}, "worst": {}}

@@ -12,6 +12,8 @@ from browser import chromium_page, log_in
 from harness import LiveSystem, WorkerFactory
 from installation import image_files, materialize
 
+from trainer.acquisition import AUDIT
+
 pytestmark = pytest.mark.slow
 
 
@@ -77,6 +79,12 @@ def test_zip_dataset_training_progress_compare_and_promote(
 
         page.goto(f"{url}/models")
         card = page.locator("section.model", has_text=version).first
+        # Its card carries the robustness audit of its test split: folded, one row per acquisition change.
+        audit = card.locator("details.robustness")
+        expect(audit.locator("table")).not_to_be_visible()
+        audit.locator("summary").click()
+        expect(audit.locator("tbody tr")).to_have_count(len(AUDIT))
+        expect(audit.locator("tbody tr").nth(1)).to_contain_text(AUDIT[1].name)
         card.get_by_role("link", name=re.compile("Compare with")).click()
         page.wait_for_url("**/models/compare?**")
         expect(page.locator("#version-a")).to_have_text("v1")
