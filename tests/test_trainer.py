@@ -228,3 +228,24 @@ def test_fresh_install_serves_the_shipped_release_model_with_its_plots(tmp_path:
     ckpt = load_checkpoint(settings.seed_model)
     assert ckpt.meta["split_policy"] == "grouped"
     assert settings.seed_model.stat().st_size <= 25 * 1024 * 1024
+
+
+def test_init_warm_starts_from_a_checkpoint_of_the_same_network_and_refuses_another(
+        small_dataset: Path, tmp_path: Path, tiny_checkpoint: Path) -> None:
+    fracture = str(Path(sys.executable).parent / "fracture")
+    base = [fracture, "train", "--data", str(small_dataset), "--dry-run", "--no-progress", "--no-robustness",
+            "--image-size", "64", "--init", str(tiny_checkpoint)]
+    proc = subprocess.run([*base, "--out", str(tmp_path / "warm"), "--width", "8", "--epochs", "1", "--lr", "1e-9"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "started from the weights of" in proc.stderr
+    warm = load_checkpoint(tmp_path / "warm" / "model.pt")
+    tiny = load_checkpoint(tiny_checkpoint)
+    assert warm.meta["init"] == str(tiny_checkpoint)
+    # At a learning rate of 1e-9 the convolutions stay the tiny checkpoint's (batch-norm statistics move).
+    for name, value in tiny.model.state_dict().items():
+        if name.endswith("conv1.weight"):
+            assert torch.allclose(warm.model.state_dict()[name], value, atol=1e-5), name
+    proc = subprocess.run([*base, "--out", str(tmp_path / "other"), "--width", "16"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "are not this run's" in proc.stderr

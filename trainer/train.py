@@ -25,7 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from fracture import ood
-from fracture.checkpoint import POSITIVE_CLASS, Checkpoint, save_checkpoint
+from fracture.checkpoint import POSITIVE_CLASS, Checkpoint, read_payload, save_checkpoint
 from fracture.inference import Predictor
 from fracture.net import ModelArgs, build_model, fold_batchnorm, has_features, load_pretrained
 from fracture.preprocess import VIEWS, PreprocessSpec, forward_views, forward_views_features, normalize
@@ -86,6 +86,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--intensity", default=RECIPE["intensity"], choices=INTENSITIES,
                    help="per-image intensity normalisation, saved in the checkpoint and applied when serving")
     p.add_argument("--weights", default=None, help="pretrained weights (file or torchvision name)")
+    p.add_argument("--init", default=None,
+                   help="start from the weights of this checkpoint (same architecture and input): a longer or "
+                        "warm-started training of a model; its data must be the data it was trained on, or its "
+                        "val and test figures are not held out")
     p.add_argument("--threads", default=0, type=int, help="torch CPU threads (0: all cores)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--dry-run", action="store_true", help="one epoch on at most 64 images per split")
@@ -308,6 +312,18 @@ def test_members(data: Prepared) -> list[list[str]]:
     return [[str(data.paths[data.row_md5[r]]), data.report.label_of[data.row_md5[r]]] for r in rows]
 
 
+def warm_start(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, init: str | Path) -> None:
+    """Load a checkpoint's weights into `model`; ValueError when its architecture or input differ."""
+    payload = read_payload(init)
+    theirs = ModelArgs.from_dict(payload["model_args"])
+    their_spec = PreprocessSpec.from_dict(payload["preprocess"])
+    if theirs != margs or (their_spec.image_size, their_spec.channels, their_spec.intensity) != (
+            spec.image_size, spec.channels, spec.intensity):
+        raise ValueError(f"--init {init}: its network {theirs} and input {their_spec} are not this run's "
+                         f"({margs}, {spec})")
+    model.load_state_dict(payload["state_dict"])
+
+
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed)
@@ -345,6 +361,9 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
     model = build_model(margs)
     if args.weights:
         load_pretrained(model, args.weights)
+    if getattr(args, "init", None):
+        warm_start(model, margs, spec, args.init)
+        say(f"started from the weights of {args.init}")
     # channels_last pays on CUDA; on CPU, oneDNN's backward crashed (double free) on narrow layers.
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model = model.to(device).to(memory_format=memory_format)  # type: ignore[call-overload]  # stubs lack memory_format
@@ -426,7 +445,8 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
         extra={"split_policy": args.split, "selection_metric": metrics.get("val", {}).get("roc_auc"),
                "history": history, "command": command, "seed": args.seed,
                "split_seed": args.seed if args.split_seed is None else args.split_seed,
-               "augment": args.augment, "ood_acquisition": args.augment == "acquisition"},
+               "augment": args.augment, "ood_acquisition": args.augment == "acquisition",
+               "init": str(args.init) if getattr(args, "init", None) else None},
     )
     summary = {"checkpoint": str(ckpt), "sha256": sha, "metrics": metrics, "threshold": threshold,
                "history": history, "plots": {k: str(v) for k, v in plot_files.items()},
