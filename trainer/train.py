@@ -87,8 +87,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="per-image intensity normalisation, saved in the checkpoint and applied when serving")
     p.add_argument("--weights", default=None, help="pretrained weights (file or torchvision name)")
     p.add_argument("--init", default=None,
-                   help="start from the weights of this checkpoint (same architecture and input): a longer or "
-                        "warm-started training of a model; its data must be the data it was trained on, or its "
+                   help="start from the weights of this checkpoint (same architecture and input size): a longer "
+                        "or fine-tuned training of a model; give it the data and split it was trained on, or the "
                         "val and test figures are not held out")
     p.add_argument("--threads", default=0, type=int, help="torch CPU threads (0: all cores)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -313,12 +313,12 @@ def test_members(data: Prepared) -> list[list[str]]:
 
 
 def warm_start(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, init: str | Path) -> None:
-    """Load a checkpoint's weights into `model`; ValueError when its architecture or input differ."""
+    """Load a checkpoint's weights into `model`; ValueError when its architecture or input size differ (its
+    intensity normalisation may: the training adapts the weights to this run's)."""
     payload = read_payload(init)
     theirs = ModelArgs.from_dict(payload["model_args"])
     their_spec = PreprocessSpec.from_dict(payload["preprocess"])
-    if theirs != margs or (their_spec.image_size, their_spec.channels, their_spec.intensity) != (
-            spec.image_size, spec.channels, spec.intensity):
+    if theirs != margs or (their_spec.image_size, their_spec.channels) != (spec.image_size, spec.channels):
         raise ValueError(f"--init {init}: its network {theirs} and input {their_spec} are not this run's "
                          f"({margs}, {spec})")
     model.load_state_dict(payload["state_dict"])
