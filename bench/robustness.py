@@ -171,6 +171,31 @@ def draw_figures(predictor: Predictor, images: list[Image.Image], boxes: list[li
     return dest
 
 
+def summary(report: dict[str, Any]) -> str:
+    """One row per model and source: unchanged, the worst change (among images not flagged), most flagged; then
+    the heatmap audit and the made-up images."""
+    lines = ["| model | images | n | unchanged: ROC-AUC / sens. / spec. | worst change, not flagged: ROC-AUC / "
+             "sens. / spec. | most flagged | heatmap mass in boxes (area) | in outer tenth (area) | pointing game "
+             "(chance) | made-up flagged (noise / blank / photo / screenshot) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, entry in report["models"].items():
+        heat, fakes = entry["heatmaps"], entry["made_up_flagged"]
+        for i, (source, rows) in enumerate(entry["audit"].items()):
+            none, w = rows[0], entry["worst"][source]
+            extra = (f"{_f(heat['box_mass'])} ({_f(heat['box_area'])}) | {_f(heat['border_mass'])} "
+                     f"({_f(heat['border_area'])}) | {_f(heat['pointing_game'])} ({_f(heat['pointing_chance'])}) | "
+                     + " / ".join(_f(fakes[k]) for k in ("noise", "blank", "photo", "screenshot"))
+                     if i == len(entry["audit"]) - 1 else " | | | ")
+            lines.append(f"| {name} | {source} | {none['n']} | {_f(none['roc_auc'])} / {_f(none['sensitivity'])} / "
+                         f"{_f(none['specificity'])} | {_f(w['roc_auc'])} / {_f(w['sensitivity'])} / "
+                         f"{_f(w['specificity'])} | {_pct(w['flagged'])} | {extra} |")
+    return "\n".join(lines)
+
+
+def _pct(v: Any) -> str:
+    return "" if v is None else f"{100 * v:.0f}%"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--two", type=Path, required=True, help="the folder scripts/two_sources.py wrote")
@@ -184,7 +209,15 @@ def main() -> int:
     p.add_argument("--markdown", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--figures", type=Path, default=None, help="draw heatmaps with boxes here")
+    p.add_argument("--from-json", action="append", type=Path, default=None,
+                   help="print the side-by-side summary of earlier runs' --json files, measuring nothing")
     a = p.parse_args()
+    if a.from_json:
+        merged: dict[str, Any] = {"models": {}}
+        for f in a.from_json:
+            merged["models"].update(json.loads(f.read_text())["models"])
+        print(summary(merged))
+        return 0
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     if a.survey:
         print(json.dumps(survey(a.two), indent=1))
@@ -253,7 +286,7 @@ def main() -> int:
         entry["seconds"] = time.time() - t1
         report["models"][name] = entry
         print(f"{name}: {entry['seconds']:.0f} s", file=sys.stderr)
-    text = "\n".join(lines)
+    text = summary(report) + "\n" + "\n".join(lines)
     print(text)
     if a.markdown:
         a.markdown.write_text(text + "\n")

@@ -143,10 +143,13 @@ def render(rows: list[dict[str, Any]]) -> str:
 
 
 def worst(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The audit's weakest figures over the changes (among the images not flagged where a detector flags): what a
-    target checks."""
+    """The audit's weakest figures over the changes, among the images not flagged (all of them without a detector;
+    a change whose every image is flagged has none, and counts in "flagged" only): what a target checks."""
+    def figures(r: dict[str, Any]) -> dict[str, Any] | None:
+        return r if r.get("flagged") is None else r.get("kept")
+
     def low(key: str) -> float | None:
-        vals = [(r.get("kept") or r)[key] for r in rows if (r.get("kept") or r).get(key) is not None]
+        vals = [f[key] for r in rows if (f := figures(r)) is not None and f.get(key) is not None]
         return min(vals) if vals else None
 
     flagged = [r["flagged"] for r in rows if r.get("flagged") is not None]
