@@ -167,6 +167,9 @@ def test_a_dry_run_with_the_acquisition_recipe_serves_equalized_and_carries_its_
     ckpt = load_checkpoint(out / "model.pt")
     assert ckpt.preprocess.intensity == "equalize"
     assert ckpt.meta["augment"] == "acquisition" and ckpt.meta["ood_acquisition"] is True
+    # Selected on val as it is and on an acquisition-changed copy of it.
+    assert len(ckpt.meta["history"]["val_auc_changed"]) == 1 and "val_auc_changed" in proc.stderr
+    assert "acquisition-changed" in ckpt.meta["metrics"]["selected_on"]
     audit = ckpt.meta["metrics"]["robustness"]
     assert [r["change"] for r in audit["rows"]] == [c.name for c in AUDIT]
     assert audit["rows"][0]["n"] == ckpt.meta["metrics"]["test"]["n"]

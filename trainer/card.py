@@ -69,7 +69,8 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
                                  "threshold and every figure below on the served views"
                                  if summary["preprocess"].get("views") == "dihedral" else "one (identity)"),
         f"- Split policy: **{m['split_policy']}**; split sizes (distinct images): {summary['split_sizes']}",
-        f"- Selected epoch (best val ROC-AUC): {m['selected_epoch']}; decision threshold (chosen on val): "
+        f"- Selected epoch (best {m.get('selected_on', 'val ROC-AUC')}): {m['selected_epoch']}; decision threshold "
+        "(chosen on val): "
         f"{summary['threshold']:.4f}: the val score at which the one-sided 95% lower confidence bounds of sensitivity "
         "and specificity clear the floors 0.96 and 0.95 by the most (trainer.metrics.choose_threshold)",
         "- Out-of-distribution detector: " + ("class-conditional Mahalanobis distance on the mean and standard "
