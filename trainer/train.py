@@ -88,6 +88,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--intensity", default=RECIPE["intensity"], choices=INTENSITIES,
                    help="per-image intensity normalisation, saved in the checkpoint and applied when serving")
     p.add_argument("--weights", default=None, help="pretrained weights (file or torchvision name)")
+    p.add_argument("--select", default="best", choices=("best", "last"),
+                   help="the epoch kept: the best on val (see the card's 'selected on'), or the last (a fine-tune "
+                        "whose first epochs are still the initial model's)")
     p.add_argument("--init", default=None,
                    help="start from the weights of this checkpoint (same architecture and input size): a longer "
                         "or fine-tuned training of a model; give it the data and split it was trained on, or the "
@@ -438,11 +441,15 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
         if on_epoch is not None:
             on_epoch(epoch + 1, epochs, history)
 
+    if getattr(args, "select", "best") == "last":
+        best = {"auc": None, "loss": None, "epoch": epochs,
+                "state": {k: v.detach().clone() for k, v in served.state_dict().items()}}
     model.load_state_dict(best["state"])
     curves, threshold, metrics, detector = final_evaluation(model, data, spec, device, args.min_sensitivity,
                                                             args.min_specificity, args.augment == "acquisition")
     metrics["selected_epoch"] = best["epoch"]
-    metrics["selected_on"] = ("val ROC-AUC, one view: the mean of val as it is and of an acquisition-changed copy"
+    metrics["selected_on"] = ("the last epoch (--select last)" if getattr(args, "select", "best") == "last" else
+                              "val ROC-AUC, one view: the mean of val as it is and of an acquisition-changed copy"
                               if args.augment == "acquisition" else "val ROC-AUC, one view")
     metrics["split_policy"] = args.split
     if data.corrections["offered"]:  # the models page lists these beside the selected epoch
