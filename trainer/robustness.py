@@ -143,10 +143,14 @@ def render(rows: list[dict[str, Any]]) -> str:
 
 
 def worst(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The audit's weakest figures over the changes, among the images not flagged (all of them without a detector;
-    a change whose every image is flagged has none, and counts in "flagged" only): what a target checks."""
+    """The audit's weakest figures over the changes, among the images not flagged (all of them without a detector):
+    what a target checks. A change that leaves under a tenth of the images unflagged counts in "flagged" only:
+    figures on a handful of images are noise."""
     def figures(r: dict[str, Any]) -> dict[str, Any] | None:
-        return r if r.get("flagged") is None else r.get("kept")
+        if r.get("flagged") is None:
+            return r
+        kept = r.get("kept")
+        return kept if kept is not None and kept["n"] >= 0.1 * r["n"] else None
 
     def low(key: str) -> float | None:
         vals = [f[key] for r in rows if (f := figures(r)) is not None and f.get(key) is not None]
