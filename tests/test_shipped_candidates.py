@@ -1,4 +1,4 @@
-"""A fresh installation registers the shipped release as active and the shipped two-site model as a candidate."""
+"""A fresh installation registers the shipped release as active and the other shipped models as candidates."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fracture.config import get_settings
 from fracture.db import dispose_engines, session_scope
 from fracture.migrate import upgrade
 from fracture.models import ModelStatus, ModelVersion
-from fracture.registry import ensure_seed_model
+from fracture.registry import SHIPPED_CANDIDATES, ensure_seed_model
 
 RELEASE = REPO_ROOT / "fracture" / "release"
 
@@ -23,11 +23,12 @@ def _versions(database_url: str) -> dict[str, tuple[str, dict[str, str], str | N
         return {v.name: (v.status, dict(v.plots or {}), v.notes) for v in session.scalars(select(ModelVersion))}
 
 
-def test_a_fresh_install_registers_the_two_site_model_as_a_candidate_beside_the_active_release(
-        tmp_path: Path) -> None:
-    two_site = RELEASE / "two-site" / "model.pt"
-    assert two_site.is_file() and two_site.stat().st_size <= 25 * 2**20
-    assert (RELEASE / "two-site" / "model_card.md").is_file()
+def test_a_fresh_install_registers_the_shipped_candidates_beside_the_active_release(tmp_path: Path) -> None:
+    assert [name for _, name in SHIPPED_CANDIDATES] == ["two-site-1", "robust-1"]
+    for folder, _ in SHIPPED_CANDIDATES:
+        shipped = RELEASE / folder / "model.pt"
+        assert shipped.is_file() and shipped.stat().st_size <= 25 * 2**20
+        assert (RELEASE / folder / "model_card.md").is_file()
     settings = dataclasses.replace(get_settings({"FRACTURE_HOME": str(tmp_path / "home")}),
                                    seed_model=RELEASE / "model.pt")
     upgrade(settings.database_url)
@@ -36,14 +37,18 @@ def test_a_fresh_install_registers_the_two_site_model_as_a_candidate_beside_the_
         assert active is not None and active.name == "release-1"
     versions = _versions(settings.database_url)
     assert versions["release-1"][0] == ModelStatus.ACTIVE
-    status, plots, notes = versions["two-site-1"]
-    assert status == ModelStatus.CANDIDATE and "two-site/model_card.md" in (notes or "")
-    assert plots and all((settings.storage_dir / key).is_file() for key in plots.values())
+    for folder, name in SHIPPED_CANDIDATES:
+        status, plots, notes = versions[name]
+        assert status == ModelStatus.CANDIDATE and f"{folder}/model_card.md" in (notes or "")
+        assert plots and all((settings.storage_dir / key).is_file() for key in plots.values())
+        with session_scope(settings.database_url) as session:
+            candidate = session.scalars(select(ModelVersion).where(ModelVersion.name == name)).one()
+            assert candidate.metrics == read_payload(RELEASE / folder / "model.pt")["metrics"]
+    # The robust candidate carries its robustness audit; the page shows it.
+    assert "robustness" in read_payload(RELEASE / "robust" / "model.pt")["metrics"]
     with session_scope(settings.database_url) as session:
-        candidate = session.scalars(select(ModelVersion).where(ModelVersion.name == "two-site-1")).one()
-        assert candidate.metrics == read_payload(two_site)["metrics"]
         ensure_seed_model(session, settings)  # once only: nothing new on the next start
-    assert sorted(_versions(settings.database_url)) == ["release-1", "two-site-1"]
+    assert sorted(_versions(settings.database_url)) == ["release-1", "robust-1", "two-site-1"]
     dispose_engines()
 
 
