@@ -46,7 +46,7 @@ from trust import made_up  # noqa: E402
 from fracture.checkpoint import read_payload  # noqa: E402
 from fracture.gradcam import composite, heatmap  # noqa: E402
 from fracture.inference import Predictor  # noqa: E402
-from fracture.preprocess import ImageError, decode_gray, square, to_uint8_tensor  # noqa: E402
+from fracture.preprocess import ImageError, PreprocessSpec, decode_gray, square, to_uint8_tensor  # noqa: E402
 from trainer.recalibrate import RecalibrateError, checkpoint_data  # noqa: E402
 from trainer.robustness import AUDIT_HEADER, acquisition_audit, heatmap_audit, render_rows, worst  # noqa: E402
 
@@ -72,8 +72,6 @@ def first_held_out(models: list[Path], two: Path) -> list[list[tuple[Path, float
     out = []
     for path in models:
         payload = read_payload(path)
-        from fracture.preprocess import PreprocessSpec
-
         spec = PreprocessSpec.from_dict(payload["preprocess"])
         try:
             data = checkpoint_data(payload, spec, first, cache_dir=CACHE)
@@ -192,6 +190,23 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def changes_table(report: dict[str, Any]) -> str:
+    """Every change side by side: one column per model and source, each cell ROC-AUC, sensitivity / specificity
+    and the share flagged (all images)."""
+    columns = [(name, source) for name, entry in report["models"].items() for source in entry["audit"]]
+    columns.sort(key=lambda c: list(report["models"][c[0]]["audit"]).index(c[1]))  # first source, then second
+    head = "| change | " + " | ".join(f"{name}, {source.split(',')[0]}" for name, source in columns) + " |"
+    lines = [head, "|---" * (len(columns) + 1) + "|"]
+    first = report["models"][columns[0][0]]["audit"][columns[0][1]]
+    for i, row in enumerate(first):
+        cells = []
+        for name, source in columns:
+            r = report["models"][name]["audit"][source][i]
+            cells.append(f"{_f(r['roc_auc'])} {_f(r['sensitivity'])}/{_f(r['specificity'])} ({_pct(r['flagged'])})")
+        lines.append(f"| {row['change']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _pct(v: Any) -> str:
     return "" if v is None else f"{100 * v:.0f}%"
 
@@ -210,13 +225,14 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--figures", type=Path, default=None, help="draw heatmaps with boxes here")
     p.add_argument("--from-json", action="append", type=Path, default=None,
-                   help="print the side-by-side summary of earlier runs' --json files, measuring nothing")
+                   help="print the side-by-side summary and per-change table of earlier runs' --json files "
+                        "(measures nothing)")
     a = p.parse_args()
     if a.from_json:
         merged: dict[str, Any] = {"models": {}}
         for f in a.from_json:
             merged["models"].update(json.loads(f.read_text())["models"])
-        print(summary(merged))
+        print(summary(merged) + "\n\n" + changes_table(merged))
         return 0
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     if a.survey:
@@ -239,7 +255,9 @@ def main() -> int:
     for first in firsts:
         ims, ys = [], []
         for path, label in first:
-            im = decoded.setdefault(str(path), load_gray(path))
+            if str(path) not in decoded:  # models trained on one split share their images: decode each once
+                decoded[str(path)] = load_gray(path)
+            im = decoded[str(path)]
             if im is not None:
                 ims.append(im)
                 ys.append(label)

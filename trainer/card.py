@@ -100,7 +100,7 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
     robustness = m.get("robustness")
     if robustness:
         sample = (f" ({robustness['sampled']} of its {robustness['of']} images, a seeded sample)"
-                  if robustness.get("sampled", robustness.get("of")) != robustness.get("of") else "")
+                  if robustness.get("sampled", 0) < robustness.get("of", 0) else "")
         md += ["## Robustness audit (test split)", "",
                f"The served model on its grouped test split{sample} with each image changed as another department's "
                "X-ray system or export changes images (trainer.acquisition; applied here at the network's input "

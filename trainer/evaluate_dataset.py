@@ -8,7 +8,6 @@ files that cannot be decoded are left out and counted in the metrics.
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from fracture.registry import checkpoint_path
 from fracture.storage import Storage
 from trainer import plots
 from trainer.dataset import Sample, scan
-from trainer.metrics import binary_metrics
+from trainer.metrics import at_most, binary_metrics, json_safe
 from trainer.robustness import acquisition_audit, worst
 
 log = logging.getLogger(__name__)
@@ -129,7 +128,7 @@ def measure(settings: Settings, plan: Plan) -> tuple[dict[str, Any], dict[str, s
     if not y:
         raise EvaluationFailed(f"none of the {len(rows)} images of dataset {plan.dataset_name!r} could be decoded")
     y_true, probs = np.array(y), np.array(prob)
-    metrics = _json_safe(binary_metrics(y_true, probs, plan.threshold))
+    metrics: dict[str, Any] = json_safe(binary_metrics(y_true, probs, plan.threshold))
     negative = next(c for c in predictor.ckpt.classes if c != positive)
     (tp, fn), (fp, tn) = metrics["confusion_matrix"]
     metrics.update(
@@ -150,9 +149,7 @@ def measure(settings: Settings, plan: Plan) -> tuple[dict[str, Any], dict[str, s
 def robustness(predictor: Predictor, paths: list[Path], y: np.ndarray, max_pixels: int) -> dict[str, Any]:
     """The robustness audit (trainer.robustness) on at most AUDIT_MAX_IMAGES of the decoded images (a seeded
     sample), each changed at up to AUDIT_SIDE pixels on its long side, then served as the workers serve it."""
-    pick = np.arange(len(paths))
-    if len(pick) > AUDIT_MAX_IMAGES:
-        pick = np.sort(np.random.default_rng(0).permutation(len(paths))[:AUDIT_MAX_IMAGES])
+    pick = at_most(np.arange(len(paths)), AUDIT_MAX_IMAGES)
     images = []
     for i in pick:
         gray = decode_gray(paths[i], AUDIT_SIDE, max_pixels)
@@ -182,11 +179,6 @@ def distinct_images(samples: list[Sample]) -> tuple[list[Sample], int]:
         by_md5[s.md5].append(s)
     kept = [copies[0] for copies in by_md5.values() if len({c.label for c in copies}) == 1]
     return kept, len(by_md5) - len(kept)
-
-
-def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
-    """NaN (ROC-AUC of a one-class sample) as None: the row and the API carry JSON, which has no NaN."""
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
 
 
 def _store_plots(settings: Settings, plan: Plan, y: np.ndarray, prob: np.ndarray,

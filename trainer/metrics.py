@@ -14,6 +14,18 @@ from sklearn.metrics import (
 )
 
 
+def json_safe(metrics: dict[str, object]) -> dict[str, object]:
+    """NaN (ROC-AUC of a one-class sample) as None: rows and the API carry JSON, which has no NaN."""
+    return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in metrics.items()}
+
+
+def at_most(rows: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """`rows`, or a seeded sample of `limit` of them in their order when there are more."""
+    if len(rows) <= limit:
+        return rows
+    return np.sort(np.random.default_rng(seed).permutation(rows)[:limit])
+
+
 def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, object]:
     """Accuracy, sensitivity, specificity, precision, F1, ROC-AUC and the confusion matrix.
 

@@ -25,7 +25,7 @@ from fracture.gradcam import heatmap
 from fracture.inference import Predictor
 from fracture.preprocess import square, to_uint8_tensor
 from trainer.acquisition import AUDIT, AuditChange
-from trainer.metrics import binary_metrics
+from trainer.metrics import binary_metrics, json_safe
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the width and height
 BORDER = 0.1  # the outer tenth of each side: where framing, collimation and markers are
@@ -46,14 +46,8 @@ def _scores(predictor: Predictor, images: Sequence[Image.Image], change: AuditCh
 
 
 def _figures(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, Any]:
-    m = binary_metrics(y, prob, threshold)
-    return {k: _num(m[k]) for k in ("n", "roc_auc", "sensitivity", "specificity")}
-
-
-def _num(v: Any) -> Any:
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v
+    m = json_safe(binary_metrics(y, prob, threshold))
+    return {k: m[k] for k in ("n", "roc_auc", "sensitivity", "specificity")}
 
 
 def acquisition_audit(predictor: Predictor, images: Sequence[Image.Image], labels: np.ndarray,

@@ -34,7 +34,7 @@ from trainer import card, plots
 from trainer.audit import AuditReport, audit
 from trainer.data import AcquisitionChange, TrainAugment, batches, decode_all
 from trainer.dataset import SPLITS, fingerprint
-from trainer.metrics import binary_metrics, choose_threshold
+from trainer.metrics import at_most, binary_metrics, choose_threshold
 from trainer.robustness import acquisition_audit, worst
 from trainer.split import POLICIES, make_split
 from trainer.union import (
@@ -213,11 +213,11 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Prepared, split: str, spec: PreprocessSpec, device: torch.device,
-             batch_size: int = 256, views: str | None = None, features: list[np.ndarray] | None = None,
-             transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+             batch_size: int = 256, views: str | None = None,
+             features: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Probabilities of the positive class on a split, averaged over `views` (default: the spec's, as
     served): (y, prob, mean loss). With a `features` list, the out-of-distribution detector's features of each
-    batch, from the same forward passes, are appended to it; `transform` changes each uint8 batch first."""
+    batch, from the same forward passes, are appended to it."""
     views = spec.views if views is None else views
     with_features = features is not None and has_features(model)
     model.eval()
@@ -228,8 +228,7 @@ def evaluate(model: nn.Module, data: Prepared, split: str, spec: PreprocessSpec,
         batch_size = max(1, batch_size // 8)  # 8 passes per batch; on 2 CPU cores 32 images a pass ran fastest
     for idx in batches(len(rows), batch_size, None, shuffle=False):
         batch = rows[idx]
-        u8 = data.images[batch] if transform is None else transform(data.images[batch])
-        x = normalize(u8.to(device), spec)
+        x = normalize(data.images[batch].to(device), spec)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             # Each view is laid out in channels_last.
             if with_features:
@@ -285,6 +284,13 @@ def final_evaluation(model: nn.Module, data: Prepared, spec: PreprocessSpec, dev
     return curves, threshold, metrics, detector
 
 
+def changed_copy(data: Prepared, split: str, change: AcquisitionChange) -> Prepared:
+    """Only `split` of `data`, each image changed by the next draw of `change` (in the split's order)."""
+    rows = data.split_index[split]
+    return replace(data, images=change(data.images[rows]), labels=data.labels[rows],
+                   split_index={split: np.arange(len(rows))})
+
+
 def changed_features(model: nn.Module, data: Prepared, spec: PreprocessSpec, device: torch.device,
                      seed: int = 0) -> dict[str, np.ndarray]:
     """The detector's features of one acquisition-changed copy of train and of val (seeded: the same copies for the
@@ -293,7 +299,7 @@ def changed_features(model: nn.Module, data: Prepared, spec: PreprocessSpec, dev
     out = {}
     for split in ("train", "val"):
         batches_of_features: list[np.ndarray] = []
-        evaluate(model, data, split, spec, device, features=batches_of_features, transform=change)
+        evaluate(model, changed_copy(data, split, change), split, spec, device, features=batches_of_features)
         out[split] = np.concatenate(batches_of_features)
     return out
 
@@ -305,10 +311,8 @@ def robustness_audit(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, d
     positive = POSITIVE_CLASS if POSITIVE_CLASS in data.classes else data.classes[0]
     served = Checkpoint(model, margs, spec, data.classes, positive, threshold, {}, detector)
     predictor = Predictor(served, device)
-    rows = data.split_index["test"]
-    every = len(rows)
-    if every > CARD_AUDIT_IMAGES:  # a seeded sample: the audit costs a test split's inference per change
-        rows = np.sort(np.random.default_rng(0).permutation(rows)[:CARD_AUDIT_IMAGES])
+    every = len(data.split_index["test"])
+    rows = at_most(data.split_index["test"], CARD_AUDIT_IMAGES)  # the audit costs a test split's inference a change
     images = [PILImage.fromarray(data.images[r, 0].numpy()) for r in rows]
     audit_rows = acquisition_audit(predictor, images, data.labels[rows].numpy())
     return {"split": "test", "at": "input size", "sampled": len(rows), "of": every, "rows": audit_rows,
@@ -403,6 +407,7 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
         say(f"resumed after epoch {start_epoch}")
 
     augment = TrainAugment(args.image_size, args.augment)
+    changed_val: Prepared | None = None  # an acquisition run's changed copy of val, made once
     bar = tqdm(range(start_epoch, epochs), desc="epochs", disable=not progress, initial=start_epoch, total=epochs)
     for epoch in bar:
         te = time.time()
@@ -421,8 +426,9 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
         if args.augment == "acquisition":
             # Selected on val as it is and on one fixed acquisition-changed copy of it (the same copy every epoch):
             # an epoch that forgets the invariance is not the one kept.
-            y_c, prob_c, _ = evaluate(served, data, "val", spec, device, views="identity",
-                                      transform=AcquisitionChange(SELECTION_SEED))
+            if changed_val is None:
+                changed_val = changed_copy(data, "val", AcquisitionChange(SELECTION_SEED))
+            y_c, prob_c, _ = evaluate(served, changed_val, "val", spec, device, views="identity")
             auc_c = float(binary_metrics(y_c, prob_c, 0.5)["roc_auc"])  # type: ignore[arg-type]
             auc_c = 0.0 if math.isnan(auc_c) else auc_c
             history.setdefault("val_auc_changed", []).append(auc_c)
