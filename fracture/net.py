@@ -86,6 +86,15 @@ class FracNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x))).squeeze(1)
 
+    def forward_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and the class-activation map of the last block (N, h, w): the head's linear layer applied
+        at every cell, whose mean is the logit before dropout (what box supervision teaches where to look)."""
+        h = self.stages(self.stem(x))
+        linear = self.head[-1]
+        assert isinstance(linear, nn.Linear)
+        cam = torch.einsum("nchw,c->nhw", h, linear.weight[0].to(h.dtype)) + linear.bias[0].to(h.dtype)
+        return self.head(h).squeeze(1), cam
+
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The logits and, in the same pass, the mean and standard deviation of each channel of every block's
         output (N, 2 * sum of block widths), in float32: the features of the out-of-distribution detector.

@@ -164,7 +164,14 @@ AUDIT: tuple[AuditChange, ...] = (
 def random_acquisition(rng: np.random.Generator) -> Change:
     """One random draw from the family, at training strengths that cover the audit's and go past them: each kind
     of change with its own probability, composed in the order an acquisition and its export apply them."""
+    return random_acquisition_geometry(rng)[0]
+
+
+def random_acquisition_geometry(rng: np.random.Generator) -> tuple[Change, Change]:
+    """random_acquisition's draw (the same draws from `rng`) and its geometric part alone (rotation and margins),
+    which moves a fracture box's mask as the change moves the image."""
     steps: list[Change] = []
+    moves: list[Change] = []
     if rng.random() < 0.5:  # the look-up table: gamma, then contrast or a window
         steps.append(gamma(float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))))
     if rng.random() < 0.3:
@@ -176,15 +183,17 @@ def random_acquisition(rng: np.random.Generator) -> Change:
     if rng.random() < 0.2:
         steps.append(resolution(float(rng.uniform(0.25, 0.8))))
     if rng.random() < 0.4:
-        steps.append(rotate(float(rng.uniform(-30, 30))))
+        moves.append(rotate(float(rng.uniform(-30, 30))))
+        steps.append(moves[-1])
     if rng.random() < 0.35:
         value = 0 if rng.random() < 0.8 else 255
-        steps.append(margin(float(rng.uniform(0.02, 0.18)), value,
-                            (float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1)))))
+        frac, shift = float(rng.uniform(0.02, 0.18)), (float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1)))
+        steps.append(margin(frac, value, shift))
+        moves.append(margin(frac, 0, shift))
     if rng.random() < 0.3:
         steps.append(markers(str(rng.choice(list("LRAP"))), "" if rng.random() < 0.5 else "PORTABLE",
                              int(rng.integers(0, 4)), float(rng.uniform(0.05, 0.12)),
                              255 if rng.random() < 0.85 else 0))
     if rng.random() < 0.2:
         steps.append(jpeg(int(rng.integers(20, 90))))
-    return then(*steps)
+    return then(*steps), then(*moves)

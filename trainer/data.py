@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from fracture.preprocess import ImageError, load_u8, to_uint8_tensor
 from fracture.preprocess import PreprocessSpec as Spec
-from trainer.acquisition import random_acquisition
+from trainer.acquisition import random_acquisition_geometry
 
 
 def decode_all(paths: dict[str, Path], spec: Spec, cache_dir: Path | None = None,
@@ -75,13 +76,25 @@ class TrainAugment:
             steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3) if strong else v2.ColorJitter(0.1, 0.1))
         self.t = v2.Compose(steps)
 
-    def __call__(self, batch_u8: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch_u8: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        return self.with_masks(batch_u8, masks)[0]
+
+    def with_masks(self, batch_u8: torch.Tensor,
+                   masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The augmented batch and, when given, the fracture-box masks (N,1,S,S) moved exactly as their images
+        (crop, flips, turns, the acquisition draw's rotation and margins)."""
         if self.acquisition:
             # numpy draws seeded from torch's generator: a seeded (and resumed) run augments the same way.
-            batch_u8 = AcquisitionChange(int(torch.randint(0, 2**31 - 1, ()).item()))(batch_u8)
-        out = torch.stack([self.t(img) for img in batch_u8])
+            change = AcquisitionChange(int(torch.randint(0, 2**31 - 1, ()).item()))
+            batch_u8, masks = change.with_masks(batch_u8, masks)
+        if masks is None:
+            out = torch.stack([self.t(img) for img in batch_u8])
+        else:
+            pairs = [self.t(img, tv_tensors.Mask(m)) for img, m in zip(batch_u8, masks, strict=True)]
+            out = torch.stack([p[0] for p in pairs])
+            masks = torch.stack([p[1].as_subclass(torch.Tensor) for p in pairs])
         k = int(torch.randint(0, 4, ()).item())  # quarter turns, shared by the batch (cheap)
-        return torch.rot90(out, k, dims=(2, 3))
+        return torch.rot90(out, k, dims=(2, 3)), None if masks is None else torch.rot90(masks, k, dims=(2, 3))
 
 
 class AcquisitionChange:
@@ -92,8 +105,19 @@ class AcquisitionChange:
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, batch_u8: torch.Tensor) -> torch.Tensor:
-        return torch.stack([to_uint8_tensor(random_acquisition(self.rng)(Image.fromarray(img[0].numpy())))
-                            for img in batch_u8])
+        return self.with_masks(batch_u8)[0]
+
+    def with_masks(self, batch_u8: torch.Tensor,
+                   masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The changed batch and the masks moved by each draw's rotation and margins (not its exposure)."""
+        images, moved = [], []
+        for i, img in enumerate(batch_u8):
+            change, geometry = random_acquisition_geometry(self.rng)
+            images.append(to_uint8_tensor(change(Image.fromarray(img[0].numpy()))))
+            if masks is not None:
+                m = masks[i, 0]
+                moved.append(to_uint8_tensor(geometry(Image.fromarray(m.numpy()))) if bool(m.any()) else m[None])
+        return torch.stack(images), None if masks is None else torch.stack(moved)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle: bool) -> list[np.ndarray]:

@@ -6,12 +6,14 @@ Reads top to bottom: get_args_parser, prepare_data, train_one_epoch, evaluate, m
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import random
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image as PILImage
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -35,7 +38,7 @@ from trainer.audit import AuditReport, audit
 from trainer.data import AcquisitionChange, TrainAugment, batches, decode_all
 from trainer.dataset import SPLITS, fingerprint
 from trainer.metrics import at_most, binary_metrics, choose_threshold
-from trainer.robustness import acquisition_audit, worst
+from trainer.robustness import acquisition_audit, box_mask, worst
 from trainer.split import POLICIES, make_split
 from trainer.union import (
     Source,
@@ -95,6 +98,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="start from the weights of this checkpoint (same architecture and input size): a longer "
                         "or fine-tuned training of a model; give it the data and split it was trained on, or the "
                         "val and test figures are not held out")
+    p.add_argument("--boxes", default=None,
+                   help="CSV of fracture boxes (md5,x0,y0,x1,y1, relative to the image; more rows for more boxes): "
+                        "the fractured training images among them also teach the network where to look")
+    p.add_argument("--box-weight", default=1.0, type=float,
+                   help="weight of the box loss: -log of the share of the last layer's class-activation map "
+                        "(softmax over its cells) that falls on the cells a box covers")
+    p.add_argument("--max-minutes", default=None, type=float,
+                   help="a time budget for the epochs: after the first, the epoch count (and the learning-rate "
+                        "schedule) shrinks to what fits; the final evaluation comes on top")
     p.add_argument("--threads", default=0, type=int, help="torch CPU threads (0: all cores)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--dry-run", action="store_true", help="one epoch on at most 64 images per split")
@@ -119,6 +131,8 @@ class Prepared:
     files: dict[str, int]  # files per dataset, before the locked images are left out
     locked: dict[str, int]  # distinct images left out because a locked evaluation dataset holds them
     corrections: dict[str, int]  # the datasets' reviewed additions: offered, trained on, relabelled, left out
+    box_index: torch.Tensor | None = None  # (N,) row of box_masks for each image's fracture boxes, -1: none
+    box_masks: torch.Tensor | None = None  # (K, 1, S, S) uint8, 255 inside a box
 
 
 def sources_of(args: argparse.Namespace) -> list[Source]:
@@ -167,8 +181,44 @@ def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path
             rng = np.random.default_rng(args.seed)
             rows = rng.permutation(rows)[:64]
         split_index[name] = rows
-    return Prepared(classes, images, labels, split_index, report, fingerprint(samples + added), paths, row_md5, files,
-                    locked_summary(excluded), corrections)
+    prepared = Prepared(classes, images, labels, split_index, report, fingerprint(samples + added), paths, row_md5,
+                        files, locked_summary(excluded), corrections)
+    if getattr(args, "boxes", None):
+        prepared.box_index, prepared.box_masks = box_masks_of(args.boxes, prepared, spec.image_size)
+    return prepared
+
+
+def read_boxes(path: str | Path) -> dict[str, list[tuple[float, float, float, float]]]:
+    """Fracture boxes by MD5 from a CSV with columns md5, x0, y0, x1, y1 (relative coordinates)."""
+    boxes: dict[str, list[tuple[float, float, float, float]]] = {}
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            boxes.setdefault(r["md5"], []).append((float(r["x0"]), float(r["y0"]), float(r["x1"]), float(r["y1"])))
+    return boxes
+
+
+def box_masks_of(path: str | Path, data: Prepared, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The box masks of the positive training images that have boxes: (row -> mask index or -1, masks)."""
+    boxes = read_boxes(path)
+    index = torch.full((len(data.row_md5),), -1, dtype=torch.int64)
+    masks: list[torch.Tensor] = []
+    for r in data.split_index["train"].tolist():
+        found = boxes.get(data.row_md5[r])
+        if found and data.labels[r] == 1.0:
+            index[r] = len(masks)
+            masks.append(torch.from_numpy(box_mask(found, size).astype(np.uint8) * 255)[None])
+    return index, torch.stack(masks) if masks else torch.zeros((0, 1, size, size), dtype=torch.uint8)
+
+
+def box_loss(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """-log of the share of each map (softmax over its cells) on the cells its box mask covers, averaged over the
+    images whose box survived the augmentation; 0 when none did."""
+    cells = F.adaptive_max_pool2d((masks > 127).float(), cam.shape[-2:]).flatten(1)
+    keep = cells.sum(1) > 0
+    if not bool(keep.any()):
+        return cam.sum() * 0.0
+    share = (torch.softmax(cam.flatten(1)[keep].float(), 1) * cells[keep]).sum(1)
+    return -torch.log(share.clamp_min(1e-6)).mean()
 
 
 def own_view(report: AuditReport, own: set[str]) -> AuditReport:
@@ -180,7 +230,7 @@ def own_view(report: AuditReport, own: set[str]) -> AuditReport:
 def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt: torch.optim.Optimizer,
                     sched: torch.optim.lr_scheduler.LRScheduler, augment: TrainAugment, device: torch.device,
                     batch_size: int, gen: torch.Generator, progress: bool,
-                    ema: AveragedModel | None = None) -> tuple[float, float]:
+                    ema: AveragedModel | None = None, box_weight: float = 0.0) -> tuple[float, float]:
     """One pass over train with augmentation; returns (mean loss, accuracy at 0.5)."""
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model.train()
@@ -193,12 +243,23 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
         if len(idx) < 2:
             continue
         batch = rows[idx]
-        x = normalize(augment(data.images[batch]).to(device, non_blocking=True), spec)
+        masks = None
+        if data.box_index is not None and data.box_masks is not None and box_weight > 0:
+            which = data.box_index[batch]
+            masks = torch.zeros((len(batch), 1, spec.image_size, spec.image_size), dtype=torch.uint8)
+            masks[which >= 0] = data.box_masks[which[which >= 0]]
+        images, masks = augment.with_masks(data.images[batch], masks)
+        x = normalize(images.to(device, non_blocking=True), spec)
         x = x.contiguous(memory_format=memory_format)
         y = data.labels[batch].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
+            if masks is not None:
+                logits, cam = model.forward_cam(x)  # type: ignore[operator]  # FracNet (checked in main)
+            else:
+                logits = model(x)
         loss = loss_fn(logits.float(), y)
+        if masks is not None:
+            loss = loss + box_weight * box_loss(cam, masks.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -337,6 +398,17 @@ def warm_start(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, init: s
     model.load_state_dict(payload["state_dict"])
 
 
+def rescheduled(opt: torch.optim.Optimizer, lr: float, epochs: int, steps_per_epoch: int,
+                done: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The one-cycle schedule of `epochs` epochs, advanced past the `done` epochs already trained."""
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    with warnings.catch_warnings():  # the optimizer's steps were taken already: only the schedule moves on
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(done * steps_per_epoch):
+            sched.step()
+    return sched
+
+
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed)
@@ -371,6 +443,8 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
         f"left out as locked evaluation images: {data.locked['total']}; reviewed corrections trained on: "
         f"{data.corrections['used']} of {data.corrections['offered']}")
 
+    if getattr(args, "boxes", None) and args.arch != "fracnet":
+        raise ValueError("--boxes needs the fracnet architecture (its class-activation map is what the boxes teach)")
     model = build_model(margs)
     if args.weights:
         load_pretrained(model, args.weights)
@@ -383,8 +457,8 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
     epochs = 1 if args.dry_run else args.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(data.split_index["train"]) / args.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.15)
+    sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=args.lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
     history: dict[str, list[float]] = {k: [] for k in
                                        ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "epoch_s")}
     best: dict[str, Any] = {"auc": -1.0, "loss": math.inf, "epoch": 0, "state": None}
@@ -402,17 +476,23 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         history, best, start_epoch = state["history"], state["best"], state["epoch"]
+        epochs = state.get("epochs", epochs)
         gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
         say(f"resumed after epoch {start_epoch}")
 
     augment = TrainAugment(args.image_size, args.augment)
+    box_weight = args.box_weight if getattr(args, "boxes", None) else 0.0
+    if box_weight:
+        n_boxed = int((data.box_index >= 0).sum()) if data.box_index is not None else 0
+        say(f"box supervision: {n_boxed} fractured training images with boxes, weight {box_weight}")
     changed_val: Prepared | None = None  # an acquisition run's changed copy of val, made once
-    bar = tqdm(range(start_epoch, epochs), desc="epochs", disable=not progress, initial=start_epoch, total=epochs)
-    for epoch in bar:
+    t_train = time.time()
+    epoch = start_epoch
+    while epoch < epochs:
         te = time.time()
         tr_loss, tr_acc = train_one_epoch(model, data, spec, opt, sched, augment, device, args.batch_size, gen,
-                                          progress, ema)
+                                          progress, ema, box_weight)
         # The epoch is selected on one view (cheap, every epoch); the threshold and the reported figures
         # below use the served views.
         y, prob, va_loss = evaluate(served, data, "val", spec, device, views="identity")
@@ -437,15 +517,21 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
         if score > best["auc"] or (score == best["auc"] and va_loss < best["loss"]):
             best = {"auc": score, "loss": va_loss, "epoch": epoch + 1,
                     "state": {k: v.detach().clone() for k, v in served.state_dict().items()}}
-        bar.set_postfix(loss=f"{tr_loss:.3f}", val_auc=f"{auc:.4f}", val_acc=f"{va['accuracy']:.3f}")
-        say(f"epoch {epoch + 1}/{epochs} train_loss {tr_loss:.4f} train_acc {tr_acc:.4f} val_loss {va_loss:.4f} "
+        epoch += 1
+        if getattr(args, "max_minutes", None) and epoch == start_epoch + 1 and epoch < epochs:
+            fits = start_epoch + int((args.max_minutes * 60 - (time.time() - t_train)) / (time.time() - te)) + 1
+            if fits < epochs:
+                say(f"--max-minutes {args.max_minutes:g}: {max(fits, epoch)} epochs fit, not {epochs}")
+                epochs = max(fits, epoch)
+                sched = rescheduled(opt, args.lr, epochs, steps_per_epoch, epoch)
+        say(f"epoch {epoch}/{epochs} train_loss {tr_loss:.4f} train_acc {tr_acc:.4f} val_loss {va_loss:.4f} "
             f"val_acc {va['accuracy']:.4f} val_auc {auc:.4f}{changed} ({history['epoch_s'][-1]:.1f}s)")
         torch.save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                     "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "history": history, "best": best, "epoch": epoch + 1, "gen": gen.get_state(),
+                    "history": history, "best": best, "epoch": epoch, "epochs": epochs, "gen": gen.get_state(),
                     "torch_rng": torch.get_rng_state()}, last)
         if on_epoch is not None:
-            on_epoch(epoch + 1, epochs, history)
+            on_epoch(epoch, epochs, history)
 
     if getattr(args, "select", "best") == "last":
         best = {"auc": None, "loss": None, "epoch": epochs,
@@ -479,7 +565,8 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
                "history": history, "command": command, "seed": args.seed,
                "split_seed": args.seed if args.split_seed is None else args.split_seed,
                "augment": args.augment, "ood_acquisition": args.augment == "acquisition",
-               "init": str(args.init) if getattr(args, "init", None) else None},
+               "init": str(args.init) if getattr(args, "init", None) else None,
+               "boxes": str(args.boxes) if box_weight else None, "box_weight": box_weight or None},
     )
     summary = {"checkpoint": str(ckpt), "sha256": sha, "metrics": metrics, "threshold": threshold,
                "history": history, "plots": {k: str(v) for k, v in plot_files.items()},

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The GPU runs of the robust-model work (issue 18), as one command on a lent GPU machine (the `device` tool), which
+# carries .devdata (scripts/device_data.py) and .whl (ImageHash and PyWavelets, which that machine's Python lacks):
+#
+#   bash scripts/gpu_robust.sh            # OUT (default ./gpu-out) gets each run's model.pt and a tar of the rest
+#
+# Four trainings share the GPU, each for MINUTES of epochs (--max-minutes), on the two-source data split as
+# two-site-1 was (scripts/device_data.py writes it in `--split given` layout): 256-px input (twice the release's),
+# the acquisition recipe, with and without the second site's fracture boxes as supervision, with and without
+# histogram equalisation, and a 320-px one. Each run's checkpoint is complete (threshold, detector, card); a run
+# cut off by the deadline leaves its last epoch's averaged weights instead.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+MINUTES=${MINUTES:-6}
+DEADLINE=${DEADLINE:-530}
+PY=${PY:-python3}
+RUNS=${RUNS:-/tmp/gpuruns}
+mkdir -p "$OUT"
+if [ -d .whl ] && [ "$PY" = python3 ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1
+sed "s#@ROOT@#$PWD/.devdata#g" .devdata/spec.json.in > /tmp/spec.json
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.log"
+"$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.is_available())" | tee -a "$OUT/gpu.log"
+
+common=(--data-spec /tmp/spec.json --split given --seed 0 --augment acquisition --width 32 --epochs 60
+        --max-minutes "$MINUTES" --threads 3 --no-progress --batch-size 64 ${EXTRA:-})
+run() {  # name, then extra options
+  local name=$1; shift
+  timeout "$DEADLINE" "$PY" -c 'import sys; from trainer.cli import train; train(sys.argv[1:])' \
+    "${common[@]}" --out "$RUNS/$name" "$@" > "$RUNS/$name.log" 2>&1
+  echo "$name exit $?" >> "$OUT/gpu.log"
+}
+mkdir -p $RUNS
+run box256 --image-size 256 --boxes .devdata/boxes.csv &
+run plain256 --image-size 256 &
+run boxeq256 --image-size 256 --boxes .devdata/boxes.csv --intensity equalize &
+run box320 --image-size 320 --boxes .devdata/boxes.csv &
+wait
+for name in box256 plain256 boxeq256 box320; do
+  dir=$RUNS/$name
+  if [ -f "$dir/model.pt" ]; then
+    cp "$dir/model.pt" "$OUT/$name.pt"
+  elif [ -f "$dir/last.pt" ]; then  # cut off: the averaged weights and history of its last epoch
+    "$PY" -c 'import sys, torch; s = torch.load(sys.argv[1], weights_only=True); torch.save({"ema": s["ema"], "history": s["history"], "epoch": s["epoch"], "epochs": s.get("epochs")}, sys.argv[2])' \
+      "$dir/last.pt" "$OUT/$name-last.pt"
+  fi
+  cp "$RUNS/$name.log" "$dir/train.log" 2>/dev/null
+  tail -4 "$RUNS/$name.log" >> "$OUT/gpu.log"
+done
+cp "$OUT/gpu.log" $RUNS/
+tar czf "$OUT/runs.tgz" -C "$RUNS" --exclude '*.pt' --exclude cache box256 plain256 boxeq256 box320 gpu.log
+cat "$OUT/gpu.log"
