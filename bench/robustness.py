@@ -66,22 +66,33 @@ def load_gray(path: Path) -> Image.Image | None:
     return gray
 
 
-def first_held_out(models: list[Path], two: Path) -> list[list[tuple[Path, float]]]:
-    """Per model, (path, label) of the first source's distinct images in its own grouped test split."""
+def first_held_out(models: list[Path], two: Path, packed: Path | None = None) -> list[list[tuple[Path, float]]]:
+    """Per model, (path, label) of the first source's distinct images in its own grouped test split (for a model
+    trained on `packed`, scripts/device_data.py's copy of the same split, the originals of its test images)."""
     first = (two / "first").resolve()
     out = []
     for path in models:
         payload = read_payload(path)
         spec = PreprocessSpec.from_dict(payload["preprocess"])
+        original = {}
         try:
             data = checkpoint_data(payload, spec, first, cache_dir=CACHE)
         except RecalibrateError:
-            data = checkpoint_data(payload, spec, None, two / "spec.json", two / "locked.json", CACHE)
+            try:
+                data = checkpoint_data(payload, spec, None, two / "spec.json", two / "locked.json", CACHE)
+            except RecalibrateError:
+                if packed is None:
+                    raise
+                # Trained on scripts/device_data.py's re-encoded copy: its test split, measured on the originals.
+                data = checkpoint_data(payload, spec, None, packed / "spec.json", None, CACHE)
+                original = {str((packed / k).resolve()): Path(v)
+                            for k, v in json.loads((packed / "originals.json").read_text()).items()}
         mine = []
         for r in data.split_index["test"]:
             md5 = data.row_md5[r]
-            if first in data.paths[md5].resolve().parents:
-                mine.append((md5, data.paths[md5], float(data.labels[r])))
+            file = original.get(str(data.paths[md5].resolve()), data.paths[md5])
+            if first in file.resolve().parents:
+                mine.append((md5, file, float(data.labels[r])))
         print(f"{path}: {len(mine)} first-source test images", file=sys.stderr)
         out.append([(p, y) for _, p, y in sorted(mine)])
     return out
@@ -220,6 +231,8 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=0, help="at most this many images per source (0: all)")
     p.add_argument("--first", choices=("own", "common"), default="own",
                    help="the first source's images: each model's own grouped test, or those all models hold out")
+    p.add_argument("--packed", type=Path, default=None,
+                   help="scripts/device_data.py's folder, for models trained on it (a GPU machine's runs)")
     p.add_argument("--survey", action="store_true", help="only measure what the two sources hold")
     p.add_argument("--markdown", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)
@@ -241,7 +254,7 @@ def main() -> int:
     models = a.model or [RELEASE, TWO_SITE]
     names = a.name or (["release-1", "two-site-1"] if not a.model else [m.parent.name for m in models])
     t0 = time.time()
-    firsts = first_held_out(models, a.two)
+    firsts = first_held_out(models, a.two, a.packed)
     if a.first == "common":
         firsts = [common_held_out(firsts)] * len(models)
     site_paths, site_y, site_boxes = site_locked(a.two)

@@ -7,10 +7,12 @@ The union of the two sources (the first whole, the second site's training part, 
 split here, on the original files, exactly as two-site-1 and robust-1 were (grouped by near duplicate, seed 0), and
 each distinct image is written once, re-encoded as an 8-bit grayscale JPEG no larger than --max-side, into
 OUT/{first,site}/{train,val,test}/{label}/: a layout the trainer reads with `--split given`, so the GPU run trains,
-selects and tests on the same images as the CPU runs. Also written: spec.json.in (the --data-spec, its roots
-@ROOT@/first and @ROOT@/site), boxes.csv (the second site's fracture boxes, keyed by the re-encoded files' MD5s, for
---boxes) and originals.json (each written file's original, so that held-out figures are measured on the originals:
-bench/robustness.py --originals).
+selects and tests on the same images as the CPU runs. Also written: spec.json (the --data-spec) and spec.json.in
+(the same with its roots as @ROOT@/first and @ROOT@/site), boxes.csv (the second site's fracture boxes, keyed by
+the re-encoded files' MD5s, for --boxes) and originals.json (each written file's original, so that held-out
+figures are measured on the originals: bench/robustness.py --packed).
+
+    tar czf .devpack/data.tgz .devdata   # one 27 MB file travels where 6,252 small ones do not (scripts/gpu_robust.sh)
 """
 
 from __future__ import annotations
@@ -62,8 +64,10 @@ def main() -> int:
         for box in boxes.get(md5, []):
             new_boxes.append([hashlib.md5(buf.getvalue()).hexdigest(), *box])
     (out / "originals.json").write_text(json.dumps(originals, indent=0))
-    (out / "spec.json.in").write_text(json.dumps([{"name": "multiregion", "root": "@ROOT@/first"},
-                                                  {"name": "site-2 (training part)", "root": "@ROOT@/site"}]))
+    spec = json.dumps([{"name": "multiregion", "root": "@ROOT@/first"},
+                       {"name": "site-2 (training part)", "root": "@ROOT@/site"}])
+    (out / "spec.json.in").write_text(spec)  # for the GPU machine, where the checkout lies elsewhere
+    (out / "spec.json").write_text(spec.replace("@ROOT@", str(out)))
     with open(out / "boxes.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["md5", "x0", "y0", "x1", "y1"])

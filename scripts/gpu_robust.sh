@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU runs of the robust-model work (issue 18), as one command on a lent GPU machine (the `device` tool), which
-# carries .devdata (scripts/device_data.py) and .whl (ImageHash and PyWavelets, which that machine's Python lacks):
+# carries .devdata (scripts/device_data.py; or .devpack/data.tgz, the same as one file) and .whl (ImageHash and PyWavelets, which that machine's Python lacks):
 #
 #   bash scripts/gpu_robust.sh            # OUT (default ./gpu-out) gets each run's model.pt and a tar of the rest
 #
@@ -24,25 +24,38 @@ else
   export PYTHONPATH=$PWD
 fi
 export PYTHONUNBUFFERED=1
+if [ ! -d .devdata ] && [ -f .devpack/data.tgz ]; then tar xzf .devpack/data.tgz; fi  # carried as one file
 sed "s#@ROOT@#$PWD/.devdata#g" .devdata/spec.json.in > /tmp/spec.json
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.log"
 "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.is_available())" | tee -a "$OUT/gpu.log"
 
-common=(--data-spec /tmp/spec.json --split given --seed 0 --augment acquisition --width 32 --epochs 60
-        --max-minutes "$MINUTES" --threads 3 --no-progress --batch-size 64 ${EXTRA:-})
+PLAN=${PLAN:-scratch}
+if [ "$PLAN" = scratch ]; then  # from scratch at 256 and 320 px: 14-22 epochs fit in 6 minutes (2026-12-04)
+  common=(--data-spec /tmp/spec.json --split given --seed 0 --augment acquisition --width 32 --epochs 60
+          --max-minutes "$MINUTES" --threads 3 --no-progress --batch-size 64 ${EXTRA:-})
+  names=(box256 plain256 boxeq256 box320)
+  opts=("--image-size 256 --boxes .devdata/boxes.csv" "--image-size 256"
+        "--image-size 256 --boxes .devdata/boxes.csv --intensity equalize" "--image-size 320 --boxes .devdata/boxes.csv")
+else  # robust-1 fine-tuned at its own 128 px, with and without the boxes as supervision
+  common=(--data-spec /tmp/spec.json --split given --seed 0 --augment acquisition --width 24 --image-size 128
+          --init fracture/release/robust/model.pt --lr 1e-3 --select last --epochs 60
+          --max-minutes "$MINUTES" --threads 3 --no-progress --batch-size 64 ${EXTRA:-})
+  names=(ftbox03 ftbox1 ftplain)
+  opts=("--boxes .devdata/boxes.csv --box-weight 0.3" "--boxes .devdata/boxes.csv --box-weight 1" "")
+fi
 run() {  # name, then extra options
   local name=$1; shift
   timeout "$DEADLINE" "$PY" -c 'import sys; from trainer.cli import train; train(sys.argv[1:])' \
     "${common[@]}" --out "$RUNS/$name" "$@" > "$RUNS/$name.log" 2>&1
   echo "$name exit $?" >> "$OUT/gpu.log"
 }
-mkdir -p $RUNS
-run box256 --image-size 256 --boxes .devdata/boxes.csv &
-run plain256 --image-size 256 &
-run boxeq256 --image-size 256 --boxes .devdata/boxes.csv --intensity equalize &
-run box320 --image-size 320 --boxes .devdata/boxes.csv &
+mkdir -p "$RUNS"
+for i in "${!names[@]}"; do
+  # shellcheck disable=SC2086  # the options are words
+  run "${names[$i]}" ${opts[$i]} &
+done
 wait
-for name in box256 plain256 boxeq256 box320; do
+for name in "${names[@]}"; do
   dir=$RUNS/$name
   if [ -f "$dir/model.pt" ]; then
     cp "$dir/model.pt" "$OUT/$name.pt"
@@ -54,5 +67,5 @@ for name in box256 plain256 boxeq256 box320; do
   tail -4 "$RUNS/$name.log" >> "$OUT/gpu.log"
 done
 cp "$OUT/gpu.log" $RUNS/
-tar czf "$OUT/runs.tgz" -C "$RUNS" --exclude '*.pt' --exclude cache box256 plain256 boxeq256 box320 gpu.log
+tar czf "$OUT/runs.tgz" -C "$RUNS" --exclude '*.pt' --exclude cache "${names[@]}" gpu.log
 cat "$OUT/gpu.log"

@@ -184,3 +184,72 @@ def test_a_dry_run_with_the_acquisition_recipe_serves_equalized_and_carries_its_
     p, _ = predictor.scores(x)
     pb, _ = predictor.scores(xb)
     assert np.abs(p - pb).max() < 0.05
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum()) / max(1, int((a | b).sum()))
+
+
+def test_box_masks_move_with_their_images_through_every_augmentation() -> None:
+    # A white box on black: every draw's exposure keeps it bright, so where the image's box lands after the
+    # augmentation is where its mask must land.
+    size = 96
+    box = torch.zeros((8, 1, size, size), dtype=torch.uint8)
+    for i in range(8):
+        r, c = 10 + 7 * i, 60 - 5 * i
+        box[i, 0, r:r + 20, c:c + 24] = 255
+    torch.manual_seed(0)
+    augment = TrainAugment(size, "acquisition")
+    moved_any, compared = False, 0
+    for _ in range(6):
+        images, masks = augment.with_masks(box.clone(), box.clone())
+        assert masks is not None and images.shape == masks.shape == box.shape
+        for img, m in zip(images, masks, strict=True):
+            seen, mask = img[0].numpy() > 127, m[0].numpy() > 127
+            edges = (seen[0].mean(), seen[-1].mean(), seen[:, 0].mean(), seen[:, -1].mean())
+            if mask.any() and max(edges) < 0.5:  # not framed in white (a white margin hides the box's outline)
+                assert _iou(seen, mask) > 0.6
+                compared += 1
+            moved_any |= not np.array_equal(mask, box[0, 0].numpy() > 127)
+    assert moved_any and compared >= 24
+    # Without masks the same draws give the same images (the seeded recipe is unchanged).
+    torch.manual_seed(1)
+    a = augment(box.clone())
+    torch.manual_seed(1)
+    b, none = augment.with_masks(box.clone())
+    assert none is None and torch.equal(a, b)
+
+
+def test_box_loss_is_low_when_the_map_points_into_the_box_and_zero_without_boxes() -> None:
+    from trainer.train import box_loss
+
+    masks = torch.zeros((2, 1, 64, 64), dtype=torch.uint8)
+    masks[:, :, 8:24, 40:56] = 255  # covers cells (1..2, 5..6) of an 8x8 map
+    inside, outside = torch.zeros(2, 8, 8), torch.zeros(2, 8, 8)
+    inside[:, 2, 5] = 8.0
+    outside[:, 6, 1] = 8.0
+    assert float(box_loss(inside, masks)) < 0.1 < 2.0 < float(box_loss(outside, masks))
+    cam = torch.zeros(2, 8, 8, requires_grad=True)
+    loss = box_loss(cam, torch.zeros_like(masks))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and cam.grad is not None
+
+
+def test_a_training_supervised_by_real_fracture_boxes_under_a_time_budget(
+        site_root: Path, tmp_path: Path) -> None:
+    data = materialize(site_root, tmp_path / "site", per_class=24)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "fracture"), "train", "--data", str(data), "--out", str(out),
+         "--no-progress", "--no-robustness", "--width", "8", "--image-size", "64", "--epochs", "4",
+         "--augment", "acquisition", "--boxes", str(site_root / "boxes.csv"), "--box-weight", "0.5",
+         "--max-minutes", "0.0001"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    boxed = int(proc.stderr.split("box supervision: ")[1].split()[0])
+    assert boxed > 0
+    assert "--max-minutes 0.0001: 1 epochs fit, not 4" in proc.stderr
+    ckpt = load_checkpoint(out / "model.pt")
+    assert ckpt.meta["box_weight"] == 0.5 and ckpt.meta["boxes"] == str(site_root / "boxes.csv")
+    assert len(ckpt.meta["history"]["train_loss"]) == 1
+    assert ckpt.meta["metrics"]["selected_epoch"] == 1
