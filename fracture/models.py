@@ -113,6 +113,18 @@ class ModelVersion(Base):
     decision: Mapped[str | None] = mapped_column(Text)
 
 
+class ModelActivation(Base):
+    """One time a version became the active one: the history a rollback walks back through (fracture.registry)."""
+
+    __tablename__ = "model_activations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
+    activated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when a rollback undid this activation: a later rollback never comes back to it, so rollbacks never toggle.
+    rolled_back_at: Mapped[datetime | None] = mapped_column()
+
+
 class Job(Base):
     __tablename__ = "jobs"
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fracture.config import Settings
-from fracture.models import ModelStatus, ModelVersion
+from fracture.models import ModelActivation, ModelStatus, ModelVersion
 from fracture.storage import Storage
 
 # The name a fresh installation gives the release checkpoint shipped in the repository.
@@ -71,12 +71,20 @@ def register_checkpoint(
 
 
 def promote(session: Session, version: ModelVersion) -> None:
-    """Make `version` the active one and retire the previous active version."""
+    """Make `version` the active one, retire the previous active version and record the activation.
+
+    Promoting the version that is already active changes nothing (a form sent twice promotes once).
+    """
     now = datetime.now(UTC)
+    if version.status == ModelStatus.ACTIVE and version.promoted_at is not None:
+        return
     for other in session.scalars(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE)):
         if other.id != version.id:
             other.status, other.retired_at = ModelStatus.RETIRED, now
     version.status, version.promoted_at, version.retired_at = ModelStatus.ACTIVE, now, None
+    if version.id is None:
+        session.flush()
+    session.add(ModelActivation(version_id=version.id, activated_at=now))
 
 
 class RegistryError(ValueError):
@@ -106,23 +114,63 @@ def retire(session: Session, version: ModelVersion) -> None:
         version.status, version.retired_at = ModelStatus.RETIRED, datetime.now(UTC)
 
 
+# ---------------------------------------------------------------- rollback
+# The activations form a stack (model_activations, oldest first). A rollback undoes the newest activations down to
+# the newest one of another version, and makes that version active again; undone activations are never gone back
+# to. So a rollback after a rollback goes further back, never back to the version it just replaced.
+
+
+def _live_history(session: Session) -> list[ModelActivation]:
+    """The activations no rollback has undone, newest first."""
+    return list(session.scalars(select(ModelActivation).where(ModelActivation.rolled_back_at.is_(None))
+                                .order_by(ModelActivation.id.desc())))
+
+
+def _step_back(live: list[ModelActivation], active_id: int | None) -> int | None:
+    """The index in `live` (newest first) of the activation a rollback from `active_id` returns to; None: none."""
+    return next((i for i, entry in enumerate(live) if entry.version_id != active_id), None)
+
+
+def rollback_path(session: Session, steps: int = 2) -> list[ModelVersion]:
+    """The versions that `steps` successive rollbacks would make active, nearest first (fewer where history ends)."""
+    live = _live_history(session)
+    current = active_version(session)
+    active_id = current.id if current is not None else None
+    path: list[ModelVersion] = []
+    while len(path) < steps:
+        index = _step_back(live, active_id)
+        if index is None:
+            break
+        live = live[index:]  # the activations above it are undone by that rollback
+        active_id = live[0].version_id
+        path.append(session.get_one(ModelVersion, active_id))
+    return path
+
+
 def previous_active(session: Session) -> ModelVersion | None:
-    """The most recently retired version that was once active: the one a rollback goes back to."""
-    return session.scalars(
-        select(ModelVersion)
-        .where(ModelVersion.status == ModelStatus.RETIRED, ModelVersion.promoted_at.is_not(None),
-               ModelVersion.retired_at.is_not(None))
-        .order_by(ModelVersion.retired_at.desc(), ModelVersion.id.desc())
-    ).first()
+    """The version active before the current one: the one a rollback makes active; None when there is none."""
+    path = rollback_path(session, steps=1)
+    return path[0] if path else None
 
 
 def rollback(session: Session) -> tuple[ModelVersion, ModelVersion | None]:
-    """Make the previously active version active again; returns (now active, replaced). Twice is a no-op."""
-    target = previous_active(session)
-    if target is None:
-        raise RegistryError("there is no previously active version to roll back to")
+    """Make the version active before the current one active again; returns (now active, replaced).
+
+    The replaced version's activation is marked undone, so a second rollback goes further back (or is refused when
+    there is no earlier version): it never puts back the version the first one took out of service.
+    """
+    live = _live_history(session)
     replaced = active_version(session)
-    promote(session, target)
+    index = _step_back(live, replaced.id if replaced is not None else None)
+    if index is None:
+        raise RegistryError("there is no previously active version to roll back to")
+    now = datetime.now(UTC)
+    for entry in live[:index]:
+        entry.rolled_back_at = now
+    target = session.get_one(ModelVersion, live[index].version_id)
+    for other in session.scalars(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE)):
+        other.status, other.retired_at = ModelStatus.RETIRED, now
+    target.status, target.promoted_at, target.retired_at = ModelStatus.ACTIVE, now, None
     return target, replaced
 
 

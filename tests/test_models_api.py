@@ -71,7 +71,7 @@ def test_promote_by_name_or_id_retire_and_roll_back(client: FlaskClient, setting
     models = _models(client)
     assert [models[v]["status"] for v in ("v1", "v2", "v3")] == ["retired", "active", "retired"]
 
-    # Rollback: the version retired most recently (v3, replaced by v2 just now) comes back.
+    # Rollback: the version active before the current one (v3, replaced by v2 just now) comes back.
     back = client.post("/api/models/rollback").get_json()
     assert back["active"]["version"] == "v3" and back["replaced"]["version"] == "v2"
     assert back["active"]["decision"] == "made active again by a rollback by tester, replacing v2"

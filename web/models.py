@@ -1,11 +1,14 @@
 """Model versions on the web: promote, retire and roll back (admins), compare two side by side (pages and API).
 
 A version is named in URLs by its name ("release-1") or its id. New jobs use the active version; a job keeps the
-version it was created with, so none of these actions changes a job already accepted.
+version it was created with, so none of these actions changes a job already accepted. On the page each action says
+what it will do ("Make v3 active instead of release-1") and asks first (web/confirm.py); its form also carries the
+state it was shown in, so a form sent twice, or from a page that is out of date, changes nothing.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Blueprint, Response, abort, flash, jsonify, redirect, render_template, request, url_for
@@ -13,9 +16,19 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from fracture.evaluations import evaluations_with_names
-from fracture.models import Dataset, ModelVersion, RunStatus
-from fracture.registry import RegistryError, active_version, find_version, promote, record_decision, retire, rollback
+from fracture.models import Dataset, ModelStatus, ModelVersion, RunStatus
+from fracture.registry import (
+    RegistryError,
+    active_version,
+    find_version,
+    promote,
+    record_decision,
+    retire,
+    rollback,
+    rollback_path,
+)
 from web.auth import current_user, require_admin
+from web.confirm import asked, confirm_page
 from web.context import db
 from web.views import model_dict
 
@@ -45,7 +58,9 @@ def promote_version(ref: str | int) -> ModelVersion:
     """Make a version active by an admin's hand (the safe-promotion checks apply to automatic promotion only)."""
     session = db()
     version = get_version(ref)
-    earlier = version.decision if (version.decision or "").startswith(("not promoted", "promoted:")) else None
+    if version.status == ModelStatus.ACTIVE:
+        return version  # already serving: a second click changes nothing
+    earlier = _gate_said(version)
     promote(session, version)
     record_decision(version, f"promoted by hand by {current_user().username}"
                              + (f" (the automatic check had said: {earlier})" if earlier else ""))
@@ -56,13 +71,23 @@ def promote_version(ref: str | int) -> ModelVersion:
 def retire_version(version: ModelVersion) -> None:
     """Retire a version that is not active and say who did; RegistryError for the active one."""
     retire(db(), version)
-    record_decision(version, f"retired by hand by {current_user().username}")
+    earlier = _gate_said(version)
+    record_decision(version, f"retired by hand by {current_user().username}"
+                             + (f" (the automatic check had said: {earlier})" if earlier else ""))
     db().commit()
 
 
-def rollback_active() -> tuple[ModelVersion, ModelVersion | None]:
-    """Make the previously active version active again and say who did; RegistryError when there is none."""
+def rollback_active(to: str | None = None) -> tuple[ModelVersion, ModelVersion | None]:
+    """Make the version active before the current one active again and say who did.
+
+    RegistryError when there is none, or when `to` names another version than the one a rollback goes to.
+    """
     session = db()
+    if to:
+        path = rollback_path(session, steps=1)
+        if not path or path[0].name != to:
+            raise RegistryError(f"a rollback now goes to {path[0].name}, not {to}" if path
+                                else f"there is no previously active version to roll back to (asked for {to})")
     target, replaced = rollback(session)
     user = current_user().username
     record_decision(target, f"made active again by a rollback by {user}"
@@ -71,6 +96,108 @@ def rollback_active() -> tuple[ModelVersion, ModelVersion | None]:
         record_decision(replaced, f"retired by a rollback to {target.name} by {user}")
     session.commit()
     return target, replaced
+
+
+def _gate_said(version: ModelVersion) -> str | None:
+    """The automatic promotion check's sentence about `version`, kept through later decisions; None without one."""
+    decision = version.decision or ""
+    marker = "(the automatic check had said: "
+    if marker in decision:
+        return decision.split(marker, 1)[1].removesuffix(")")
+    return decision if decision.startswith(("not promoted", "promoted:")) else None
+
+
+def gate_refusal(version: ModelVersion) -> str | None:
+    """Why the promotion gate refused `version` ("on dataset 'x' sensitivity 0.500 < 0.95"); None if it did not."""
+    said = _gate_said(version) or ""
+    if not said.startswith("not promoted"):
+        return None
+    return said.removeprefix("not promoted:").strip() or said
+
+
+# ---------------------------------------------------------------- what each action will do, in words
+
+
+@dataclass(frozen=True)
+class Action:
+    """A page form's button text, the question it asks first, and the state it was shown in (hidden fields)."""
+
+    label: str
+    question: str
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def _test_auc(version: ModelVersion) -> float | None:
+    test = (version.metrics or {}).get("test")
+    value = test.get("roc_auc") if isinstance(test, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def promote_action(version: ModelVersion, active: ModelVersion | None) -> Action:
+    """ "Make v3 active instead of release-1", and a question naming the consequence and any refusal by the gate."""
+    if active is None:
+        label = f"Make {version.name} active"
+        lines = [f"Make {version.name} the active model?", f"New jobs will be classified by {version.name}."]
+    else:
+        label = f"Make {version.name} active instead of {active.name}"
+        lines = [f"Make {version.name} the active model instead of {active.name}?",
+                 f"New jobs will be classified by {version.name}; {active.name} is retired (a rollback returns "
+                 f"to it). Jobs already accepted keep their version."]
+    refused = gate_refusal(version)
+    if refused:
+        lines.append(f"The promotion gate refused {version.name}: {refused}.")
+    mine, theirs = _test_auc(version), _test_auc(active) if active is not None else None
+    if mine is not None:
+        lines.append(f"Test ROC-AUC: {version.name} {mine:.3f}"
+                     + (f", {active.name} {theirs:.3f}." if active is not None and theirs is not None else "."))
+    return Action(label, "\n".join(lines), {"active": active.name if active is not None else ""})
+
+
+def retire_action(version: ModelVersion) -> Action:
+    return Action(f"Retire {version.name}",
+                  f"Retire {version.name}?\nIt is marked retired and no longer offered as a candidate; it stays "
+                  f"in this list and can still be made active by hand. No job changes.")
+
+
+def rollback_action() -> Action | None:
+    """ "Roll back to release-1" when there is a version before the current one; None when there is none."""
+    session = db()
+    path = rollback_path(session, steps=2)
+    if not path:
+        return None
+    target, active = path[0], active_version(session)
+    current = active.name if active is not None else "no version"
+    lines = [f"Roll back to {target.name}?",
+             f"{target.name} becomes the active model again instead of {current}"
+             + (f", and {current} is retired" if active is not None else "")
+             + "; new jobs use it, jobs already accepted keep their version.",
+             f"A further rollback would go to {path[1].name}, never back to {current}." if len(path) > 1
+             else f"No further rollback will be possible: {current} cannot be rolled back to."]
+    return Action(f"Roll back to {target.name}", "\n".join(lines),
+                  {"active": active.name if active is not None else "", "to": target.name})
+
+
+@bp.app_template_global()
+def model_actions() -> dict[str, Any]:
+    """For the models page: each version's actions by id ("promote", "retire"), and the rollback (or None)."""
+    session = db()
+    active = active_version(session)
+    by_id: dict[int, dict[str, Action]] = {}
+    for version in session.scalars(select(ModelVersion)):
+        by_id[version.id] = {"promote": promote_action(version, active), "retire": retire_action(version)}
+    return {"by_id": by_id, "rollback": rollback_action()}
+
+
+def _out_of_date() -> str | None:
+    """Why a page form's `active` field no longer matches the active version (the page was stale); None if it does."""
+    if "active" not in request.form:
+        return None
+    active = active_version(db())
+    now = active.name if active is not None else ""
+    if request.form["active"] == now:
+        return None
+    return (f"the active model is now {now or 'none'}, not {request.form['active'] or 'none'} as the page showed "
+            "(sent twice, or from an out-of-date page); look again and choose")
 
 
 def comparison(a: ModelVersion, b: ModelVersion) -> dict[str, Any]:
@@ -135,7 +262,18 @@ def compare_page() -> ResponseReturnValue:
 @bp.post("/models/<ref>/promote")
 def promote_page(ref: str) -> ResponseReturnValue:
     require_admin("promote a model")
-    version = promote_version(ref)
+    version = get_version(ref)
+    if version.status == ModelStatus.ACTIVE:
+        flash(f"Model {version.name} is already the active model; nothing changed.", "ok")
+        return redirect(url_for("pages.models"))
+    stale = _out_of_date()
+    if stale:
+        flash(f"Nothing was changed: {stale}.", "error")
+        return redirect(url_for("pages.models"))
+    if asked():
+        action = promote_action(version, active_version(db()))
+        return confirm_page(action.question, action.label, url_for("pages.models", _anchor=f"model-{version.id}"))
+    promote_version(version.id)
     flash(f"Model {version.name} is now the active model; new jobs use it.", "ok")
     return redirect(url_for("pages.models"))
 
@@ -144,6 +282,12 @@ def promote_page(ref: str) -> ResponseReturnValue:
 def retire_page(ref: str) -> ResponseReturnValue:
     require_admin("retire a model")
     version = get_version(ref)
+    if asked() and version.status == ModelStatus.CANDIDATE:
+        action = retire_action(version)
+        return confirm_page(action.question, action.label, url_for("pages.models", _anchor=f"model-{version.id}"))
+    if version.status == ModelStatus.RETIRED:
+        flash(f"Model {version.name} is already retired; nothing changed.", "ok")
+        return redirect(url_for("pages.models"))
     try:
         retire_version(version)
     except RegistryError as e:
@@ -156,8 +300,16 @@ def retire_page(ref: str) -> ResponseReturnValue:
 @bp.post("/models/rollback")
 def rollback_page() -> ResponseReturnValue:
     require_admin("roll back the active model")
+    stale = _out_of_date()
+    if stale:
+        flash(f"Nothing was rolled back: {stale}.", "error")
+        return redirect(url_for("pages.models"))
+    if asked():
+        action = rollback_action()
+        if action is not None:
+            return confirm_page(action.question, action.label, url_for("pages.models"))
     try:
-        target, replaced = rollback_active()
+        target, replaced = rollback_active(to=request.form.get("to") or None)
     except RegistryError as e:
         flash(f"Cannot roll back: {e}.", "error")
         return redirect(url_for("pages.models"))
@@ -190,10 +342,16 @@ def retire_api(ref: str) -> Response:
 
 @bp.post("/api/models/rollback")
 def rollback_api() -> Response:
-    """Make the previously active version active again (admins only): {"active", "replaced"}; 409 when none."""
+    """Make the version active before the current one active again (admins only): {"active", "replaced"}.
+
+    409 when there is none. A rollback after a rollback goes further back, never back to the version it replaced.
+    An optional JSON body {"to": "<name>"} is refused with 409 unless the rollback would go to that version.
+    """
     require_admin("roll back the active model")
+    body = request.get_json(silent=True)
+    to = body.get("to") if isinstance(body, dict) else None
     try:
-        target, replaced = rollback_active()
+        target, replaced = rollback_active(to=str(to) if to else None)
     except RegistryError as e:
         abort(409, description=f"Cannot roll back: {e}.")
     return jsonify({"active": public(target), "replaced": public(replaced) if replaced else None})

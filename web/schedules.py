@@ -20,6 +20,7 @@ from fracture.models import Dataset, DatasetRole, DatasetStatus, Schedule
 from fracture.schedule_params import RECIPE_FIELDS, RecipeError
 from fracture.schedule_times import ScheduleError, Spec
 from web.auth import require_admin
+from web.confirm import asked, confirm_page
 from web.context import db
 
 bp = Blueprint("schedules", __name__)
@@ -278,7 +279,18 @@ def enable_page(schedule_id: int) -> ResponseReturnValue:
     return redirect(TRAINING_PAGE)
 
 
+@bp.app_template_global()
+def delete_question(row: Mapping[str, Any]) -> str:
+    """What deleting a schedule (in the API's form) does, asked before it is done (web/confirm.py)."""
+    return (f"Delete the schedule '{row['name']}', due {row['description']}?\n"
+            "It will start no more training runs; the runs it started are kept. This cannot be undone.")
+
+
 @bp.post("/training/schedules/<int:schedule_id>/delete")
 def delete_page(schedule_id: int) -> ResponseReturnValue:
+    if asked():
+        require_admin("delete a retraining schedule")
+        row = schedule_json(_get(schedule_id))
+        return confirm_page(delete_question(row), f"Delete schedule '{row['name']}'", f"{TRAINING_PAGE}#schedules")
     flash(f"Schedule '{remove(schedule_id)}' deleted; its runs are kept.", "ok")
     return redirect(TRAINING_PAGE)
