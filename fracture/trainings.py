@@ -7,17 +7,31 @@ transactions (each takes a Session).
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from fracture import schedule_params, schedule_times
+from fracture import schedule_params, schedule_times, val_auc
 from fracture.models import FINAL_RUN_STATUSES, RunStatus, Schedule, ScheduleFiring, TrainingRun
 from fracture.schedule_times import Spec
 
 BROKER_DOWN = "the task queue (broker) is unavailable"
+# What "Retrain now" needs and a fresh install lacks; the training page and the refusals say it the same way.
+NO_DEFAULT_DATASET = ("no dataset is configured for \"Retrain now\": upload or register a training dataset on the "
+                      "Datasets page and train on it, or set FRACTURE_DATASET to a folder with one subfolder per "
+                      "class and restart `fracture up`")
+
+
+def default_dataset_problem(dataset_dir: Path | None) -> str | None:
+    """Why a run without datasets (on FRACTURE_DATASET) cannot work, or None when it can."""
+    if dataset_dir is None:
+        return NO_DEFAULT_DATASET
+    if not dataset_dir.is_dir():
+        return f"FRACTURE_DATASET ({dataset_dir}) is not a folder: set it to a folder with one subfolder per class"
+    return None
 
 
 def _aware(value: datetime) -> datetime:
@@ -59,7 +73,7 @@ def record_epoch(session: Session, run_id: int, epoch: int, epochs: int, history
     run = session.get(TrainingRun, run_id)
     if run is not None:
         run.epoch, run.epochs, run.history = epoch, epochs, dict(history)
-        run.message = f"epoch {epoch}/{epochs}: val AUC {history['val_auc'][-1]:.4f}"
+        run.message = f"epoch {epoch}/{epochs}: {val_auc.selection_text(history['val_auc'][-1])}"
 
 
 def finish_run(session: Session, run_id: int, version_id: int, message: str) -> None:

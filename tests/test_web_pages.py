@@ -6,6 +6,7 @@ import io
 import re
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,12 @@ def test_training_page_adds_schedules_and_queues_a_retrain(client: FlaskClient, 
                       follow_redirects=True)
     assert b"at least 1 minute" in bad.data
 
-    response = client.post("/training/retrain", follow_redirects=True)
+    # "Retrain now" trains on FRACTURE_DATASET: refused without it (it could only fail), queued with it.
+    refused = client.post("/training/retrain")
+    assert refused.status_code == 409 and b"FRACTURE_DATASET" in refused.data
+    with_dataset = make_client(replace(settings, dataset_dir=settings.home))
+    assert b'id="retrain"' in with_dataset.get("/training").data
+    response = with_dataset.post("/training/retrain", follow_redirects=True)
     assert b"Training run #1 queued" in response.data
     with session_scope(settings.database_url) as session:
         (schedule,) = session.scalars(select(Schedule)).all()

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fracture import val_auc
+from fracture.audit_text import duplicates_sentence
 from trainer.robustness import render as robustness_table
 
 ROWS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "threshold", "n")
@@ -16,6 +18,11 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "n/a" if math.isnan(v) else f"{v:.4f}"
     return str(v)
+
+
+def _selected(curve: list[float], epoch: Any) -> float | None:
+    """The per-epoch figure at the selected epoch (1-based), if the curve has it."""
+    return float(curve[epoch - 1]) if isinstance(epoch, int) and 0 < epoch <= len(curve) else None
 
 
 def metrics_table(metrics: dict[str, Any], title: str = "") -> str:
@@ -46,6 +53,29 @@ def seeds_table(seeds: list[dict[str, Any]], split: str = "test") -> str:
     return "\n".join(lines)
 
 
+# Why a reviewed correction was left out of training, in the order prepare_data counts them.
+LEFT_OUT_REASONS = (("already_in_data", "already in the data"),
+                    ("locked", "held by a locked evaluation dataset"),
+                    ("undecodable", "undecodable"),
+                    ("near_val_test", "a duplicate of a val/test image"))
+
+
+def left_out_reasons(corrections: dict[str, int]) -> str:
+    """'1 already in the data, 1 a duplicate of a val/test image': why corrections were left out."""
+    parts = [f"{corrections[key]} {why}" for key, why in LEFT_OUT_REASONS if corrections.get(key)]
+    unexplained = corrections.get("left_out", 0) - sum(corrections.get(key, 0) for key, _ in LEFT_OUT_REASONS)
+    if unexplained > 0:
+        parts.append(f"{unexplained} for a reason not recorded")
+    return ", ".join(parts)
+
+
+def corrections_text(corrections: dict[str, int]) -> str:
+    """'reviewed corrections trained on: 3 of 4 (1 left out: 1 already in the data)', the log's data line."""
+    text = f"reviewed corrections trained on: {corrections.get('used', 0)} of {corrections.get('offered', 0)}"
+    left = corrections.get("left_out", 0)
+    return f"{text} ({left} left out: {left_out_reasons(corrections)})" if left else text
+
+
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -69,6 +99,10 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
                                  "threshold and every figure below on the served views"
                                  if summary["preprocess"].get("views") == "dihedral" else "one (identity)"),
         f"- Split policy: **{m['split_policy']}**; split sizes (distinct images): {summary['split_sizes']}",
+        *([f"- Headline: **{val_auc.served_text(m['val']['roc_auc'], summary['preprocess'].get('views'))}**, "
+           "the figure the run page and /models show; the "
+           + val_auc.selection_text(_selected(summary['history'].get('val_auc', []), m.get('selected_epoch')))
+           + " at the selected epoch"] if "val" in m else []),
         f"- Selected epoch (best {m.get('selected_on', 'val ROC-AUC')}): {m['selected_epoch']}; decision threshold "
         "(chosen on val): "
         f"{summary['threshold']:.4f}: the val score at which the one-sided 95% lower confidence bounds of sensitivity "
@@ -84,8 +118,9 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
         f"({locked.get('exact', 0)} with the same bytes, {locked.get('near', 0)} near duplicates)",
         *([f"- Reviewed corrections trained on: {corrections['used']} of the {corrections['offered']} reviewed "
            f"images added to the datasets ({corrections['relabelled']} with a label other than the model's "
-           f"prediction; {corrections['left_out']} left out: already in the data, held by a locked evaluation "
-           "dataset, or a duplicate of a val/test image); they are trained on, never validated or tested on"]
+           f"prediction; " + (f"{corrections['left_out']} left out: {left_out_reasons(corrections)}"
+                              if corrections.get("left_out") else "none left out")
+           + "); they are trained on, never validated or tested on"]
           if corrections else []),
         f"- Checkpoint SHA-256: `{summary['sha256']}`",
         f"- Trained on {summary['device']}: {len(epoch_s)} epochs in {sum(epoch_s) / 60:.1f} min, "
@@ -121,8 +156,7 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
     md += [
         "## Data audit",
         "",
-        f"- Files {audit['files']}, distinct images {audit['distinct_images']}, "
-        f"duplicate groups {audit['duplicate_groups']}",
+        f"- {duplicates_sentence(audit)}",
         f"- Files with a byte-identical twin in another split: {audit['exact_duplicates_across_splits']}",
         f"- Files with a near-duplicate in another split: {audit['near_duplicates_across_splits']}",
         f"- Undecodable files: {len(audit['undecodable'])}",

@@ -68,8 +68,8 @@ class RunLog:
             f.write(f"{stamp} {line.rstrip()}\n")
 
     def exception(self, exc: BaseException) -> None:
-        """Write the traceback of `exc`."""
-        self("the training failed:\n" + "".join(traceback.format_exception(exc)))
+        """Write why the run failed in one sentence (the page's headline too), then the traceback under it."""
+        self(f"{sentence(exc)}\nthe details, for a bug report:\n" + "".join(traceback.format_exception(exc)))
 
 
 def sentence(exc: BaseException) -> str:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from fracture import trainings
+from fracture import trainings, val_auc
 from fracture.config import Settings
 from fracture.db import session_scope
 from fracture.models import TrainingRun
@@ -74,8 +74,8 @@ def run_training(settings: Settings, run_id: int) -> int | None:
         log("fracture train " + " ".join(args.argv))
         summary = main(args, on_epoch=on_epoch, cache_dir=settings.home / "cache", log=log)
         stop_if_cancelled()  # asked during the final evaluation: still nothing is registered
-        version_id = _register(settings, run_id, summary, force=bool(params.get("force")))
-        log(f"registered model version {version_id}")
+        version_id, outcome = _register(settings, run_id, summary, force=bool(params.get("force")))
+        log(f"registered model version {outcome}")
         return version_id
     except Cancelled:
         clean_folder(storage.path(f"runs/{run_id}"))
@@ -91,7 +91,8 @@ def run_training(settings: Settings, run_id: int) -> int | None:
         return None
 
 
-def _register(settings: Settings, run_id: int, summary: dict[str, Any], force: bool) -> int:
+def _register(settings: Settings, run_id: int, summary: dict[str, Any], force: bool) -> tuple[int, str]:
+    """Register the run's checkpoint, apply the promotion gate, end the run done: (version id, the run's result)."""
     storage = Storage(settings.storage_dir)
     with session_scope(settings.database_url) as s:
         version = register_checkpoint(s, storage, summary["checkpoint"], notes=f"training run {run_id}")
@@ -100,13 +101,14 @@ def _register(settings: Settings, run_id: int, summary: dict[str, Any], force: b
         if card.is_file():
             shutil.copyfile(card, storage.path(f"models/{version.name}/model_card.md"))
         version.plots = plots
-        version_id, name, val_auc = version.id, version.name, version.selection_metric
+        version_id, name, auc = version.id, version.name, version.selection_metric
     # Committed first: the safe-promotion check measures the candidate through Evaluation rows of its own.
     test_split = (summary.get("splits") or {}).get("test")
     _, reason = decide_and_apply(settings, version_id, test_split, force=force)
-    auc = f"{val_auc:.4f}" if val_auc is not None else "n/a"
+    served = val_auc.served_text(auc, (summary.get("preprocess") or {}).get("views"))
     with session_scope(settings.database_url) as s:
         current = active_version(s)
         kept = f"; {current.name} is active" if current is not None else ""
-        trainings.finish_run(s, run_id, version_id, f"registered {name} (val AUC {auc}); {reason}{kept}")
-    return version_id
+        message = f"registered {name}: {served}; {reason}{kept}"
+        trainings.finish_run(s, run_id, version_id, message)
+    return version_id, message.removeprefix("registered ")

@@ -27,7 +27,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from fracture import ood
+from fracture import ood, val_auc
 from fracture.checkpoint import POSITIVE_CLASS, Checkpoint, read_payload, save_checkpoint
 from fracture.inference import Predictor
 from fracture.net import ModelArgs, build_model, fold_batchnorm, has_features, load_pretrained
@@ -159,18 +159,25 @@ def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path
     own = {s.md5 for s in samples}
     offered = {s.md5 for s in added}
     added = [s for s in added if s.md5 not in excluded and s.md5 not in own and s.md5 in index]
+    kept = {s.md5 for s in added}
     check_classes(samples + added, [source.name for source in sources])
     report = audit(samples + added, decoded)
     split_seed = args.seed if getattr(args, "split_seed", None) is None else args.split_seed
-    # The datasets' own images are split as if nothing had been added (the same val and test as before); the
+    # The datasets' own images are split as if nothing had been added (the same val and test as before: the split
+    # is drawn from an audit of their own images alone, whose group numbering an addition cannot shift); the
     # reviewed additions then join train, but for any whose duplicate group reaches val or test.
-    split = make_split(args.split, samples, own_view(report, own), split_seed)
+    own_report = audit(samples, decoded) if added else report
+    split = make_split(args.split, samples, own_report, split_seed)
     held = {report.group_of[m] for name in ("val", "test") for m in split[name] if m in report.group_of}
     added = [s for s in added if report.group_of[s.md5] not in held]
     split["train"] = sorted(set(split["train"]) | {s.md5 for s in added})
     corrections = {"offered": len(offered), "used": len({s.md5 for s in added}),
                    "relabelled": sum(1 for m in {s.md5 for s in added} if relabelled.get(m))}
     corrections["left_out"] = corrections["offered"] - corrections["used"]
+    # Why the left-out ones were (each counted once, by the first reason that holds; only reasons that occur).
+    reasons = {"locked": offered & set(excluded), "already_in_data": (offered - set(excluded)) & own,
+               "undecodable": offered - set(excluded) - own - set(index), "near_val_test": kept - set(split["train"])}
+    corrections |= {why: len(md5s) for why, md5s in reasons.items() if md5s}
     positive = POSITIVE_CLASS if POSITIVE_CLASS in classes else classes[0]
     row_md5 = sorted(index, key=index.__getitem__)
     labels = torch.tensor([1.0 if report.label_of.get(m) == positive else 0.0 for m in row_md5])
@@ -219,12 +226,6 @@ def box_loss(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         return cam.sum() * 0.0
     share = (torch.softmax(cam.flatten(1)[keep].float(), 1) * cells[keep]).sum(1)
     return -torch.log(share.clamp_min(1e-6)).mean()
-
-
-def own_view(report: AuditReport, own: set[str]) -> AuditReport:
-    """The audit limited to the datasets' own images (what the split of their files is drawn from)."""
-    return replace(report, group_of={m: g for m, g in report.group_of.items() if m in own},
-                   label_of={m: v for m, v in report.label_of.items() if m in own})
 
 
 def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt: torch.optim.Optimizer,
@@ -440,8 +441,7 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
     (out / "audit.json").write_text(json.dumps(data.report.to_dict(), indent=2))
     sizes = {k: len(v) for k, v in data.split_index.items()}
     say(f"data ready in {time.time() - t0:.1f}s: {sizes} distinct images ({args.split} split) from {data.files}; "
-        f"left out as locked evaluation images: {data.locked['total']}; reviewed corrections trained on: "
-        f"{data.corrections['used']} of {data.corrections['offered']}")
+        f"left out as locked evaluation images: {data.locked['total']}; {card.corrections_text(data.corrections)}")
 
     if getattr(args, "boxes", None) and args.arch != "fracnet":
         raise ValueError("--boxes needs the fracnet architecture (its class-activation map is what the boxes teach)")
@@ -525,7 +525,8 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
                 epochs = max(fits, epoch)
                 sched = rescheduled(opt, args.lr, epochs, steps_per_epoch, epoch)
         say(f"epoch {epoch}/{epochs} train_loss {tr_loss:.4f} train_acc {tr_acc:.4f} val_loss {va_loss:.4f} "
-            f"val_acc {va['accuracy']:.4f} val_auc {auc:.4f}{changed} ({history['epoch_s'][-1]:.1f}s)")
+            f"val_acc {va['accuracy']:.4f} selection val_auc (one view) {auc:.4f}{changed} "
+            f"({history['epoch_s'][-1]:.1f}s)")
         torch.save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                     "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "history": history, "best": best, "epoch": epoch, "epochs": epochs, "gen": gen.get_state(),
@@ -544,6 +545,9 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
                               "val ROC-AUC, one view: the mean of val as it is and of an acquisition-changed copy"
                               if args.augment == "acquisition" else "val ROC-AUC, one view")
     metrics["split_policy"] = args.split
+    metrics["served_views"] = spec.views  # what the val ROC-AUC above measures (fracture.val_auc)
+    if "val" in metrics:
+        say(f"selected epoch {best['epoch']}; {val_auc.served_text(metrics['val']['roc_auc'], spec.views)}")
     if data.corrections["offered"]:  # the models page lists these beside the selected epoch
         metrics["corrections"] = data.corrections["used"]
         metrics["corrections_relabelled"] = data.corrections["relabelled"]

@@ -14,17 +14,19 @@ from flask import Blueprint, Response, abort, flash, jsonify, redirect, render_t
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from fracture import queue, trainings
+from fracture import queue, trainings, val_auc
 from fracture.models import FINAL_RUN_STATUSES, Dataset, DatasetRole, DatasetStatus, ModelVersion, TrainingRun
 from fracture.recipe import AUGMENTATIONS, INTENSITIES, RECIPE, VIEWS, recipe_of
 from fracture.schedule_params import RecipeError, check_params
 from fracture.storage import StorageError
 from web.auth import current_user, require_admin
-from web.context import celery, db, storage
+from web.context import celery, db, settings, storage
 from web.views import aware, iso
 
 bp = Blueprint("trainings", __name__)
 LOG_TAIL_BYTES = 256 * 1024  # the log the page and the API show: its end
+NO_READY_DATASET = ("no training dataset is ready: upload a zip or register a folder on the Datasets page "
+                    "(POST /api/datasets), let it validate, then name it in dataset_ids")
 
 
 class NotSent(RuntimeError):
@@ -100,9 +102,15 @@ def run_dict(run: TrainingRun, now: datetime | None = None) -> dict[str, Any]:
     names = {d.id: d.name for d in session.scalars(select(Dataset).where(Dataset.id.in_(ids)))} if ids else {}
     version = session.get(ModelVersion, run.model_version_id) if run.model_version_id else None
     aucs = history.get("val_auc") or [None]
+    views = (version.metrics or {}).get("served_views") if version else None
     return {
         "id": run.id, "status": run.status, "epoch": run.epoch, "epochs": run.epochs,
-        "val_auc": aucs[-1], "train_loss": (history.get("train_loss") or [None])[-1],
+        # The run's one headline figure: its registered version's val ROC-AUC (None until it registers one) ...
+        "val_auc": version.selection_metric if version else None,
+        "val_auc_measures": val_auc.served_measures(views),
+        # ... and the per-epoch figure that picked the epoch (history["val_auc"] is its curve).
+        "selection_val_auc": aucs[-1], "selection_val_auc_measures": val_auc.SELECTION_MEASURES,
+        "train_loss": (history.get("train_loss") or [None])[-1],
         "eta_s": eta, "elapsed_s": round(elapsed, 1) if elapsed is not None else None,
         "model_version": version.name if version else None, "error": run.error, "message": run.message,
         "history": history, "datasets": [{"id": i, "name": names.get(i)} for i in ids],
@@ -138,6 +146,18 @@ def _get(run_id: int) -> TrainingRun:
 
 
 @bp.app_template_global()
+def served_val_auc(auc: float | None, views: str | None) -> str:
+    """A version's val ROC-AUC with what it measures (fracture.val_auc), as the run page and the card say it."""
+    return val_auc.served_text(auc, views)
+
+
+@bp.app_template_global()
+def default_dataset_problem() -> str | None:
+    """Why "Retrain now" (a run on FRACTURE_DATASET) cannot work here, or None: the page offers it only when None."""
+    return trainings.default_dataset_problem(settings().dataset_dir)
+
+
+@bp.app_template_global()
 def training_choices() -> dict[str, Any]:
     """What the training page's start form offers: the ready training datasets and the recipe's defaults."""
     rows = db().scalars(select(Dataset).where(Dataset.status == DatasetStatus.READY,
@@ -157,6 +177,8 @@ def api_start() -> tuple[Response, int]:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         abort(400, description='Send {"dataset_ids": [...], and the recipe fields to change} as JSON.')
+    if not body.get("dataset_ids") and not training_choices()["datasets"]:
+        abort(409, description=f"Cannot train: {NO_READY_DATASET}.")  # nothing could be named: say what to do
     try:
         run = start(body, f"requested through the API by {current_user().username}")
     except RecipeError as e:

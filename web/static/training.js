@@ -44,7 +44,7 @@
     const top = Math.max(...loss.filter((v) => v !== null), 0);
     if (loss.length) svg.appendChild(line(loss, top, LOSS));
     if (auc.length) svg.appendChild(line(auc, 1, AUC));
-    [["val ROC-AUC", AUC, 16], ["train loss", LOSS, 30]].forEach(([text, color, y]) => {
+    [["selection val ROC-AUC (one view)", AUC, 16], ["train loss", LOSS, 30]].forEach(([text, color, y]) => {
       const label = document.createElementNS(SVG, "text");
       label.setAttribute("x", String(W - PAD)); label.setAttribute("y", String(y));
       label.setAttribute("text-anchor", "end"); label.setAttribute("font-size", "11"); label.setAttribute("fill", color);
@@ -61,6 +61,7 @@
     $("epoch").textContent = run.epoch;
     $("epochs").textContent = run.epochs;
     $("train-loss").textContent = num(run.train_loss, 4);
+    $("selection-auc").textContent = num(run.selection_val_auc, 4);
     $("val-auc").textContent = num(run.val_auc, 4);
     $("elapsed").textContent = num(run.elapsed_s, 1);
     $("eta").textContent = num(run.eta_s, 1);
