@@ -9,8 +9,13 @@ probability (the mean logit over the checkpoint's test-time views) at each step;
 filled with its mean and puts the most-attributed pixels back. The area under each curve is the mean over the
 images: a faithful map makes the probability fall fast when its pixels go (deletion, lower is better) and rise
 fast when they come back (insertion, higher is better). Images: distinct fractured X-rays of the first dataset's
-test and val splits that the model calls fractured, in MD5 order. Prints a table with the time per heatmap on this
-machine's CPU; the last line is JSON.
+test and val splits that the model calls fractured, in MD5 order. The served map is ranked as the overlay shows it:
+its positive evidence on the one absolute scale (gradcam.shown), so that pixels at full colour (or with none) tie.
+
+The scale: on as many not-fractured X-rays of the same splits that the model calls not fractured with probability
+below 0.05, the shown map's peak and mean against those of the fractured ones, on the one scale and as a map scaled
+to its own maximum would show them. Prints a table with the time per heatmap on this machine's CPU; the last line is
+JSON.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from fracture.gradcam import layer_maps, target_layer  # noqa: E402
+from fracture.gradcam import EVIDENCE_SCALE, heatmap, layer_maps, shown, target_layer  # noqa: E402
 from fracture.inference import Predictor  # noqa: E402
 from fracture.preprocess import forward_views, load_u8, normalize, views_of  # noqa: E402
 
@@ -40,18 +45,19 @@ FRACTIONS = np.array([0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0])
 Method = Callable[[torch.nn.Module, torch.Tensor, str], torch.Tensor]
 
 
-def fractured_images(root: Path, n: int) -> list[Path]:
-    """Distinct fractured images of the test and val splits, in MD5 order (more than n: some are not called so)."""
+def fractured_images(root: Path, n: int, label: str = "fractured") -> list[Path]:
+    """Distinct images of `label` of the test and val splits, in MD5 order (more than n: some are not called so)."""
     with open(root / "manifest.csv", newline="") as f:
         rows = csv.DictReader(f)
-        md5s = sorted({r["md5"] for r in rows if r["split"] in ("test", "val") and r["label"] == "fractured"})
+        md5s = sorted({r["md5"] for r in rows if r["split"] in ("test", "val") and r["label"] == label})
     return [root / "blobs" / m for m in md5s[: n * 2]]
 
 
-def gradcam(block: int, plusplus: bool = False, single_view: bool = False) -> Method:
+def gradcam(block: int, plusplus: bool = False, single_view: bool = False, as_shown: bool = False) -> Method:
     def run(model: torch.nn.Module, x: torch.Tensor, views: str) -> torch.Tensor:
         maps = layer_maps(model, x, views, target_layer(model, block), plusplus)
-        return maps[0] if single_view else maps.mean(0)
+        heat = maps[0] if single_view else maps.mean(0)
+        return torch.from_numpy(shown(heat.clamp_min(0).numpy())) if as_shown else heat
 
     return run
 
@@ -72,8 +78,10 @@ def random_map(model: torch.nn.Module, x: torch.Tensor, views: str) -> torch.Ten
 
 
 CANDIDATES: dict[str, Method] = {
-    "Grad-CAM, block -2 (8x8), 8 views [served]": gradcam(-2),
-    "Grad-CAM, last block (4x4), 8 views": gradcam(-1),
+    "Grad-CAM, last block (4x4), 8 views, as shown on the one scale [served]": gradcam(-1, as_shown=True),
+    "Grad-CAM, last block (4x4), 8 views, signed": gradcam(-1),
+    "Grad-CAM, block -2 (8x8), 8 views, signed [served before]": gradcam(-2),
+    "Grad-CAM, block -2 (8x8), 8 views, as shown on the one scale": gradcam(-2, as_shown=True),
     "Grad-CAM++, block -2 (8x8), 8 views": gradcam(-2, plusplus=True),
     "Grad-CAM, block -2, identity view only": gradcam(-2, single_view=True),
     "gradient x input, 8 views": grad_x_input,
@@ -114,6 +122,29 @@ def auc(y: np.ndarray) -> float:
     return float(np.trapezoid(y, FRACTIONS))
 
 
+def scale_check(model: torch.nn.Module, predictor: Predictor, positives: list[torch.Tensor],
+                negatives: list[torch.Tensor]) -> dict[str, dict[str, float]]:
+    """The served map's peak and mean as shown (0..1) on fractured images called fractured and on confident
+    negatives, on the one scale and scaled to each map's own maximum (what the overlay did before), with the peak
+    evidence in logit units."""
+    out: dict[str, dict[str, float]] = {}
+    for name, images in (("fractured", positives), ("confident negatives", negatives)):
+        peaks, means, own, raw = [], [], [], []
+        for u8 in images:
+            heat = heatmap(model, u8, predictor.spec)
+            on_scale = shown(heat)
+            top = float(heat.max())
+            peaks.append(float(on_scale.max()))
+            means.append(float(on_scale.mean()))
+            own.append(float((heat / top).mean()) if top > 0 else 0.0)
+            raw.append(top)
+        out[name] = {"n": len(images), "peak_logit_density_median": float(np.median(raw)),
+                     "peak_shown": float(np.mean(peaks)), "mean_shown": float(np.mean(means)),
+                     "mean_shown_own_max": float(np.mean(own)),
+                     "peak_shown_own_max": float(np.mean([1.0 if r > 0 else 0.0 for r in raw]))}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=str(REPO / "fracture" / "release" / "model.pt"))
@@ -125,10 +156,26 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     model, spec = predictor.model, predictor.spec
 
     inputs: list[torch.Tensor] = []
+    positives: list[torch.Tensor] = []
     for path in fractured_images(FIRST, args.images):
         u8 = load_u8(path, spec)
         if predictor.probabilities(u8[None])[0] >= predictor.ckpt.threshold and len(inputs) < args.images:
             inputs.append(normalize(u8[None], spec))
+            positives.append(u8)
+    negatives: list[torch.Tensor] = []
+    for path in fractured_images(FIRST, args.images, "not fractured"):
+        try:
+            u8 = load_u8(path, spec)
+        except ValueError:
+            continue  # the dataset's truncated files
+        if predictor.probabilities(u8[None])[0] < 0.05 and len(negatives) < args.images:
+            negatives.append(u8)
+    scale = scale_check(model, predictor, positives, negatives)
+    for name, r in scale.items():
+        print(f"{name} ({r['n']}): peak evidence (median) {r['peak_logit_density_median']:.1f} logits per image "
+              f"area; on the one scale ({EVIDENCE_SCALE:g}) peak {r['peak_shown']:.3f}, mean {r['mean_shown']:.3f}; "
+              f"scaled to its own maximum peak {r['peak_shown_own_max']:.3f}, mean {r['mean_shown_own_max']:.3f}",
+              flush=True)
     print(f"{len(inputs)} fractured images called fractured; {len(views_of(inputs[0], spec.views))} views; "
           f"{torch.get_num_threads()} CPU threads", flush=True)
 
@@ -173,7 +220,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     if args.markdown:
         args.markdown.write_text("\n".join(table) + "\n")
     result: dict[str, object] = {"images": len(inputs), "fractions": FRACTIONS.tolist(),
-                                 "threads": torch.get_num_threads(), "rows": rows}
+                                 "threads": torch.get_num_threads(), "rows": rows, "scale": scale,
+                                 "evidence_scale": EVIDENCE_SCALE}
     print(json.dumps(result))
     return result
 

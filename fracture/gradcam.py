@@ -2,8 +2,10 @@
 
 The map explains the served logit of the positive class (the mean over the checkpoint's test-time views): each view's
 map is computed on that view, turned back to the image's own orientation, and the maps are averaged, so a rotated or
-mirrored upload gets the rotated or mirrored map. The layer and the method were chosen by measurement
-(bench/heatmaps.py, fracture/release/heatmaps.md).
+mirrored upload gets the rotated or mirrored map. Maps are in logit units per unit of image area, so one fixed
+scale (EVIDENCE_SCALE) colours every image alike: on FracNet's last block, whose output the head only averages and
+weighs, the map is the class-activation map and its mean over the image is the served logit less the head's bias.
+The layer, the method and the scale were chosen by measurement (bench/heatmaps.py, fracture/release/heatmaps.md).
 """
 
 from __future__ import annotations
@@ -20,9 +22,18 @@ from torch import nn
 from fracture.net import FracNet
 from fracture.preprocess import PreprocessSpec, decode_gray, normalize, views_of
 
-# FracNet's block whose output Grad-CAM weighs: -2 is the stride-1 block before the last one (8x8 at 128 px); the
-# last block (4x4) deleted the evidence more slowly in bench/heatmaps.py.
-FRACNET_BLOCK = -2
+# FracNet's block whose output Grad-CAM weighs: the last one (4x4 at 128 px). Its map adds up to the served logit, so
+# a confident negative has (almost) no positive evidence to show; the map of the block before it (8x8), though it
+# deleted the evidence a little faster in bench/heatmaps.py, does not add up to anything (correlation of its mean
+# with the logit 0.15 over the release model's val and test images) and lit up confident negatives about as
+# brightly as positives.
+FRACNET_BLOCK = -1
+# Full colour: positive evidence of this many logits per unit of image area (a 1/16 of the image at this density adds
+# 25/16 = 1.6 to the log-odds of fracture). Measured on the release model's maps of the 834 distinct val and test
+# images: about the median peak of those it calls fractured (24.5; 5% under 9.5), while of those it calls not
+# fractured with p < 0.05, 54% have no positive evidence at all and 99% peak under 11.5 (under half colour). One scale
+# for every image and, being in the logit's own units, for every checkpoint (fracture/release/heatmaps.md).
+EVIDENCE_SCALE = 25.0
 COLORMAP = "inferno"
 MAX_SIDE = 1024  # the longest side of a stored overlay or composite, in pixels (the viewer scales it anyway)
 
@@ -53,7 +64,10 @@ def unview(maps: torch.Tensor, views: str) -> torch.Tensor:
 def layer_maps(model: nn.Module, x: torch.Tensor, views: str, layer: nn.Module,
                plusplus: bool = False) -> torch.Tensor:
     """Signed Grad-CAM (or Grad-CAM++) maps of each view of one normalised image (1, C, S, S), at S x S, turned back
-    to the image's orientation: (V, S, S). The target is the served score, the mean logit over the views."""
+    to the image's orientation: (V, S, S). The target is the served score, the mean logit over the views; each map is
+    in logit units per unit of image area (the gradient of the mean over V views, averaged over h x w cells, is
+    multiplied back by V h w), so that for the last block of FracNet each view's map averages to its logit less the
+    bias."""
     acts: list[torch.Tensor] = []
     hook = layer.register_forward_hook(lambda _m, _i, out: acts.append(out))
     try:
@@ -72,27 +86,28 @@ def layer_maps(model: nn.Module, x: torch.Tensor, views: str, layer: nn.Module,
         weights = (alpha * g.clamp_min(0)).sum((2, 3), keepdim=True)
     else:
         weights = g.mean((2, 3), keepdim=True)
-    cams = (weights * a).sum(1, keepdim=True)
+    cams = (weights * a).sum(1, keepdim=True) * (a.shape[0] * a.shape[2] * a.shape[3])
     size = x.shape[-1]
     cams = F.interpolate(cams, size=(size, size), mode="bilinear", align_corners=False)
     return unview(cams[:, 0], views)
 
 
-def normalized(signed: torch.Tensor) -> np.ndarray:
-    """A signed map (S, S) as float32 in [0, 1]: the positive evidence over its maximum (all zero if there is none)."""
-    m = signed.clamp_min(0)
-    top = float(m.max())
-    return (m / top if top > 0 else m).cpu().numpy().astype(np.float32)
-
-
 def heatmap(model: nn.Module, image_u8: torch.Tensor, spec: PreprocessSpec, device: torch.device | None = None,
             block: int = FRACNET_BLOCK) -> np.ndarray:
-    """The product's map for one decoded image (1, S, S) uint8 and its network: float32 (S, S) in [0, 1], at the
-    model's input resolution and in the image's orientation; the average over the served views of Grad-CAM."""
+    """The product's map for one decoded image (1, S, S) uint8 and its network: the positive evidence for the
+    positive class, float32 (S, S) >= 0 in logit units per unit of image area (not scaled to the image: shown() puts
+    it on the one scale), at the model's input resolution and in the image's orientation; the average over the
+    served views of Grad-CAM."""
     device = device or next(model.parameters()).device
     x = normalize(image_u8.unsqueeze(0).to(device), spec)
     maps = layer_maps(model, x, spec.views, target_layer(model, block))
-    return normalized(maps.mean(0))
+    return maps.mean(0).clamp_min(0).cpu().numpy().astype(np.float32)
+
+
+def shown(heat: np.ndarray, scale: float = EVIDENCE_SCALE) -> np.ndarray:
+    """What the overlay shows of a map in logit units: float32 in [0, 1] on one scale for every image (0: no evidence,
+    1: `scale` or more), never the map over its own maximum."""
+    return np.clip(heat / scale, 0.0, 1.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------- pictures
@@ -109,22 +124,25 @@ def display_gray(source: str | Path | bytes, max_pixels: int, max_side: int = MA
     return gray
 
 
-def overlay(heat: np.ndarray, size: tuple[int, int], colormap: str = COLORMAP) -> Image.Image:
-    """An RGBA overlay of `heat` (S, S in [0, 1]) at `size` (width, height): colour from `colormap`, opacity rising with
-    the value (transparent where the model found nothing)."""
+def overlay(heat: np.ndarray, size: tuple[int, int], colormap: str = COLORMAP,
+            scale: float = EVIDENCE_SCALE) -> Image.Image:
+    """An RGBA overlay of `heat` (S, S, logit units as heatmap() gives) at `size` (width, height) on the one scale:
+    colour from `colormap`, opacity rising with the evidence (transparent where the model found none; a confident
+    negative is nearly transparent all over)."""
     from matplotlib import colormaps  # the colour table only: no pyplot, no backend
 
     square = Image.fromarray(heat.astype(np.float32), mode="F")
-    value = np.clip(np.asarray(square.resize(size, Image.Resampling.BILINEAR), dtype=np.float32), 0.0, 1.0)
+    value = shown(np.asarray(square.resize(size, Image.Resampling.BILINEAR), dtype=np.float32), scale)
     rgba = colormaps[colormap](value)  # (H, W, 4) floats
     rgba[..., 3] = np.clip(value * 1.25, 0.0, 1.0) ** 1.5 * 0.85
     return Image.fromarray((rgba * 255).round().astype(np.uint8), mode="RGBA")
 
 
-def composite(gray: Image.Image, heat: np.ndarray, colormap: str = COLORMAP) -> Image.Image:
+def composite(gray: Image.Image, heat: np.ndarray, colormap: str = COLORMAP,
+              scale: float = EVIDENCE_SCALE) -> Image.Image:
     """The image with its overlay drawn on it (RGB): what a download holds."""
     base = gray.convert("RGBA")
-    return Image.alpha_composite(base, overlay(heat, base.size, colormap)).convert("RGB")
+    return Image.alpha_composite(base, overlay(heat, base.size, colormap, scale)).convert("RGB")
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -25,6 +25,9 @@ from fracture.storage import Storage
 # worker may succeed).
 RESEND_AFTER = timedelta(minutes=5)
 RESEND_INTERACTIVE_AFTER = timedelta(minutes=1)
+# How the stored PNGs are drawn, in their storage key: a change of the drawing (as from maps scaled to their own maximum
+# to one absolute scale, "abs1") makes the ones stored before it out of date, and the next ask makes them again.
+RENDERING = "abs1"
 
 
 class HeatmapRefused(ValueError):
@@ -45,7 +48,14 @@ class Requested:
 
 def storage_key(job_id: str, image_id: int, version_id: int) -> str:
     """Where the overlay (RGBA, the image's aspect) is stored."""
-    return f"heatmaps/{job_id}/{image_id}-{version_id}.png"
+    return f"heatmaps/{job_id}/{image_id}-{version_id}-{RENDERING}.png"
+
+
+def is_stored(heatmap: Heatmap, storage: Storage) -> bool:
+    """Whether a heatmap is done, drawn the current way, and its file still there."""
+    key = heatmap.storage_key
+    return heatmap.status == HeatmapStatus.DONE and key is not None \
+        and key == storage_key(heatmap.job_id, heatmap.image_id, heatmap.model_version_id) and storage.exists(key)
 
 
 def composite_key(key: str) -> str:
@@ -130,7 +140,7 @@ def _ensure_rows(session: Session, job_id: str, version_id: int, image_ids: Sequ
 
 def _needs_sending(heatmap: Heatmap, storage: Storage, now: datetime) -> bool:
     if heatmap.status == HeatmapStatus.DONE:
-        return not (heatmap.storage_key and storage.exists(heatmap.storage_key))  # its file was removed
+        return not is_stored(heatmap, storage)  # its file was removed, or drawn before the current way
     if heatmap.status == HeatmapStatus.FAILED:
         stamp, after = heatmap.finished_at, RESEND_AFTER
     else:

@@ -1,5 +1,6 @@
-"""Heatmaps: Grad-CAM of the served release model on real X-rays, consistent with its test-time views, and the
-heatmap endpoint through a real Celery worker (202 while computing, the PNG after, access, download, errors)."""
+"""Heatmaps: Grad-CAM of the served release model on real X-rays, consistent with its test-time views, on one
+absolute scale (a confident negative nearly transparent, a confident positive showing its evidence), and the heatmap
+endpoint through a real Celery worker (202 while computing, the PNG after, access, download, errors, the legend)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from fracture.config import get_settings
 from fracture.db import dispose_engines, session_scope
 from fracture.inference import Predictor
 from fracture.models import Heatmap, HeatmapStatus, Image, Job
-from fracture.preprocess import load_u8
+from fracture.preprocess import load_u8, normalize
 from fracture.queue import INFERENCE_QUEUE, INTERACTIVE_QUEUE, enqueue_job, make_app, queued_messages, send_heatmap
 from fracture.storage import Storage
 from worker.classify import _predictors
@@ -64,13 +65,67 @@ def test_heatmaps_of_two_fractured_xrays_come_from_the_model_and_differ(
     maps = []
     for path in called["fractured"][:2]:
         heat = gradcam.heatmap(predictor.model, load_u8(path, predictor.spec), predictor.spec)
-        assert heat.shape == (128, 128) and heat.dtype == np.float32
-        assert heat.min() >= 0 and heat.max() == pytest.approx(1.0)
-        hot = float((heat > 0.5).mean())
-        assert 0.01 < hot < 0.7, hot  # a region, neither a dot nor the whole image
+        assert heat.shape == (128, 128) and heat.dtype == np.float32 and heat.min() >= 0
+        hot = float((gradcam.shown(heat) > 0.25).mean())
+        assert 0.01 < hot < 0.8, hot  # a region, neither a dot nor the whole image
         maps.append(heat)
     corr = float(np.corrcoef(maps[0].ravel(), maps[1].ravel())[0, 1])
     assert corr < 0.9, corr
+
+
+def test_the_map_is_in_logit_units_and_adds_up_to_the_served_logit(
+    predictor: Predictor, called: dict[str, list[Path]],
+) -> None:
+    # On FracNet's last block the signed map is the class-activation map: its mean over the image is the served
+    # logit less the head's bias, which is what lets one fixed scale (in logits) serve every image.
+    head = [m for m in predictor.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    bias = float(head.bias.detach())
+    for path in [*called["fractured"][:2], called["not fractured"][0]]:
+        u8 = load_u8(path, predictor.spec)
+        x = normalize(u8.unsqueeze(0), predictor.spec)
+        signed = gradcam.layer_maps(predictor.model, x, predictor.spec.views,
+                                    gradcam.target_layer(predictor.model)).mean(0)
+        logit = float(torch.logit(torch.tensor(predictor.probabilities(u8[None])[0]).double()))
+        assert float(signed.mean()) + bias == pytest.approx(logit, abs=0.05)
+
+
+@pytest.fixture(scope="module")
+def confident(predictor: Predictor, sample_images: list[Path]) -> dict[str, Path]:
+    """A real X-ray of the sample the release model calls not fractured with p < 0.01 (labelled so), and the one it
+    calls fractured most confidently (labelled so, p > 0.99)."""
+    negative, positive, top = None, None, 0.0
+    for path in sample_images:
+        try:
+            p = float(predictor.probabilities(load_u8(path, predictor.spec)[None])[0])
+        except ValueError:
+            continue  # the dataset's truncated files
+        if path.parent.name == "not fractured" and p < 0.01 and negative is None:
+            negative = path
+        if path.parent.name == "fractured" and p > max(top, 0.99):
+            positive, top = path, p
+    assert negative is not None and positive is not None, (negative, positive)
+    return {"negative": negative, "positive": positive}
+
+
+def test_a_confident_negative_is_nearly_transparent_and_a_confident_positive_shows_its_evidence(
+    predictor: Predictor, confident: dict[str, Path],
+) -> None:
+    size = (256, 256)
+
+    def alpha(heat: np.ndarray) -> np.ndarray:
+        return np.asarray(gradcam.overlay(heat, size), dtype=np.float32)[..., 3] / 255
+
+    negative = gradcam.heatmap(predictor.model, load_u8(confident["negative"], predictor.spec), predictor.spec)
+    positive = gradcam.heatmap(predictor.model, load_u8(confident["positive"], predictor.spec), predictor.spec)
+    neg, pos = alpha(negative), alpha(positive)
+    assert pos.max() > 0.6 and pos.mean() > 0.05, (pos.max(), pos.mean())  # the positive's evidence is shown
+    assert neg.max() < 0.25, neg.max()  # nothing in the negative reads as a finding
+    assert neg.mean() < pos.mean() / 10, (neg.mean(), pos.mean())
+    # What the overlay did before: the block before the last one, scaled to its own maximum, showed the negative a
+    # full-strength hotspot (the bright patch beside the side marker of issue 20).
+    before = gradcam.heatmap(predictor.model, load_u8(confident["negative"], predictor.spec), predictor.spec, block=-2)
+    assert before.max() > 0
+    assert alpha(before / before.max() * gradcam.EVIDENCE_SCALE).max() > 0.8
 
 
 def test_the_map_of_a_mirrored_or_turned_xray_is_the_mirrored_or_turned_map(
@@ -86,25 +141,27 @@ def test_the_map_of_a_mirrored_or_turned_xray_is_the_mirrored_or_turned_map(
         image.save(buf, format="PNG")
         return gradcam.heatmap(predictor.model, load_u8(buf.getvalue(), predictor.spec), predictor.spec)
 
+    shown = gradcam.shown
     mirrored = map_of(ImageOps.mirror(gray))
-    np.testing.assert_allclose(mirrored, heat[:, ::-1], atol=0.03)
+    np.testing.assert_allclose(shown(mirrored), shown(heat)[:, ::-1], atol=0.03)
     turned = map_of(gray.transpose(PILImage.Transpose.ROTATE_90))  # counter-clockwise, as np.rot90
-    np.testing.assert_allclose(turned, np.rot90(heat), atol=0.03)
+    np.testing.assert_allclose(shown(turned), np.rot90(shown(heat)), atol=0.03)
     # With one view only (what a map of the identity view alone would be), the symmetry is lost.
     single = dataclasses.replace(predictor.spec, views="identity")
     one = gradcam.heatmap(predictor.model, load_u8(path, single), single)
-    assert np.abs(one - heat).max() > 0.1
+    assert np.abs(shown(one) - shown(heat)).max() > 0.1
 
 
 def test_the_overlay_and_composite_keep_the_image_aspect(
-    predictor: Predictor, called: dict[str, list[Path]],
+    predictor: Predictor, confident: dict[str, Path],
 ) -> None:
-    heat = gradcam.heatmap(predictor.model, load_u8(called["fractured"][0], predictor.spec), predictor.spec)
+    heat = gradcam.heatmap(predictor.model, load_u8(confident["positive"], predictor.spec), predictor.spec)
     wide = PILImage.new("L", (300, 120), 128)
     overlay = gradcam.overlay(heat, wide.size)
     assert overlay.mode == "RGBA" and overlay.size == (300, 120)
-    alpha = np.asarray(overlay)[..., 3]
-    assert alpha.min() == 0 and alpha.max() > 150  # transparent where the model found nothing
+    assert np.asarray(overlay)[..., 3].max() > 150  # the evidence, in strong colour
+    none = gradcam.heatmap(predictor.model, load_u8(confident["negative"], predictor.spec), predictor.spec)
+    assert np.asarray(gradcam.overlay(none, wide.size))[..., 3].min() == 0  # transparent where there is none
     composite = gradcam.composite(wide, heat)
     assert composite.mode == "RGB" and composite.size == (300, 120)
 
@@ -184,6 +241,13 @@ def test_heatmap_endpoint_through_a_real_worker(
     heat = gradcam.heatmap(predictor.model, load_u8(files[2], predictor.spec), predictor.spec)
     expected = np.asarray(gradcam.overlay(heat, size), dtype=np.int16)
     assert np.abs(np.asarray(overlay, dtype=np.int16) - expected).mean() < 1.0
+
+    # The viewer says what the colour means, next to the overlay's controls.
+    page = client.get(f"/jobs/{job_id}/images/{negative.id}")
+    html = page.get_data(as_text=True)
+    page.close()
+    assert page.status_code == 200 and 'id="heatmap-legend"' in html
+    assert "evidence for fracture, on one scale for every image; transparent: none" in " ".join(html.split())
 
     done = client.get(f"/api/jobs/{job_id}/images/{first.id}/heatmap.png")
     assert done.status_code == 200 and done.data != response.data

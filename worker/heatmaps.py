@@ -10,7 +10,7 @@ from fracture import gradcam, heatmaps
 from fracture.checkpoint import CheckpointError
 from fracture.config import Settings
 from fracture.db import session_scope
-from fracture.models import HeatmapStatus, Image, Job, ModelVersion
+from fracture.models import Image, Job, ModelVersion
 from fracture.preprocess import ImageError, load_u8
 from fracture.storage import Storage, StorageError
 from worker.classify import load_predictor
@@ -26,8 +26,7 @@ def make_heatmap(settings: Settings, job_id: str, image_id: int, version_id: int
     storage = Storage(settings.storage_dir)
     with session_scope(settings.database_url) as session:
         done = heatmaps.find(session, image_id, version_id)
-        if done is not None and done.status == HeatmapStatus.DONE and done.storage_key \
-                and storage.exists(done.storage_key):
+        if done is not None and heatmaps.is_stored(done, storage):
             return "already done"
         image = session.get(Image, image_id)
         version = session.get(ModelVersion, version_id)
