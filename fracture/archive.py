@@ -22,6 +22,8 @@ JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 # Below this size a high compression ratio is harmless (a blank test image); above it, a bomb.
 RATIO_FLOOR_BYTES = 1 << 20
 NESTED_ARCHIVE = "refused: nested archives are not opened"
+# A file named .zip that cannot be read as one: damaged in transfer, cut short, or not a zip at all.
+DAMAGED_ZIP = "damaged or unreadable zip archive"
 # How many first bytes tell a file's kind (a DICOM file's preamble and "DICM" are the longest).
 HEAD_BYTES = dicom.HEAD_BYTES
 _DRIVE_PREFIX = re.compile(r"^[A-Za-z]:")  # C:\x, C:/x and drive-relative C:x
@@ -90,7 +92,7 @@ def over_budget(max_total: int) -> str:
 
 def unreadable_archive(exc: BaseException) -> str:
     """The reason given for a file that looks like a zip but cannot be opened as one."""
-    return f"not a readable zip archive ({exc})"
+    return f"{DAMAGED_ZIP} ({exc})"
 
 
 def corrupt_member(exc: BaseException) -> str:
@@ -121,6 +123,8 @@ def not_an_image(head: bytes, name: str = "") -> str:
         return "empty file"
     if name.lower().endswith(dicom.SUFFIXES):
         return "not a DICOM file: no 'DICM' after a 128-byte preamble, and no data set at its start"
+    if name.lower().endswith(".zip"):
+        return DAMAGED_ZIP + ": it does not begin as a zip archive does"
     return "not an image: unrecognised file format"
 
 

@@ -70,7 +70,7 @@ def test_cli_tells_loose_files_apart_by_their_bytes(settings: Settings, jpeg: by
     assert got["in/batch.dat/x.jpg"].member is not None
     assert got["in/notes.jpg"].error == "not an image: unrecognised file format"
     assert got["in/empty.png"].error == "empty file"
-    assert (got["in/broken.zip"].error or "").startswith("not a readable zip archive (")
+    assert (got["in/broken.zip"].error or "").startswith("damaged or unreadable zip archive (")
 
 
 def test_cli_refuses_a_whole_archive_by_its_headers_as_the_web_does(

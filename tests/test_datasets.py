@@ -201,7 +201,7 @@ def test_a_zip_with_a_bad_layout_gets_a_clear_error_and_nothing_is_stored(
         assert "layout is not supported" in body["error"] or "holds no images" in body["error"], body
     assert "one folder per class" in upload(admin, bad["loose.zip"])[1]["error"]
     status, body = upload(admin, b"not a zip at all", name="x.zip")
-    assert status == 400 and "not a readable zip" in body["error"]
+    assert status == 400 and "damaged or unreadable zip archive" in body["error"]
     with session_scope(cfg.database_url) as session:
         assert session.query(Dataset).count() == 0
     files = cfg.storage_dir / "dataset-files"

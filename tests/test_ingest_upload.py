@@ -153,7 +153,7 @@ def test_encrypted_and_corrupt_zips_get_clear_errors(client: FlaskClient, settin
     assert response.status_code == 201
     rows = rows_of(settings, response.get_json()["id"])
     assert rows[0].path == "secret.jpg" and "encrypted" in (rows[0].ingest_error or "")
-    assert rows[1].path == "broken.zip" and "not a readable zip archive" in (rows[1].ingest_error or "")
+    assert rows[1].path == "broken.zip" and "damaged or unreadable zip archive (" in (rows[1].ingest_error or "")
     assert rows[2].ingest_error is None
 
 
@@ -217,3 +217,36 @@ def test_no_model_registered_refuses_plainly(tmp_path: Path, jpeg: bytes) -> Non
     assert b"No trained model is registered yet" in page.data
     assert b'id="submit" disabled' in page.data
     dispose_engines()
+
+
+# ---------------------------------------------------------------- what a job is called
+
+
+def _job_name(client: FlaskClient, files: list[tuple[bytes, str]]) -> str:
+    response = post_files(client, files)
+    assert response.status_code == 201, response.get_json()
+    name: str = client.get(f"/api/jobs/{response.get_json()['id']}").get_json()["name"]
+    return name
+
+
+def test_a_job_is_named_after_the_upload_not_a_folder_inside_it(client: FlaskClient, jpeg: bytes) -> None:
+    # Issue 20 point 6: xrays40.zip with fractured/ and not fractured/ was named "fractured (4 files)".
+    archive = make_zip([("fractured/a.jpg", jpeg), ("fractured/b.jpg", jpeg),
+                        ("not fractured/c.jpg", jpeg), ("not fractured/d.jpg", jpeg)])
+    assert _job_name(client, [(archive, "xrays40.zip")]) == "xrays40 (4 files)"
+    # A folder from the folder picker: its files arrive as "<folder>/<sub>/<file>"; the folder names the job.
+    folder = [(jpeg, "ward 3/fractured/a.jpg"), (jpeg, "ward 3/not fractured/b.jpg")]
+    assert _job_name(client, folder) == "ward 3 (2 files)"
+    assert _job_name(client, [(jpeg, "scan.jpg")]) == "scan.jpg"
+    assert _job_name(client, [(archive, "Study.ZIP"), (jpeg, "loose.jpg")]) == "Study and 1 more (5 files)"
+
+
+def test_a_damaged_zip_is_called_one(client: FlaskClient, settings: Settings, jpeg: bytes) -> None:
+    # Cut from the front (no "PK" signature left) or from the back (no central directory): both say what it is.
+    whole = make_zip([("a.jpg", jpeg)])
+    for broken in (whole[100:], whole[:200]):
+        response = post_files(client, [(broken, "xrays.zip")])
+        assert response.status_code == 400
+        error = response.get_json()["error"]
+        assert "xrays.zip: damaged or unreadable zip archive" in error and "not an image" not in error, error
+    assert job_count(settings) == 0

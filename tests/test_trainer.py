@@ -14,6 +14,7 @@ from installation import create_job, materialize
 from PIL import Image
 from sklearn import metrics as skm
 
+from fracture.audit_text import duplicates_sentence
 from fracture.checkpoint import load_checkpoint
 from fracture.config import get_settings
 from fracture.db import session_scope
@@ -101,6 +102,8 @@ def test_audit_finds_copies_made_from_real_images_and_none_among_distinct_ones(s
     clean = _audit(root)
     assert clean.distinct == 8 and clean.groups == 8, "distinct real images must not be grouped"
     assert not clean.leaks()
+    assert clean.files_with_duplicates == 0
+    assert duplicates_sentence(clean.to_dict()) == "8 files, none of them a duplicate of another (exact or near)."
 
     # Now plant copies of img0..img3 in test: same bytes, rotated, flipped, resized.
     with Image.open(originals[0]) as a, Image.open(originals[1]) as b, Image.open(originals[2]) as c:
@@ -117,6 +120,12 @@ def test_audit_finds_copies_made_from_real_images_and_none_among_distinct_ones(s
     assert report.exact_across["test"] == 1 and report.exact_across["train"] == 1
     assert report.near_across["test"] == 3
     assert report.groups == 8
+    # Issue 20: "12 files, 12 distinct images, 8 groups of duplicates" read as 8 duplicated pictures.
+    assert (report.files_with_duplicates, report.duplicate_sets) == (8, 4)
+    assert duplicates_sentence(report.to_dict()) == (
+        "12 files: 8 of them have a duplicate (an exact copy, or a near one: rotated, flipped, resized) in 4 sets; "
+        "8 different pictures once duplicates are merged.")
+    assert report.render().startswith(duplicates_sentence(report.to_dict()))
     assert report.leaks()
     assert "WARNING" in report.render()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fracture.audit_text import duplicates_sentence
 from fracture.image_hashes import NEAR_DISTANCE, dihedral_hashes
 from fracture.preprocess import ImageError, decode
 from trainer.dataset import SPLITS, Sample
@@ -53,6 +54,8 @@ class AuditReport:
     near_across: dict[str, int]
     groups: int
     label_conflicts: int
+    files_with_duplicates: int = 0  # files that have at least one other file as an exact or near duplicate
+    duplicate_sets: int = 0  # the groups those files fall in (groups of two or more files)
     examples: list[tuple[str, str, str]] = field(default_factory=list)
     group_of: dict[str, int] = field(default_factory=dict)  # md5 -> group id
     label_of: dict[str, str] = field(default_factory=dict)  # md5 -> label
@@ -68,12 +71,12 @@ class AuditReport:
             "exact_duplicates_across_splits": self.exact_across,
             "near_duplicates_across_splits": self.near_across,
             "duplicate_groups": self.groups, "groups_with_conflicting_labels": self.label_conflicts,
+            "files_with_duplicates": self.files_with_duplicates, "duplicate_sets": self.duplicate_sets,
             "examples": [{"a": a, "b": b, "kind": k} for a, b, k in self.examples],
         }
 
     def render(self) -> str:
-        lines = [f"Files: {self.files}   distinct images (by bytes): {self.distinct}   "
-                 f"duplicate groups (exact + near): {self.groups}"]
+        lines = [duplicates_sentence(self.to_dict())]
         lines.append("Class balance:")
         for split, counts in self.classes.items():
             lines.append(f"  {split:5s} " + "  ".join(f"{k}: {v}" for k, v in counts.items()))
@@ -145,12 +148,16 @@ def audit(samples: list[Sample], decoded: dict[str, Image.Image | str],
             examples.append((sa.rel, sb.rel, "near duplicate"))
 
     classes = {sp: dict(sorted(Counter(s.label for s in samples if s.split == sp).items())) for sp in SPLITS}
+    # `groups` counts every group, a lone image too; these count only the files that do have a duplicate.
+    files_per_group = Counter(group_of[s.md5] for s in samples)
+    shared = [n for n in files_per_group.values() if n > 1]
     undecodable = sorted((by_md5[m][0].rel, str(decoded[m])) for m in md5s if isinstance(decoded[m], str))
     return AuditReport(
         files=len(samples), distinct=len(md5s), classes=classes, undecodable=undecodable,
         exact_within={sp: exact_within[sp] for sp in SPLITS}, exact_across={sp: exact_across[sp] for sp in SPLITS},
         near_across={sp: near_across[sp] for sp in SPLITS}, groups=len(members), label_conflicts=conflicts,
-        examples=examples, group_of=group_of, label_of=label_of,
+        examples=examples, group_of=group_of, label_of=label_of, files_with_duplicates=sum(shared),
+        duplicate_sets=len(shared),
     )
 
 

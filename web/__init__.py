@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
 from werkzeug.wsgi import LimitedStream
 
+from fracture.audit_text import duplicates_sentence
 from fracture.config import Settings, get_settings
 from fracture.db import session_factory
 from fracture.queue import make_app
@@ -52,6 +53,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from web.trainings import bp as trainings_bp
 
     app.teardown_appcontext(close_db)
+    app.add_template_filter(duplicates_sentence, "duplicates")
     init_auth(app)  # before the blueprints: its guard runs first on every request
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)

@@ -44,10 +44,12 @@ class FilePart(Protocol):
 
 @dataclass
 class Upload:
-    """What an upload produced: its entries in upload order, and how many junk files were skipped."""
+    """What an upload produced: its entries in upload order, how many junk files were skipped, and the names of
+    what was uploaded (a zip's name without `.zip`, a chosen folder's name, a loose file's name), first seen first."""
 
     entries: list[NewImage] = field(default_factory=list)
     skipped: int = 0
+    sources: list[str] = field(default_factory=list)
 
     @property
     def usable(self) -> int:
@@ -72,13 +74,26 @@ class Ingest:
             return
         head = part.stream.read(HEAD_BYTES)
         kind = sniff(head, path)
-        if kind == "zip" or (not head and path.lower().endswith(".zip")):
+        is_zip = kind == "zip" or (not head and path.lower().endswith(".zip"))
+        self._name_source(path, is_zip)
+        if is_zip:
             part.stream.seek(0)
             self._add_zip(path, part.stream)
         elif kind is None:
             self._refuse(path, not_an_image(head, path))
         else:
             self._store(path, Prefixed(head, part.stream))
+
+    def _name_source(self, path: str, is_zip: bool) -> None:
+        # A folder's files arrive as "folder/sub/x.jpg": the folder is what the user chose, not "sub".
+        if "/" in path:
+            source = path.split("/", 1)[0]
+        elif is_zip:
+            source = source_name(path)
+        else:
+            source = path
+        if source not in self.upload.sources:
+            self.upload.sources.append(source)
 
     def _next_seq(self) -> int:
         seq = len(self.upload.entries) + 1
@@ -119,6 +134,12 @@ class Ingest:
                     self._refuse(member.path, str(exc))
                 except ArchiveRefused as exc:
                     raise UploadRefused(str(exc), 413) from exc
+
+
+def source_name(filename: str) -> str:
+    """The name a zip archive was uploaded under, without its extension ("xrays40.zip" -> "xrays40")."""
+    stem = filename[: -len(".zip")] if filename.lower().endswith(".zip") else filename
+    return stem or filename
 
 
 def ingest_parts(parts: Iterable[FilePart], storage: Storage, settings: Settings, job_id: str) -> Upload:

@@ -29,10 +29,16 @@ def _nothing_usable(upload: Upload) -> str:
     return f"The upload holds no images that can be classified: {shown}{more}."
 
 
-def _job_name(upload: Upload) -> str:
-    first = upload.entries[0].path
-    top = first.split("/", 1)[0] if "/" in first else first
-    return f"{top} ({len(upload.entries)} files)" if len(upload.entries) > 1 else top
+def job_name(upload: Upload) -> str:
+    """Name a job after what was uploaded (the zip's name, the chosen folder's), never a folder inside a zip.
+
+    "xrays40 (40 files)" for xrays40.zip holding fractured/ and not fractured/; "a and 2 more (12 files)" when
+    several zips, folders or loose files came together; a single loose file keeps its own name.
+    """
+    sources = [s[:200] for s in upload.sources or [upload.entries[0].path]]  # the column holds 255 characters
+    name = sources[0] if len(sources) == 1 else f"{sources[0]} and {len(sources) - 1} more"
+    files = len(upload.entries)
+    return f"{name} ({files} files)" if files > 1 else name
 
 
 def create_job(parts: Iterable[FilePart], owner_id: int | None = None) -> Job:
@@ -49,7 +55,7 @@ def create_job(parts: Iterable[FilePart], owner_id: int | None = None) -> Job:
     session = db()
     try:
         # All in the job's one transaction, so a half-written job is never seen.
-        job = jobs.create_job(session, job_id, _job_name(upload), model.id, upload.entries, owner_id)
+        job = jobs.create_job(session, job_id, job_name(upload), model.id, upload.entries, owner_id)
         session.commit()
     except BaseException:
         session.rollback()

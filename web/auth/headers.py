@@ -21,7 +21,7 @@ def security_headers(response: Response) -> Response:
     headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
     if request.is_secure:
         headers["Strict-Transport-Security"] = "max-age=31536000"
-    if request.endpoint != "static":
+    if request.endpoint not in ("static", "pages.favicon"):
         # Pages, JSON, CSVs and plots are per-user: no browser or proxy may keep a copy.
         headers["Cache-Control"] = "no-store"
         headers.pop("Expires", None)

@@ -12,8 +12,8 @@ from fracture.accounts import session_key, user_for_token
 from fracture.models import Job, User
 from web.context import db
 
-# Reachable without an account: the login form, the health probe, the stylesheet and scripts.
-PUBLIC_ENDPOINTS = frozenset({"auth.login", "api.health", "static"})
+# Reachable without an account: the login form, the health probe, the stylesheet, scripts and the site's icon.
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "api.health", "static", "pages.favicon"})
 LOGIN_HINT = "send 'Authorization: Bearer <token>' (`fracture users create NAME` prints one) or log in"
 
 

@@ -159,9 +159,24 @@
   }
 
   // ---------------------------------------------------------------- keyboard
+  // The shortcuts can be turned off (WCAG 2.1.4): a reader using speech input or a screen reader's own keys
+  // must not mark images or leave the page by accident. The choice is kept in localStorage across visits.
+  const keysToggle = $("keys-toggle");
+  const KEYS = "viewer-shortcuts";
+  function keysOn() { return !keysToggle || keysToggle.checked; }
+  if (keysToggle) {
+    try { keysToggle.checked = window.localStorage.getItem(KEYS) !== "off"; } catch (e) { /* storage refused */ }
+    keysToggle.addEventListener("change", () => {
+      try { window.localStorage.setItem(KEYS, keysToggle.checked ? "on" : "off"); } catch (e) { /* not kept */ }
+    });
+  }
   function go(url) { if (url) window.location.assign(url); }
   document.addEventListener("keydown", (e) => {
+    if (!keysOn()) return;
     if (e.target instanceof HTMLInputElement && e.target.type !== "checkbox" && e.target.type !== "range") return;
+    // A slider's arrow keys move the slider, not to another image.
+    if (e.target instanceof HTMLInputElement && e.target.type === "range" && e.key.startsWith("Arrow")) return;
+    if (e.target instanceof HTMLSelectElement || e.target instanceof HTMLTextAreaElement) return;
     if (e.altKey || e.ctrlKey || e.metaKey) return;
     const actions = {
       ArrowRight: () => go(viewer.dataset.nextUrl), ArrowLeft: () => go(viewer.dataset.prevUrl),
