@@ -31,8 +31,8 @@ class Watched:
 
 
 @contextmanager
-def chromium_page(width: int = 1280, height: int = 860) -> Iterator[Watched]:
-    """A fresh headless Chromium with one page; fails the test when Debian's chromium is missing."""
+def chromium_page(width: int = 1280, height: int = 860, javascript: bool = True) -> Iterator[Watched]:
+    """A fresh headless Chromium with one page (scripts off if not `javascript`); fails when chromium is missing."""
     if not CHROMIUM.exists():
         pytest.fail("Debian chromium is not installed (apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
@@ -40,7 +40,8 @@ def chromium_page(width: int = 1280, height: int = 860) -> Iterator[Watched]:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
-            watched = Watched(browser.new_page(viewport={"width": width, "height": height}))
+            watched = Watched(browser.new_page(viewport={"width": width, "height": height},
+                                               java_script_enabled=javascript))
             # Anything the Content-Security-Policy blocks shows up as a console error.
             watched.page.on("console", lambda m: watched.blocked.append(m.text)
                             if "Content Security Policy" in m.text else None)
@@ -63,3 +64,15 @@ def log_in(page: Page, system: LiveSystem) -> None:
     page.locator("#password").fill(system.env["FRACTURE_TEST_PASSWORD"])
     page.locator("#login").click()
     page.wait_for_url(f"{system.url}/")
+
+
+def upload_dataset(page: Page, url: str, archive: Path, name: str) -> None:
+    """Upload a labelled zip on the datasets page, under `name`, and land on the new dataset's page."""
+    import re
+
+    page.goto(f"{url}/datasets")
+    form = page.locator("#upload-dataset-form")
+    form.locator("input[name=file]").set_input_files(archive)
+    form.locator("input[name=name]").fill(name)
+    page.locator("#upload-dataset").click()
+    page.wait_for_url(re.compile(r".*/datasets/\d+$"))

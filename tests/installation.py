@@ -54,6 +54,18 @@ def materialize_both(dataset_root: Path, site_root: Path, dest: Path) -> Path:
     return dest
 
 
+def zipped_sample(dataset_root: Path, tmp_path: Path, name: str, per_class: int) -> Path:
+    """A labelled zip of real X-rays as a site would send it: NAME/{train,val,test}/<class>/..., per_class each."""
+    import zipfile
+
+    folder = materialize(dataset_root, tmp_path / name, per_class=per_class)
+    archive = tmp_path / f"{name}.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in image_files(folder):
+            zf.write(f, f.relative_to(folder.parent).as_posix())
+    return archive
+
+
 def image_files(root: Path) -> list[Path]:
     """Every file under `root`, in a stable order."""
     return sorted(p for p in root.rglob("*") if p.is_file())

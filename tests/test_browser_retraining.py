@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import re
-import time
-import zipfile
 from pathlib import Path
 
 import pytest
-from browser import chromium_page, log_in
+from browser import chromium_page, log_in, upload_dataset
 from harness import LiveSystem, WorkerFactory
-from installation import image_files, materialize
+from installation import zipped_sample
 
 from trainer.acquisition import AUDIT
 
@@ -20,12 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def dataset_zip(dataset_root: Path, tmp_path: Path) -> Path:
     """A labelled zip of real X-rays as a site would send it: site/{train,val,test}/<class>/..., 6 per class."""
-    folder = materialize(dataset_root, tmp_path / "site", per_class=6)
-    archive = tmp_path / "site.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        for f in image_files(folder):
-            zf.write(f, f.relative_to(folder.parent).as_posix())
-    return archive
+    return zipped_sample(dataset_root, tmp_path, "site", per_class=6)
 
 
 def test_zip_dataset_training_progress_compare_and_promote(
@@ -44,19 +37,9 @@ def test_zip_dataset_training_progress_compare_and_promote(
         page.goto(f"{url}/training")
         expect(page.locator("#no-dataset")).to_be_visible()
 
-        page.goto(f"{url}/datasets")
-        form = page.locator("#upload-dataset-form")
-        form.locator("input[name=file]").set_input_files(dataset_zip)
-        form.locator("input[name=name]").fill("site zip")
-        page.locator("#upload-dataset").click()
-        page.wait_for_url(re.compile(r".*/datasets/\d+$"))
-        deadline = time.monotonic() + 180
-        status = page.locator("#status")
-        while (status.text_content() or "").strip() != "ready":  # the page says to reload while validating
-            assert (status.text_content() or "").strip() == "validating", page.locator("body").inner_text()
-            assert time.monotonic() < deadline, "the dataset was not validated in 180 s"
-            time.sleep(1)
-            page.reload()
+        upload_dataset(page, url, dataset_zip, "site zip")
+        # The page follows the validation by itself (web/static/live.js).
+        expect(page.locator("#status")).to_have_text("ready", timeout=180_000)
         expect(page.locator("#counts")).to_contain_text("fractured")
 
         page.goto(f"{url}/training")
@@ -92,7 +75,8 @@ def test_zip_dataset_training_progress_compare_and_promote(
 
         page.goto(f"{url}/models")
         card = page.locator("section.model", has_text=version).first
-        card.get_by_role("button", name="Make active").click()
+        page.once("dialog", lambda dialog: dialog.accept())  # it asks first, naming both versions
+        card.get_by_role("button", name=f"Make {version} active instead of v1").click()
         expect(page.locator(".flash, .banner").first).to_contain_text(f"Model {version} is now the active model")
         assert not watched.blocked and not watched.errors, (watched.blocked, watched.errors)
 

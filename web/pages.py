@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, send_from_directory, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
@@ -15,6 +15,13 @@ from web.trainings import NotSent, send_run
 from web.views import RowQuery, count_rows, job_dict, job_summary, model_dict, parse_row_query, result_rows
 
 bp = Blueprint("pages", __name__)
+
+
+@bp.get("/favicon.ico")
+def favicon() -> ResponseReturnValue:
+    """The site's icon where browsers look for it without being told (the pages link the SVG in /static)."""
+    static = current_app.static_folder or "static"
+    return send_from_directory(static, "favicon.ico", mimetype="image/vnd.microsoft.icon", max_age=86400)
 
 
 @bp.get("/")
@@ -82,6 +89,9 @@ def training() -> ResponseReturnValue:
 def retrain() -> ResponseReturnValue:
     """Record a training run, then send `training.retrain` by name to the training queue."""
     require_admin("start a training run")
+    problem = trainings.default_dataset_problem(settings().dataset_dir)
+    if problem:  # refused before a run is recorded: it could only fail
+        abort(409, description=f"Cannot retrain: {problem}.")
     session = db()
     run = trainings.create_run(session, {}, "requested on the training page")
     session.commit()

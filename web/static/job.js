@@ -32,6 +32,8 @@
       const counts = { "reviewed-count": "reviewed", "reviewed-wrong": "wrong", "progress-reviewed": "reviewed",
                        "progress-correct": "correct", "progress-wrong": "wrong" };
       for (const [id, key] of Object.entries(counts)) if ($(id)) $(id).textContent = body.progress[key];
+      // Reviewed images can be added to a training dataset as soon as there is one.
+      if ($("add-reviewed")) $("add-reviewed").disabled = !(body.progress.reviewed > 0);
     }
   }
 
