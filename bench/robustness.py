@@ -231,6 +231,8 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=0, help="at most this many images per source (0: all)")
     p.add_argument("--first", choices=("own", "common"), default="own",
                    help="the first source's images: each model's own grouped test, or those all models hold out")
+    p.add_argument("--heatmaps-only", action="store_true",
+                   help="only the heatmap audit of the second source's locked fractured images (no acquisition audit)")
     p.add_argument("--packed", type=Path, default=None,
                    help="scripts/device_data.py's folder, for models trained on it (a GPU machine's runs)")
     p.add_argument("--survey", action="store_true", help="only measure what the two sources hold")
@@ -254,6 +256,8 @@ def main() -> int:
     models = a.model or [RELEASE, TWO_SITE]
     names = a.name or (["release-1", "two-site-1"] if not a.model else [m.parent.name for m in models])
     t0 = time.time()
+    if a.heatmaps_only:
+        return heatmaps_only(models, names, a.two, a.limit)
     firsts = first_held_out(models, a.two, a.packed)
     if a.first == "common":
         firsts = [common_held_out(firsts)] * len(models)
@@ -323,6 +327,31 @@ def main() -> int:
         a.markdown.write_text(text + "\n")
     if a.json:
         a.json.write_text(json.dumps(report, indent=1, default=float))
+    print(json.dumps(report, default=float))
+    return 0
+
+
+def heatmaps_only(models: list[Path], names: list[str], two: Path, limit: int = 0) -> int:
+    """The served heatmaps of the second source's locked fractured images against their boxes, per model."""
+    paths, y, boxes = site_locked(two)
+    fractured = [i for i in range(len(paths)) if y[i] == 1 and boxes[i]]
+    if limit:
+        fractured = fractured[:limit]
+    images = [load_gray(paths[i]) for i in fractured]
+    keep = [k for k, im in enumerate(images) if im is not None]
+    rows = ["| model | n | heatmap mass in boxes (area) | in outer tenth (area) | pointing game (chance) "
+            "| empty maps |",
+            "|---|---|---|---|---|---|"]
+    report = {}
+    for path, name in zip(models, names, strict=True):
+        predictor = Predictor.from_file(path, device=torch.device("cpu"))
+        heat = heatmap_audit(predictor, [images[k] for k in keep], [boxes[fractured[k]] for k in keep])  # type: ignore[misc]
+        report[name] = heat
+        rows.append(f"| {name} | {heat['n']} | {_f(heat['box_mass'])} ({_f(heat['box_area'])}) | "
+                    f"{_f(heat['border_mass'])} ({_f(heat['border_area'])}) | {_f(heat['pointing_game'])} "
+                    f"({_f(heat['pointing_chance'])}) | {heat['empty_maps']} |")
+        print(rows[-1], file=sys.stderr)
+    print("\n".join(rows))
     print(json.dumps(report, default=float))
     return 0
 
