@@ -190,7 +190,7 @@ def test_job_page_shows_the_banner_and_filters_to_the_flagged_images(
     flagged = [str(r["path"]) for r in rows if r["in_distribution"] is False]
     html = client.get(f"/jobs/{classified.job_id}").get_data(as_text=True)
     assert f"{len(flagged)} of {len(rows)} {BANNER}" in html
-    assert re.search(r'<p id="ood-banner" class="banner warn" >', html)  # shown, not hidden
+    assert re.search(r'<p id="ood-banner" class="banner warn" aria-live="polite" >', html)  # shown, not hidden
     assert f'href="/jobs/{classified.job_id}?flag=ood"' in html
 
     # Every page of the filtered listing (two rows a page) holds only flagged images, each with its badge.

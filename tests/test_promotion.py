@@ -208,8 +208,8 @@ def test_a_run_on_a_tiny_dataset_is_never_promoted_automatically(
         run_id = trainings.create_run(s, {}, "test").id
         trainings.start_run(s, run_id)
     checkpoint = _perfect_on_val(tmp_path / "run" / "model.pt")
-    version_id = _register(settings, run_id, {"checkpoint": str(checkpoint), "splits": {"test": test_split}},
-                           force=False)
+    version_id, outcome = _register(settings, run_id, {"checkpoint": str(checkpoint), "splits": {"test": test_split}},
+                                    force=False)
     with session_scope(settings.database_url) as s:
         version = s.get_one(ModelVersion, version_id)
         run = s.get_one(TrainingRun, run_id)
@@ -219,3 +219,4 @@ def test_a_run_on_a_tiny_dataset_is_never_promoted_automatically(
         assert version.decision.startswith("not promoted: on the candidate's grouped test split too few images")
         assert run.status == RunStatus.DONE and run.model_version_id == version_id
         assert version.decision in (run.message or "") and "is active" in (run.message or "")
+        assert run.message == f"registered {outcome}"

@@ -45,7 +45,7 @@ def test_job_pages_show_progress_results_and_csv(client: FlaskClient, sample_ima
 
     html = client.get(f"/jobs/{job_id}").get_data(as_text=True)
     assert '<progress id="progress" max="5" value="0">' in html
-    assert '<strong id="progress-text">0 / 5</strong>' in html
+    assert '<strong id="progress-text" aria-live="polite">0 / 5</strong>' in html
     assert f'id="download-csv" href="/api/jobs/{job_id}/results.csv"' in html
     assert "set/0.jpg" in html and "set/1.jpg" in html and "set/2.jpg" not in html  # page 1 of 3
     assert "Page 1 of 3" in html
