@@ -18,7 +18,7 @@ from fracture.storage import Storage
 SEED_VERSION = "release-1"
 # Other checkpoints shipped beside it (folder under the release's, version name), registered as candidates on a
 # fresh installation so that a department can evaluate them on its own images before promoting one.
-SHIPPED_CANDIDATES = (("two-site", "two-site-1"), ("robust", "robust-1"))
+SHIPPED_CANDIDATES = (("two-site", "two-site-1"), ("robust", "robust-1"), ("robust-boxes", "robust-2"))
 
 
 def active_version(session: Session) -> ModelVersion | None:
