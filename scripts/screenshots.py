@@ -64,9 +64,15 @@ def shoot(url: str, out: Path, user: str, password: str) -> None:
             page.screenshot(path=out / "viewer.png")
             for name in ("jobs", "models", "training"):
                 page.goto(f"{url}/{name}")
-                # The model plots load lazily: wait until every image on the page has really arrived.
-                wait_until(page, ALL_IMAGES_LOADED, 30, "the images")
-                page.screenshot(path=out / f"{name}.png", full_page=name == "models")
+                # The model plots load lazily, those below the fold only when scrolled to: ask for all of them (a
+                # full-page shot shows them), then wait until every image on the page has really arrived.
+                page.evaluate("document.querySelectorAll('img[loading=lazy]').forEach(i => { i.loading = 'eager'; })")
+                wait_until(page, ALL_IMAGES_LOADED, 60, "the images")
+                if name == "models":  # the top of a long page: the active version and the first candidates
+                    page.screenshot(path=out / f"{name}.png", full_page=True,
+                                    clip={"x": 0, "y": 0, "width": 1280, "height": 2400})
+                else:
+                    page.screenshot(path=out / f"{name}.png")
             browser.close()
 
 
