@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -129,6 +128,8 @@ class TorchvisionBinary(nn.Module):
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
+        import torchvision  # only for a torchvision architecture: serving FracNet does not pay its import
+
         self.net = torchvision.models.get_model(args.arch, weights=None, num_classes=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,6 +140,8 @@ def build_model(args: ModelArgs) -> nn.Module:
     """Construct an untrained network for `args`."""
     if args.arch == "fracnet":
         return FracNet(args)
+    import torchvision  # a second of start-up that `fracture classify` and the workers skip for FracNet
+
     if args.arch in torchvision.models.list_models(module=torchvision.models):
         if args.in_channels != 3:
             raise ValueError(f"torchvision arch {args.arch!r} takes 3 channels; set in_channels=3")
@@ -187,6 +190,8 @@ def load_pretrained(model: nn.Module, weights: str | Path) -> list[str]:
     if path.exists():
         state = torch.load(path, map_location="cpu", weights_only=True)
     else:
+        import torchvision
+
         state = torchvision.models.get_weight(str(weights)).get_state_dict(progress=False)
     own = model.net.state_dict()
     compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}

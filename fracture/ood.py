@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.covariance import LedoitWolf
 
 KIND = "mahalanobis-blocks"
 DEFAULT_QUANTILE = 0.95
@@ -69,6 +68,8 @@ def fit(train: np.ndarray, labels: np.ndarray, val: np.ndarray, quantile: float 
     means = np.stack([train[labels == c].mean(0) for c in classes])
     centred = np.concatenate([train[labels == c] - means[i] for i, c in enumerate(classes)])
     # Ledoit-Wolf shrinkage: a well-conditioned covariance from ~2,500 images in a few hundred dimensions.
+    from sklearn.covariance import LedoitWolf  # fitting only (the trainer): serving does not import scikit-learn
+
     precision = LedoitWolf(assume_centered=True).fit(centred).precision_
     detector = Detector(torch.tensor(means, dtype=torch.float32), torch.tensor(precision, dtype=torch.float32), 1.0,
                         quantile)

@@ -9,7 +9,6 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2.functional import equalize
 
 from fracture.decode import (  # noqa: F401  (re-exported: the decoding every caller shares)
     ALLOWED_FORMATS,
@@ -68,6 +67,8 @@ def to_uint8_tensor(gray: Image.Image) -> torch.Tensor:
 def normalize(batch_u8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """Turn a (N, 1, H, W) uint8 batch into the float input the network was trained on."""
     if spec.intensity == "equalize":
+        from torchvision.transforms.v2.functional import equalize  # only a checkpoint that equalizes pays its import
+
         batch_u8 = equalize(batch_u8)
     x = batch_u8.float().div_(255.0)
     if spec.channels == 3:

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 stamp=.venv/.bootstrap-stamp
-want=$(cat uv.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat uv.lock pyproject.toml "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)
 if [[ -x .venv/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]]; then
   exit 0
 fi
@@ -23,6 +23,9 @@ fi
 
 echo "bootstrap: syncing .venv from uv.lock (first time: a few GB of wheels, about a minute)"
 start=$SECONDS
-"${uv[@]}" sync --frozen --python 3.11
+# --compile-bytecode: every .py compiled once here. Without it a process compiles torch's sources again at each
+# start wherever bytecode is not written back (PYTHONDONTWRITEBYTECODE, a read-only venv): 7 of the 12 s that
+# `fracture classify` of one file took on this machine, and the same in every worker and web process started.
+"${uv[@]}" sync --frozen --python 3.11 --compile-bytecode
 echo "$want" >"$stamp"
 echo "bootstrap: .venv ready in $((SECONDS - start))s"

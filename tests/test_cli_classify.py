@@ -136,3 +136,23 @@ def test_no_csv_cell_is_a_live_formula(tmp_path: Path, sample_images: list[Path]
     assert len(paths) == len(evil) + 1
     assert sorted(p for p in paths if not p.startswith("'=1+1.zip/")) == sorted("'" + n for n in evil)
     assert not any(p.startswith(("=", "+", "-", "@")) for p in paths)
+
+
+def test_serving_a_release_model_imports_neither_scikit_learn_nor_torchvision(sample_images: list[Path]) -> None:
+    """What `fracture classify` and the inference worker load to serve a FracNet checkpoint stays free of the two
+    heavy libraries only training needs (a second each of start-up on 2 cores: bench/run.py's start-up row)."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import torch\n"
+        "from fracture.inference import Predictor\n"
+        "from fracture.preprocess import load_u8\n"
+        "p = Predictor.from_file(Path('fracture/release/model.pt'), device=torch.device('cpu'))\n"
+        f"probs, ood = p.scores(torch.stack([load_u8(Path({str(sample_images[0])!r}), p.spec)]))\n"
+        "assert len(probs) == 1 and 0.0 <= float(probs[0]) <= 1.0\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'torchvision', 'scipy'}))\n"
+    )
+    out = subprocess.run([str(VENV_BIN / "python"), "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
