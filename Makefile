@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # processes they start, so two share the two cores well. `make test PYTEST_WORKERS=0` runs them in one.
 PYTEST_WORKERS ?= 2
 
-.PHONY: bootstrap system-deps up test lint bench clean-venv
+.PHONY: bootstrap system-deps up test test-fast lint bench clean-venv
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -26,6 +26,13 @@ test: bootstrap system-deps
 	$(VENV)/pytest -q -rfEs --durations=15 -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || rc=$$?; \
 	if [[ $$rc -eq 0 ]]; then verdict=PASSED; else verdict="FAILED (pytest exit $$rc)"; fi; \
 	echo "== make test: $$verdict in $$((SECONDS - start))s =="; \
+	exit $$rc
+
+# The fast lane: every test but those marked slow (whole live systems, real worker processes; tests/conftest.py).
+test-fast: bootstrap system-deps
+	@start=$$SECONDS; rc=0; \
+	$(VENV)/pytest -q -rfEs -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || rc=$$?; \
+	echo "== make test-fast: exit $$rc in $$((SECONDS - start))s =="; \
 	exit $$rc
 
 # ruff (style and bugs), mypy (types; packages in pyproject.toml), lint-imports (the layers; pyproject.toml).

@@ -187,6 +187,17 @@ def live_system(
 # ---------------------------------------------------------------- hooks
 
 
+# A test that starts real worker processes or a whole live system is slow whatever its file says: `make test-fast`
+# (pytest -m "not slow") leaves it out.
+PROCESS_FIXTURES = frozenset({"live_system", "celery_worker_proc"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     """Keep each phase's report on the test item so fixtures can print logs when the test failed."""
