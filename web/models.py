@@ -8,6 +8,7 @@ state it was shown in, so a form sent twice, or from a page that is out of date,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,14 +178,11 @@ def rollback_action() -> Action | None:
                   {"active": active.name if active is not None else "", "to": target.name})
 
 
-@bp.app_template_global()
-def model_actions() -> dict[str, Any]:
-    """For the models page: each version's actions by id ("promote", "retire"), and the rollback (or None)."""
-    session = db()
-    active = active_version(session)
-    by_id: dict[int, dict[str, Action]] = {}
-    for version in session.scalars(select(ModelVersion)):
-        by_id[version.id] = {"promote": promote_action(version, active), "retire": retire_action(version)}
+def model_actions(versions: Sequence[ModelVersion]) -> dict[str, Any]:
+    """For the models page (its view passes them): each listed version's actions by id ("promote", "retire"), and
+    the rollback (or None)."""
+    active = active_version(db())
+    by_id = {v.id: {"promote": promote_action(v, active), "retire": retire_action(v)} for v in versions}
     return {"by_id": by_id, "rollback": rollback_action()}
 
 

@@ -9,8 +9,9 @@ from sqlalchemy import func, select
 from fracture import trainings
 from fracture.evaluations import SPLIT_CHOICES
 from fracture.models import Dataset, DatasetStatus, Job, ModelVersion, TrainingRun
-from web.auth import require_admin, sees, visible
+from web.auth import current_user, require_admin, sees, visible
 from web.context import NO_MODEL_MESSAGE, active_model, db, send_stored_png, settings
+from web.models import model_actions
 from web.trainings import NotSent, send_run
 from web.views import RowQuery, count_rows, job_dict, job_summary, model_dict, parse_row_query, result_rows
 
@@ -65,8 +66,9 @@ def models() -> ResponseReturnValue:
     versions = db().scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())).all()
     active_model()  # registers the shipped release model on a fresh install
     ready = db().scalars(select(Dataset).where(Dataset.status == DatasetStatus.READY).order_by(Dataset.name)).all()
+    actions = model_actions(versions) if current_user().is_admin else None
     return render_template("models.html", models=[model_dict(v) for v in versions], datasets=ready,
-                           splits=SPLIT_CHOICES)
+                           splits=SPLIT_CHOICES, actions=actions)
 
 
 @bp.get("/models/<int:version_id>/plots/<name>")
