@@ -109,6 +109,6 @@ def _register(settings: Settings, run_id: int, summary: dict[str, Any], force: b
     with session_scope(settings.database_url) as s:
         current = active_version(s)
         kept = f"; {current.name} is active" if current is not None else ""
-        message = f"registered {name}: {served}; {reason}{kept}"
-        trainings.finish_run(s, run_id, version_id, message)
-    return version_id, message.removeprefix("registered ")
+        outcome = f"{name}: {served}; {reason}{kept}"
+        trainings.finish_run(s, run_id, version_id, f"registered {outcome}")
+    return version_id, outcome

@@ -401,7 +401,8 @@ def warm_start(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, init: s
 
 def rescheduled(opt: torch.optim.Optimizer, lr: float, epochs: int, steps_per_epoch: int,
                 done: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """The one-cycle schedule of `epochs` epochs, advanced past the `done` epochs already trained."""
+    """The one-cycle schedule of `epochs` epochs, advanced past the `done` epochs already trained (--max-minutes
+    shortens a run's schedule after its first epoch)."""
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
     with warnings.catch_warnings():  # the optimizer's steps were taken already: only the schedule moves on
         warnings.simplefilter("ignore", UserWarning)
@@ -457,8 +458,7 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
     epochs = 1 if args.dry_run else args.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(data.split_index["train"]) / args.batch_size))
-    sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=args.lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    sched = rescheduled(opt, args.lr, epochs, steps_per_epoch, done=0)
     history: dict[str, list[float]] = {k: [] for k in
                                        ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "epoch_s")}
     best: dict[str, Any] = {"auc": -1.0, "loss": math.inf, "epoch": 0, "state": None}
