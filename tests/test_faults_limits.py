@@ -34,6 +34,16 @@ def big_png(sample_images: list[Path], tmp_path_factory: pytest.TempPathFactory)
     return path
 
 
+@pytest.fixture(scope="module")
+def huge_png(sample_images: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real X-ray scaled up to 12000x12000 (legal under MAX_IMAGE_PIXELS=150000000), over a second to decode: a
+    window the test's poll does not miss on a busy 2-core machine (at 7000x7000, 0.4 s, it once did)."""
+    path = tmp_path_factory.mktemp("huge") / "huge.png"
+    with PILImage.open(sample_images[0]) as im:
+        im.convert("L").resize((12000, 12000)).save(path, compress_level=1)
+    return path
+
+
 def _run(env: dict[str, str], files: list[Path], timeout: float = 120) -> dict[str, object]:
     """Create a job of `files`, enqueue it, and wait for a final state."""
     settings = get_settings(env)
@@ -116,13 +126,14 @@ def _pool_children(pid: int) -> list[int]:
 
 def test_a_chunk_that_kills_its_worker_is_split_and_given_up_after_n_attempts(
     fracture_env: dict[str, str], redis_url: str, celery_worker_proc: WorkerFactory, sample_images: list[Path],
-    big_png: Path,
+    huge_png: Path,
 ) -> None:
     """An image that kills the pool child every time (the test kills it while that image is being decoded)."""
-    env = {**fracture_env, "REDIS_URL": redis_url, "CHUNK_SIZE": "16", "MAX_CHUNK_ATTEMPTS": "3"}
+    env = {**fracture_env, "REDIS_URL": redis_url, "CHUNK_SIZE": "16", "MAX_CHUNK_ATTEMPTS": "3",
+           "MAX_IMAGE_PIXELS": "150000000"}
     settings = get_settings(env)
     worker = celery_worker_proc.start(env)
-    files = [*sample_images[:3], big_png, *sample_images[3:6]]
+    files = [*sample_images[:3], huge_png, *sample_images[3:6]]
     job_id = create_job(env, files)
     with session_scope(settings.database_url) as session:
         killer = session.scalars(select(Image.id).where(Image.job_id == job_id, Image.seq == 4)).one()
