@@ -26,7 +26,7 @@ from werkzeug.datastructures import FileStorage
 from fracture.config import Settings, get_settings
 from fracture.preprocess import ImageError, decode
 from fracture.storage import Storage
-from web.ingest import Upload, UploadRefused, ingest_parts
+from web.jobs.ingest import Upload, UploadRefused, ingest_parts
 
 # Hypothesis writes a cache of constants as soon as @given decorates a test: keep it out of the checkout.
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "fracture-hypothesis")

@@ -1,4 +1,6 @@
-"""The web front end (Flask): upload form, job pages, CSV, models and training pages, and the JSON API.
+"""The web front end (Flask): one package per resource (jobs, models, datasets, trainings, evaluations, schedules;
+auth), each with its pages and its JSON API side by side and one schema module; the API is described at
+/api/openapi.json (web/openapi.py).
 
 It imports the core (`fracture`) only, never `worker` or `trainer`: jobs and runs are recorded through the
 core's state modules and sent by name through `fracture.queue`.
@@ -9,10 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, render_template, request
+from marshmallow import ValidationError
 from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, ServiceUnavailable
+from werkzeug.routing import IntegerConverter, Map
 from werkzeug.wsgi import LimitedStream
 
+from fracture import val_auc
 from fracture.audit_text import duplicates_sentence
 from fracture.config import Settings, get_settings
 from fracture.db import session_factory
@@ -45,27 +50,25 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # A producer only: the web sends tasks by name and never runs one.
     app.extensions["celery"] = make_app(settings)
 
-    from web import api, datasets, evaluations, images, models, pages
+    from web import datasets, evaluations, jobs, models, schedules, system, trainings
     from web.context import close_db
-    from web.heatmaps import bp as heatmaps_bp
-    from web.reviews import bp as reviews_bp
-    from web.schedules import bp as schedules_bp
-    from web.trainings import bp as trainings_bp
+    from web.openapi import init_api
 
+    app.url_map.converters["int"] = RowId
     app.teardown_appcontext(close_db)
     app.add_template_filter(duplicates_sentence, "duplicates")
+    app.add_template_global(val_auc.served_text, "served_val_auc")  # formatting only: templates run no queries
     init_auth(app)  # before the blueprints: its guard runs first on every request
-    app.register_blueprint(api.bp)
-    app.register_blueprint(pages.bp)
-    app.register_blueprint(images.bp)
-    app.register_blueprint(evaluations.bp)
-    app.register_blueprint(datasets.bp)
-    app.register_blueprint(models.bp)
-    app.register_blueprint(schedules_bp)
-    app.register_blueprint(trainings_bp)
-    app.register_blueprint(heatmaps_bp)
-    app.register_blueprint(reviews_bp)
+    api = init_api(app)
+    app.register_blueprint(system.pages)
+    api.register_blueprint(system.api)
+    # One package per resource, its pages and its API side by side (the API's routes go into /api/openapi.json).
+    for resource in (jobs, models, datasets, trainings, evaluations, schedules):
+        app.register_blueprint(resource.PAGES)
+        api.register_blueprint(resource.API)
+    # After flask-smorest's own handler, so every error keeps this app's shape.
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(ValidationError, _invalid)
     app.register_error_handler(OperationalError, _db_down)
     return app
 
@@ -78,10 +81,48 @@ def _db_down(exc: OperationalError) -> Response | tuple[Response | str, int]:
     ))
 
 
+class RowId(IntegerConverter):
+    """`<int:...>` in routes: a row id, at most PostgreSQL's integer, so a huge number is a 404, not a crash."""
+
+    def __init__(self, url_map: Map, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", 2**31 - 1)
+        super().__init__(url_map, *args, **kwargs)
+
+
+def _field_messages(messages: object) -> str:
+    """'name: message; other: message' from marshmallow's or webargs' messages (by location, then field)."""
+    parts: list[str] = []
+
+    def walk(value: object, path: list[str]) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(inner, path + [str(key)] if key not in ("json", "query", "form", "files", "_schema") else path)
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            parts.append(f"{'.'.join(path) or 'body'}: {' '.join(value)}")
+        elif isinstance(value, list):
+            for inner in value:
+                walk(inner, path)
+        else:
+            parts.append(f"{'.'.join(path) or 'body'}: {value}")
+
+    walk(messages, [])
+    return "; ".join(parts)
+
+
+def _invalid(exc: ValidationError) -> Response | tuple[Response | str, int]:
+    """A request a schema refused outside webargs (a body read by hand): 400 naming the fields."""
+    return _http_error(BadRequest(f"Invalid request: {_field_messages(exc.messages)}."))
+
+
 def _http_error(exc: HTTPException) -> Response | tuple[Response | str, int]:
-    """JSON under /api, a plain page elsewhere; 413 says what the limit is."""
+    """JSON under /api, a plain page elsewhere; 413 says what the limit is; a refused field is named."""
     code = exc.code or 500
     message = exc.description or exc.name
+    extra: dict[str, Any] = {}
+    refused = (getattr(exc, "data", None) or {}).get("messages")  # webargs: the schema refused the request
+    if refused:
+        message = f"Invalid request: {_field_messages(refused)}."
+        extra["errors"] = refused
     if isinstance(exc, RequestEntityTooLarge):
         # werkzeug raises the same 413 for too many bytes and for too many form parts.
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
@@ -91,7 +132,7 @@ def _http_error(exc: HTTPException) -> Response | tuple[Response | str, int]:
             parts = current_app.config.get("MAX_FORM_PARTS")
             message = f"Too many files in one request: the limit is {parts} parts. Split it into batches."
     if request.path.startswith("/api/"):
-        return jsonify({"error": message}), code
+        return jsonify({"error": message, **extra}), code
     return render_template("error.html", code=code, title=exc.name, message=message), code
 
 

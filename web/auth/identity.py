@@ -12,8 +12,10 @@ from fracture.accounts import session_key, user_for_token
 from fracture.models import Job, User
 from web.context import db
 
-# Reachable without an account: the login form, the health probe, the stylesheet, scripts and the site's icon.
-PUBLIC_ENDPOINTS = frozenset({"auth.login", "api.health", "static", "pages.favicon"})
+# Reachable without an account: the login form, the health probe, the stylesheet, scripts, the site's icon and the
+# API's description (its document, reference page and that page's assets).
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "system_api.health", "static", "system.favicon",
+                              "api-docs.openapi_json", "docs.page", "docs.static"})
 LOGIN_HINT = "send 'Authorization: Bearer <token>' (`fracture users create NAME` prints one) or log in"
 
 

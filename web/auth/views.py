@@ -22,10 +22,10 @@ def _limits() -> LoginLimits:
 def _safe_next(target: str | None) -> str:
     """Only a path on this site: never `//evil.example` or an absolute URL (an open redirect)."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return url_for("pages.upload")
+        return url_for("jobs.upload")
     parts = urlsplit(target)
     if parts.scheme or parts.netloc:
-        return url_for("pages.upload")
+        return url_for("jobs.upload")
     return target
 
 

@@ -8,7 +8,7 @@ from fracture import jobs, queue
 from fracture.jobs import BROKER_DOWN_MESSAGE
 from fracture.models import Job, new_id
 from web.context import NO_MODEL_MESSAGE, active_model, celery, db, settings, storage
-from web.ingest import FilePart, Upload, UploadRefused, ingest_parts
+from web.jobs.ingest import FilePart, Upload, UploadRefused, ingest_parts
 
 
 class JobNotDispatched(Exception):

@@ -1,64 +1,18 @@
-"""Read models for pages, JSON and CSV: jobs, result rows and model versions as plain dicts."""
+"""A job's rows for pages, JSON and CSV: which rows (RowQuery), in what order, counted, summarised, stepped."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from flask import abort, url_for
 from sqlalchemy import Select, and_, func, not_, or_, select
-from sqlalchemy.orm import Session, aliased, object_session
+from sqlalchemy.orm import Session, aliased
 
-from fracture.evaluations import evaluations_with_names
 from fracture.jobs import PATIENT_COLUMNS
-from fracture.models import FINAL_JOB_STATUSES, Evaluation, Image, Job, ModelVersion, Result, Review, User
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back naive; they were written in UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
-def iso(value: datetime | None) -> str | None:
-    value = aware(value)
-    return value.isoformat() if value is not None else None
-
-
-def job_dict(job: Job, now: datetime | None = None) -> dict[str, Any]:
-    """The shape of `GET /api/jobs/<id>`, with elapsed time and a naive linear ETA."""
-    now = now or datetime.now(UTC)
-    started, finished = aware(job.started_at), aware(job.finished_at)
-    elapsed = ((finished or now) - started).total_seconds() if started else None
-    done = job.processed  # the worker counts every image with an outcome, errors included
-    eta = None
-    if job.status in FINAL_JOB_STATUSES:
-        eta = 0.0
-    elif elapsed is not None and 0 < done < job.total:
-        eta = round(elapsed / done * (job.total - done), 1)
-    return {
-        "id": job.id,
-        "name": job.name,
-        "status": job.status,
-        "total": job.total,
-        "processed": job.processed,
-        "failed": job.failed,
-        "classified": job.processed - job.failed,
-        # Results the model's detector flagged as unlike its training data (0 when the model has no detector).
-        "out_of_distribution": job.out_of_distribution or 0,
-        "model_version": job.model_version.name if job.model_version else None,
-        "error": job.error,
-        "created_at": iso(job.created_at),
-        "started_at": iso(job.started_at),
-        "finished_at": iso(job.finished_at),
-        "elapsed_s": round(elapsed, 1) if elapsed is not None else None,
-        "eta_s": eta,
-        "final": job.status in FINAL_JOB_STATUSES,
-    }
-
+from fracture.models import Image, Job, ModelVersion, Result, Review, User
+from web.timefmt import iso
 
 # How the job page and the results API may order a job's rows: key -> (column, descending).
 SORTS = ("seq", "probability", "-probability", "path", "-path")
@@ -278,7 +232,7 @@ def _rows(
             "error": r["error"] or r["ingest_error"],
             "study_instance_uid": r["study_instance_uid"],
             "sop_instance_uid": r["sop_instance_uid"],
-            "thumbnail_url": (url_for("images.thumbnail", job_id=job.id, image_id=r["image_id"])
+            "thumbnail_url": (url_for("jobs_api.thumbnail", job_id=job.id, image_id=r["image_id"])
                               if r["thumbnail_key"] else None),
             "review": None if r["review_label"] is None else {
                 "label": r["review_label"], "correct": r["correct"], "reviewer": r["username"],
@@ -288,77 +242,3 @@ def _rows(
         if patient:
             row.update({column: r[column] for column in PATIENT_COLUMNS})
         yield row
-
-
-def _scalar(value: object) -> bool:
-    return isinstance(value, int | float | str | bool) or value is None
-
-
-def metric_table(metrics: dict[str, Any]) -> tuple[list[str], list[tuple[str, dict[str, Any]]], list[tuple[str, Any]]]:
-    """Split metrics into a per-split table (columns, rows) and the remaining top-level scalars."""
-    columns: list[str] = []
-    rows: list[tuple[str, dict[str, Any]]] = []
-    flat: list[tuple[str, Any]] = []
-    for key, value in metrics.items():
-        if key == "robustness":  # a table of its own (model_dict's "robustness")
-            continue
-        if isinstance(value, dict):
-            scalars = {k: v for k, v in value.items() if _scalar(v)}
-            columns += [k for k in scalars if k not in columns]
-            rows.append((key, scalars))
-        elif _scalar(value):
-            flat.append((key, value))
-    return columns, rows, flat
-
-
-def evaluation_dict(evaluation: Evaluation, version_name: str, dataset_name: str) -> dict[str, Any]:
-    """The shape of `GET /api/evaluations/<id>`: a version measured on a dataset (or one split of it)."""
-    return {
-        "id": evaluation.id,
-        "status": evaluation.status,
-        "model_version": version_name,
-        "model_version_id": evaluation.model_version_id,
-        "dataset": dataset_name,
-        "dataset_id": evaluation.dataset_id,
-        "split": evaluation.split,
-        "audit": bool(evaluation.audit),
-        "metrics": evaluation.metrics or {},
-        "plots": {name: url_for("evaluations.plot", evaluation_id=evaluation.id, name=name)
-                  for name in sorted(evaluation.plots or {})},
-        "error": evaluation.error,
-        "created_at": iso(evaluation.created_at),
-        "started_at": iso(evaluation.started_at),
-        "finished_at": iso(evaluation.finished_at),
-    }
-
-
-def model_dict(version: ModelVersion) -> dict[str, Any]:
-    columns, rows, flat = metric_table(version.metrics or {})
-    session = object_session(version)
-    measured = evaluations_with_names(session, version.id) if session is not None else []
-    return {
-        "id": version.id,
-        "name": version.name,
-        "version": version.name,
-        "status": version.status,
-        "arch": version.arch,
-        "threshold": version.threshold,
-        "metrics": version.metrics or {},
-        "plots": sorted((version.plots or {}).keys()),
-        "selection_metric": version.selection_metric,
-        "split_policy": version.split_policy,
-        "data_fingerprint": version.data_fingerprint,
-        "notes": version.notes,
-        "created_at": iso(version.created_at),
-        "promoted_at": iso(version.promoted_at),
-        "retired_at": iso(version.retired_at),
-        # Why the last decision about it was taken: the automatic promotion check's reason, or an admin's action.
-        "decision": version.decision,
-        "metric_columns": columns,
-        "metric_rows": rows,
-        "metric_flat": flat,
-        # Its test split under other departments' acquisition changes (trainer.robustness), when measured.
-        "robustness": (version.metrics or {}).get("robustness"),
-        # Its external validation: every evaluation of this version on a registered dataset, newest first.
-        "evaluations": [evaluation_dict(e, version.name, dataset) for e, _, dataset in measured],
-    }

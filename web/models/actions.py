@@ -1,4 +1,4 @@
-"""Model versions on the web: promote, retire and roll back (admins), compare two side by side (pages and API).
+"""What the models pages and API do: promote, retire and roll back (admins), compare two versions side by side.
 
 A version is named in URLs by its name ("release-1") or its id. New jobs use the active version; a job keeps the
 version it was created with, so none of these actions changes a job already accepted. On the page each action says
@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Blueprint, Response, abort, flash, jsonify, redirect, render_template, request, url_for
-from flask.typing import ResponseReturnValue
+from flask import abort, request, url_for
 from sqlalchemy import select
 
 from fracture.evaluations import evaluations_with_names
@@ -28,31 +27,23 @@ from fracture.registry import (
     rollback,
     rollback_path,
 )
-from web.auth import current_user, require_admin
-from web.confirm import asked, confirm_page
+from web.auth import current_user
 from web.context import db
-from web.views import model_dict
-
-bp = Blueprint("models", __name__)
+from web.models.schemas import model_json
 
 # The figures put side by side, per split and per evaluation dataset (ood_flagged: the share of the images the
 # version's out-of-distribution detector flags, None without one).
 COMPARED = ("n", "roc_auc", "sensitivity", "specificity", "accuracy", "precision", "f1", "threshold", "ood_flagged")
 
 
-def get_version(ref: str | int) -> ModelVersion:
-    """The version named or numbered `ref`; 404 when there is none."""
-    version = find_version(db(), ref)
+def get_version(ref: object) -> ModelVersion:
+    """The version named or numbered `ref`; 400 when `ref` is neither a name nor an id, 404 when there is none."""
+    if isinstance(ref, bool) or not isinstance(ref, str | int) or (isinstance(ref, str) and not ref.strip()):
+        abort(400, description="Give model_version: a model version's name (for example release-1) or its id.")
+    version = find_version(db(), ref.strip() if isinstance(ref, str) else ref)
     if version is None:
         abort(404, description=f"There is no model version named or numbered {str(ref)!r}.")
     return version
-
-
-def public(version: ModelVersion) -> dict[str, Any]:
-    """A version as the API shows it (the page's table helpers left out), with its plots' URLs."""
-    out = {k: v for k, v in model_dict(version).items() if not k.startswith("metric_")}
-    out["plot_urls"] = {name: url_for("pages.model_plot", version_id=version.id, name=name) for name in out["plots"]}
-    return out
 
 
 def promote_version(ref: str | int) -> ModelVersion:
@@ -186,7 +177,7 @@ def model_actions(versions: Sequence[ModelVersion]) -> dict[str, Any]:
     return {"by_id": by_id, "rollback": rollback_action()}
 
 
-def _out_of_date() -> str | None:
+def out_of_date() -> str | None:
     """Why a page form's `active` field no longer matches the active version (the page was stale); None if it does."""
     if "active" not in request.form:
         return None
@@ -209,7 +200,7 @@ def comparison(a: ModelVersion, b: ModelVersion) -> dict[str, Any]:
     keys = sorted(set(latest["a"]) | set(latest["b"]))
     per_dataset = [{"dataset": d, "split": s, "gate": d in gates,
                     "a": latest["a"].get((d, s)), "b": latest["b"].get((d, s))} for d, s in keys]
-    return {"a": public(a), "b": public(b), "compared": list(COMPARED), "splits": per_split,
+    return {"a": model_json(a), "b": model_json(b), "compared": list(COMPARED), "splits": per_split,
             "evaluations": per_dataset}
 
 
@@ -232,7 +223,7 @@ def _latest_evaluations(version_id: int) -> dict[tuple[str, str], dict[str, Any]
     return latest
 
 
-def _pair() -> tuple[ModelVersion, ModelVersion]:
+def compared_pair() -> tuple[ModelVersion, ModelVersion]:
     """The versions `a` and `b` of the query; by default the active one and the newest other one."""
     a_ref, b_ref = request.args.get("a", "").strip(), request.args.get("b", "").strip()
     a = get_version(a_ref) if a_ref else active_version(db())
@@ -245,118 +236,3 @@ def _pair() -> tuple[ModelVersion, ModelVersion]:
     if a is None or b is None:
         abort(400, description="Give two model versions to compare: ?a=<name or id>&b=<name or id>.")
     return a, b
-
-
-# ---------------------------------------------------------------- pages
-
-
-@bp.get("/models/compare")
-def compare_page() -> ResponseReturnValue:
-    a, b = _pair()
-    versions = db().scalars(select(ModelVersion.name).order_by(ModelVersion.created_at.desc())).all()
-    return render_template("model_compare.html", c=comparison(a, b), versions=versions)
-
-
-@bp.post("/models/<ref>/promote")
-def promote_page(ref: str) -> ResponseReturnValue:
-    require_admin("promote a model")
-    version = get_version(ref)
-    if version.status == ModelStatus.ACTIVE:
-        flash(f"Model {version.name} is already the active model; nothing changed.", "ok")
-        return redirect(url_for("pages.models"))
-    stale = _out_of_date()
-    if stale:
-        flash(f"Nothing was changed: {stale}.", "error")
-        return redirect(url_for("pages.models"))
-    if asked():
-        action = promote_action(version, active_version(db()))
-        return confirm_page(action.question, action.label, url_for("pages.models", _anchor=f"model-{version.id}"))
-    promote_version(version.id)
-    flash(f"Model {version.name} is now the active model; new jobs use it.", "ok")
-    return redirect(url_for("pages.models"))
-
-
-@bp.post("/models/<ref>/retire")
-def retire_page(ref: str) -> ResponseReturnValue:
-    require_admin("retire a model")
-    version = get_version(ref)
-    if asked() and version.status == ModelStatus.CANDIDATE:
-        action = retire_action(version)
-        return confirm_page(action.question, action.label, url_for("pages.models", _anchor=f"model-{version.id}"))
-    if version.status == ModelStatus.RETIRED:
-        flash(f"Model {version.name} is already retired; nothing changed.", "ok")
-        return redirect(url_for("pages.models"))
-    try:
-        retire_version(version)
-    except RegistryError as e:
-        flash(f"Cannot retire: {e}.", "error")
-        return redirect(url_for("pages.models", _anchor=f"model-{version.id}"))
-    flash(f"Model {version.name} is retired.", "ok")
-    return redirect(url_for("pages.models"))
-
-
-@bp.post("/models/rollback")
-def rollback_page() -> ResponseReturnValue:
-    require_admin("roll back the active model")
-    stale = _out_of_date()
-    if stale:
-        flash(f"Nothing was rolled back: {stale}.", "error")
-        return redirect(url_for("pages.models"))
-    if asked():
-        action = rollback_action()
-        if action is not None:
-            return confirm_page(action.question, action.label, url_for("pages.models"))
-    try:
-        target, replaced = rollback_active(to=request.form.get("to") or None)
-    except RegistryError as e:
-        flash(f"Cannot roll back: {e}.", "error")
-        return redirect(url_for("pages.models"))
-    flash(f"Rolled back: {target.name} is active again" + (f"; {replaced.name} is retired." if replaced else "."),
-          "ok")
-    return redirect(url_for("pages.models"))
-
-
-# ---------------------------------------------------------------- API
-
-
-@bp.post("/api/models/<ref>/promote")
-def promote_api(ref: str) -> Response:
-    """Make a version (name or id) the active model (admins only); new jobs use it, accepted jobs keep theirs."""
-    require_admin("promote a model")
-    return jsonify(public(promote_version(ref)))
-
-
-@bp.post("/api/models/<ref>/retire")
-def retire_api(ref: str) -> Response:
-    """Retire a version that is not active (admins only): 409 for the active one."""
-    require_admin("retire a model")
-    version = get_version(ref)
-    try:
-        retire_version(version)
-    except RegistryError as e:
-        abort(409, description=f"Cannot retire: {e}.")
-    return jsonify(public(version))
-
-
-@bp.post("/api/models/rollback")
-def rollback_api() -> Response:
-    """Make the version active before the current one active again (admins only): {"active", "replaced"}.
-
-    409 when there is none. A rollback after a rollback goes further back, never back to the version it replaced.
-    An optional JSON body {"to": "<name>"} is refused with 409 unless the rollback would go to that version.
-    """
-    require_admin("roll back the active model")
-    body = request.get_json(silent=True)
-    to = body.get("to") if isinstance(body, dict) else None
-    try:
-        target, replaced = rollback_active(to=str(to) if to else None)
-    except RegistryError as e:
-        abort(409, description=f"Cannot roll back: {e}.")
-    return jsonify({"active": public(target), "replaced": public(replaced) if replaced else None})
-
-
-@bp.get("/api/models/compare")
-def compare_api() -> Response:
-    """Two versions side by side: ?a=<name or id>&b=<name or id> (default: the active one and the newest other)."""
-    a, b = _pair()
-    return jsonify(comparison(a, b))

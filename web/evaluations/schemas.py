@@ -1,0 +1,78 @@
+"""The evaluations API's shapes: a model version measured on a registered dataset (or one split of it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from flask import url_for
+from marshmallow import fields as f
+from marshmallow.validate import OneOf
+
+from fracture.evaluations import SPLIT_CHOICES
+from fracture.models import Evaluation
+from web.timefmt import Timestamp
+
+
+class EvaluationSchema(ma.Schema):
+    """Dumps (evaluation, model version name, dataset name)."""
+
+    id = f.Integer(required=True)
+    status = f.String(required=True)
+    model_version = f.String(required=True)
+    model_version_id = f.Integer(required=True)
+    dataset = f.String(required=True)
+    dataset_id = f.Integer(required=True)
+    split = f.String(allow_none=True)
+    audit = f.Boolean(required=True)
+    metrics = f.Dict(required=True, metadata={"description": "Figures by name (roc_auc, sensitivity, ...)."})
+    plots = f.Dict(keys=f.String(), values=f.String(), required=True, metadata={"description": "Plot URLs."})
+    error = f.String(allow_none=True)
+    created_at = Timestamp()
+    started_at = Timestamp()
+    finished_at = Timestamp()
+
+    @ma.pre_dump
+    def _flatten(self, named: tuple[Evaluation, str, str], **_: Any) -> dict[str, Any]:
+        evaluation, version_name, dataset_name = named
+        return {
+            "id": evaluation.id, "status": evaluation.status, "model_version": version_name,
+            "model_version_id": evaluation.model_version_id, "dataset": dataset_name,
+            "dataset_id": evaluation.dataset_id, "split": evaluation.split, "audit": bool(evaluation.audit),
+            "metrics": evaluation.metrics or {},
+            "plots": {name: url_for("evaluations.plot", evaluation_id=evaluation.id, name=name)
+                      for name in sorted(evaluation.plots or {})},
+            "error": evaluation.error, "created_at": evaluation.created_at, "started_at": evaluation.started_at,
+            "finished_at": evaluation.finished_at,
+        }
+
+
+def evaluation_json(evaluation: Evaluation, version_name: str, dataset_name: str) -> dict[str, Any]:
+    out: dict[str, Any] = EvaluationSchema().dump((evaluation, version_name, dataset_name))
+    return out
+
+
+class EvaluationListSchema(ma.Schema):
+    evaluations = f.List(f.Nested(EvaluationSchema), required=True)
+
+
+class EvaluationListQuery(ma.Schema):
+    model_version = f.String(metadata={"description": "Only this version's (name or id)."})
+    dataset_id = f.Integer()
+
+
+class EvaluationBody(ma.Schema):
+    model_version = f.Raw(required=True, metadata={
+        "description": "A model version's name (release-1) or id.", "oneOf": [{"type": "string"}, {"type": "integer"}]})
+    dataset_id = f.Integer(required=True, metadata={"description": "A registered, validated dataset."})
+    split = f.String(allow_none=True, validate=OneOf([*SPLIT_CHOICES, ""]),
+                     metadata={"description": "One split, or left out for the whole dataset."})
+    audit = f.Boolean(load_default=False, metadata={"description": "Also run the robustness audit."})
+
+
+class EvaluationStartedSchema(ma.Schema):
+    """A queued evaluation (or, with `error`, one failed because the broker was down)."""
+
+    id = f.Integer(required=True)
+    status = f.String(required=True)
+    error = f.String()
