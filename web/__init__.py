@@ -98,7 +98,10 @@ def _field_messages(messages: object) -> str:
             for key, inner in value.items():
                 walk(inner, path + [str(key)] if key not in ("json", "query", "form", "files", "_schema") else path)
         elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            parts.append(f"{'.'.join(path) or 'body'}: {' '.join(value)}")
+            text = " ".join(value)
+            # A schema's own sentence reads on from the field's name ("split must be ..."); marshmallow's own
+            # ("Not a valid integer.") follows a colon.
+            parts.append(f"{'.'.join(path) or 'body'}{' ' if text[:1].islower() else ': '}{text.rstrip('.')}")
         elif isinstance(value, list):
             for inner in value:
                 walk(inner, path)

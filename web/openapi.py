@@ -8,12 +8,14 @@ package (no CDN: the pages' CSP stays `script-src 'self'`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import marshmallow as ma
 from flask import Blueprint, Flask, render_template
 from flask_smorest import Api
 from flask_smorest import Blueprint as SmorestBlueprint
+from marshmallow.validate import OneOf
 from webargs.flaskparser import FlaskParser
 
 API_VERSION = "1"
@@ -83,3 +85,9 @@ def _docs_blueprint() -> Blueprint:
     return bp
 
 
+
+
+def one_of(choices: Sequence[str], error: str | None = None) -> OneOf:
+    """A field's allowed values; refused as "<field> must be one of: a, b" (the field's name goes before it)."""
+    shown = [c for c in choices if c]
+    return OneOf(list(choices), error=error or f"must be one of: {', '.join(shown)}")

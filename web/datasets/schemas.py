@@ -7,12 +7,12 @@ from typing import Any
 import marshmallow as ma
 from flask import url_for
 from marshmallow import fields as f
-from marshmallow.validate import OneOf
 
 from fracture import dataset_additions, datasets
 from fracture.models import Dataset, DatasetRole, DatasetStatus
 from web.auth import current_user
 from web.context import db
+from web.openapi import one_of
 
 ROLES = [r.value for r in DatasetRole]
 
@@ -20,7 +20,7 @@ ROLES = [r.value for r in DatasetRole]
 class DatasetSchema(ma.Schema):
     id = f.Integer(required=True)
     name = f.String(required=True)
-    role = f.String(required=True, validate=OneOf(ROLES))
+    role = f.String(required=True, validate=one_of(ROLES))
     status = f.String(required=True, metadata={"enum": [s.value for s in DatasetStatus]})
     source = f.String(allow_none=True)
     parent_id = f.Integer(allow_none=True)
@@ -62,14 +62,14 @@ class DatasetListSchema(ma.Schema):
 class FolderBody(ma.Schema):
     path = f.String(required=True, metadata={"description": "A folder under one of DATASET_ROOTS."})
     name = f.String(allow_none=True)
-    role = f.String(allow_none=True, validate=OneOf(ROLES))
+    role = f.String(allow_none=True, validate=one_of(ROLES))
 
 
 class ZipForm(ma.Schema):
     file = f.Raw(required=True, metadata={"type": "string", "format": "binary",
                                           "description": "A zip with one folder per class."})
     name = f.String()
-    role = f.String(validate=OneOf(ROLES))
+    role = f.String(validate=one_of(ROLES))
 
 
 class SplitBody(ma.Schema):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import abort
+from flask import abort, jsonify
 
 from fracture import evaluations
 from fracture.evaluations import DatasetNotReady, EvaluationError
@@ -23,7 +23,7 @@ bp = ApiBlueprint("evaluations_api", __name__, url_prefix="/api",
 @bp.post("/evaluations")
 @bp.arguments(s.EvaluationBody)
 @bp.response(201, s.EvaluationStartedSchema)
-@bp.alt_response(503, schema=s.EvaluationStartedSchema, description="Recorded and failed: the broker is down.")
+@bp.alt_response(503, schema=s.EvaluationNotSentSchema, description="Recorded and failed: the broker is down.")
 def post_evaluation(body: dict[str, Any]) -> tuple[object, int]:
     """Evaluate `model_version` on `dataset_id` (all of it, or `split`; with `audit`, also under the robustness
     audit's acquisition changes)."""
@@ -39,7 +39,8 @@ def post_evaluation(body: dict[str, Any]) -> tuple[object, int]:
     except EvaluationError as e:
         abort(400, description=f"Cannot evaluate: {e}.")
     except NotSent as e:
-        return {"id": e.evaluation.id, "status": e.evaluation.status, "error": str(e)}, 503
+        # A Response: flask-smorest would dump a returned dict with the 201 schema.
+        return jsonify({"id": e.evaluation.id, "status": e.evaluation.status, "error": str(e)}), 503
     return evaluation, 201
 
 
@@ -55,7 +56,7 @@ def list_evaluations(args: dict[str, Any]) -> dict[str, Any]:
 
 @bp.get("/evaluations/<int:evaluation_id>")
 @bp.response(200, s.EvaluationSchema)
-def get_evaluation(evaluation_id: int) -> tuple[Evaluation, str, str]:
+def get_evaluation(evaluation_id: int) -> list[object]:
     """One evaluation: its status, figures and plots."""
     session = db()
     evaluation = session.get(Evaluation, evaluation_id)
@@ -63,4 +64,4 @@ def get_evaluation(evaluation_id: int) -> tuple[Evaluation, str, str]:
         abort(404, description=f"There is no evaluation with id {evaluation_id}.")
     version = session.get_one(ModelVersion, evaluation.model_version_id)
     dataset = session.get_one(Dataset, evaluation.dataset_id)
-    return evaluation, version.name, dataset.name
+    return [evaluation, version.name, dataset.name]  # a list: flask-smorest reads a tuple as (body, status)

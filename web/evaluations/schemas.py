@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import marshmallow as ma
 from flask import url_for
 from marshmallow import fields as f
-from marshmallow.validate import OneOf
 
 from fracture.evaluations import SPLIT_CHOICES
 from fracture.models import Evaluation
+from web.openapi import one_of
 from web.timefmt import Timestamp
 
 
@@ -33,7 +34,7 @@ class EvaluationSchema(ma.Schema):
     finished_at = Timestamp()
 
     @ma.pre_dump
-    def _flatten(self, named: tuple[Evaluation, str, str], **_: Any) -> dict[str, Any]:
+    def _flatten(self, named: Sequence[Any], **_: Any) -> dict[str, Any]:
         evaluation, version_name, dataset_name = named
         return {
             "id": evaluation.id, "status": evaluation.status, "model_version": version_name,
@@ -64,10 +65,13 @@ class EvaluationListQuery(ma.Schema):
 class EvaluationBody(ma.Schema):
     model_version = f.Raw(required=True, metadata={
         "description": "A model version's name (release-1) or id.", "oneOf": [{"type": "string"}, {"type": "integer"}]})
-    dataset_id = f.Integer(required=True, metadata={"description": "A registered, validated dataset."})
-    split = f.String(allow_none=True, validate=OneOf([*SPLIT_CHOICES, ""]),
-                     metadata={"description": "One split, or left out for the whole dataset."})
-    audit = f.Boolean(load_default=False, metadata={"description": "Also run the robustness audit."})
+    dataset_id = f.Integer(required=True, strict=True, metadata={"description": "A registered, validated dataset."})
+    split = f.String(allow_none=True, validate=one_of(
+        [*SPLIT_CHOICES, ""], error=f"must be {', '.join(SPLIT_CHOICES)} (or left out for the whole dataset)"),
+        metadata={"description": "One split, or left out for the whole dataset."})
+    audit = f.Boolean(load_default=False, error_messages={
+        "invalid": "must be true or false (true also runs the robustness audit)"},
+        metadata={"description": "Also run the robustness audit."})
 
 
 class EvaluationStartedSchema(ma.Schema):
@@ -75,4 +79,9 @@ class EvaluationStartedSchema(ma.Schema):
 
     id = f.Integer(required=True)
     status = f.String(required=True)
-    error = f.String()
+
+
+class EvaluationNotSentSchema(EvaluationStartedSchema):
+    """Recorded, then failed: the broker was down."""
+
+    error = f.String(required=True)

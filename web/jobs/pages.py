@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, abort, current_app, render_template, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from fracture import dataset_additions, reviews
 from fracture.models import Job
-from web.auth import current_user, job_or_404, visible
+from web.auth import current_user, sees, visible
 from web.context import NO_MODEL_MESSAGE, active_model, db, settings
 from web.jobs.queries import RowQuery, count_rows, job_summary, parse_row_query, result_rows
 from web.jobs.schemas import job_json
@@ -33,8 +33,10 @@ def index() -> ResponseReturnValue:
 @bp.get("/jobs/<job_id>")
 def page(job_id: str) -> ResponseReturnValue:
     """The job as a reading list: its summary and histogram, then its rows, filtered and sorted as asked."""
-    record = job_or_404(job_id)
     session = db()
+    record = session.get(Job, job_id)
+    if record is None or not sees(record):
+        abort(404, description=f"There is no job with id {job_id}.")
     query = parse_row_query(request.args)
     margin = settings().uncertain_margin
     filtered = query != RowQuery()

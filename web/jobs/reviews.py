@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, flash, redirect, request, url_for
+from flask import Response, abort, flash, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 
 from fracture import dataset_additions, reviews
@@ -87,7 +87,7 @@ def api_add_to_dataset(body: dict[str, Any], job_id: str) -> ResponseReturnValue
         report = _add(job, body["dataset_id"])
     except DatasetError as exc:
         db().rollback()
-        return {"error": str(exc)}, 400
+        abort(400, description=str(exc))
     return report.as_dict()
 
 

@@ -7,10 +7,11 @@ from typing import Any
 
 import marshmallow as ma
 from marshmallow import fields as f
-from marshmallow.validate import OneOf, Range
+from marshmallow.validate import Range
 
 from fracture.models import FINAL_JOB_STATUSES, Job, JobStatus
 from web.jobs.queries import REVIEW_STATES, SORTS
+from web.openapi import one_of
 from web.timefmt import Timestamp, aware
 
 LABELS = ("fractured", "not fractured")
@@ -22,7 +23,7 @@ class JobSchema(ma.Schema):
 
     id = f.String(required=True)
     name = f.String(allow_none=True)
-    status = f.String(required=True, validate=OneOf([s.value for s in JobStatus]))
+    status = f.String(required=True, validate=one_of([s.value for s in JobStatus]))
     total = f.Integer(required=True)
     processed = f.Integer(required=True)
     failed = f.Integer(required=True)
@@ -112,7 +113,7 @@ class ResultRowSchema(ma.Schema):
     image_id = f.Integer(required=True)
     seq = f.Integer(required=True)
     path = f.String(required=True)
-    prediction = f.String(allow_none=True, validate=OneOf(LABELS))
+    prediction = f.String(allow_none=True, validate=one_of(LABELS))
     probability = f.Float(allow_none=True, metadata={"description": "Probability of fracture, 0-1."})
     in_distribution = f.Boolean(allow_none=True)
     ood_score = f.Float(allow_none=True)
@@ -130,13 +131,13 @@ class ResultRowSchema(ma.Schema):
 class RowFilterQuery(ma.Schema):
     """The job page's filters and order, also the results API's."""
 
-    prediction = f.String(validate=OneOf(LABELS))
-    uncertain = f.String(validate=OneOf(TRUE_FALSE), metadata={"description": "Near the decision threshold."})
-    in_distribution = f.String(validate=OneOf(TRUE_FALSE))
-    flag = f.String(validate=OneOf(("ood", "")), metadata={"description": "'ood': only the flagged images."})
-    error = f.String(validate=OneOf(TRUE_FALSE))
-    review = f.String(validate=OneOf(REVIEW_STATES))
-    sort = f.String(validate=OneOf(SORTS))
+    prediction = f.String(validate=one_of(LABELS))
+    uncertain = f.String(validate=one_of(TRUE_FALSE), metadata={"description": "Near the decision threshold."})
+    in_distribution = f.String(validate=one_of(TRUE_FALSE))
+    flag = f.String(validate=one_of(("ood", "")), metadata={"description": "'ood': only the flagged images."})
+    error = f.String(validate=one_of(TRUE_FALSE))
+    review = f.String(validate=one_of(REVIEW_STATES))
+    sort = f.String(validate=one_of(SORTS))
 
 
 class ResultsQuery(RowFilterQuery):
@@ -145,7 +146,7 @@ class ResultsQuery(RowFilterQuery):
 
 
 class CsvQuery(ma.Schema):
-    in_distribution = f.String(validate=OneOf(TRUE_FALSE))
+    in_distribution = f.String(validate=one_of(TRUE_FALSE))
 
 
 class ResultsPageSchema(ma.Schema):
@@ -198,7 +199,9 @@ class ProgressSchema(ma.Schema):
 
 
 class ReviewBody(ma.Schema):
-    label = f.String(required=True, metadata={"description": "The right label: one of the model's two classes."})
+    # Checked by fracture.reviews against the job's model, whose refusal names the labels it takes.
+    label = f.Raw(load_default=None, metadata={"type": "string",
+                                               "description": "The right label: one of the model's two classes."})
 
 
 class ReviewAnswerSchema(ma.Schema):
@@ -230,7 +233,7 @@ class AdditionSchema(ma.Schema):
 
 
 class HeatmapQuery(ma.Schema):
-    download = f.String(validate=OneOf(("1", "true", "yes", "0", "false", "no", "")),
+    download = f.String(validate=one_of(("1", "true", "yes", "0", "false", "no", "")),
                         metadata={"description": "1: the image with the overlay drawn on, as an attachment."})
 
 

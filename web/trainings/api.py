@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, abort
+from flask import Response, abort, jsonify
 from sqlalchemy import func, select
 
 from fracture.models import FINAL_RUN_STATUSES, Dataset, DatasetRole, DatasetStatus, TrainingRun
@@ -28,7 +28,7 @@ def ready_training_datasets() -> int:
 @bp.post("/trainings")
 @bp.arguments(s.StartBody)
 @bp.response(201, s.RunStartedSchema)
-@bp.alt_response(503, schema=s.RunStartedSchema, description="Recorded and failed: the broker is down.")
+@bp.alt_response(503, schema=s.RunNotSentSchema, description="Recorded and failed: the broker is down.")
 def api_start(body: dict[str, Any]) -> tuple[object, int]:
     """Train on `dataset_ids` with the recipe's defaults, changed by the fields given."""
     require_admin("start a training run")
@@ -40,7 +40,8 @@ def api_start(body: dict[str, Any]) -> tuple[object, int]:
         db().rollback()
         abort(400, description=f"Cannot train: {e}.")
     except NotSent as e:
-        return {"id": e.run.id, "status": e.run.status, "error": str(e)}, 503
+        # A Response: flask-smorest would dump a returned dict with the 201 schema.
+        return jsonify({"id": e.run.id, "status": e.run.status, "error": str(e)}), 503
     return run, 201
 
 

@@ -110,4 +110,9 @@ StartBody = ma.Schema.from_dict({
 class RunStartedSchema(ma.Schema):
     id = f.Integer(required=True)
     status = f.String(required=True)
-    error = f.String()
+
+
+class RunNotSentSchema(RunStartedSchema):
+    """Recorded, then failed: the broker was down."""
+
+    error = f.String(required=True)
