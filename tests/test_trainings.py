@@ -26,7 +26,7 @@ from fracture.config import Settings, get_settings
 from fracture.db import dispose_engines, session_scope
 from fracture.models import ModelVersion, TrainingRun
 from fracture.schedule_times import Spec
-from trainer.dataset import md5_file
+from trainer.dataset_scan import md5_file
 from trainer.service import run_training
 
 TINY = {"width": 8, "image_size": 64}  # a recipe that trains in seconds on two CPU cores

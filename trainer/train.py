@@ -36,7 +36,7 @@ from fracture.recipe import AUGMENTATIONS, INTENSITIES, RECIPE
 from trainer import card, plots
 from trainer.audit import AuditReport, audit
 from trainer.data import AcquisitionChange, TrainAugment, batches, decode_all
-from trainer.dataset import SPLITS, fingerprint
+from trainer.dataset_scan import SPLITS, fingerprint
 from trainer.metrics import at_most, binary_metrics, choose_threshold
 from trainer.robustness import acquisition_audit, box_mask, worst
 from trainer.split import POLICIES, make_split
