@@ -25,7 +25,7 @@ from fracture.storage import Storage
 from trainer.audit import audit, decode_for_audit
 from trainer.dataset_scan import scan
 from trainer.metrics import binary_metrics, choose_threshold
-from trainer.split import grouped_split
+from trainer.train_val_test_split import grouped_split
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The trainer's dataset tasks: thin calls into trainer.validate and trainer.dataset_split on queue `training`."""
+"""The trainer's dataset tasks: thin calls into trainer.validate and trainer.evaluation_holdout on queue `training`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,6 @@ def validate(self: Task, dataset_id: int) -> str:
 @shared_task(name=SPLIT_DATASET_TASK, bind=True, acks_late=True)
 def split(self: Task, parent_id: int, training_id: int, evaluation_id: int, fraction: float, seed: int) -> None:
     """Split dataset `parent_id` into its two recorded parts, then validate them."""
-    from trainer.dataset_split import split_dataset
+    from trainer.evaluation_holdout import split_dataset
 
     split_dataset(settings_of(self.app), parent_id, training_id, evaluation_id, fraction, seed)

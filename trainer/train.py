@@ -39,7 +39,7 @@ from trainer.data import AcquisitionChange, TrainAugment, batches, decode_all
 from trainer.dataset_scan import SPLITS, fingerprint
 from trainer.metrics import at_most, binary_metrics, choose_threshold
 from trainer.robustness import acquisition_audit, box_mask, worst
-from trainer.split import POLICIES, make_split
+from trainer.train_val_test_split import POLICIES, make_split
 from trainer.union import (
     Source,
     check_classes,
