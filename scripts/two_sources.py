@@ -20,8 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from trainer.dataset_validation import hashes_of, inspect  # noqa: E402
 from trainer.evaluation_holdout import split_members  # noqa: E402
-from trainer.validate import hashes_of, inspect  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "datasets"
 

@@ -26,8 +26,8 @@ from fracture.db import dispose_engines, session_scope
 from fracture.models import Dataset
 from fracture.storage import Storage
 from trainer.dataset_scan import md5_file
+from trainer.dataset_validation import inspect, validate_dataset
 from trainer.evaluation_holdout import split_dataset, split_members
-from trainer.validate import inspect, validate_dataset
 
 
 @pytest.fixture(scope="module")

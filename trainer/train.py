@@ -40,7 +40,7 @@ from trainer.dataset_scan import SPLITS, fingerprint
 from trainer.metrics import at_most, binary_metrics, choose_threshold
 from trainer.robustness import acquisition_audit, box_mask, worst
 from trainer.train_val_test_split import POLICIES, make_split
-from trainer.union import (
+from trainer.training_sources import (
     Source,
     check_classes,
     load_locked,
