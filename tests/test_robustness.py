@@ -20,7 +20,7 @@ from fracture.inference import Predictor
 from fracture.preprocess import PreprocessSpec, decode_gray, normalize, square, to_uint8_tensor
 from fracture.schedule_params import RecipeError, check_recipe
 from trainer.acquisition import AUDIT, gamma, margin, markers, random_acquisition, rotate, window
-from trainer.data import TrainAugment
+from trainer.augmentation import TrainAugment
 from trainer.robustness import acquisition_audit, border_mask, box_mask, heatmap_audit, worst
 
 RELEASE = Path(__file__).resolve().parent.parent / "fracture" / "release" / "model.pt"

@@ -35,8 +35,9 @@ from fracture.preprocess import VIEWS, PreprocessSpec, forward_views, forward_vi
 from fracture.recipe import AUGMENTATIONS, INTENSITIES, RECIPE
 from trainer import card, plots
 from trainer.audit import AuditReport, audit
-from trainer.data import AcquisitionChange, TrainAugment, batches, decode_all
+from trainer.augmentation import AcquisitionChange, TrainAugment
 from trainer.dataset_scan import SPLITS, fingerprint
+from trainer.decoded_images import batches, decode_all
 from trainer.metrics import at_most, binary_metrics, choose_threshold
 from trainer.robustness import acquisition_audit, box_mask, worst
 from trainer.train_val_test_split import POLICIES, make_split
