@@ -1,6 +1,6 @@
 """Train the CNN: select the epoch and threshold on val, evaluate on train/val/test, write artifacts.
 
-Reads top to bottom: get_args_parser, prepare_data, train_one_epoch, evaluate, main.
+Reads top to bottom: get_args_parser, prepare_data, train_one_epoch, evaluate_split, main.
 """
 
 from __future__ import annotations
@@ -275,7 +275,7 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: Prepared, split: str, spec: PreprocessSpec, device: torch.device,
+def evaluate_split(model: nn.Module, data: Prepared, split: str, spec: PreprocessSpec, device: torch.device,
              batch_size: int = 256, views: str | None = None,
              features: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Probabilities of the positive class on a split, averaged over `views` (default: the spec's, as
@@ -325,7 +325,7 @@ def final_evaluation(model: nn.Module, data: Prepared, spec: PreprocessSpec, dev
     features: dict[str, np.ndarray] = {}
     for split in SPLITS:
         batches_of_features: list[np.ndarray] = []
-        y, prob, _ = evaluate(inference_net, data, split, spec, device, features=batches_of_features)
+        y, prob, _ = evaluate_split(inference_net, data, split, spec, device, features=batches_of_features)
         if len(y):
             curves[split] = (y, prob)
         if batches_of_features:
@@ -362,7 +362,7 @@ def changed_features(model: nn.Module, data: Prepared, spec: PreprocessSpec, dev
     out = {}
     for split in ("train", "val"):
         batches_of_features: list[np.ndarray] = []
-        evaluate(model, changed_copy(data, split, change), split, spec, device, features=batches_of_features)
+        evaluate_split(model, changed_copy(data, split, change), split, spec, device, features=batches_of_features)
         out[split] = np.concatenate(batches_of_features)
     return out
 
@@ -496,7 +496,7 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
                                           progress, ema, box_weight)
         # The epoch is selected on one view (cheap, every epoch); the threshold and the reported figures
         # below use the served views.
-        y, prob, va_loss = evaluate(served, data, "val", spec, device, views="identity")
+        y, prob, va_loss = evaluate_split(served, data, "val", spec, device, views="identity")
         va = binary_metrics(y, prob, 0.5)
         for k, v in (("train_loss", tr_loss), ("train_acc", tr_acc), ("val_loss", va_loss),
                      ("val_acc", va["accuracy"]), ("val_auc", va["roc_auc"]), ("epoch_s", time.time() - te)):
@@ -509,7 +509,7 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
             # an epoch that forgets the invariance is not the one kept.
             if changed_val is None:
                 changed_val = changed_copy(data, "val", AcquisitionChange(SELECTION_SEED))
-            y_c, prob_c, _ = evaluate(served, changed_val, "val", spec, device, views="identity")
+            y_c, prob_c, _ = evaluate_split(served, changed_val, "val", spec, device, views="identity")
             auc_c = float(binary_metrics(y_c, prob_c, 0.5)["roc_auc"])  # type: ignore[arg-type]
             auc_c = 0.0 if math.isnan(auc_c) else auc_c
             history.setdefault("val_auc_changed", []).append(auc_c)
