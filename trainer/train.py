@@ -6,7 +6,6 @@ Reads top to bottom: get_args_parser, prepare_data, train_one_epoch, evaluate_sp
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import random
@@ -15,45 +14,30 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image as PILImage
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from fracture import ood, val_auc
-from fracture.checkpoint import POSITIVE_CLASS, Checkpoint, read_payload, save_checkpoint
-from fracture.inference import Predictor
-from fracture.net import ModelArgs, build_model, fold_batchnorm, has_features, load_pretrained
-from fracture.preprocess import VIEWS, PreprocessSpec, forward_views, forward_views_features, normalize
+from fracture import val_auc
+from fracture.checkpoint import POSITIVE_CLASS, read_payload, save_checkpoint
+from fracture.net import ModelArgs, build_model, load_pretrained
+from fracture.preprocess import VIEWS, PreprocessSpec, normalize
 from fracture.recipe import AUGMENTATIONS, INTENSITIES, RECIPE
 from trainer import card, plots
-from trainer.audit import AuditReport, audit
 from trainer.augmentation import AcquisitionChange, TrainAugment
-from trainer.dataset_scan import SPLITS, fingerprint
-from trainer.decoded_images import batches, decode_all
-from trainer.metrics import at_most, binary_metrics, choose_threshold
-from trainer.robustness import acquisition_audit, box_mask, worst
-from trainer.train_val_test_split import POLICIES, make_split
-from trainer.training_sources import (
-    Source,
-    check_classes,
-    load_locked,
-    locked_out,
-    locked_summary,
-    read_spec,
-    scan_additions,
-    scan_union,
-)
+from trainer.decoded_images import batches
+from trainer.metrics import binary_metrics
+from trainer.prepared_data import Prepared, prepare_data
+from trainer.split_evaluation import changed_copy, evaluate_split, final_evaluation, robustness_audit, test_members
+from trainer.train_val_test_split import POLICIES
 
 SELECTION_SEED = 1  # the acquisition-changed copy of val an acquisition run is also selected on
-CARD_AUDIT_IMAGES = 600  # test images the model card's robustness audit changes (bench/robustness.py: all)
 EpochCallback = Callable[[int, int, dict[str, list[float]]], None]
 LogCallback = Callable[[str], None]
 
@@ -119,105 +103,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-@dataclass
-class Prepared:
-    classes: list[str]
-    images: torch.Tensor  # (N, 1, S, S) uint8, one row per distinct image
-    labels: torch.Tensor  # (N,) float, 1.0 = positive class
-    split_index: dict[str, np.ndarray]  # rows of `images` in each split
-    report: AuditReport
-    fingerprint: str
-    paths: dict[str, Path]
-    row_md5: list[str]
-    files: dict[str, int]  # files per dataset, before the locked images are left out
-    locked: dict[str, int]  # distinct images left out because a locked evaluation dataset holds them
-    corrections: dict[str, int]  # the datasets' reviewed additions: offered, trained on, relabelled, left out
-    box_index: torch.Tensor | None = None  # (N,) row of box_masks for each image's fracture boxes, -1: none
-    box_masks: torch.Tensor | None = None  # (K, 1, S, S) uint8, 255 inside a box
-
-
-def sources_of(args: argparse.Namespace) -> list[Source]:
-    """The datasets of a run: those of --data-spec, or the one folder of --data."""
-    if getattr(args, "data_spec", None):
-        return read_spec(args.data_spec)
-    return [Source(Path(args.data).name, Path(args.data))]
-
-
-def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path | None) -> Prepared:
-    """Scan the datasets, decode once, leave out locked images, audit for duplicates, and split by the policy."""
-    sources = sources_of(args)
-    samples, classes, files = scan_union(sources)
-    added, relabelled = scan_additions(sources, classes)
-    paths = {s.md5: s.path for s in added} | {s.md5: s.path for s in samples}
-    index, images, errors = decode_all(paths, spec, cache_dir)
-    decoded: dict[str, PILImage.Image | str] = {m: errors[m] for m in errors}
-    for m, i in index.items():
-        decoded[m] = PILImage.fromarray(images[i, 0].numpy())
-    # The grouped split below runs over the union: the audit groups copies across datasets by bytes and hash.
-    excluded = locked_out({m: im for m, im in decoded.items() if not isinstance(im, str)},
-                          load_locked(getattr(args, "locked", None)))
-    samples = [s for s in samples if s.md5 not in excluded]
-    own = {s.md5 for s in samples}
-    offered = {s.md5 for s in added}
-    added = [s for s in added if s.md5 not in excluded and s.md5 not in own and s.md5 in index]
-    kept = {s.md5 for s in added}
-    check_classes(samples + added, [source.name for source in sources])
-    report = audit(samples + added, decoded)
-    split_seed = args.seed if getattr(args, "split_seed", None) is None else args.split_seed
-    # The datasets' own images are split as if nothing had been added (the same val and test as before: the split
-    # is drawn from an audit of their own images alone, whose group numbering an addition cannot shift); the
-    # reviewed additions then join train, but for any whose duplicate group reaches val or test.
-    own_report = audit(samples, decoded) if added else report
-    split = make_split(args.split, samples, own_report, split_seed)
-    held = {report.group_of[m] for name in ("val", "test") for m in split[name] if m in report.group_of}
-    added = [s for s in added if report.group_of[s.md5] not in held]
-    split["train"] = sorted(set(split["train"]) | {s.md5 for s in added})
-    corrections = {"offered": len(offered), "used": len({s.md5 for s in added}),
-                   "relabelled": sum(1 for m in {s.md5 for s in added} if relabelled.get(m))}
-    corrections["left_out"] = corrections["offered"] - corrections["used"]
-    # Why the left-out ones were (each counted once, by the first reason that holds; only reasons that occur).
-    reasons = {"locked": offered & set(excluded), "already_in_data": (offered - set(excluded)) & own,
-               "undecodable": offered - set(excluded) - own - set(index), "near_val_test": kept - set(split["train"])}
-    corrections |= {why: len(md5s) for why, md5s in reasons.items() if md5s}
-    positive = POSITIVE_CLASS if POSITIVE_CLASS in classes else classes[0]
-    row_md5 = sorted(index, key=index.__getitem__)
-    labels = torch.tensor([1.0 if report.label_of.get(m) == positive else 0.0 for m in row_md5])
-    split_index = {}
-    for name in SPLITS:
-        rows = np.array([index[m] for m in split[name] if m in index], dtype=np.int64)
-        if args.dry_run:
-            rng = np.random.default_rng(args.seed)
-            rows = rng.permutation(rows)[:64]
-        split_index[name] = rows
-    prepared = Prepared(classes, images, labels, split_index, report, fingerprint(samples + added), paths, row_md5,
-                        files, locked_summary(excluded), corrections)
-    if getattr(args, "boxes", None):
-        prepared.box_index, prepared.box_masks = box_masks_of(args.boxes, prepared, spec.image_size)
-    return prepared
-
-
-def read_boxes(path: str | Path) -> dict[str, list[tuple[float, float, float, float]]]:
-    """Fracture boxes by MD5 from a CSV with columns md5, x0, y0, x1, y1 (relative coordinates)."""
-    boxes: dict[str, list[tuple[float, float, float, float]]] = {}
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            boxes.setdefault(r["md5"], []).append((float(r["x0"]), float(r["y0"]), float(r["x1"]), float(r["y1"])))
-    return boxes
-
-
-def box_masks_of(path: str | Path, data: Prepared, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The box masks of the positive training images that have boxes: (row -> mask index or -1, masks)."""
-    boxes = read_boxes(path)
-    index = torch.full((len(data.row_md5),), -1, dtype=torch.int64)
-    masks: list[torch.Tensor] = []
-    for r in data.split_index["train"].tolist():
-        found = boxes.get(data.row_md5[r])
-        if found and data.labels[r] == 1.0:
-            index[r] = len(masks)
-            masks.append(torch.from_numpy(box_mask(found, size).astype(np.uint8) * 255)[None])
-    return index, torch.stack(masks) if masks else torch.zeros((0, 1, size, size), dtype=torch.uint8)
-
-
 def box_loss(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """-log of the share of each map (softmax over its cells) on the cells its box mask covers, averaged over the
     images whose box survived the augmentation; 0 when none did."""
@@ -272,120 +157,6 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
         correct += int(((logits.detach().float() > 0).float() == y).sum())
         seen += len(batch)
     return total_loss / max(seen, 1), correct / max(seen, 1)
-
-
-@torch.inference_mode()
-def evaluate_split(model: nn.Module, data: Prepared, split: str, spec: PreprocessSpec, device: torch.device,
-             batch_size: int = 256, views: str | None = None,
-             features: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
-    """Probabilities of the positive class on a split, averaged over `views` (default: the spec's, as
-    served): (y, prob, mean loss). With a `features` list, the out-of-distribution detector's features of each
-    batch, from the same forward passes, are appended to it."""
-    views = spec.views if views is None else views
-    with_features = features is not None and has_features(model)
-    model.eval()
-    rows = data.split_index[split]
-    probs, losses = [], []
-    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
-    if views != "identity":
-        batch_size = max(1, batch_size // 8)  # 8 passes per batch; on 2 CPU cores 32 images a pass ran fastest
-    for idx in batches(len(rows), batch_size, None, shuffle=False):
-        batch = rows[idx]
-        x = normalize(data.images[batch].to(device), spec)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            # Each view is laid out in channels_last.
-            if with_features:
-                logits, feats = forward_views_features(model, x, views)
-                features.append(feats.float().cpu().numpy())  # type: ignore[union-attr]  # with_features: a list
-            else:
-                logits = forward_views(model, x, views)
-            logits = logits.float()
-        y = data.labels[batch].to(device)
-        losses.append(float(loss_fn(logits, y)))
-        probs.append(torch.sigmoid(logits).cpu().numpy())
-    y_true = data.labels[rows].numpy()
-    prob = np.concatenate(probs) if probs else np.zeros(0)
-    return y_true, prob, sum(losses) / max(len(rows), 1)
-
-
-Curves = dict[str, tuple[np.ndarray, np.ndarray]]
-
-
-def final_evaluation(model: nn.Module, data: Prepared, spec: PreprocessSpec, device: torch.device,
-                     min_sensitivity: float, min_specificity: float,
-                     acquisition: bool = False) -> tuple[Curves, float, dict[str, Any], ood.Detector | None]:
-    """Evaluate the network exactly as the worker serves it on every split, choose the threshold on val and fit
-    the out-of-distribution detector on train (threshold on val): (curves, threshold, metrics, detector).
-
-    With `acquisition`, the detector is fitted on train and on a copy of train changed as other departments'
-    machines change X-rays (trainer.acquisition), and calibrated on val and a changed copy of val: ordinary
-    acquisition changes are then in distribution, made-up scenes still are not."""
-    inference_net = fold_batchnorm(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    curves: Curves = {}
-    features: dict[str, np.ndarray] = {}
-    for split in SPLITS:
-        batches_of_features: list[np.ndarray] = []
-        y, prob, _ = evaluate_split(inference_net, data, split, spec, device, features=batches_of_features)
-        if len(y):
-            curves[split] = (y, prob)
-        if batches_of_features:
-            features[split] = np.concatenate(batches_of_features)
-    y_val, p_val = curves.get("val", (np.zeros(0), np.zeros(0)))
-    threshold = choose_threshold(y_val, p_val, min_sensitivity, min_specificity) if len(np.unique(y_val)) == 2 else 0.5
-    metrics: dict[str, Any] = {split: binary_metrics(y, prob, threshold) for split, (y, prob) in curves.items()}
-    detector = None
-    if "train" in features and "val" in features:
-        fit_on, calibrate_on = features["train"], features["val"]
-        labels = data.labels[data.split_index["train"]].numpy()
-        if acquisition:
-            changed = changed_features(inference_net, data, spec, device)
-            fit_on, labels = np.concatenate([fit_on, changed["train"]]), np.concatenate([labels, labels])
-            calibrate_on = np.concatenate([calibrate_on, changed["val"]])
-        detector = ood.fit(fit_on, labels, calibrate_on)
-        for split, f in features.items():
-            metrics[split]["ood_flagged"] = ood.flagged_share(detector, f)
-    return curves, threshold, metrics, detector
-
-
-def changed_copy(data: Prepared, split: str, change: AcquisitionChange) -> Prepared:
-    """Only `split` of `data`, each image changed by the next draw of `change` (in the split's order)."""
-    rows = data.split_index[split]
-    return replace(data, images=change(data.images[rows]), labels=data.labels[rows],
-                   split_index={split: np.arange(len(rows))})
-
-
-def changed_features(model: nn.Module, data: Prepared, spec: PreprocessSpec, device: torch.device,
-                     seed: int = 0) -> dict[str, np.ndarray]:
-    """The detector's features of one acquisition-changed copy of train and of val (seeded: the same copies for the
-    same data), at the served views."""
-    change = AcquisitionChange(seed)
-    out = {}
-    for split in ("train", "val"):
-        batches_of_features: list[np.ndarray] = []
-        evaluate_split(model, changed_copy(data, split, change), split, spec, device, features=batches_of_features)
-        out[split] = np.concatenate(batches_of_features)
-    return out
-
-
-def robustness_audit(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, data: Prepared, threshold: float,
-                     detector: ood.Detector | None, device: torch.device) -> dict[str, Any]:
-    """The model as served (views, threshold, detector) on the test split under the audit's acquisition changes,
-    applied at the network's input size (trainer.robustness; bench/robustness.py applies them at full size)."""
-    positive = POSITIVE_CLASS if POSITIVE_CLASS in data.classes else data.classes[0]
-    served = Checkpoint(model, margs, spec, data.classes, positive, threshold, {}, detector)
-    predictor = Predictor(served, device)
-    every = len(data.split_index["test"])
-    rows = at_most(data.split_index["test"], CARD_AUDIT_IMAGES)  # the audit costs a test split's inference a change
-    images = [PILImage.fromarray(data.images[r, 0].numpy()) for r in rows]
-    audit_rows = acquisition_audit(predictor, images, data.labels[rows].numpy())
-    return {"split": "test", "at": "input size", "sampled": len(rows), "of": every, "rows": audit_rows,
-            "worst": worst(audit_rows)}
-
-
-def test_members(data: Prepared) -> list[list[str]]:
-    """The test split as evaluated: [[path, label], ...], one file per distinct image (for comparing versions)."""
-    rows = data.split_index["test"].tolist()
-    return [[str(data.paths[data.row_md5[r]]), data.report.label_of[data.row_md5[r]]] for r in rows]
 
 
 def warm_start(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, init: str | Path) -> None:
