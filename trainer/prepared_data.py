@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +13,9 @@ from PIL import Image as PILImage
 from fracture.checkpoint import POSITIVE_CLASS
 from fracture.preprocess import PreprocessSpec
 from trainer.audit import AuditReport, audit
+from trainer.box_supervision import box_masks_of
 from trainer.dataset_scan import SPLITS, fingerprint
 from trainer.decoded_images import decode_all
-from trainer.robustness import box_mask
 from trainer.train_val_test_split import make_split
 from trainer.training_sources import (
     Source,
@@ -32,6 +31,8 @@ from trainer.training_sources import (
 
 @dataclass
 class Prepared:
+    """The run's distinct images in memory, their labels and splits, and where they came from."""
+
     classes: list[str]
     images: torch.Tensor  # (N, 1, S, S) uint8, one row per distinct image
     labels: torch.Tensor  # (N,) float, 1.0 = positive class
@@ -107,23 +108,6 @@ def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path
     return prepared
 
 
-def read_boxes(path: str | Path) -> dict[str, list[tuple[float, float, float, float]]]:
-    """Fracture boxes by MD5 from a CSV with columns md5, x0, y0, x1, y1 (relative coordinates)."""
-    boxes: dict[str, list[tuple[float, float, float, float]]] = {}
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            boxes.setdefault(r["md5"], []).append((float(r["x0"]), float(r["y0"]), float(r["x1"]), float(r["y1"])))
-    return boxes
-
-
-def box_masks_of(path: str | Path, data: Prepared, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The box masks of the positive training images that have boxes: (row -> mask index or -1, masks)."""
-    boxes = read_boxes(path)
-    index = torch.full((len(data.row_md5),), -1, dtype=torch.int64)
-    masks: list[torch.Tensor] = []
-    for r in data.split_index["train"].tolist():
-        found = boxes.get(data.row_md5[r])
-        if found and data.labels[r] == 1.0:
-            index[r] = len(masks)
-            masks.append(torch.from_numpy(box_mask(found, size).astype(np.uint8) * 255)[None])
-    return index, torch.stack(masks) if masks else torch.zeros((0, 1, size, size), dtype=torch.uint8)
+def split_sizes(data: Prepared) -> dict[str, int]:
+    """Count the distinct images of each split."""
+    return {k: len(v) for k, v in data.split_index.items()}

@@ -61,6 +61,7 @@ def evaluate_split(model: nn.Module, data: Prepared, split: str, spec: Preproces
 
 
 Curves = dict[str, tuple[np.ndarray, np.ndarray]]
+FinalEvaluation = tuple[Curves, float, dict[str, Any], ood.Detector | None]  # curves, threshold, metrics, detector
 
 
 def final_evaluation(model: nn.Module, data: Prepared, spec: PreprocessSpec, device: torch.device,

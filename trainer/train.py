@@ -1,48 +1,67 @@
 """Train the CNN: select the epoch and threshold on val, evaluate on train/val/test, write artifacts.
 
-Reads top to bottom: get_args_parser, prepare_data, train_one_epoch, evaluate_split, main.
+Reads top to bottom: get_args_parser, train_one_epoch, then main's steps in order (set_up, network_input,
+load_data, build_network, start_training, train_epochs, keep_selected_epoch, evaluate_selected,
+audit_robustness, write_artifacts), then main. Beside it: trainer.prepared_data (the run's data in memory),
+trainer.split_evaluation (scoring the splits), trainer.training_state (what last.pt holds),
+trainer.box_supervision (--boxes) and trainer.training_artifacts (plots, checkpoint, model card, summary).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import random
-import shlex
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from fracture import val_auc
-from fracture.checkpoint import POSITIVE_CLASS, read_payload, save_checkpoint
+from fracture import ood, val_auc
+from fracture.checkpoint import read_payload
 from fracture.net import ModelArgs, build_model, load_pretrained
 from fracture.preprocess import VIEWS, PreprocessSpec, normalize
 from fracture.recipe import AUGMENTATIONS, INTENSITIES, RECIPE
-from trainer import card, plots
+from trainer import card
 from trainer.augmentation import AcquisitionChange, TrainAugment
+from trainer.box_supervision import box_loss, box_weight_of
 from trainer.decoded_images import batches
 from trainer.metrics import binary_metrics
-from trainer.prepared_data import Prepared, prepare_data
-from trainer.split_evaluation import changed_copy, evaluate_split, final_evaluation, robustness_audit, test_members
+from trainer.prepared_data import Prepared, prepare_data, split_sizes
+from trainer.split_evaluation import (
+    FinalEvaluation,
+    changed_copy,
+    evaluate_split,
+    final_evaluation,
+    robustness_audit,
+)
 from trainer.train_val_test_split import POLICIES
+from trainer.training_artifacts import write_artifacts
+from trainer.training_state import (
+    LogCallback,
+    TrainingState,
+    rescheduled,
+    resume,
+    save_last,
+    start_training,
+    weights_of,
+)
 
 SELECTION_SEED = 1  # the acquisition-changed copy of val an acquisition run is also selected on
 EpochCallback = Callable[[int, int, dict[str, list[float]]], None]
-LogCallback = Callable[[str], None]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    """Describe the options of `fracture train`."""
     p = argparse.ArgumentParser(description="Train the fracture CNN", add_help=True)
     # The defaults are the shipped release's recipe (fracture/release/README.md), so a retrain from the web
     # or a schedule trains a model comparable with the one it may replace.
@@ -103,17 +122,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def box_loss(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """-log of the share of each map (softmax over its cells) on the cells its box mask covers, averaged over the
-    images whose box survived the augmentation; 0 when none did."""
-    cells = F.adaptive_max_pool2d((masks > 127).float(), cam.shape[-2:]).flatten(1)
-    keep = cells.sum(1) > 0
-    if not bool(keep.any()):
-        return cam.sum() * 0.0
-    share = (torch.softmax(cam.flatten(1)[keep].float(), 1) * cells[keep]).sum(1)
-    return -torch.log(share.clamp_min(1e-6)).mean()
-
-
 def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt: torch.optim.Optimizer,
                     sched: torch.optim.lr_scheduler.LRScheduler, augment: TrainAugment, device: torch.device,
                     batch_size: int, gen: torch.Generator, progress: bool,
@@ -171,51 +179,51 @@ def warm_start(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, init: s
     model.load_state_dict(payload["state_dict"])
 
 
-def rescheduled(opt: torch.optim.Optimizer, lr: float, epochs: int, steps_per_epoch: int,
-                done: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """The one-cycle schedule of `epochs` epochs, advanced past the `done` epochs already trained (--max-minutes
-    shortens a run's schedule after its first epoch)."""
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
-    with warnings.catch_warnings():  # the optimizer's steps were taken already: only the schedule moves on
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(done * steps_per_epoch):
-            sched.step()
-    return sched
-
-
 def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python's, NumPy's and torch's generators; return a generator of its own for the batches' order."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 
-def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
-         cache_dir: Path | None = None, log: LogCallback | None = None) -> dict[str, Any]:
-    """Run one training and return a summary (paths of the artifacts and the metrics); progress lines go to `log`."""
-    say = log or (lambda line: print(line, file=sys.stderr))
+def set_up(args: argparse.Namespace) -> tuple[Path, torch.device, torch.Generator]:
+    """Make the run folder, set torch's CPU threads and the seeds: (run folder, device, the batches' generator)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     gen = seed_everything(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return out, torch.device("cuda" if torch.cuda.is_available() else "cpu"), gen
+
+
+def network_input(args: argparse.Namespace) -> tuple[PreprocessSpec, ModelArgs]:
+    """Describe the network's input (the preprocessing the checkpoint carries) and its architecture."""
     channels = 1 if args.arch == "fracnet" else 3
     spec = PreprocessSpec(image_size=args.image_size, channels=channels,
                           mean=(0.5,) * channels, std=(0.25,) * channels, views=args.views,
                           intensity=getattr(args, "intensity", "none"))
     margs = ModelArgs(arch=args.arch, width=args.width, depths=tuple(int(d) for d in args.depths.split(",")),
                       in_channels=channels)
-    progress = not args.no_progress
+    return spec, margs
 
+
+def load_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path, out: Path,
+              say: LogCallback) -> Prepared:
+    """Prepare the run's data, write its audit to the run folder and say what it holds."""
     t0 = time.time()
-    data = prepare_data(args, spec, cache_dir if cache_dir is not None else out / "cache")
+    data = prepare_data(args, spec, cache_dir)
     (out / "audit.txt").write_text(data.report.render() + "\n")
     (out / "audit.json").write_text(json.dumps(data.report.to_dict(), indent=2))
-    sizes = {k: len(v) for k, v in data.split_index.items()}
-    say(f"data ready in {time.time() - t0:.1f}s: {sizes} distinct images ({args.split} split) from {data.files}; "
-        f"left out as locked evaluation images: {data.locked['total']}; {card.corrections_text(data.corrections)}")
+    say(f"data ready in {time.time() - t0:.1f}s: {split_sizes(data)} distinct images ({args.split} split) from "
+        f"{data.files}; left out as locked evaluation images: {data.locked['total']}; "
+        f"{card.corrections_text(data.corrections)}")
+    return data
 
+
+def build_network(args: argparse.Namespace, margs: ModelArgs, spec: PreprocessSpec, device: torch.device,
+                  say: LogCallback) -> nn.Module:
+    """Build the network, load --weights or --init into it, and move it to the device."""
     if getattr(args, "boxes", None) and args.arch != "fracnet":
         raise ValueError("--boxes needs the fracnet architecture (its class-activation map is what the boxes teach)")
     model = build_model(margs)
@@ -226,130 +234,131 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
         say(f"started from the weights of {args.init}")
     # channels_last pays on CUDA; on CPU, oneDNN's backward crashed (double free) on narrow layers.
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    model = model.to(device).to(memory_format=memory_format)  # type: ignore[call-overload]  # stubs lack memory_format
-    epochs = 1 if args.dry_run else args.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(data.split_index["train"]) / args.batch_size))
-    sched = rescheduled(opt, args.lr, epochs, steps_per_epoch, done=0)
-    history: dict[str, list[float]] = {k: [] for k in
-                                       ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "epoch_s")}
-    best: dict[str, Any] = {"auc": -1.0, "loss": math.inf, "epoch": 0, "state": None}
-    # An exponential moving average of the weights (batch-norm statistics included) is steadier
-    # than the raw weights on this small, noisy data; it is what gets evaluated and shipped.
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
-    served: nn.Module = ema.module if ema is not None else model
-    start_epoch = 0
-    last = out / "last.pt"
-    if args.resume and last.is_file():
-        state = torch.load(last, weights_only=True)
-        model.load_state_dict(state["model"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        history, best, start_epoch = state["history"], state["best"], state["epoch"]
-        epochs = state.get("epochs", epochs)
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
-        say(f"resumed after epoch {start_epoch}")
+    return model.to(device).to(memory_format=memory_format)  # type: ignore[call-overload]  # stubs lack memory_format
 
+
+def train_epochs(args: argparse.Namespace, state: TrainingState, data: Prepared, spec: PreprocessSpec,
+                 device: torch.device, last: Path, on_epoch: EpochCallback | None, say: LogCallback) -> None:
+    """Train from the epoch `state` stands at to the last, selecting on val and saving last.pt after each."""
     augment = TrainAugment(args.image_size, args.augment)
-    box_weight = args.box_weight if getattr(args, "boxes", None) else 0.0
+    box_weight = box_weight_of(args)
     if box_weight:
         n_boxed = int((data.box_index >= 0).sum()) if data.box_index is not None else 0
         say(f"box supervision: {n_boxed} fractured training images with boxes, weight {box_weight}")
-    changed_val: Prepared | None = None  # an acquisition run's changed copy of val, made once
-    t_train = time.time()
-    epoch = start_epoch
-    while epoch < epochs:
+    # An acquisition run's changed copy of val, made once, when the first epoch selects on it.
+    changed_val = functools.cache(lambda: changed_copy(data, "val", AcquisitionChange(SELECTION_SEED)))
+    t_train, first_epoch = time.time(), state.epoch
+    while state.epoch < state.epochs:
         te = time.time()
-        tr_loss, tr_acc = train_one_epoch(model, data, spec, opt, sched, augment, device, args.batch_size, gen,
-                                          progress, ema, box_weight)
-        # The epoch is selected on one view (cheap, every epoch); the threshold and the reported figures
-        # below use the served views.
-        y, prob, va_loss = evaluate_split(served, data, "val", spec, device, views="identity")
-        va = binary_metrics(y, prob, 0.5)
-        for k, v in (("train_loss", tr_loss), ("train_acc", tr_acc), ("val_loss", va_loss),
-                     ("val_acc", va["accuracy"]), ("val_auc", va["roc_auc"]), ("epoch_s", time.time() - te)):
-            history[k].append(float(v))  # type: ignore[arg-type]  # metrics are floats
-        auc = float(va["roc_auc"]) if not math.isnan(float(va["roc_auc"])) else 0.0  # type: ignore[arg-type]
-        changed = ""
-        score = auc
-        if args.augment == "acquisition":
-            # Selected on val as it is and on one fixed acquisition-changed copy of it (the same copy every epoch):
-            # an epoch that forgets the invariance is not the one kept.
-            if changed_val is None:
-                changed_val = changed_copy(data, "val", AcquisitionChange(SELECTION_SEED))
-            y_c, prob_c, _ = evaluate_split(served, changed_val, "val", spec, device, views="identity")
-            auc_c = float(binary_metrics(y_c, prob_c, 0.5)["roc_auc"])  # type: ignore[arg-type]
-            auc_c = 0.0 if math.isnan(auc_c) else auc_c
-            history.setdefault("val_auc_changed", []).append(auc_c)
-            score = (auc + auc_c) / 2
-            changed = f" val_auc_changed {auc_c:.4f}"
-        if score > best["auc"] or (score == best["auc"] and va_loss < best["loss"]):
-            best = {"auc": score, "loss": va_loss, "epoch": epoch + 1,
-                    "state": {k: v.detach().clone() for k, v in served.state_dict().items()}}
-        epoch += 1
-        if getattr(args, "max_minutes", None) and epoch == start_epoch + 1 and epoch < epochs:
-            fits = start_epoch + int((args.max_minutes * 60 - (time.time() - t_train)) / (time.time() - te)) + 1
-            if fits < epochs:
-                say(f"--max-minutes {args.max_minutes:g}: {max(fits, epoch)} epochs fit, not {epochs}")
-                epochs = max(fits, epoch)
-                sched = rescheduled(opt, args.lr, epochs, steps_per_epoch, epoch)
-        say(f"epoch {epoch}/{epochs} train_loss {tr_loss:.4f} train_acc {tr_acc:.4f} val_loss {va_loss:.4f} "
-            f"val_acc {va['accuracy']:.4f} selection val_auc (one view) {auc:.4f}{changed} "
-            f"({history['epoch_s'][-1]:.1f}s)")
-        torch.save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                    "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "history": history, "best": best, "epoch": epoch, "epochs": epochs, "gen": gen.get_state(),
-                    "torch_rng": torch.get_rng_state()}, last)
+        train = train_one_epoch(state.model, data, spec, state.opt, state.sched, augment, device, args.batch_size,
+                                state.gen, not args.no_progress, state.ema, box_weight)
+        figures = select_on_val(args, state, data, changed_val, spec, device, train, te)
+        state.epoch += 1
+        fit_time_budget(args, state, first_epoch, t_train, te, say)
+        say(f"epoch {state.epoch}/{state.epochs} {figures} ({state.history['epoch_s'][-1]:.1f}s)")
+        save_last(state, last)
         if on_epoch is not None:
-            on_epoch(epoch, epochs, history)
+            on_epoch(state.epoch, state.epochs, state.history)
 
+
+def select_on_val(args: argparse.Namespace, state: TrainingState, data: Prepared, changed_val: Callable[[], Prepared],
+                  spec: PreprocessSpec, device: torch.device, train: tuple[float, float], started: float) -> str:
+    """Record the epoch's figures, keep its weights if it scores best on val so far; return its figures' text."""
+    # The epoch is selected on one view (cheap, every epoch); the threshold and the reported figures
+    # of the final evaluation use the served views.
+    y, prob, va_loss = evaluate_split(state.served, data, "val", spec, device, views="identity")
+    va = binary_metrics(y, prob, 0.5)
+    for k, v in (("train_loss", train[0]), ("train_acc", train[1]), ("val_loss", va_loss),
+                 ("val_acc", va["accuracy"]), ("val_auc", va["roc_auc"]), ("epoch_s", time.time() - started)):
+        state.history[k].append(float(v))  # type: ignore[arg-type]  # metrics are floats
+    auc = float(va["roc_auc"]) if not math.isnan(float(va["roc_auc"])) else 0.0  # type: ignore[arg-type]
+    changed = ""
+    score = auc
+    if args.augment == "acquisition":
+        auc_c = changed_val_auc(state.served, changed_val(), spec, device)
+        state.history.setdefault("val_auc_changed", []).append(auc_c)
+        score = (auc + auc_c) / 2
+        changed = f" val_auc_changed {auc_c:.4f}"
+    if score > state.best["auc"] or (score == state.best["auc"] and va_loss < state.best["loss"]):
+        state.best = {"auc": score, "loss": va_loss, "epoch": state.epoch + 1, "state": weights_of(state.served)}
+    return (f"train_loss {train[0]:.4f} train_acc {train[1]:.4f} val_loss {va_loss:.4f} "
+            f"val_acc {va['accuracy']:.4f} selection val_auc (one view) {auc:.4f}{changed}")
+
+
+def changed_val_auc(served: nn.Module, changed_val: Prepared, spec: PreprocessSpec, device: torch.device) -> float:
+    """Score the served network's ROC-AUC (one view) on the acquisition-changed copy of val; 0 when undefined.
+
+    An acquisition run is selected on val as it is and on this one fixed changed copy (the same every epoch): an
+    epoch that forgets the invariance is not the one kept."""
+    y_c, prob_c, _ = evaluate_split(served, changed_val, "val", spec, device, views="identity")
+    auc_c = float(binary_metrics(y_c, prob_c, 0.5)["roc_auc"])  # type: ignore[arg-type]
+    return 0.0 if math.isnan(auc_c) else auc_c
+
+
+def fit_time_budget(args: argparse.Namespace, state: TrainingState, first_epoch: int, t_train: float, te: float,
+                    say: LogCallback) -> None:
+    """After this process's first epoch, shrink the epoch count and the schedule to what --max-minutes fits."""
+    if not (getattr(args, "max_minutes", None) and state.epoch == first_epoch + 1 and state.epoch < state.epochs):
+        return
+    fits = first_epoch + int((args.max_minutes * 60 - (time.time() - t_train)) / (time.time() - te)) + 1
+    if fits < state.epochs:
+        say(f"--max-minutes {args.max_minutes:g}: {max(fits, state.epoch)} epochs fit, not {state.epochs}")
+        state.epochs = max(fits, state.epoch)
+        state.sched = rescheduled(state.opt, args.lr, state.epochs, state.steps_per_epoch, state.epoch)
+
+
+def keep_selected_epoch(args: argparse.Namespace, state: TrainingState) -> None:
+    """Load the kept epoch's weights into the network: the best on val, or the last with --select last."""
     if getattr(args, "select", "best") == "last":
-        best = {"auc": None, "loss": None, "epoch": epochs,
-                "state": {k: v.detach().clone() for k, v in served.state_dict().items()}}
-    model.load_state_dict(best["state"])
-    curves, threshold, metrics, detector = final_evaluation(model, data, spec, device, args.min_sensitivity,
+        state.best = {"auc": None, "loss": None, "epoch": state.epochs, "state": weights_of(state.served)}
+    state.model.load_state_dict(state.best["state"])
+
+
+def evaluate_selected(args: argparse.Namespace, state: TrainingState, data: Prepared, spec: PreprocessSpec,
+                      device: torch.device, say: LogCallback) -> FinalEvaluation:
+    """Evaluate the kept network as served on every split, and record in its metrics how it was selected."""
+    curves, threshold, metrics, detector = final_evaluation(state.model, data, spec, device, args.min_sensitivity,
                                                             args.min_specificity, args.augment == "acquisition")
-    metrics["selected_epoch"] = best["epoch"]
+    metrics["selected_epoch"] = state.best["epoch"]
     metrics["selected_on"] = ("the last epoch (--select last)" if getattr(args, "select", "best") == "last" else
                               "val ROC-AUC, one view: the mean of val as it is and of an acquisition-changed copy"
                               if args.augment == "acquisition" else "val ROC-AUC, one view")
     metrics["split_policy"] = args.split
     metrics["served_views"] = spec.views  # what the val ROC-AUC above measures (fracture.val_auc)
     if "val" in metrics:
-        say(f"selected epoch {best['epoch']}; {val_auc.served_text(metrics['val']['roc_auc'], spec.views)}")
+        say(f"selected epoch {state.best['epoch']}; {val_auc.served_text(metrics['val']['roc_auc'], spec.views)}")
     if data.corrections["offered"]:  # the models page lists these beside the selected epoch
         metrics["corrections"] = data.corrections["used"]
         metrics["corrections_relabelled"] = data.corrections["relabelled"]
+    return curves, threshold, metrics, detector
 
+
+def audit_robustness(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, data: Prepared, threshold: float,
+                     detector: ood.Detector | None, device: torch.device, say: LogCallback) -> dict[str, Any]:
+    """Audit the model as served on the test split under acquisition changes (the model card's table)."""
+    t_audit = time.time()
+    robustness = robustness_audit(model, margs, spec, data, threshold, detector, device)
+    say(f"robustness audit of the test split under {len(robustness['rows'])} acquisition changes "
+        f"in {time.time() - t_audit:.0f}s: worst {robustness['worst']}")
+    return robustness
+
+
+def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
+         cache_dir: Path | None = None, log: LogCallback | None = None) -> dict[str, Any]:
+    """Run one training and return a summary (paths of the artifacts and the metrics); progress lines go to `log`."""
+    say = log or (lambda line: print(line, file=sys.stderr))
+    out, device, gen = set_up(args)
+    spec, margs = network_input(args)
+    t0 = time.time()
+    data = load_data(args, spec, cache_dir if cache_dir is not None else out / "cache", out, say)
+    model = build_network(args, margs, spec, device, say)
+    state = start_training(args, model, data, gen)
+    if args.resume and (out / "last.pt").is_file():
+        resume(state, out / "last.pt", say)
+    train_epochs(args, state, data, spec, device, out / "last.pt", on_epoch, say)
+    keep_selected_epoch(args, state)
+    evaluation = evaluate_selected(args, state, data, spec, device, say)
+    _, threshold, metrics, detector = evaluation
     if getattr(args, "robustness", True) and len(data.split_index["test"]):
-        t_audit = time.time()
-        metrics["robustness"] = robustness_audit(model, margs, spec, data, threshold, detector, device)
-        say(f"robustness audit of the test split under {len(metrics['robustness']['rows'])} acquisition changes "
-            f"in {time.time() - t_audit:.0f}s: worst {metrics['robustness']['worst']}")
-    plot_files = plots.write_all(out / "plots", history, curves, metrics)
-    # --resume continues the same run to the same result, so the command that reproduces it leaves it out.
-    command = "fracture train " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) if a != "--resume")
-    ckpt = out / "model.pt"
-    sha = save_checkpoint(
-        ckpt, model.cpu(), margs, spec, data.classes, threshold,
-        positive_class=POSITIVE_CLASS if POSITIVE_CLASS in data.classes else data.classes[0],
-        metrics=metrics, data_fingerprint=data.fingerprint, detector=detector,
-        extra={"split_policy": args.split, "selection_metric": metrics.get("val", {}).get("roc_auc"),
-               "history": history, "command": command, "seed": args.seed,
-               "split_seed": args.seed if args.split_seed is None else args.split_seed,
-               "augment": args.augment, "ood_acquisition": args.augment == "acquisition",
-               "init": str(args.init) if getattr(args, "init", None) else None,
-               "boxes": str(args.boxes) if box_weight else None, "box_weight": box_weight or None},
-    )
-    summary = {"checkpoint": str(ckpt), "sha256": sha, "metrics": metrics, "threshold": threshold,
-               "history": history, "plots": {k: str(v) for k, v in plot_files.items()},
-               "data_fingerprint": data.fingerprint, "audit": data.report.to_dict(), "split_sizes": sizes,
-               "command": command, "model_args": margs.to_dict(), "preprocess": spec.to_dict(),
-               "seconds": time.time() - t0, "device": device.type, "datasets": data.files,
-               "locked_out": data.locked, "corrections": data.corrections, "splits": {"test": test_members(data)}}
-    compare = json.loads(Path(args.compare).read_text()) if getattr(args, "compare", None) else None
-    card.write(out, summary, compare)
-    return summary
+        metrics["robustness"] = audit_robustness(state.model, margs, spec, data, threshold, detector, device, say)
+    return write_artifacts(args, out, state, margs, spec, data, evaluation, device, t0)
