@@ -24,7 +24,7 @@ def add(path: str, name: str | None, role: str) -> None:
     from fracture import datasets as state
     from fracture.db import session_scope
     from fracture.migrate import upgrade
-    from trainer.validate import validate_dataset
+    from trainer.dataset_validation import validate_dataset
 
     settings = get_settings()
     upgrade(settings.database_url)

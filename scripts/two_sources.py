@@ -6,7 +6,7 @@ Writes under OUT: first/ and site/ (the materialized datasets), spec.json (the t
 dataset whole, the second site's training part), locked.json and site-hashes.json (--locked: the second site's
 evaluation part, never trained on), and site_parts.json (that part's `train/<label>/<file>` paths, for
 bench/trust.py --site-parts and bench/robustness.py). The site's split is the product's own
-(trainer.dataset_split.split_members: grouped by near duplicate, stratified, seed 0, a fifth locked), so the
+(trainer.evaluation_holdout.split_members: grouped by near duplicate, stratified, seed 0, a fifth locked), so the
 locked part is the one `two-site-1` was measured on.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from trainer.dataset_split import split_members  # noqa: E402
-from trainer.validate import hashes_of, inspect  # noqa: E402
+from trainer.dataset_validation import hashes_of, inspect  # noqa: E402
+from trainer.evaluation_holdout import split_members  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "datasets"
 

@@ -25,9 +25,9 @@ from fracture.config import Settings, get_settings
 from fracture.db import dispose_engines, session_scope
 from fracture.models import Dataset
 from fracture.storage import Storage
-from trainer.dataset import md5_file
-from trainer.dataset_split import split_dataset, split_members
-from trainer.validate import inspect, validate_dataset
+from trainer.dataset_scan import md5_file
+from trainer.dataset_validation import inspect, validate_dataset
+from trainer.evaluation_holdout import split_dataset, split_members
 
 
 @pytest.fixture(scope="module")

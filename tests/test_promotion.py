@@ -24,7 +24,7 @@ from fracture.preprocess import PreprocessSpec
 from fracture.registry import active_version, promote, register_checkpoint
 from fracture.storage import Storage
 from trainer.promotion import Comparison, Measure, Rule, decide_and_apply, judge
-from trainer.service import _register
+from trainer.training_run import _register
 
 RELEASE = Path(__file__).resolve().parent.parent / "fracture" / "release" / "model.pt"
 RULE = Rule(min_sensitivity=0.95, min_specificity=0.90, auc_tolerance=0.01, min_per_class=50)

@@ -28,8 +28,8 @@ from fracture.db import dispose_engines, session_scope
 from fracture.image_hashes import dihedral_hashes, near_any
 from fracture.models import Dataset, DatasetAddition, Image, Job, ModelVersion, User
 from fracture.preprocess import decode
-from trainer.dataset import Sample, fingerprint, md5_file, scan
-from trainer.service import run_training
+from trainer.dataset_scan import Sample, fingerprint, md5_file, scan
+from trainer.training_run import run_training
 
 TINY = {"width": 8, "image_size": 64, "dry_run": True}
 

@@ -20,7 +20,7 @@ from fracture.inference import Predictor
 from fracture.preprocess import PreprocessSpec, decode_gray, normalize, square, to_uint8_tensor
 from fracture.schedule_params import RecipeError, check_recipe
 from trainer.acquisition import AUDIT, gamma, margin, markers, random_acquisition, rotate, window
-from trainer.data import TrainAugment
+from trainer.augmentation import TrainAugment
 from trainer.robustness import acquisition_audit, border_mask, box_mask, heatmap_audit, worst
 
 RELEASE = Path(__file__).resolve().parent.parent / "fracture" / "release" / "model.pt"
@@ -221,7 +221,7 @@ def test_box_masks_move_with_their_images_through_every_augmentation() -> None:
 
 
 def test_box_loss_is_low_when_the_map_points_into_the_box_and_zero_without_boxes() -> None:
-    from trainer.train import box_loss
+    from trainer.box_supervision import box_loss
 
     masks = torch.zeros((2, 1, 64, 64), dtype=torch.uint8)
     masks[:, :, 8:24, 40:56] = 255  # covers cells (1..2, 5..6) of an 8x8 map

@@ -23,9 +23,9 @@ from fracture.net import ModelArgs, TorchvisionBinary, load_pretrained
 from fracture.registry import promote, register_checkpoint
 from fracture.storage import Storage
 from trainer.audit import audit, decode_for_audit
-from trainer.dataset import scan
+from trainer.dataset_scan import scan
 from trainer.metrics import binary_metrics, choose_threshold
-from trainer.split import grouped_split
+from trainer.train_val_test_split import grouped_split
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,9 @@ from fracture.db import dispose_engines, session_scope
 from fracture.models import ModelVersion, TrainingRun
 from fracture.preprocess import PreprocessSpec
 from trainer import card
-from trainer.service import run_training
-from trainer.train import get_args_parser, prepare_data
+from trainer.prepared_data import prepare_data
+from trainer.train import get_args_parser
+from trainer.training_run import run_training
 
 TINY = {"width": 8, "image_size": 64}
 

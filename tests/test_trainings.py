@@ -2,7 +2,7 @@
 refusals, cancel within an epoch, a failure's one sentence and its traceback in the log, locked images left out,
 and a schedule due in seconds that a real beat and real workers turn into a trained, evaluated version.
 
-Datasets are small real samples validated in process (trainer.validate); runs are dry runs or tiny recipes.
+Datasets are small real samples validated in process (trainer.dataset_validation); runs are dry runs or tiny recipes.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from fracture.config import Settings, get_settings
 from fracture.db import dispose_engines, session_scope
 from fracture.models import ModelVersion, TrainingRun
 from fracture.schedule_times import Spec
-from trainer.dataset import md5_file
-from trainer.service import run_training
+from trainer.dataset_scan import md5_file
+from trainer.training_run import run_training
 
 TINY = {"width": 8, "image_size": 64}  # a recipe that trains in seconds on two CPU cores
 

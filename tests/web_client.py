@@ -55,7 +55,7 @@ def post_files(client: FlaskClient, files: list[tuple[bytes, str]]) -> TestRespo
 
 def ready_dataset(client: FlaskClient, settings: Settings, path: Path, name: str, role: str = "training") -> int:
     """Register folder `path` through the API and validate it in this process (the trainer's task body); its id."""
-    from trainer.validate import validate_dataset
+    from trainer.dataset_validation import validate_dataset
 
     posted = client.post("/api/datasets", json={"path": str(path), "name": name, "role": role})
     assert posted.status_code == 201, posted.get_json()

@@ -8,7 +8,7 @@ from celery.signals import worker_process_init
 
 from fracture.queue import make_app
 
-app = make_app(include=["trainer.tasks", "trainer.evaluation_tasks", "trainer.dataset_tasks"])
+app = make_app(include=["trainer.training_tasks", "trainer.evaluation_tasks", "trainer.dataset_tasks"])
 
 
 @worker_process_init.connect

@@ -12,7 +12,7 @@ from PIL import Image
 from fracture.audit_text import duplicates_sentence
 from fracture.image_hashes import NEAR_DISTANCE, dihedral_hashes
 from fracture.preprocess import ImageError, decode
-from trainer.dataset import SPLITS, Sample
+from trainer.dataset_scan import SPLITS, Sample
 
 
 class UnionFind:

@@ -60,7 +60,7 @@ def audit(root: str, as_json: bool) -> None:
     """Find exact and near duplicates within and across splits, broken files, class balance."""
     from trainer.audit import audit as run_audit
     from trainer.audit import decode_for_audit
-    from trainer.dataset import scan
+    from trainer.dataset_scan import scan
 
     samples, _ = scan(root)
     paths = {s.md5: s.path for s in samples}

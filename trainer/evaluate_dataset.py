@@ -29,7 +29,7 @@ from fracture.preprocess import decode_gray
 from fracture.registry import checkpoint_path
 from fracture.storage import Storage
 from trainer import plots
-from trainer.dataset import Sample, scan
+from trainer.dataset_scan import Sample, scan
 from trainer.metrics import at_most, binary_metrics, json_safe
 from trainer.robustness import acquisition_audit, worst
 

@@ -17,7 +17,9 @@ import torch
 
 from fracture.checkpoint import load_checkpoint, read_payload, save_checkpoint
 from fracture.preprocess import PreprocessSpec
-from trainer.train import Prepared, final_evaluation, get_args_parser, prepare_data
+from trainer.prepared_data import Prepared, prepare_data
+from trainer.split_evaluation import final_evaluation
+from trainer.train import get_args_parser
 
 
 class RecalibrateError(RuntimeError):
@@ -49,7 +51,7 @@ def recalibrate(model_path: Path, out: Path, data: str | None = None, data_spec:
                 acquisition: bool | None = None) -> dict[str, Any]:
     """Write `out`: the checkpoint of `model_path` with a new threshold, detector and figures; return the figures.
     `acquisition` (default: whether the checkpoint was trained with that augmentation) fits the detector on
-    acquisition-changed copies too (trainer.train.final_evaluation)."""
+    acquisition-changed copies too (trainer.split_evaluation.final_evaluation)."""
     payload = read_payload(model_path)
     ckpt = load_checkpoint(model_path)
     prepared = checkpoint_data(payload, ckpt.preprocess, data, data_spec, locked, cache_dir=cache_dir)

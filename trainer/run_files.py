@@ -20,7 +20,7 @@ from fracture.db import session_scope
 from fracture.models import Dataset, DatasetRole, DatasetStatus
 from fracture.schedule_params import RecipeError, check_dataset_ids
 from fracture.storage import Storage
-from trainer.union import TrainingDataError
+from trainer.training_sources import TrainingDataError
 
 KEEP = {"train.log"}  # what a cancelled run's folder keeps
 

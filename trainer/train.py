@@ -1,63 +1,67 @@
 """Train the CNN: select the epoch and threshold on val, evaluate on train/val/test, write artifacts.
 
-Reads top to bottom: get_args_parser, prepare_data, train_one_epoch, evaluate, main.
+Reads top to bottom: get_args_parser, train_one_epoch, then main's steps in order (set_up, network_input,
+load_data, build_network, start_training, train_epochs, keep_selected_epoch, evaluate_selected,
+audit_robustness, write_artifacts), then main. Beside it: trainer.prepared_data (the run's data in memory),
+trainer.split_evaluation (scoring the splits), trainer.training_state (what last.pt holds),
+trainer.box_supervision (--boxes) and trainer.training_artifacts (plots, checkpoint, model card, summary).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import functools
 import json
 import math
 import random
-import shlex
 import sys
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image as PILImage
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from fracture import ood, val_auc
-from fracture.checkpoint import POSITIVE_CLASS, Checkpoint, read_payload, save_checkpoint
-from fracture.inference import Predictor
-from fracture.net import ModelArgs, build_model, fold_batchnorm, has_features, load_pretrained
-from fracture.preprocess import VIEWS, PreprocessSpec, forward_views, forward_views_features, normalize
+from fracture.checkpoint import read_payload
+from fracture.net import ModelArgs, build_model, load_pretrained
+from fracture.preprocess import VIEWS, PreprocessSpec, normalize
 from fracture.recipe import AUGMENTATIONS, INTENSITIES, RECIPE
-from trainer import card, plots
-from trainer.audit import AuditReport, audit
-from trainer.data import AcquisitionChange, TrainAugment, batches, decode_all
-from trainer.dataset import SPLITS, fingerprint
-from trainer.metrics import at_most, binary_metrics, choose_threshold
-from trainer.robustness import acquisition_audit, box_mask, worst
-from trainer.split import POLICIES, make_split
-from trainer.union import (
-    Source,
-    check_classes,
-    load_locked,
-    locked_out,
-    locked_summary,
-    read_spec,
-    scan_additions,
-    scan_union,
+from trainer import card
+from trainer.augmentation import AcquisitionChange, TrainAugment
+from trainer.box_supervision import box_loss, box_weight_of
+from trainer.decoded_images import batches
+from trainer.metrics import binary_metrics
+from trainer.prepared_data import Prepared, prepare_data, split_sizes
+from trainer.split_evaluation import (
+    FinalEvaluation,
+    changed_copy,
+    evaluate_split,
+    final_evaluation,
+    robustness_audit,
+)
+from trainer.train_val_test_split import POLICIES
+from trainer.training_artifacts import write_artifacts
+from trainer.training_state import (
+    LogCallback,
+    TrainingState,
+    rescheduled,
+    resume,
+    save_last,
+    start_training,
+    weights_of,
 )
 
 SELECTION_SEED = 1  # the acquisition-changed copy of val an acquisition run is also selected on
-CARD_AUDIT_IMAGES = 600  # test images the model card's robustness audit changes (bench/robustness.py: all)
 EpochCallback = Callable[[int, int, dict[str, list[float]]], None]
-LogCallback = Callable[[str], None]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    """Describe the options of `fracture train`."""
     p = argparse.ArgumentParser(description="Train the fracture CNN", add_help=True)
     # The defaults are the shipped release's recipe (fracture/release/README.md), so a retrain from the web
     # or a schedule trains a model comparable with the one it may replace.
@@ -118,116 +122,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-@dataclass
-class Prepared:
-    classes: list[str]
-    images: torch.Tensor  # (N, 1, S, S) uint8, one row per distinct image
-    labels: torch.Tensor  # (N,) float, 1.0 = positive class
-    split_index: dict[str, np.ndarray]  # rows of `images` in each split
-    report: AuditReport
-    fingerprint: str
-    paths: dict[str, Path]
-    row_md5: list[str]
-    files: dict[str, int]  # files per dataset, before the locked images are left out
-    locked: dict[str, int]  # distinct images left out because a locked evaluation dataset holds them
-    corrections: dict[str, int]  # the datasets' reviewed additions: offered, trained on, relabelled, left out
-    box_index: torch.Tensor | None = None  # (N,) row of box_masks for each image's fracture boxes, -1: none
-    box_masks: torch.Tensor | None = None  # (K, 1, S, S) uint8, 255 inside a box
-
-
-def sources_of(args: argparse.Namespace) -> list[Source]:
-    """The datasets of a run: those of --data-spec, or the one folder of --data."""
-    if getattr(args, "data_spec", None):
-        return read_spec(args.data_spec)
-    return [Source(Path(args.data).name, Path(args.data))]
-
-
-def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path | None) -> Prepared:
-    """Scan the datasets, decode once, leave out locked images, audit for duplicates, and split by the policy."""
-    sources = sources_of(args)
-    samples, classes, files = scan_union(sources)
-    added, relabelled = scan_additions(sources, classes)
-    paths = {s.md5: s.path for s in added} | {s.md5: s.path for s in samples}
-    index, images, errors = decode_all(paths, spec, cache_dir)
-    decoded: dict[str, PILImage.Image | str] = {m: errors[m] for m in errors}
-    for m, i in index.items():
-        decoded[m] = PILImage.fromarray(images[i, 0].numpy())
-    # The grouped split below runs over the union: the audit groups copies across datasets by bytes and hash.
-    excluded = locked_out({m: im for m, im in decoded.items() if not isinstance(im, str)},
-                          load_locked(getattr(args, "locked", None)))
-    samples = [s for s in samples if s.md5 not in excluded]
-    own = {s.md5 for s in samples}
-    offered = {s.md5 for s in added}
-    added = [s for s in added if s.md5 not in excluded and s.md5 not in own and s.md5 in index]
-    kept = {s.md5 for s in added}
-    check_classes(samples + added, [source.name for source in sources])
-    report = audit(samples + added, decoded)
-    split_seed = args.seed if getattr(args, "split_seed", None) is None else args.split_seed
-    # The datasets' own images are split as if nothing had been added (the same val and test as before: the split
-    # is drawn from an audit of their own images alone, whose group numbering an addition cannot shift); the
-    # reviewed additions then join train, but for any whose duplicate group reaches val or test.
-    own_report = audit(samples, decoded) if added else report
-    split = make_split(args.split, samples, own_report, split_seed)
-    held = {report.group_of[m] for name in ("val", "test") for m in split[name] if m in report.group_of}
-    added = [s for s in added if report.group_of[s.md5] not in held]
-    split["train"] = sorted(set(split["train"]) | {s.md5 for s in added})
-    corrections = {"offered": len(offered), "used": len({s.md5 for s in added}),
-                   "relabelled": sum(1 for m in {s.md5 for s in added} if relabelled.get(m))}
-    corrections["left_out"] = corrections["offered"] - corrections["used"]
-    # Why the left-out ones were (each counted once, by the first reason that holds; only reasons that occur).
-    reasons = {"locked": offered & set(excluded), "already_in_data": (offered - set(excluded)) & own,
-               "undecodable": offered - set(excluded) - own - set(index), "near_val_test": kept - set(split["train"])}
-    corrections |= {why: len(md5s) for why, md5s in reasons.items() if md5s}
-    positive = POSITIVE_CLASS if POSITIVE_CLASS in classes else classes[0]
-    row_md5 = sorted(index, key=index.__getitem__)
-    labels = torch.tensor([1.0 if report.label_of.get(m) == positive else 0.0 for m in row_md5])
-    split_index = {}
-    for name in SPLITS:
-        rows = np.array([index[m] for m in split[name] if m in index], dtype=np.int64)
-        if args.dry_run:
-            rng = np.random.default_rng(args.seed)
-            rows = rng.permutation(rows)[:64]
-        split_index[name] = rows
-    prepared = Prepared(classes, images, labels, split_index, report, fingerprint(samples + added), paths, row_md5,
-                        files, locked_summary(excluded), corrections)
-    if getattr(args, "boxes", None):
-        prepared.box_index, prepared.box_masks = box_masks_of(args.boxes, prepared, spec.image_size)
-    return prepared
-
-
-def read_boxes(path: str | Path) -> dict[str, list[tuple[float, float, float, float]]]:
-    """Fracture boxes by MD5 from a CSV with columns md5, x0, y0, x1, y1 (relative coordinates)."""
-    boxes: dict[str, list[tuple[float, float, float, float]]] = {}
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            boxes.setdefault(r["md5"], []).append((float(r["x0"]), float(r["y0"]), float(r["x1"]), float(r["y1"])))
-    return boxes
-
-
-def box_masks_of(path: str | Path, data: Prepared, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The box masks of the positive training images that have boxes: (row -> mask index or -1, masks)."""
-    boxes = read_boxes(path)
-    index = torch.full((len(data.row_md5),), -1, dtype=torch.int64)
-    masks: list[torch.Tensor] = []
-    for r in data.split_index["train"].tolist():
-        found = boxes.get(data.row_md5[r])
-        if found and data.labels[r] == 1.0:
-            index[r] = len(masks)
-            masks.append(torch.from_numpy(box_mask(found, size).astype(np.uint8) * 255)[None])
-    return index, torch.stack(masks) if masks else torch.zeros((0, 1, size, size), dtype=torch.uint8)
-
-
-def box_loss(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """-log of the share of each map (softmax over its cells) on the cells its box mask covers, averaged over the
-    images whose box survived the augmentation; 0 when none did."""
-    cells = F.adaptive_max_pool2d((masks > 127).float(), cam.shape[-2:]).flatten(1)
-    keep = cells.sum(1) > 0
-    if not bool(keep.any()):
-        return cam.sum() * 0.0
-    share = (torch.softmax(cam.flatten(1)[keep].float(), 1) * cells[keep]).sum(1)
-    return -torch.log(share.clamp_min(1e-6)).mean()
-
-
 def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt: torch.optim.Optimizer,
                     sched: torch.optim.lr_scheduler.LRScheduler, augment: TrainAugment, device: torch.device,
                     batch_size: int, gen: torch.Generator, progress: bool,
@@ -273,120 +167,6 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
-@torch.inference_mode()
-def evaluate(model: nn.Module, data: Prepared, split: str, spec: PreprocessSpec, device: torch.device,
-             batch_size: int = 256, views: str | None = None,
-             features: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
-    """Probabilities of the positive class on a split, averaged over `views` (default: the spec's, as
-    served): (y, prob, mean loss). With a `features` list, the out-of-distribution detector's features of each
-    batch, from the same forward passes, are appended to it."""
-    views = spec.views if views is None else views
-    with_features = features is not None and has_features(model)
-    model.eval()
-    rows = data.split_index[split]
-    probs, losses = [], []
-    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
-    if views != "identity":
-        batch_size = max(1, batch_size // 8)  # 8 passes per batch; on 2 CPU cores 32 images a pass ran fastest
-    for idx in batches(len(rows), batch_size, None, shuffle=False):
-        batch = rows[idx]
-        x = normalize(data.images[batch].to(device), spec)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            # Each view is laid out in channels_last.
-            if with_features:
-                logits, feats = forward_views_features(model, x, views)
-                features.append(feats.float().cpu().numpy())  # type: ignore[union-attr]  # with_features: a list
-            else:
-                logits = forward_views(model, x, views)
-            logits = logits.float()
-        y = data.labels[batch].to(device)
-        losses.append(float(loss_fn(logits, y)))
-        probs.append(torch.sigmoid(logits).cpu().numpy())
-    y_true = data.labels[rows].numpy()
-    prob = np.concatenate(probs) if probs else np.zeros(0)
-    return y_true, prob, sum(losses) / max(len(rows), 1)
-
-
-Curves = dict[str, tuple[np.ndarray, np.ndarray]]
-
-
-def final_evaluation(model: nn.Module, data: Prepared, spec: PreprocessSpec, device: torch.device,
-                     min_sensitivity: float, min_specificity: float,
-                     acquisition: bool = False) -> tuple[Curves, float, dict[str, Any], ood.Detector | None]:
-    """Evaluate the network exactly as the worker serves it on every split, choose the threshold on val and fit
-    the out-of-distribution detector on train (threshold on val): (curves, threshold, metrics, detector).
-
-    With `acquisition`, the detector is fitted on train and on a copy of train changed as other departments'
-    machines change X-rays (trainer.acquisition), and calibrated on val and a changed copy of val: ordinary
-    acquisition changes are then in distribution, made-up scenes still are not."""
-    inference_net = fold_batchnorm(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    curves: Curves = {}
-    features: dict[str, np.ndarray] = {}
-    for split in SPLITS:
-        batches_of_features: list[np.ndarray] = []
-        y, prob, _ = evaluate(inference_net, data, split, spec, device, features=batches_of_features)
-        if len(y):
-            curves[split] = (y, prob)
-        if batches_of_features:
-            features[split] = np.concatenate(batches_of_features)
-    y_val, p_val = curves.get("val", (np.zeros(0), np.zeros(0)))
-    threshold = choose_threshold(y_val, p_val, min_sensitivity, min_specificity) if len(np.unique(y_val)) == 2 else 0.5
-    metrics: dict[str, Any] = {split: binary_metrics(y, prob, threshold) for split, (y, prob) in curves.items()}
-    detector = None
-    if "train" in features and "val" in features:
-        fit_on, calibrate_on = features["train"], features["val"]
-        labels = data.labels[data.split_index["train"]].numpy()
-        if acquisition:
-            changed = changed_features(inference_net, data, spec, device)
-            fit_on, labels = np.concatenate([fit_on, changed["train"]]), np.concatenate([labels, labels])
-            calibrate_on = np.concatenate([calibrate_on, changed["val"]])
-        detector = ood.fit(fit_on, labels, calibrate_on)
-        for split, f in features.items():
-            metrics[split]["ood_flagged"] = ood.flagged_share(detector, f)
-    return curves, threshold, metrics, detector
-
-
-def changed_copy(data: Prepared, split: str, change: AcquisitionChange) -> Prepared:
-    """Only `split` of `data`, each image changed by the next draw of `change` (in the split's order)."""
-    rows = data.split_index[split]
-    return replace(data, images=change(data.images[rows]), labels=data.labels[rows],
-                   split_index={split: np.arange(len(rows))})
-
-
-def changed_features(model: nn.Module, data: Prepared, spec: PreprocessSpec, device: torch.device,
-                     seed: int = 0) -> dict[str, np.ndarray]:
-    """The detector's features of one acquisition-changed copy of train and of val (seeded: the same copies for the
-    same data), at the served views."""
-    change = AcquisitionChange(seed)
-    out = {}
-    for split in ("train", "val"):
-        batches_of_features: list[np.ndarray] = []
-        evaluate(model, changed_copy(data, split, change), split, spec, device, features=batches_of_features)
-        out[split] = np.concatenate(batches_of_features)
-    return out
-
-
-def robustness_audit(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, data: Prepared, threshold: float,
-                     detector: ood.Detector | None, device: torch.device) -> dict[str, Any]:
-    """The model as served (views, threshold, detector) on the test split under the audit's acquisition changes,
-    applied at the network's input size (trainer.robustness; bench/robustness.py applies them at full size)."""
-    positive = POSITIVE_CLASS if POSITIVE_CLASS in data.classes else data.classes[0]
-    served = Checkpoint(model, margs, spec, data.classes, positive, threshold, {}, detector)
-    predictor = Predictor(served, device)
-    every = len(data.split_index["test"])
-    rows = at_most(data.split_index["test"], CARD_AUDIT_IMAGES)  # the audit costs a test split's inference a change
-    images = [PILImage.fromarray(data.images[r, 0].numpy()) for r in rows]
-    audit_rows = acquisition_audit(predictor, images, data.labels[rows].numpy())
-    return {"split": "test", "at": "input size", "sampled": len(rows), "of": every, "rows": audit_rows,
-            "worst": worst(audit_rows)}
-
-
-def test_members(data: Prepared) -> list[list[str]]:
-    """The test split as evaluated: [[path, label], ...], one file per distinct image (for comparing versions)."""
-    rows = data.split_index["test"].tolist()
-    return [[str(data.paths[data.row_md5[r]]), data.report.label_of[data.row_md5[r]]] for r in rows]
-
-
 def warm_start(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, init: str | Path) -> None:
     """Load a checkpoint's weights into `model`; ValueError when its architecture or input size differ (its
     intensity normalisation may: the training adapts the weights to this run's)."""
@@ -399,51 +179,51 @@ def warm_start(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, init: s
     model.load_state_dict(payload["state_dict"])
 
 
-def rescheduled(opt: torch.optim.Optimizer, lr: float, epochs: int, steps_per_epoch: int,
-                done: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """The one-cycle schedule of `epochs` epochs, advanced past the `done` epochs already trained (--max-minutes
-    shortens a run's schedule after its first epoch)."""
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
-    with warnings.catch_warnings():  # the optimizer's steps were taken already: only the schedule moves on
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(done * steps_per_epoch):
-            sched.step()
-    return sched
-
-
 def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python's, NumPy's and torch's generators; return a generator of its own for the batches' order."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 
-def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
-         cache_dir: Path | None = None, log: LogCallback | None = None) -> dict[str, Any]:
-    """Run one training and return a summary (paths of the artifacts and the metrics); progress lines go to `log`."""
-    say = log or (lambda line: print(line, file=sys.stderr))
+def set_up(args: argparse.Namespace) -> tuple[Path, torch.device, torch.Generator]:
+    """Make the run folder, set torch's CPU threads and the seeds: (run folder, device, the batches' generator)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     gen = seed_everything(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return out, torch.device("cuda" if torch.cuda.is_available() else "cpu"), gen
+
+
+def network_input(args: argparse.Namespace) -> tuple[PreprocessSpec, ModelArgs]:
+    """Describe the network's input (the preprocessing the checkpoint carries) and its architecture."""
     channels = 1 if args.arch == "fracnet" else 3
     spec = PreprocessSpec(image_size=args.image_size, channels=channels,
                           mean=(0.5,) * channels, std=(0.25,) * channels, views=args.views,
                           intensity=getattr(args, "intensity", "none"))
     margs = ModelArgs(arch=args.arch, width=args.width, depths=tuple(int(d) for d in args.depths.split(",")),
                       in_channels=channels)
-    progress = not args.no_progress
+    return spec, margs
 
+
+def load_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path, out: Path,
+              say: LogCallback) -> Prepared:
+    """Prepare the run's data, write its audit to the run folder and say what it holds."""
     t0 = time.time()
-    data = prepare_data(args, spec, cache_dir if cache_dir is not None else out / "cache")
+    data = prepare_data(args, spec, cache_dir)
     (out / "audit.txt").write_text(data.report.render() + "\n")
     (out / "audit.json").write_text(json.dumps(data.report.to_dict(), indent=2))
-    sizes = {k: len(v) for k, v in data.split_index.items()}
-    say(f"data ready in {time.time() - t0:.1f}s: {sizes} distinct images ({args.split} split) from {data.files}; "
-        f"left out as locked evaluation images: {data.locked['total']}; {card.corrections_text(data.corrections)}")
+    say(f"data ready in {time.time() - t0:.1f}s: {split_sizes(data)} distinct images ({args.split} split) from "
+        f"{data.files}; left out as locked evaluation images: {data.locked['total']}; "
+        f"{card.corrections_text(data.corrections)}")
+    return data
 
+
+def build_network(args: argparse.Namespace, margs: ModelArgs, spec: PreprocessSpec, device: torch.device,
+                  say: LogCallback) -> nn.Module:
+    """Build the network, load --weights or --init into it, and move it to the device."""
     if getattr(args, "boxes", None) and args.arch != "fracnet":
         raise ValueError("--boxes needs the fracnet architecture (its class-activation map is what the boxes teach)")
     model = build_model(margs)
@@ -454,130 +234,131 @@ def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
         say(f"started from the weights of {args.init}")
     # channels_last pays on CUDA; on CPU, oneDNN's backward crashed (double free) on narrow layers.
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    model = model.to(device).to(memory_format=memory_format)  # type: ignore[call-overload]  # stubs lack memory_format
-    epochs = 1 if args.dry_run else args.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(data.split_index["train"]) / args.batch_size))
-    sched = rescheduled(opt, args.lr, epochs, steps_per_epoch, done=0)
-    history: dict[str, list[float]] = {k: [] for k in
-                                       ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "epoch_s")}
-    best: dict[str, Any] = {"auc": -1.0, "loss": math.inf, "epoch": 0, "state": None}
-    # An exponential moving average of the weights (batch-norm statistics included) is steadier
-    # than the raw weights on this small, noisy data; it is what gets evaluated and shipped.
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
-    served: nn.Module = ema.module if ema is not None else model
-    start_epoch = 0
-    last = out / "last.pt"
-    if args.resume and last.is_file():
-        state = torch.load(last, weights_only=True)
-        model.load_state_dict(state["model"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        history, best, start_epoch = state["history"], state["best"], state["epoch"]
-        epochs = state.get("epochs", epochs)
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
-        say(f"resumed after epoch {start_epoch}")
+    return model.to(device).to(memory_format=memory_format)  # type: ignore[call-overload]  # stubs lack memory_format
 
+
+def train_epochs(args: argparse.Namespace, state: TrainingState, data: Prepared, spec: PreprocessSpec,
+                 device: torch.device, last: Path, on_epoch: EpochCallback | None, say: LogCallback) -> None:
+    """Train from the epoch `state` stands at to the last, selecting on val and saving last.pt after each."""
     augment = TrainAugment(args.image_size, args.augment)
-    box_weight = args.box_weight if getattr(args, "boxes", None) else 0.0
+    box_weight = box_weight_of(args)
     if box_weight:
         n_boxed = int((data.box_index >= 0).sum()) if data.box_index is not None else 0
         say(f"box supervision: {n_boxed} fractured training images with boxes, weight {box_weight}")
-    changed_val: Prepared | None = None  # an acquisition run's changed copy of val, made once
-    t_train = time.time()
-    epoch = start_epoch
-    while epoch < epochs:
+    # An acquisition run's changed copy of val, made once, when the first epoch selects on it.
+    changed_val = functools.cache(lambda: changed_copy(data, "val", AcquisitionChange(SELECTION_SEED)))
+    t_train, first_epoch = time.time(), state.epoch
+    while state.epoch < state.epochs:
         te = time.time()
-        tr_loss, tr_acc = train_one_epoch(model, data, spec, opt, sched, augment, device, args.batch_size, gen,
-                                          progress, ema, box_weight)
-        # The epoch is selected on one view (cheap, every epoch); the threshold and the reported figures
-        # below use the served views.
-        y, prob, va_loss = evaluate(served, data, "val", spec, device, views="identity")
-        va = binary_metrics(y, prob, 0.5)
-        for k, v in (("train_loss", tr_loss), ("train_acc", tr_acc), ("val_loss", va_loss),
-                     ("val_acc", va["accuracy"]), ("val_auc", va["roc_auc"]), ("epoch_s", time.time() - te)):
-            history[k].append(float(v))  # type: ignore[arg-type]  # metrics are floats
-        auc = float(va["roc_auc"]) if not math.isnan(float(va["roc_auc"])) else 0.0  # type: ignore[arg-type]
-        changed = ""
-        score = auc
-        if args.augment == "acquisition":
-            # Selected on val as it is and on one fixed acquisition-changed copy of it (the same copy every epoch):
-            # an epoch that forgets the invariance is not the one kept.
-            if changed_val is None:
-                changed_val = changed_copy(data, "val", AcquisitionChange(SELECTION_SEED))
-            y_c, prob_c, _ = evaluate(served, changed_val, "val", spec, device, views="identity")
-            auc_c = float(binary_metrics(y_c, prob_c, 0.5)["roc_auc"])  # type: ignore[arg-type]
-            auc_c = 0.0 if math.isnan(auc_c) else auc_c
-            history.setdefault("val_auc_changed", []).append(auc_c)
-            score = (auc + auc_c) / 2
-            changed = f" val_auc_changed {auc_c:.4f}"
-        if score > best["auc"] or (score == best["auc"] and va_loss < best["loss"]):
-            best = {"auc": score, "loss": va_loss, "epoch": epoch + 1,
-                    "state": {k: v.detach().clone() for k, v in served.state_dict().items()}}
-        epoch += 1
-        if getattr(args, "max_minutes", None) and epoch == start_epoch + 1 and epoch < epochs:
-            fits = start_epoch + int((args.max_minutes * 60 - (time.time() - t_train)) / (time.time() - te)) + 1
-            if fits < epochs:
-                say(f"--max-minutes {args.max_minutes:g}: {max(fits, epoch)} epochs fit, not {epochs}")
-                epochs = max(fits, epoch)
-                sched = rescheduled(opt, args.lr, epochs, steps_per_epoch, epoch)
-        say(f"epoch {epoch}/{epochs} train_loss {tr_loss:.4f} train_acc {tr_acc:.4f} val_loss {va_loss:.4f} "
-            f"val_acc {va['accuracy']:.4f} selection val_auc (one view) {auc:.4f}{changed} "
-            f"({history['epoch_s'][-1]:.1f}s)")
-        torch.save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                    "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "history": history, "best": best, "epoch": epoch, "epochs": epochs, "gen": gen.get_state(),
-                    "torch_rng": torch.get_rng_state()}, last)
+        train = train_one_epoch(state.model, data, spec, state.opt, state.sched, augment, device, args.batch_size,
+                                state.gen, not args.no_progress, state.ema, box_weight)
+        figures = select_on_val(args, state, data, changed_val, spec, device, train, te)
+        state.epoch += 1
+        fit_time_budget(args, state, first_epoch, t_train, te, say)
+        say(f"epoch {state.epoch}/{state.epochs} {figures} ({state.history['epoch_s'][-1]:.1f}s)")
+        save_last(state, last)
         if on_epoch is not None:
-            on_epoch(epoch, epochs, history)
+            on_epoch(state.epoch, state.epochs, state.history)
 
+
+def select_on_val(args: argparse.Namespace, state: TrainingState, data: Prepared, changed_val: Callable[[], Prepared],
+                  spec: PreprocessSpec, device: torch.device, train: tuple[float, float], started: float) -> str:
+    """Record the epoch's figures, keep its weights if it scores best on val so far; return its figures' text."""
+    # The epoch is selected on one view (cheap, every epoch); the threshold and the reported figures
+    # of the final evaluation use the served views.
+    y, prob, va_loss = evaluate_split(state.served, data, "val", spec, device, views="identity")
+    va = binary_metrics(y, prob, 0.5)
+    for k, v in (("train_loss", train[0]), ("train_acc", train[1]), ("val_loss", va_loss),
+                 ("val_acc", va["accuracy"]), ("val_auc", va["roc_auc"]), ("epoch_s", time.time() - started)):
+        state.history[k].append(float(v))  # type: ignore[arg-type]  # metrics are floats
+    auc = float(va["roc_auc"]) if not math.isnan(float(va["roc_auc"])) else 0.0  # type: ignore[arg-type]
+    changed = ""
+    score = auc
+    if args.augment == "acquisition":
+        auc_c = changed_val_auc(state.served, changed_val(), spec, device)
+        state.history.setdefault("val_auc_changed", []).append(auc_c)
+        score = (auc + auc_c) / 2
+        changed = f" val_auc_changed {auc_c:.4f}"
+    if score > state.best["auc"] or (score == state.best["auc"] and va_loss < state.best["loss"]):
+        state.best = {"auc": score, "loss": va_loss, "epoch": state.epoch + 1, "state": weights_of(state.served)}
+    return (f"train_loss {train[0]:.4f} train_acc {train[1]:.4f} val_loss {va_loss:.4f} "
+            f"val_acc {va['accuracy']:.4f} selection val_auc (one view) {auc:.4f}{changed}")
+
+
+def changed_val_auc(served: nn.Module, changed_val: Prepared, spec: PreprocessSpec, device: torch.device) -> float:
+    """Score the served network's ROC-AUC (one view) on the acquisition-changed copy of val; 0 when undefined.
+
+    An acquisition run is selected on val as it is and on this one fixed changed copy (the same every epoch): an
+    epoch that forgets the invariance is not the one kept."""
+    y_c, prob_c, _ = evaluate_split(served, changed_val, "val", spec, device, views="identity")
+    auc_c = float(binary_metrics(y_c, prob_c, 0.5)["roc_auc"])  # type: ignore[arg-type]
+    return 0.0 if math.isnan(auc_c) else auc_c
+
+
+def fit_time_budget(args: argparse.Namespace, state: TrainingState, first_epoch: int, t_train: float, te: float,
+                    say: LogCallback) -> None:
+    """After this process's first epoch, shrink the epoch count and the schedule to what --max-minutes fits."""
+    if not (getattr(args, "max_minutes", None) and state.epoch == first_epoch + 1 and state.epoch < state.epochs):
+        return
+    fits = first_epoch + int((args.max_minutes * 60 - (time.time() - t_train)) / (time.time() - te)) + 1
+    if fits < state.epochs:
+        say(f"--max-minutes {args.max_minutes:g}: {max(fits, state.epoch)} epochs fit, not {state.epochs}")
+        state.epochs = max(fits, state.epoch)
+        state.sched = rescheduled(state.opt, args.lr, state.epochs, state.steps_per_epoch, state.epoch)
+
+
+def keep_selected_epoch(args: argparse.Namespace, state: TrainingState) -> None:
+    """Load the kept epoch's weights into the network: the best on val, or the last with --select last."""
     if getattr(args, "select", "best") == "last":
-        best = {"auc": None, "loss": None, "epoch": epochs,
-                "state": {k: v.detach().clone() for k, v in served.state_dict().items()}}
-    model.load_state_dict(best["state"])
-    curves, threshold, metrics, detector = final_evaluation(model, data, spec, device, args.min_sensitivity,
+        state.best = {"auc": None, "loss": None, "epoch": state.epochs, "state": weights_of(state.served)}
+    state.model.load_state_dict(state.best["state"])
+
+
+def evaluate_selected(args: argparse.Namespace, state: TrainingState, data: Prepared, spec: PreprocessSpec,
+                      device: torch.device, say: LogCallback) -> FinalEvaluation:
+    """Evaluate the kept network as served on every split, and record in its metrics how it was selected."""
+    curves, threshold, metrics, detector = final_evaluation(state.model, data, spec, device, args.min_sensitivity,
                                                             args.min_specificity, args.augment == "acquisition")
-    metrics["selected_epoch"] = best["epoch"]
+    metrics["selected_epoch"] = state.best["epoch"]
     metrics["selected_on"] = ("the last epoch (--select last)" if getattr(args, "select", "best") == "last" else
                               "val ROC-AUC, one view: the mean of val as it is and of an acquisition-changed copy"
                               if args.augment == "acquisition" else "val ROC-AUC, one view")
     metrics["split_policy"] = args.split
     metrics["served_views"] = spec.views  # what the val ROC-AUC above measures (fracture.val_auc)
     if "val" in metrics:
-        say(f"selected epoch {best['epoch']}; {val_auc.served_text(metrics['val']['roc_auc'], spec.views)}")
+        say(f"selected epoch {state.best['epoch']}; {val_auc.served_text(metrics['val']['roc_auc'], spec.views)}")
     if data.corrections["offered"]:  # the models page lists these beside the selected epoch
         metrics["corrections"] = data.corrections["used"]
         metrics["corrections_relabelled"] = data.corrections["relabelled"]
+    return curves, threshold, metrics, detector
 
+
+def audit_robustness(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, data: Prepared, threshold: float,
+                     detector: ood.Detector | None, device: torch.device, say: LogCallback) -> dict[str, Any]:
+    """Audit the model as served on the test split under acquisition changes (the model card's table)."""
+    t_audit = time.time()
+    robustness = robustness_audit(model, margs, spec, data, threshold, detector, device)
+    say(f"robustness audit of the test split under {len(robustness['rows'])} acquisition changes "
+        f"in {time.time() - t_audit:.0f}s: worst {robustness['worst']}")
+    return robustness
+
+
+def main(args: argparse.Namespace, on_epoch: EpochCallback | None = None,
+         cache_dir: Path | None = None, log: LogCallback | None = None) -> dict[str, Any]:
+    """Run one training and return a summary (paths of the artifacts and the metrics); progress lines go to `log`."""
+    say = log or (lambda line: print(line, file=sys.stderr))
+    out, device, gen = set_up(args)
+    spec, margs = network_input(args)
+    t0 = time.time()
+    data = load_data(args, spec, cache_dir if cache_dir is not None else out / "cache", out, say)
+    model = build_network(args, margs, spec, device, say)
+    state = start_training(args, model, data, gen)
+    if args.resume and (out / "last.pt").is_file():
+        resume(state, out / "last.pt", say)
+    train_epochs(args, state, data, spec, device, out / "last.pt", on_epoch, say)
+    keep_selected_epoch(args, state)
+    evaluation = evaluate_selected(args, state, data, spec, device, say)
+    _, threshold, metrics, detector = evaluation
     if getattr(args, "robustness", True) and len(data.split_index["test"]):
-        t_audit = time.time()
-        metrics["robustness"] = robustness_audit(model, margs, spec, data, threshold, detector, device)
-        say(f"robustness audit of the test split under {len(metrics['robustness']['rows'])} acquisition changes "
-            f"in {time.time() - t_audit:.0f}s: worst {metrics['robustness']['worst']}")
-    plot_files = plots.write_all(out / "plots", history, curves, metrics)
-    # --resume continues the same run to the same result, so the command that reproduces it leaves it out.
-    command = "fracture train " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) if a != "--resume")
-    ckpt = out / "model.pt"
-    sha = save_checkpoint(
-        ckpt, model.cpu(), margs, spec, data.classes, threshold,
-        positive_class=POSITIVE_CLASS if POSITIVE_CLASS in data.classes else data.classes[0],
-        metrics=metrics, data_fingerprint=data.fingerprint, detector=detector,
-        extra={"split_policy": args.split, "selection_metric": metrics.get("val", {}).get("roc_auc"),
-               "history": history, "command": command, "seed": args.seed,
-               "split_seed": args.seed if args.split_seed is None else args.split_seed,
-               "augment": args.augment, "ood_acquisition": args.augment == "acquisition",
-               "init": str(args.init) if getattr(args, "init", None) else None,
-               "boxes": str(args.boxes) if box_weight else None, "box_weight": box_weight or None},
-    )
-    summary = {"checkpoint": str(ckpt), "sha256": sha, "metrics": metrics, "threshold": threshold,
-               "history": history, "plots": {k: str(v) for k, v in plot_files.items()},
-               "data_fingerprint": data.fingerprint, "audit": data.report.to_dict(), "split_sizes": sizes,
-               "command": command, "model_args": margs.to_dict(), "preprocess": spec.to_dict(),
-               "seconds": time.time() - t0, "device": device.type, "datasets": data.files,
-               "locked_out": data.locked, "corrections": data.corrections, "splits": {"test": test_members(data)}}
-    compare = json.loads(Path(args.compare).read_text()) if getattr(args, "compare", None) else None
-    card.write(out, summary, compare)
-    return summary
+        metrics["robustness"] = audit_robustness(state.model, margs, spec, data, threshold, detector, device, say)
+    return write_artifacts(args, out, state, margs, spec, data, evaluation, device, t0)

@@ -17,7 +17,7 @@ from fracture.config import Settings
 from fracture.datasets import DEFAULT_FRACTION, check_fraction
 from fracture.db import session_scope
 from fracture.models import Dataset
-from trainer.validate import Inspection, inspect, validate_dataset
+from trainer.dataset_validation import Inspection, inspect, validate_dataset
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from fracture.models import Dataset
 from fracture.preprocess import ImageError, decode
 from fracture.storage import Storage
 from trainer.audit import NEAR_DISTANCE, AuditReport, audit, decode_for_audit, dihedral_hashes
-from trainer.dataset import SPLITS, Sample, detect_layout, fingerprint, scan
+from trainer.dataset_scan import SPLITS, Sample, detect_layout, fingerprint, scan
 
 THUMBNAILS_PER_CLASS = 4
 THUMBNAIL_SIZE = 128

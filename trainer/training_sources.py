@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from fracture.image_hashes import NEAR_DISTANCE, dihedral_hashes
-from trainer.dataset import Sample, md5_file, scan
+from trainer.dataset_scan import Sample, md5_file, scan
 
 
 class TrainingDataError(ValueError):

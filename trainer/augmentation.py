@@ -1,10 +1,6 @@
-"""Decode every distinct image once into a uint8 tensor, then serve augmented batches from memory."""
+"""The training augmentation of X-rays held in memory as uint8 tensors, and seeded acquisition changes of them."""
 
 from __future__ import annotations
-
-import hashlib
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,42 +8,8 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from fracture.preprocess import ImageError, load_u8, to_uint8_tensor
-from fracture.preprocess import PreprocessSpec as Spec
+from fracture.preprocess import to_uint8_tensor
 from trainer.acquisition import random_acquisition_geometry
-
-
-def decode_all(paths: dict[str, Path], spec: Spec, cache_dir: Path | None = None,
-               threads: int = 2) -> tuple[dict[str, int], torch.Tensor, dict[str, str]]:
-    """Decode each MD5's file once at the model size: (index by MD5, (N,1,S,S) uint8, errors by MD5).
-
-    The result is cached on disk keyed by the MD5s and the size, so a resumed or repeated run
-    (and the audit of the same data) does not decode again.
-    """
-    md5s = sorted(paths)
-    key = hashlib.sha256(("\n".join(md5s) + f"|{spec.image_size}").encode()).hexdigest()[:16]
-    cache = cache_dir / f"decoded-{key}.pt" if cache_dir else None
-    if cache is not None and cache.is_file():
-        blob = torch.load(cache, weights_only=True)
-        return dict(zip(blob["md5s"], range(len(blob["md5s"])), strict=True)), blob["images"], blob["errors"]
-
-    def one(m: str) -> torch.Tensor | str:
-        try:
-            return load_u8(paths[m], spec)
-        except ImageError as e:
-            return str(e)
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        results = list(pool.map(one, md5s))
-    errors = {m: r for m, r in zip(md5s, results, strict=True) if isinstance(r, str)}
-    good = [m for m in md5s if m not in errors]
-    s = spec.image_size
-    kept = [r for r in results if not isinstance(r, str)]
-    images = torch.stack(kept) if kept else torch.zeros((0, 1, s, s), dtype=torch.uint8)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"md5s": good, "images": images, "errors": errors}, cache)
-    return {m: i for i, m in enumerate(good)}, images, errors
 
 
 class TrainAugment:
@@ -118,8 +80,3 @@ class AcquisitionChange:
                 m = masks[i, 0]
                 moved.append(to_uint8_tensor(geometry(Image.fromarray(m.numpy()))) if bool(m.any()) else m[None])
         return torch.stack(images), None if masks is None else torch.stack(moved)
-
-
-def batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle: bool) -> list[np.ndarray]:
-    order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]

@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from trainer.audit import AuditReport
-from trainer.dataset import SPLITS, Sample
+from trainer.dataset_scan import SPLITS, Sample
 
 POLICIES = ("given", "grouped")
 
