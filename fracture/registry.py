@@ -95,13 +95,24 @@ class RegistryError(ValueError):
 
 
 def find_version(session: Session, ref: str | int) -> ModelVersion | None:
-    """A version by its id (an int, or digits) or by its name ("release-1"); None when there is none."""
+    """A version by its name ("release-1") or its id; None when there is none. The one lookup by reference.
+
+    The rule: a string is a name first; only when no version has that exact name is an all-digit string taken as
+    an id. So a name always finds its own version (even a name made of digits, which would otherwise be hidden
+    behind the version with that id), and "7" still finds version #7 when no version is named "7". An int is an
+    id (a bool is neither). Surrounding spaces are ignored.
+    """
+    if isinstance(ref, bool):
+        return None
+    if isinstance(ref, int):
+        return session.get(ModelVersion, ref)
     text = str(ref).strip()
-    if text.isdigit():
+    if not text:
+        return None
+    version = session.scalars(select(ModelVersion).where(ModelVersion.name == text)).first()
+    if version is None and text.isdigit():
         version = session.get(ModelVersion, int(text))
-        if version is not None:
-            return version
-    return session.scalars(select(ModelVersion).where(ModelVersion.name == text)).first()
+    return version
 
 
 def record_decision(version: ModelVersion, reason: str) -> None:
