@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from pg import pg_server, pg_url  # noqa: F401  (fixtures)
 from sqlalchemy import select
 
 from fracture import migrate
-from fracture.db import session_scope
+from fracture.db import get_engine, session_scope
 from fracture.dbtypes import as_utc
 from fracture.models import Job, Schedule
 
@@ -18,14 +19,15 @@ TOKYO = timezone(timedelta(hours=9))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated database; PostgreSQL's connections set to a zone other than UTC, so it hands back +09:00."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'fracture.sqlite'}"
     else:
         url = str(request.getfixturevalue("pg_url")) + "?options=-c%20timezone%3DAsia/Tokyo"
     migrate.upgrade(url)
-    return url
+    yield url
+    get_engine(url).dispose()  # its own URL: pg_url's teardown closes only the engine of the plain one
 
 
 def test_datetimes_come_back_aware_utc_whatever_was_written(db_url: str) -> None:
