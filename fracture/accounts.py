@@ -132,8 +132,6 @@ def user_for_token(session: Session, token: str) -> User | None:
         return None
     now = datetime.now(UTC)
     last = row.last_used_at
-    if last is not None and last.tzinfo is None:
-        last = last.replace(tzinfo=UTC)  # SQLite hands timestamps back naive
     if last is None or now - last > LAST_USED_PRECISION:
         row.last_used_at = now
         session.commit()

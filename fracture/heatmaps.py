@@ -63,10 +63,6 @@ def composite_key(key: str) -> str:
     return key.removesuffix(".png") + "-composite.png"
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite hands back naive UTC
-
-
 def find(session: Session, image_id: int, version_id: int) -> Heatmap | None:
     """The heatmap row of `image_id` under `version_id`, if one was ever asked for."""
     return session.scalars(
@@ -145,7 +141,7 @@ def _needs_sending(heatmap: Heatmap, storage: Storage, now: datetime) -> bool:
         stamp, after = heatmap.finished_at, RESEND_AFTER
     else:
         stamp, after = heatmap.requested_at, RESEND_INTERACTIVE_AFTER if heatmap.interactive else RESEND_AFTER
-    return stamp is None or now - _aware(stamp) >= after
+    return stamp is None or now - stamp >= after
 
 
 def withdraw(session: Session, heatmap: Heatmap) -> None:

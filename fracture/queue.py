@@ -7,6 +7,8 @@ apps on `make_app` and hold only the task bodies. The database is the source of 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
@@ -46,7 +48,39 @@ log = logging.getLogger(__name__)
 
 
 class BrokerUnavailable(RuntimeError):
-    """The message broker could not be reached; nothing (or not everything) was queued."""
+    """The message broker could not be reached; nothing (or not everything) was queued.
+
+    The one exception for "the broker is down". Raised by `send_or_mark`, it carries the `subject` (the job, run,
+    evaluation or dataset recorded as not sent, when the caller named one) and the sentence to show about it.
+    """
+
+    def __init__(self, message: str, subject: object = None) -> None:
+        super().__init__(message)
+        self.subject = subject
+
+
+@contextmanager
+def broker_errors() -> Iterator[None]:
+    """Turn the transport's connection errors (kombu's, the socket's) into BrokerUnavailable."""
+    try:
+        yield
+    except (KombuOperationalError, OSError) as e:  # TimeoutError is an OSError
+        raise BrokerUnavailable(f"the message broker is not reachable: {e}") from e
+
+
+def send_or_mark(send: Callable[[], object], mark_unsent: Callable[[], object], subject: object = None,
+                 message: str | None = None) -> None:
+    """Call `send`; if the broker is down, call `mark_unsent` (record on the row why it was not sent) and raise
+    BrokerUnavailable carrying `subject` and `message` (default: the broker's error).
+
+    A committed row and its message: the row is the truth, so a message that cannot be sent leaves the row saying
+    so (a job marked not dispatched for the reaper, a run or evaluation failed, a dataset invalid).
+    """
+    try:
+        send()
+    except BrokerUnavailable as e:
+        mark_unsent()
+        raise BrokerUnavailable(message or str(e), subject) from e
 
 
 def _transport_options(settings: Settings) -> dict[str, Any]:
@@ -108,11 +142,8 @@ def chunked(items: list[int], size: int) -> list[list[int]]:
 
 
 def _ensure_broker(app: Celery) -> None:
-    try:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=BROKER_TIMEOUT_S)
-    except (KombuOperationalError, OSError, TimeoutError) as e:
-        raise BrokerUnavailable(f"the message broker is not reachable: {e}") from e
+    with broker_errors(), app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=BROKER_TIMEOUT_S)
 
 
 def enqueue_job(app: Celery, settings: Settings, job_id: str) -> int:
@@ -126,13 +157,10 @@ def enqueue_job(app: Celery, settings: Settings, job_id: str) -> int:
     chunks = chunked(pending, settings.chunk_size)
     if chunks:
         _ensure_broker(app)
-        try:
-            with app.producer_or_acquire() as producer:
-                for chunk in chunks:
-                    app.send_task(CLASSIFY_TASK, args=(job_id, chunk), queue=INFERENCE_QUEUE, producer=producer,
-                                  retry=False)
-        except (KombuOperationalError, OSError) as e:
-            raise BrokerUnavailable(f"the message broker is not reachable: {e}") from e
+        with broker_errors(), app.producer_or_acquire() as producer:
+            for chunk in chunks:
+                app.send_task(CLASSIFY_TASK, args=(job_id, chunk), queue=INFERENCE_QUEUE, producer=producer,
+                              retry=False)
     with session_scope(settings.database_url) as session:
         jobs.mark_dispatched(session, job_id)
     return len(chunks)
@@ -140,12 +168,11 @@ def enqueue_job(app: Celery, settings: Settings, job_id: str) -> int:
 
 def dispatch_job(app: Celery, settings: Settings, job_id: str) -> None:
     """Hand a committed job to the broker; if it is down, record that on the job and raise BrokerUnavailable."""
-    try:
-        enqueue_job(app, settings, job_id)
-    except BrokerUnavailable:
+    def mark_unsent() -> None:
         with session_scope(settings.database_url) as session:
             jobs.mark_not_dispatched(session, job_id)
-        raise
+
+    send_or_mark(lambda: enqueue_job(app, settings, job_id), mark_unsent)
 
 
 def send_classify(app: Celery, job_id: str, image_ids: list[int]) -> None:
@@ -159,28 +186,22 @@ def send_heatmap(app: Celery, job_id: str, image_id: int, version_id: int, check
     it): to the interactive queue when someone asked for it, else (HEATMAPS_ABOVE_THRESHOLD) to the inference queue
     behind the chunks. Raises BrokerUnavailable quickly if the broker is down."""
     queue = INTERACTIVE_QUEUE if interactive else INFERENCE_QUEUE
-    try:
-        if check_broker:
-            _ensure_broker(app)
+    if check_broker:
+        _ensure_broker(app)
+    with broker_errors():
         app.send_task(HEATMAP_TASK, args=(job_id, image_id, version_id), queue=queue, retry=False)
-    except (KombuOperationalError, OSError) as e:
-        raise BrokerUnavailable(f"the message broker is not reachable: {e}") from e
 
 
 def send_retrain(app: Celery, run_id: int) -> None:
     """Send a committed training run to the trainer's queue; raises BrokerUnavailable if the broker is down."""
-    try:
+    with broker_errors():
         app.send_task(RETRAIN_TASK, args=(run_id,), queue=TRAINING_QUEUE, retry=False)
-    except (KombuOperationalError, OSError) as e:
-        raise BrokerUnavailable(f"the message broker is not reachable: {e}") from e
 
 
 def send_trainer_task(app: Celery, name: str, *args: object) -> None:
     """Send a task of the trainer's queue (dataset validation or split, evaluation) with plain arguments."""
-    try:
+    with broker_errors():
         app.send_task(name, args=args, queue=TRAINING_QUEUE, retry=False)
-    except (KombuOperationalError, OSError) as e:
-        raise BrokerUnavailable(f"the message broker is not reachable: {e}") from e
 
 
 def resume_unfinished(app: Celery, settings: Settings) -> dict[str, Any]:

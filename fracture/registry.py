@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,6 +13,9 @@ from sqlalchemy.orm import Session
 from fracture.config import Settings
 from fracture.models import ModelActivation, ModelStatus, ModelVersion
 from fracture.storage import Storage
+
+if TYPE_CHECKING:
+    from fracture.inference import Predictor
 
 # The name a fresh installation gives the release checkpoint shipped in the repository.
 SEED_VERSION = "release-1"
@@ -92,13 +95,24 @@ class RegistryError(ValueError):
 
 
 def find_version(session: Session, ref: str | int) -> ModelVersion | None:
-    """A version by its id (an int, or digits) or by its name ("release-1"); None when there is none."""
+    """A version by its name ("release-1") or its id; None when there is none. The one lookup by reference.
+
+    The rule: a string is a name first; only when no version has that exact name is an all-digit string taken as
+    an id. So a name always finds its own version (even a name made of digits, which would otherwise be hidden
+    behind the version with that id), and "7" still finds version #7 when no version is named "7". An int is an
+    id (a bool is neither). Surrounding spaces are ignored.
+    """
+    if isinstance(ref, bool):
+        return None
+    if isinstance(ref, int):
+        return session.get(ModelVersion, ref)
     text = str(ref).strip()
-    if text.isdigit():
+    if not text:
+        return None
+    version = session.scalars(select(ModelVersion).where(ModelVersion.name == text)).first()
+    if version is None and text.isdigit():
         version = session.get(ModelVersion, int(text))
-        if version is not None:
-            return version
-    return session.scalars(select(ModelVersion).where(ModelVersion.name == text)).first()
+    return version
 
 
 def record_decision(version: ModelVersion, reason: str) -> None:
@@ -211,3 +225,22 @@ def store_plots(storage: Storage, version_name: str, folder: Path) -> dict[str, 
 
 def checkpoint_path(settings: Settings, version: ModelVersion) -> Path:
     return Storage(settings.storage_dir).path(version.checkpoint_key)
+
+
+def load_predictor(settings: Settings, version: ModelVersion) -> Predictor:
+    """`version`'s checkpoint loaded for serving, after checking the file is the one registered (its SHA-256).
+
+    Raises CheckpointError when the file is missing or not the recorded one: a replaced or damaged file never
+    serves, nor is it measured by an evaluation or the promotion gate. Every loader of a version goes through here.
+    """
+    # Imported here: torch costs the web processes seconds at start, and the web imports this module.
+    from fracture.checkpoint import CheckpointError, sha256_file
+    from fracture.inference import Predictor
+
+    path = checkpoint_path(settings, version)
+    if not path.is_file():
+        raise CheckpointError(
+            f"model file of version {version.name} is missing from storage ({version.checkpoint_key})")
+    if sha256_file(path) != version.checkpoint_sha256:
+        raise CheckpointError(f"model file of version {version.name} does not match its recorded SHA-256")
+    return Predictor.from_file(path, batch_size=settings.batch_size, max_pixels=settings.max_image_pixels)

@@ -156,6 +156,4 @@ def iter_reviews(session: Session, job: Job) -> Iterator[dict[str, object]]:
 
 
 def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return None if value is None else value.isoformat()

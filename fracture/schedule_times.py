@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+from fracture.dbtypes import as_utc
+
 KINDS = ("every", "daily", "weekly", "cron")
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 MAX_INTERVAL_MINUTES = 366 * 24 * 60
@@ -118,7 +120,7 @@ def next_due(spec: Spec, after: datetime, previous: datetime | None = None) -> d
     An interval keeps its phase from `previous` (the last due time) when given, skipping the slots missed
     before `after`; without it the first is one interval after `after`.
     """
-    after = after if after.tzinfo else after.replace(tzinfo=UTC)
+    after = as_utc(after)
     tz = zone(spec.timezone)
     if spec.kind == "every":
         step = timedelta(minutes=spec.interval_minutes or 0)
@@ -126,7 +128,7 @@ def next_due(spec: Spec, after: datetime, previous: datetime | None = None) -> d
             raise ScheduleError("the interval must be a whole number of at least 1 minute")
         if previous is None:
             return (after + step).replace(microsecond=0).astimezone(UTC)
-        previous = previous if previous.tzinfo else previous.replace(tzinfo=UTC)
+        previous = as_utc(previous)
         if previous > after:
             return previous.astimezone(UTC)
         return (previous + step * ((after - previous) // step + 1)).astimezone(UTC)

@@ -34,11 +34,6 @@ def default_dataset_problem(dataset_dir: Path | None) -> str | None:
     return None
 
 
-def _aware(value: datetime) -> datetime:
-    # SQLite hands datetimes back naive; they were stored in UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 # ---------------------------------------------------------------- runs
 
 
@@ -141,8 +136,8 @@ def fail_dead_runs(session: Session, now: datetime, time_limit_s: int, stale_s: 
     failed = []
     for run in session.scalars(select(TrainingRun).where(TrainingRun.status == RunStatus.RUNNING)):
         started = run.started_at or run.created_at
-        if started is not None and now - _aware(started) > limit:
-            age = int((now - _aware(started)).total_seconds())
+        if started is not None and now - started > limit:
+            age = int((now - started).total_seconds())
             fail_run(session, run.id, f"the trainer stopped without finishing: still running {age} s after it "
                                       f"started, past the {time_limit_s} s training time limit", now)
             failed.append(run.id)
@@ -234,7 +229,7 @@ def create_due_runs(session: Session, now: datetime | None = None) -> list[int]:
         if schedule.next_run_at is None:
             schedule.next_run_at = schedule_times.next_due(spec, now)
             continue
-        due_at = _aware(schedule.next_run_at)
+        due_at = schedule.next_run_at
         # Written (and flushed) first, so on SQLite the savepoint below sits inside this tick's transaction.
         schedule.next_run_at = schedule_times.next_due(spec, now, previous=due_at)
         session.flush()

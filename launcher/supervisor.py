@@ -261,7 +261,7 @@ def register_dataset_dir(settings: Settings, echo: Callable[[str], None] = print
     from fracture import datasets
     from fracture.db import session_scope
     from fracture.models import Dataset
-    from fracture.queue import VALIDATE_DATASET_TASK, BrokerUnavailable, make_app, send_trainer_task
+    from fracture.queue import VALIDATE_DATASET_TASK, BrokerUnavailable, make_app, send_or_mark, send_trainer_task
 
     folder = settings.dataset_dir
     if folder is None:
@@ -280,11 +280,12 @@ def register_dataset_dir(settings: Settings, echo: Callable[[str], None] = print
         except datasets.DatasetError as e:
             echo(f"FRACTURE_DATASET {folder} was not registered: {e}")
             return None
-    try:
-        send_trainer_task(make_app(settings), VALIDATE_DATASET_TASK, dataset_id)
-    except BrokerUnavailable:
+    def mark_unsent() -> None:
         with session_scope(settings.database_url) as session:
             datasets.mark_invalid(session, dataset_id, datasets.BROKER_DOWN)
+
+    with contextlib.suppress(BrokerUnavailable):  # recorded on the dataset: an admin validates it again later
+        send_or_mark(lambda: send_trainer_task(make_app(settings), VALIDATE_DATASET_TASK, dataset_id), mark_unsent)
     echo(f"dataset #{dataset_id} registered from FRACTURE_DATASET ({folder}); the training worker validates it")
     return dataset_id
 

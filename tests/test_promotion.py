@@ -220,3 +220,25 @@ def test_a_run_on_a_tiny_dataset_is_never_promoted_automatically(
         assert run.status == RunStatus.DONE and run.model_version_id == version_id
         assert version.decision in (run.message or "") and "is active" in (run.message or "")
         assert run.message == f"registered {outcome}"
+
+
+def test_the_gate_refuses_to_measure_a_tampered_checkpoint(settings: Settings, sample_dir: Path) -> None:
+    """The gate loads both versions through registry.load_predictor: a file that is not the registered one (its
+    SHA-256) is not measured, so the candidate is not promoted on its figures."""
+    test_split = [[str(p), p.parent.name] for p in image_files(sample_dir / "test")]
+    rule = dataclasses.replace(settings, promote_min_per_class=1, promote_min_sensitivity=0.0,
+                               promote_min_specificity=0.0, promote_auc_tolerance=1.0)
+    release = _register_file(rule, RELEASE, "release-1", active=True)
+    candidate = _register_file(rule, RELEASE, "again")
+    with session_scope(rule.database_url) as s:
+        active_file = Storage(rule.storage_dir).path(s.get_one(ModelVersion, release).checkpoint_key)
+    with open(active_file, "ab") as f:
+        f.write(b"tampered")
+
+    promoted, reason = decide_and_apply(rule, candidate, test_samples=test_split)
+
+    assert not promoted
+    assert reason == (f"not promoted: on the candidate's grouped test split version {release} could not be loaded "
+                      "(model file of version release-1 does not match its recorded SHA-256)")
+    with session_scope(rule.database_url) as s:
+        assert active_version(s).id == release  # type: ignore[union-attr]

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from fracture.audit_text import duplicates_sentence
-from fracture.image_hashes import NEAR_DISTANCE, dihedral_hashes
+from fracture.image_hashes import NEAR_DISTANCE, dihedral_hashes, view_distances
 from fracture.preprocess import ImageError, decode
 from trainer.dataset_scan import SPLITS, Sample
 
@@ -37,7 +37,7 @@ def near_pairs(hashes: np.ndarray, max_distance: int = NEAR_DISTANCE) -> list[tu
     pairs: list[tuple[int, int, int]] = []
     for i in range(len(base)):
         # distance from image i (as is) to every later image under each of its 8 transforms
-        d = np.bitwise_count(hashes[i + 1:] ^ base[i]).min(axis=1)
+        d = view_distances(hashes[i + 1:], base[i : i + 1])[:, 0]
         for j in np.nonzero(d <= max_distance)[0]:
             pairs.append((i, i + 1 + int(j), int(d[j])))
     return pairs

@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from fracture import datasets
 from fracture.config import Settings
 from fracture.db import session_scope
+from fracture.image_hashes import as_hex, base_hashes, from_hex, near_mask
 from fracture.models import Dataset
 from fracture.preprocess import ImageError, decode
 from fracture.storage import Storage
-from trainer.audit import NEAR_DISTANCE, AuditReport, audit, decode_for_audit, dihedral_hashes
+from trainer.audit import AuditReport, audit, decode_for_audit, dihedral_hashes
 from trainer.dataset_scan import SPLITS, Sample, detect_layout, fingerprint, scan
 
 THUMBNAILS_PER_CLASS = 4
@@ -61,7 +61,7 @@ def counts_of(samples: list[Sample], classes: list[str]) -> dict[str, dict[str, 
 
 def hashes_of(found: Inspection) -> dict[str, list[str]]:
     """{md5: [8 perceptual hashes under rotations/flips, hex]} of every decodable image."""
-    return {md5: [f"{int(h):016x}" for h in dihedral_hashes(im)]
+    return {md5: as_hex(dihedral_hashes(im))
             for md5, im in sorted(found.decoded.items()) if not isinstance(im, str)}
 
 
@@ -69,14 +69,7 @@ def shared_with(mine: dict[str, list[str]], md5s: set[str], theirs: dict[str, li
     """How many of my distinct images have a byte-identical copy, or else a near duplicate, in another dataset."""
     exact = md5s & set(theirs)
     rest = [m for m in sorted(mine) if m not in exact]
-    near = 0
-    if rest and theirs:
-        base = np.array([int(h[0], 16) for h in theirs.values()], dtype=np.uint64)
-        views = np.array([[int(h, 16) for h in mine[m]] for m in rest], dtype=np.uint64)
-        for start in range(0, len(views), 256):  # blocks keep the (mine x 8 x theirs) distances small
-            block = views[start : start + 256]
-            d = np.bitwise_count(block[:, :, None] ^ base[None, None, :]).min(axis=(1, 2))
-            near += int((d <= NEAR_DISTANCE).sum())
+    near = int(near_mask(from_hex([mine[m] for m in rest]), base_hashes(theirs)).sum()) if rest and theirs else 0
     return {"exact": len(exact), "near": near}
 
 

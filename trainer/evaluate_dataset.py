@@ -19,14 +19,14 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from fracture import evaluations
-from fracture.checkpoint import CheckpointError, sha256_file
+from fracture.checkpoint import CheckpointError
 from fracture.config import Settings
 from fracture.datasets import member_paths
 from fracture.db import session_scope
 from fracture.inference import Predictor
 from fracture.models import Dataset, ModelVersion
 from fracture.preprocess import decode_gray
-from fracture.registry import checkpoint_path
+from fracture.registry import load_predictor
 from fracture.storage import Storage
 from trainer import plots
 from trainer.dataset_scan import Sample, scan
@@ -49,8 +49,7 @@ class Plan:
 
     evaluation_id: int
     version_name: str
-    checkpoint: Path
-    checkpoint_sha256: str
+    version: ModelVersion  # its row as read (detached): what registry.load_predictor checks and loads
     threshold: float
     dataset_name: str
     root: Path
@@ -90,8 +89,7 @@ def _plan(settings: Settings, session: Session, evaluation_id: int) -> Plan | No
     version = session.get_one(ModelVersion, evaluation.model_version_id)
     dataset = session.get_one(Dataset, evaluation.dataset_id)
     return Plan(
-        evaluation_id, version.name, checkpoint_path(settings, version), version.checkpoint_sha256,
-        float(version.threshold),
+        evaluation_id, version.name, version, float(version.threshold),
         dataset.name, Path(dataset.root), member_paths(dataset), evaluation.split, bool(evaluation.audit),
     )
 
@@ -105,7 +103,7 @@ def _reason(e: Exception) -> str:
 
 def measure(settings: Settings, plan: Plan) -> tuple[dict[str, Any], dict[str, str]]:
     """Predict every distinct image of the plan's dataset (or split); return (metrics, {plot name: storage key})."""
-    predictor = _load(settings, plan)
+    predictor = load_predictor(settings, plan.version)
     samples, classes = scan(plan.root, plan.members)
     if sorted(classes) != sorted(predictor.ckpt.classes):
         raise EvaluationFailed(f"the dataset's classes ({', '.join(classes)}) are not the model's "
@@ -158,16 +156,6 @@ def robustness(predictor: Predictor, paths: list[Path], y: np.ndarray, max_pixel
     rows = acquisition_audit(predictor, images, y[pick].astype(float))
     return {"split": "as evaluated", "at": f"up to {AUDIT_SIDE} px", "sampled": int(len(pick)),
             "of": len(paths), "rows": rows, "worst": worst(rows)}
-
-
-def _load(settings: Settings, plan: Plan) -> Predictor:
-    """The version's checkpoint served as the workers serve it, after checking its recorded SHA-256."""
-    path = plan.checkpoint
-    if not path.is_file():
-        raise EvaluationFailed(f"model file of version {plan.version_name} is missing from storage")
-    if sha256_file(path) != plan.checkpoint_sha256:
-        raise EvaluationFailed(f"model file of version {plan.version_name} does not match its recorded SHA-256")
-    return Predictor.from_file(path, batch_size=settings.batch_size, max_pixels=settings.max_image_pixels)
 
 
 def distinct_images(samples: list[Sample]) -> tuple[list[Sample], int]:

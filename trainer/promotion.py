@@ -22,7 +22,7 @@ from fracture.config import Settings
 from fracture.db import session_scope
 from fracture.inference import Predictor
 from fracture.models import Dataset, DatasetStatus, Evaluation, ModelVersion, RunStatus
-from fracture.registry import active_version, checkpoint_path, promote, record_decision
+from fracture.registry import active_version, load_predictor, promote, record_decision
 from trainer.evaluate_dataset import evaluate
 from trainer.metrics import binary_metrics
 
@@ -204,15 +204,14 @@ def _on_files(settings: Settings, candidate_id: int, active_id: int | None,
               samples: Sequence[Sequence[Any]]) -> Comparison:
     """Both versions on the same image files (the candidate's test split), each at its own threshold."""
     with session_scope(settings.database_url) as session:
-        files = {vid: (checkpoint_path(settings, session.get_one(ModelVersion, vid)))
-                 for vid in (candidate_id, active_id) if vid is not None}
+        versions = {vid: session.get_one(ModelVersion, vid) for vid in (candidate_id, active_id) if vid is not None}
     paths = [Path(str(path)) for path, _ in samples]
     probs: dict[int, list[float | None]] = {}
     predictors: dict[int, Predictor] = {}
-    for vid, file in files.items():
+    for vid, version in versions.items():
         try:
-            predictors[vid] = Predictor.from_file(file, batch_size=settings.batch_size,
-                                                  max_pixels=settings.max_image_pixels)
+            # SHA-256 checked: a replaced or damaged file is not measured (nor promoted, nor kept by a stale figure).
+            predictors[vid] = load_predictor(settings, version)
         except Exception as e:  # a broken active file must not promote the candidate by default
             return Comparison(TEST_SPLIT, None, None, f"version {vid} could not be loaded ({e})")
         probs[vid] = [p.probability for p in predictors[vid].predict(paths)]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fracture.image_hashes import NEAR_DISTANCE, dihedral_hashes
+from fracture.image_hashes import base_hashes, dihedral_hashes, near_mask
 from trainer.dataset_scan import Sample, md5_file, scan
 
 
@@ -113,12 +113,9 @@ def locked_out(images: dict[str, Image.Image], locked: dict[str, list[str]]) -> 
     rest = [m for m in sorted(images) if m not in out]
     if not rest or not locked:
         return out
-    base = np.array([int(h[0], 16) for h in locked.values()], dtype=np.uint64)
-    for start in range(0, len(rest), 256):  # blocks keep the (mine x 8 x locked) distances small
-        block = rest[start : start + 256]
-        views = np.stack([dihedral_hashes(images[m]) for m in block])
-        d = np.bitwise_count(views[:, :, None] ^ base[None, None, :]).min(axis=(1, 2))
-        out.update({m: "near" for m, near in zip(block, d <= NEAR_DISTANCE, strict=True) if near})
+    views = np.stack([dihedral_hashes(images[m]) for m in rest])
+    near = near_mask(views, base_hashes(locked))
+    out.update({m: "near" for m, is_near in zip(rest, near, strict=True) if is_near})
     return out
 
 

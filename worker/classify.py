@@ -7,13 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fracture import jobs
-from fracture.checkpoint import CheckpointError, sha256_file
+from fracture import jobs, registry
+from fracture.checkpoint import CheckpointError
 from fracture.config import Settings
 from fracture.db import session_scope
 from fracture.inference import Prediction, Predictor
 from fracture.models import Image, ModelVersion
-from fracture.registry import checkpoint_path
 from fracture.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -34,16 +33,12 @@ class ChunkOutcome:
 
 
 def load_predictor(settings: Settings, version: ModelVersion) -> Predictor:
-    """The Predictor of `version`, loaded once per process; raises CheckpointError if the file is bad."""
+    """The Predictor of `version`, loaded once per process (fracture.registry.load_predictor: SHA-256 checked);
+    raises CheckpointError if the file is bad."""
     cached = _predictors.get(version.id)
     if cached is not None:
         return cached
-    path = checkpoint_path(settings, version)
-    if not path.is_file():
-        raise CheckpointError(f"model file of version {version.name} is missing ({version.checkpoint_key})")
-    if sha256_file(path) != version.checkpoint_sha256:
-        raise CheckpointError(f"model file of version {version.name} does not match its recorded SHA-256")
-    predictor = Predictor.from_file(path, batch_size=settings.batch_size, max_pixels=settings.max_image_pixels)
+    predictor = registry.load_predictor(settings, version)
     while len(_predictors) >= _MAX_CACHED:
         _predictors.pop(next(iter(_predictors)))
     _predictors[version.id] = predictor

@@ -57,11 +57,6 @@ class ReapReport:
         return asdict(self)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands datetimes back naive; they were stored in UTC.
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
 def find_lost_jobs(settings: Settings, now: datetime) -> tuple[list[str], list[str]]:
     """(never dispatched, stalled): unfinished jobs the broker may no longer hold, oldest first."""
     last_result = (
@@ -77,10 +72,10 @@ def find_lost_jobs(settings: Settings, now: datetime) -> tuple[list[str], list[s
     never, stalled = [], []
     for job_id, created, enqueued, started, last in rows:
         if enqueued is None:
-            if now - _aware(created) > timedelta(seconds=min(DISPATCH_GRACE_S, settings.reaper_stale_s)):  # type: ignore[operator]
+            if now - created > timedelta(seconds=min(DISPATCH_GRACE_S, settings.reaper_stale_s)):
                 never.append(job_id)
             continue
-        activity = max(t for t in map(_aware, (created, enqueued, started, last)) if t is not None)
+        activity = max(t for t in (created, enqueued, started, last) if t is not None)
         if now - activity > timedelta(seconds=settings.reaper_stale_s):
             stalled.append(job_id)
     return never, stalled

@@ -1,0 +1,47 @@
+"""Settings: every variable keeps its name and its default, declared once (fracture.config.setting)."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from fracture.config import Settings, get_settings
+
+# The variables and their defaults as they were before the defaults were declared once: none may change.
+DEFAULTS = {
+    "CHUNK_SIZE": 64, "BATCH_SIZE": 32, "MAX_UPLOAD_BYTES": 2 * 1024**3, "MAX_FILES_PER_JOB": 20_000,
+    "MAX_FORM_PARTS": 25_000, "MAX_ZIP_MEMBERS": 50_000, "MAX_ZIP_TOTAL_BYTES": 8 * 1024**3, "MAX_ZIP_RATIO": 200,
+    "MAX_IMAGE_PIXELS": 64_000_000, "TASK_TIME_LIMIT_S": 900, "WORKER_MAX_MEMORY_KB": 4_000_000,
+    "BROKER_VISIBILITY_TIMEOUT_S": 3600, "REAPER_STALE_S": 300, "REAPER_INTERVAL_S": 60, "SCHEDULES_TICK_S": 60,
+    "MAX_CHUNK_ATTEMPTS": 3, "TRAINING_TIME_LIMIT_S": 6 * 3600, "SECRET_KEY": "dev-only-change-me",
+    "SESSION_COOKIE_SECURE": False, "PROMOTE_MIN_SENSITIVITY": 0.95, "PROMOTE_MIN_SPECIFICITY": 0.90,
+    "PROMOTE_AUC_TOLERANCE": 0.01, "PROMOTE_MIN_PER_CLASS": 50, "SHOW_PATIENT_IDENTIFIERS": False,
+    "THUMBNAILS": True, "UNCERTAIN_MARGIN": 0.1, "HEATMAPS_ABOVE_THRESHOLD": False,
+}
+
+
+def _by_variable(settings: Settings) -> dict[str, object]:
+    return {f.metadata["env"]: getattr(settings, f.name) for f in fields(Settings) if "env" in f.metadata}
+
+
+def test_unset_or_empty_variables_keep_the_defaults(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    home = {"FRACTURE_HOME": str(tmp_path)}
+    assert _by_variable(get_settings(home)) == DEFAULTS
+    assert _by_variable(get_settings({**home, **dict.fromkeys(DEFAULTS, "")})) == DEFAULTS
+    direct = Settings(home=tmp_path, database_url="sqlite://", broker_url="sqla+sqlite://", storage_dir=tmp_path)
+    assert _by_variable(direct) == DEFAULTS  # constructed in code: the same defaults
+
+
+@pytest.mark.parametrize(("name", "raw", "value"), [
+    ("CHUNK_SIZE", "16", 16), ("PROMOTE_MIN_SENSITIVITY", "0.9", 0.9), ("SECRET_KEY", "s3cret", "s3cret"),
+    ("SESSION_COOKIE_SECURE", " Yes ", True), ("SESSION_COOKIE_SECURE", "maybe", False),
+    ("THUMBNAILS", "off", False), ("THUMBNAILS", "0", False), ("THUMBNAILS", "maybe", True),
+    ("SCHEDULES_TICK_S", "0", 1),  # at least a second
+])
+def test_variables_are_read_as_the_defaults_type(tmp_path, name: str, raw: str, value: object) -> None:  # type: ignore[no-untyped-def]
+    assert _by_variable(get_settings({"FRACTURE_HOME": str(tmp_path), name: raw}))[name] == value
+
+
+def test_the_secret_key_is_not_shown(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert "s3cret" not in repr(get_settings({"FRACTURE_HOME": str(tmp_path), "SECRET_KEY": "s3cret"}))
