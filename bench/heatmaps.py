@@ -35,9 +35,9 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from fracture.gradcam import EVIDENCE_SCALE, heatmap, layer_maps, shown, target_layer  # noqa: E402
-from fracture.inference import Predictor  # noqa: E402
-from fracture.preprocess import forward_views, load_u8, normalize, views_of  # noqa: E402
+from fracture.ml.gradcam import EVIDENCE_SCALE, heatmap, layer_maps, shown, target_layer  # noqa: E402
+from fracture.ml.inference import Predictor  # noqa: E402
+from fracture.ml.preprocess import forward_views, load_u8, normalize, views_of  # noqa: E402
 
 FIRST = Path(os.environ.get("FRACTURE_DATASET", REPO.parent / "shared" / "datasets" / "bone-fracture-multiregion"))
 # The share of pixels deleted (or inserted) at each point: dense where the top of the map is.

@@ -68,7 +68,7 @@ def thumbnail_extra_ms(workdir: Path, n: int) -> dict[str, float]:
     thumbnail's cost without the end-to-end runs' noise."""
     import torch
 
-    from fracture.inference import Predictor
+    from fracture.ml.inference import Predictor
 
     torch.set_num_threads(1)
     predictor = Predictor.from_file(MODEL, torch.device("cpu"))

@@ -43,10 +43,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 from trust import made_up  # noqa: E402
 
-from fracture.checkpoint import read_payload  # noqa: E402
-from fracture.gradcam import composite, heatmap  # noqa: E402
-from fracture.inference import Predictor  # noqa: E402
-from fracture.preprocess import ImageError, PreprocessSpec, decode_gray, square, to_uint8_tensor  # noqa: E402
+from fracture.ml.checkpoint import read_payload  # noqa: E402
+from fracture.ml.gradcam import composite, heatmap  # noqa: E402
+from fracture.ml.inference import Predictor  # noqa: E402
+from fracture.ml.preprocess import ImageError, PreprocessSpec, decode_gray, square, to_uint8_tensor  # noqa: E402
 from trainer.recalibrate import RecalibrateError, checkpoint_data  # noqa: E402
 from trainer.robustness import AUDIT_HEADER, acquisition_audit, heatmap_audit, render_rows, worst  # noqa: E402
 

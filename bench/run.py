@@ -72,7 +72,7 @@ def limit_ips(predictor, batch: int, seconds: float = 5.0) -> float:  # type: ig
 
 def naive_ips(files: list[Path], predictor) -> float:  # type: ignore[no-untyped-def]
     """The seed's way: one image at a time, PIL open, transform, forward."""
-    from fracture.preprocess import load_u8
+    from fracture.ml.preprocess import load_u8
 
     t0 = time.perf_counter()
     for f in files:
@@ -214,7 +214,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
 
     from fracture.config import get_settings
-    from fracture.inference import Predictor
+    from fracture.ml.inference import Predictor
 
     settings = get_settings()
     predictor = Predictor.from_file(MODEL, device=torch.device("cpu"), batch_size=settings.batch_size)

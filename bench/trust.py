@@ -30,9 +30,9 @@ from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from fracture.checkpoint import read_payload  # noqa: E402
-from fracture.inference import Predictor  # noqa: E402
-from fracture.preprocess import load_u8  # noqa: E402
+from fracture.ml.checkpoint import read_payload  # noqa: E402
+from fracture.ml.inference import Predictor  # noqa: E402
+from fracture.ml.preprocess import load_u8  # noqa: E402
 from trainer.metrics import binary_metrics  # noqa: E402
 from trainer.recalibrate import checkpoint_data  # noqa: E402
 

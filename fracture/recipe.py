@@ -11,9 +11,9 @@ from typing import Any
 # Test-time views whose logits are averaged. "dihedral" is the 8 rotations and mirrorings the training
 # augmentation draws from: averaging over all of them makes a prediction exactly the same for a rotated or
 # mirrored upload of the same X-ray, and measured on val it raised ROC-AUC (0.9972 -> 0.9986, release model).
-# Here, not in fracture.preprocess, so that the web checks a recipe without importing torch.
+# Here, not in fracture.ml.preprocess, so that the web checks a recipe without importing torch.
 VIEWS = ("identity", "dihedral")
-# Per-image intensity normalisations of fracture.preprocess (named here for the same reason).
+# Per-image intensity normalisations of fracture.ml.preprocess (named here for the same reason).
 INTENSITIES = ("none", "equalize")
 # Training augmentations of trainer.data.TrainAugment.
 AUGMENTATIONS = ("light", "strong", "acquisition")

@@ -15,7 +15,7 @@ from fracture.models import ModelActivation, ModelStatus, ModelVersion
 from fracture.storage import Storage
 
 if TYPE_CHECKING:
-    from fracture.inference import Predictor
+    from fracture.ml.inference import Predictor
 
 # The name a fresh installation gives the release checkpoint shipped in the repository.
 SEED_VERSION = "release-1"
@@ -44,7 +44,7 @@ def register_checkpoint(
 ) -> ModelVersion:
     """Copy a checkpoint file into storage and add it as a candidate version."""
     # Imported here, not at the top: torch costs the web processes seconds at start and nothing else needs it.
-    from fracture.checkpoint import read_payload, sha256_file
+    from fracture.ml.checkpoint import read_payload, sha256_file
 
     payload = read_payload(checkpoint_file)
     name = name or next_name(session)
@@ -234,8 +234,8 @@ def load_predictor(settings: Settings, version: ModelVersion) -> Predictor:
     serves, nor is it measured by an evaluation or the promotion gate. Every loader of a version goes through here.
     """
     # Imported here: torch costs the web processes seconds at start, and the web imports this module.
-    from fracture.checkpoint import CheckpointError, sha256_file
-    from fracture.inference import Predictor
+    from fracture.ml.checkpoint import CheckpointError, sha256_file
+    from fracture.ml.inference import Predictor
 
     path = checkpoint_path(settings, version)
     if not path.is_file():

@@ -48,7 +48,7 @@ class Progress:
 
 @lru_cache(maxsize=16)
 def _checkpoint_classes(path: str, sha256: str) -> tuple[str, ...]:
-    from fracture.checkpoint import read_payload  # torch: only when a review needs the model's classes
+    from fracture.ml.checkpoint import read_payload  # torch: only when a review needs the model's classes
 
     del sha256  # part of the cache key: a replaced file is read again
     return tuple(str(c) for c in read_payload(path)["classes"])

@@ -55,10 +55,10 @@ def classify_files(
     """
     from tqdm import tqdm
 
-    from fracture.checkpoint import CheckpointError
     from fracture.dicom import read_identifiers
-    from fracture.inference import Predictor
     from fracture.inputs import ZipBudget, collect
+    from fracture.ml.checkpoint import CheckpointError
+    from fracture.ml.inference import Predictor
 
     try:
         predictor = Predictor.from_file(

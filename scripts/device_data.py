@@ -27,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from fracture.preprocess import PreprocessSpec, decode_gray  # noqa: E402
+from fracture.ml.preprocess import PreprocessSpec, decode_gray  # noqa: E402
 from trainer.box_supervision import read_boxes  # noqa: E402
 from trainer.prepared_data import prepare_data  # noqa: E402
 from trainer.train import get_args_parser  # noqa: E402

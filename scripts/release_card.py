@@ -20,7 +20,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from fracture.checkpoint import read_payload, sha256_file  # noqa: E402
+from fracture.ml.checkpoint import read_payload, sha256_file  # noqa: E402
 from trainer import card, plots  # noqa: E402
 
 

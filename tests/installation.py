@@ -75,9 +75,9 @@ def save_tiny_checkpoint(path: Path) -> Path:
     """Save a real but untrained checkpoint (width 8, 64 px) to `path`: plumbing only, never assert predictions."""
     import torch
 
-    from fracture.checkpoint import save_checkpoint
-    from fracture.net import ModelArgs, build_model
-    from fracture.preprocess import PreprocessSpec
+    from fracture.ml.checkpoint import save_checkpoint
+    from fracture.ml.net import ModelArgs, build_model
+    from fracture.ml.preprocess import PreprocessSpec
 
     torch.manual_seed(0)
     args = ModelArgs(width=8)

@@ -1,4 +1,4 @@
-"""Bad images decoded by the preprocessing itself (`fracture.preprocess.decode`), each a real file built here:
+"""Bad images decoded by the preprocessing itself (`fracture.ml.preprocess.decode`), each a real file built here:
 every format to the same pixels, EXIF orientation, CMYK and 16-bit, huge images and bombs in bounded time and
 memory, truncated and non-image files refused with ImageError."""
 
@@ -14,12 +14,12 @@ import pytest
 from bad_files import bomb_png, encode, exif_rotated_jpeg, gray16_png, halves
 from PIL import Image as PILImage
 
-from fracture.preprocess import ImageError, decode
+from fracture.ml.preprocess import ImageError, decode
 
 _MEASURE = """
 import json, resource, sys, time
 from pathlib import Path
-from fracture.preprocess import ImageError, decode
+from fracture.ml.preprocess import ImageError, decode
 out = {}
 for name in sys.argv[2:]:
     data = Path(sys.argv[1], name).read_bytes()

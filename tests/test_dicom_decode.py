@@ -24,7 +24,7 @@ from pydicom import uid
 
 from fracture import dicom
 from fracture.archive import HEAD_BYTES, not_an_image, sniff
-from fracture.preprocess import ImageError, decode
+from fracture.ml.preprocess import ImageError, decode
 
 SIZE = 128
 

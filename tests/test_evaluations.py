@@ -1,7 +1,7 @@
 """Evaluations: the shipped release model measured on real images of the dataset, through the code and the queue.
 
 The expected numbers are computed here, independently: distinct images by their bytes' MD5, the served
-network's own probabilities (fracture.inference.Predictor), scikit-learn at the version's threshold.
+network's own probabilities (fracture.ml.inference.Predictor), scikit-learn at the version's threshold.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from web_client import make_client
 from fracture import datasets, evaluations
 from fracture.config import Settings, get_settings
 from fracture.db import session_scope
-from fracture.inference import Predictor
+from fracture.ml.inference import Predictor
 from fracture.models import Evaluation, ModelVersion, RunStatus
 from fracture.registry import register_checkpoint
 from fracture.storage import Storage

@@ -24,7 +24,7 @@ from PIL import Image
 from werkzeug.datastructures import FileStorage
 
 from fracture.config import Settings, get_settings
-from fracture.preprocess import ImageError, decode
+from fracture.ml.preprocess import ImageError, decode
 from fracture.storage import Storage
 from web.jobs.ingest import Upload, UploadRefused, ingest_parts
 

@@ -21,12 +21,13 @@ from PIL import ImageOps
 from sqlalchemy import select
 from web_client import make_client
 
-from fracture import gradcam, heatmaps, jobs
+from fracture import heatmaps, jobs
 from fracture.config import get_settings
 from fracture.db import dispose_engines, session_scope
-from fracture.inference import Predictor
+from fracture.ml import gradcam
+from fracture.ml.inference import Predictor
+from fracture.ml.preprocess import load_u8, normalize
 from fracture.models import Heatmap, HeatmapStatus, Image, Job
-from fracture.preprocess import load_u8, normalize
 from fracture.queue import INFERENCE_QUEUE, INTERACTIVE_QUEUE, enqueue_job, make_app, queued_messages, send_heatmap
 from fracture.storage import Storage
 from worker.classify import _predictors

@@ -16,9 +16,9 @@ import torch
 from installation import REPO_ROOT, materialize
 from PIL import Image, ImageDraw
 
-from fracture import ood
-from fracture.checkpoint import load_checkpoint, read_payload
-from fracture.inference import Predictor
+from fracture.ml import ood
+from fracture.ml.checkpoint import load_checkpoint, read_payload
+from fracture.ml.inference import Predictor
 
 RELEASE = REPO_ROOT / "fracture" / "release" / "model.pt"
 

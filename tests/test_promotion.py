@@ -15,12 +15,12 @@ from installation import image_files, materialize
 from sqlalchemy import func, select
 
 from fracture import datasets, trainings
-from fracture.checkpoint import read_payload, save_checkpoint
 from fracture.config import Settings
 from fracture.db import session_scope
+from fracture.ml.checkpoint import read_payload, save_checkpoint
+from fracture.ml.net import ModelArgs, build_model
+from fracture.ml.preprocess import PreprocessSpec
 from fracture.models import Evaluation, ModelStatus, ModelVersion, RunStatus, TrainingRun
-from fracture.net import ModelArgs, build_model
-from fracture.preprocess import PreprocessSpec
 from fracture.registry import active_version, promote, register_checkpoint
 from fracture.storage import Storage
 from trainer.promotion import Comparison, Measure, Rule, decide_and_apply, judge

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fracture.checkpoint import CheckpointError
 from fracture.config import Settings
 from fracture.db import session_scope
+from fracture.ml.checkpoint import CheckpointError
 from fracture.registry import active_version, checkpoint_path, load_predictor
 
 

@@ -26,8 +26,8 @@ from fracture import jobs
 from fracture.config import Settings, get_settings
 from fracture.db import dispose_engines, session_scope
 from fracture.image_hashes import dihedral_hashes, near_any
+from fracture.ml.preprocess import decode
 from fracture.models import Dataset, DatasetAddition, Image, Job, ModelVersion, User
-from fracture.preprocess import decode
 from trainer.dataset_scan import Sample, fingerprint, md5_file, scan
 from trainer.training_run import run_training
 

@@ -15,9 +15,9 @@ from installation import image_files, materialize
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from fracture.checkpoint import load_checkpoint
-from fracture.inference import Predictor
-from fracture.preprocess import PreprocessSpec, decode_gray, normalize, square, to_uint8_tensor
+from fracture.ml.checkpoint import load_checkpoint
+from fracture.ml.inference import Predictor
+from fracture.ml.preprocess import PreprocessSpec, decode_gray, normalize, square, to_uint8_tensor
 from fracture.schedule_params import RecipeError, check_recipe
 from trainer.acquisition import AUDIT, gamma, margin, markers, random_acquisition, rotate, window
 from trainer.augmentation import TrainAugment

@@ -8,10 +8,10 @@ from pathlib import Path
 from installation import REPO_ROOT
 from sqlalchemy import select
 
-from fracture.checkpoint import read_payload
 from fracture.config import get_settings
 from fracture.db import dispose_engines, session_scope
 from fracture.migrate import upgrade
+from fracture.ml.checkpoint import read_payload
 from fracture.models import ModelStatus, ModelVersion
 from fracture.registry import SHIPPED_CANDIDATES, ensure_seed_model
 

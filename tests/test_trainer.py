@@ -15,11 +15,11 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from fracture.audit_text import duplicates_sentence
-from fracture.checkpoint import load_checkpoint
 from fracture.config import get_settings
 from fracture.db import session_scope
+from fracture.ml.checkpoint import load_checkpoint
+from fracture.ml.net import ModelArgs, TorchvisionBinary, load_pretrained
 from fracture.models import ModelStatus, ModelVersion, Result
-from fracture.net import ModelArgs, TorchvisionBinary, load_pretrained
 from fracture.registry import promote, register_checkpoint
 from fracture.storage import Storage
 from trainer.audit import audit, decode_for_audit

@@ -21,8 +21,8 @@ from web_client import make_client, ready_dataset
 from fracture import trainings, val_auc
 from fracture.config import Settings, get_settings
 from fracture.db import dispose_engines, session_scope
+from fracture.ml.preprocess import PreprocessSpec
 from fracture.models import ModelVersion, TrainingRun
-from fracture.preprocess import PreprocessSpec
 from trainer import card
 from trainer.prepared_data import prepare_data
 from trainer.train import get_args_parser

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fracture.checkpoint import load_checkpoint, read_payload
 from fracture.config import get_settings
-from fracture.inference import Predictor
-from fracture.net import fold_batchnorm
-from fracture.preprocess import forward_views, load_u8, normalize, views_of
+from fracture.ml.checkpoint import load_checkpoint, read_payload
+from fracture.ml.inference import Predictor
+from fracture.ml.net import fold_batchnorm
+from fracture.ml.preprocess import forward_views, load_u8, normalize, views_of
 
 # The 8 rotations and mirrorings of a picture, as a user's export tool might apply them.
 DIHEDRAL = [None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270,

@@ -11,7 +11,7 @@ from PIL import Image
 
 from fracture.audit_text import duplicates_sentence
 from fracture.image_hashes import NEAR_DISTANCE, dihedral_hashes, view_distances
-from fracture.preprocess import ImageError, decode
+from fracture.ml.preprocess import ImageError, decode
 from trainer.dataset_scan import SPLITS, Sample
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from fracture.preprocess import to_uint8_tensor
+from fracture.ml.preprocess import to_uint8_tensor
 from trainer.acquisition import random_acquisition_geometry
 
 

@@ -108,7 +108,7 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
         f"{summary['threshold']:.4f}: the val score at which the one-sided 95% lower confidence bounds of sensitivity "
         "and specificity clear the floors 0.96 and 0.95 by the most (trainer.metrics.choose_threshold)",
         "- Out-of-distribution detector: " + ("class-conditional Mahalanobis distance on the mean and standard "
-                                              "deviation of every residual block's feature maps (fracture.ood), "
+                                              "deviation of every residual block's feature maps (fracture.ml.ood), "
                                               "fitted on train; its threshold flags at most 5% of val (split "
                                               "conformal). The share each split gets flagged is the last row below."
                                               if "ood_flagged" in m.get("val", {}) else "none"),

@@ -19,8 +19,8 @@ from fracture import datasets
 from fracture.config import Settings
 from fracture.db import session_scope
 from fracture.image_hashes import as_hex, base_hashes, from_hex, near_mask
+from fracture.ml.preprocess import ImageError, decode
 from fracture.models import Dataset
-from fracture.preprocess import ImageError, decode
 from fracture.storage import Storage
 from trainer.audit import AuditReport, audit, decode_for_audit, dihedral_hashes
 from trainer.dataset_scan import SPLITS, Sample, detect_layout, fingerprint, scan

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fracture.preprocess import ImageError, load_u8
-from fracture.preprocess import PreprocessSpec as Spec
+from fracture.ml.preprocess import ImageError, load_u8
+from fracture.ml.preprocess import PreprocessSpec as Spec
 
 
 def decode_all(paths: dict[str, Path], spec: Spec, cache_dir: Path | None = None,

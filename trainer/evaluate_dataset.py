@@ -19,13 +19,13 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from fracture import evaluations
-from fracture.checkpoint import CheckpointError
 from fracture.config import Settings
 from fracture.datasets import member_paths
 from fracture.db import session_scope
-from fracture.inference import Predictor
+from fracture.ml.checkpoint import CheckpointError
+from fracture.ml.inference import Predictor
+from fracture.ml.preprocess import decode_gray
 from fracture.models import Dataset, ModelVersion
-from fracture.preprocess import decode_gray
 from fracture.registry import load_predictor
 from fracture.storage import Storage
 from trainer import plots

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from fracture.checkpoint import POSITIVE_CLASS
-from fracture.preprocess import PreprocessSpec
+from fracture.ml.checkpoint import POSITIVE_CLASS
+from fracture.ml.preprocess import PreprocessSpec
 from trainer.audit import AuditReport, audit
 from trainer.box_supervision import box_masks_of
 from trainer.dataset_scan import SPLITS, fingerprint

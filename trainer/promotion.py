@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from fracture import evaluations
 from fracture.config import Settings
 from fracture.db import session_scope
-from fracture.inference import Predictor
+from fracture.ml.inference import Predictor
 from fracture.models import Dataset, DatasetStatus, Evaluation, ModelVersion, RunStatus
 from fracture.registry import active_version, load_predictor, promote, record_decision
 from trainer.evaluate_dataset import evaluate

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from fracture.checkpoint import load_checkpoint, read_payload, save_checkpoint
-from fracture.preprocess import PreprocessSpec
+from fracture.ml.checkpoint import load_checkpoint, read_payload, save_checkpoint
+from fracture.ml.preprocess import PreprocessSpec
 from trainer.prepared_data import Prepared, prepare_data
 from trainer.split_evaluation import final_evaluation
 from trainer.train import get_args_parser

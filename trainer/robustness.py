@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fracture.gradcam import heatmap
-from fracture.inference import Predictor
-from fracture.preprocess import square, to_uint8_tensor
+from fracture.ml.gradcam import heatmap
+from fracture.ml.inference import Predictor
+from fracture.ml.preprocess import square, to_uint8_tensor
 from trainer.acquisition import AUDIT, AuditChange
 from trainer.metrics import binary_metrics, json_safe
 

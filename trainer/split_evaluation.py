@@ -11,11 +11,11 @@ import torch
 from PIL import Image as PILImage
 from torch import nn
 
-from fracture import ood
-from fracture.checkpoint import POSITIVE_CLASS, Checkpoint
-from fracture.inference import Predictor
-from fracture.net import ModelArgs, fold_batchnorm, has_features
-from fracture.preprocess import PreprocessSpec, forward_views, forward_views_features, normalize
+from fracture.ml import ood
+from fracture.ml.checkpoint import POSITIVE_CLASS, Checkpoint
+from fracture.ml.inference import Predictor
+from fracture.ml.net import ModelArgs, fold_batchnorm, has_features
+from fracture.ml.preprocess import PreprocessSpec, forward_views, forward_views_features, normalize
 from trainer.augmentation import AcquisitionChange
 from trainer.dataset_scan import SPLITS
 from trainer.decoded_images import batches

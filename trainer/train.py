@@ -26,10 +26,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from fracture import ood, val_auc
-from fracture.checkpoint import read_payload
-from fracture.net import ModelArgs, build_model, load_pretrained
-from fracture.preprocess import VIEWS, PreprocessSpec, normalize
+from fracture import val_auc
+from fracture.ml import ood
+from fracture.ml.checkpoint import read_payload
+from fracture.ml.net import ModelArgs, build_model, load_pretrained
+from fracture.ml.preprocess import VIEWS, PreprocessSpec, normalize
 from fracture.recipe import AUGMENTATIONS, INTENSITIES, RECIPE
 from trainer import card
 from trainer.augmentation import AcquisitionChange, TrainAugment

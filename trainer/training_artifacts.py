@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from fracture.checkpoint import POSITIVE_CLASS, save_checkpoint
-from fracture.net import ModelArgs
-from fracture.preprocess import PreprocessSpec
+from fracture.ml.checkpoint import POSITIVE_CLASS, save_checkpoint
+from fracture.ml.net import ModelArgs
+from fracture.ml.preprocess import PreprocessSpec
 from trainer import card, plots
 from trainer.box_supervision import box_weight_of
 from trainer.prepared_data import Prepared, split_sizes

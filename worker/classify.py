@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fracture import jobs, registry
-from fracture.checkpoint import CheckpointError
 from fracture.config import Settings
 from fracture.db import session_scope
-from fracture.inference import Prediction, Predictor
+from fracture.ml.checkpoint import CheckpointError
+from fracture.ml.inference import Prediction, Predictor
 from fracture.models import Image, ModelVersion
 from fracture.storage import Storage, StorageError
 

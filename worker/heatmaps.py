@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from fracture import gradcam, heatmaps
-from fracture.checkpoint import CheckpointError
+from fracture import heatmaps
 from fracture.config import Settings
 from fracture.db import session_scope
+from fracture.ml import gradcam
+from fracture.ml.checkpoint import CheckpointError
+from fracture.ml.preprocess import ImageError, load_u8
 from fracture.models import Image, Job, ModelVersion
-from fracture.preprocess import ImageError, load_u8
 from fracture.storage import Storage, StorageError
 from worker.classify import load_predictor
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from fracture.net import FracNet
-from fracture.preprocess import PreprocessSpec, decode_gray, normalize, views_of
+from fracture.ml.net import FracNet
+from fracture.ml.preprocess import PreprocessSpec, decode_gray, normalize, views_of
 
 # FracNet's block whose output Grad-CAM weighs: the last one (4x4 at 128 px). Its map adds up to the served logit, so
 # a confident negative has (almost) no positive evidence to show; the map of the block before it (8x8), though it

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fracture.net import ModelArgs, build_model
-from fracture.ood import Detector
-from fracture.preprocess import PreprocessSpec
+from fracture.ml.net import ModelArgs, build_model
+from fracture.ml.ood import Detector
+from fracture.ml.preprocess import PreprocessSpec
 
 FORMAT_VERSION = 1
 POSITIVE_CLASS = "fractured"

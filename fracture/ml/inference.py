@@ -13,9 +13,9 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from fracture.checkpoint import Checkpoint, load_checkpoint
-from fracture.net import fold_batchnorm, has_features
-from fracture.preprocess import (
+from fracture.ml.checkpoint import Checkpoint, load_checkpoint
+from fracture.ml.net import fold_batchnorm, has_features
+from fracture.ml.preprocess import (
     DEFAULT_MAX_PIXELS,
     THUMBNAIL_SIZE,
     ImageError,
