@@ -1,0 +1,120 @@
+"""The API's one description: every route documented and every documented route served, the reference page
+served from the installed package, a wrong field named, no torch in the web, and schemathesis against a live
+system (no 5xx, every answer as documented, authentication enforced)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from flask.testing import FlaskClient
+from installation import bearer
+
+ROOT = Path(__file__).resolve().parents[1]
+NOT_OPERATIONS = {"/api/openapi.json", "/api/docs", "/api/docs/assets/{filename}"}
+
+
+def _documented(client: FlaskClient) -> dict[str, dict[str, object]]:
+    response = client.get("/api/openapi.json")
+    assert response.status_code == 200
+    spec = response.get_json()
+    assert spec["openapi"].startswith("3.") and spec["info"]["title"] == "Fracture API"
+    return spec["paths"]  # type: ignore[no-any-return]
+
+
+def test_every_api_route_is_documented_and_every_documented_route_exists(client: FlaskClient) -> None:
+    served = set()
+    for rule in client.application.url_map.iter_rules():
+        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
+        if path.startswith("/api/") and path not in NOT_OPERATIONS:
+            served |= {(path, m.lower()) for m in rule.methods or () if m not in ("HEAD", "OPTIONS")}
+    documented = {(path, method) for path, item in _documented(client).items() for method in item
+                  if method in ("get", "post", "put", "patch", "delete")}
+    assert served == documented, {"undocumented": served - documented, "not served": documented - served}
+    assert len(documented) >= 40
+
+
+def test_every_operation_has_a_summary_an_answer_schema_and_the_error_shape(client: FlaskClient) -> None:
+    paths = _documented(client)
+    spec = client.get("/api/openapi.json").get_json()
+    error = spec["components"]["schemas"]["Error"]
+    assert error["required"] == ["error"]
+    for path, item in paths.items():
+        for method, op in item.items():
+            if method not in ("get", "post", "put", "patch", "delete"):
+                continue
+            assert op.get("summary"), (method, path)
+            assert "default" in op["responses"], (method, path)  # any error: {"error": sentence}
+            ok = [code for code in op["responses"] if code.startswith("2")]
+            assert ok, (method, path)
+    assert paths["/api/health"]["get"]["security"] == []  # the probe needs no account; the rest a token
+    assert spec["security"] == [{"bearerAuth": []}]
+
+
+def test_the_reference_page_comes_from_the_installed_package_under_the_pages_csp(client: FlaskClient) -> None:
+    anonymous = client.application.test_client()
+    page = anonymous.get("/api/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "http://" not in html and "https://" not in html and "<script>" not in html  # no CDN, no inline code
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    for asset in re.findall(r'(?:src|href)="(/api/docs/assets/[^"]+)"', html):
+        with anonymous.get(asset) as served:
+            assert served.status_code == 200 and len(served.data) > 1000, asset
+    assert anonymous.get("/api/openapi.json").status_code == 200  # public, like the page
+    assert anonymous.get("/api/jobs").status_code == 401  # the API itself is not
+
+
+def test_a_wrong_or_malformed_field_is_a_400_naming_it(client: FlaskClient) -> None:
+    cases = [
+        ("post", "/api/schedules", {"bogus": 1}, "bogus"),
+        ("post", "/api/evaluations", {"model_version": "release-1", "dataset_id": "x"}, "dataset_id"),
+        ("post", "/api/datasets/1/gate", {"gate": "yes"}, "gate"),
+        ("get", "/api/jobs?limit=0", None, "limit"),
+        ("get", "/api/jobs?limit=many", None, "limit"),
+    ]
+    for method, url, body, field in cases:
+        response = getattr(client, method)(url, json=body) if body is not None else client.get(url)
+        assert response.status_code == 400, (url, response.get_json())
+        assert field in response.get_json()["error"], response.get_json()
+    # A huge id is no row: 404, never an overflow in the database driver.
+    assert client.get("/api/trainings/99999999999999999999").status_code == 404
+
+
+def test_the_web_serves_its_pages_and_api_without_importing_torch(fracture_env: dict[str, str]) -> None:
+    code = """
+import sys
+from web import create_app
+app = create_app()
+client = app.test_client()
+headers = {"Authorization": "Bearer " + sys.argv[1]}
+for url in ("/", "/jobs", "/models", "/training", "/datasets", "/api/jobs", "/api/models", "/api/trainings",
+            "/api/schedules", "/api/datasets", "/api/evaluations", "/api/openapi.json", "/api/docs"):
+    assert client.get(url, headers=headers).status_code == 200, url
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision") or m.startswith("fracture.ml")))
+"""
+    out = subprocess.run([sys.executable, "-c", code, fracture_env["FRACTURE_TEST_TOKEN"]], cwd=ROOT, text=True,
+                         env={**os.environ, **fracture_env}, capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_schemathesis_finds_no_5xx_no_undocumented_answer_and_no_open_door(live_system: object,
+                                                                          tmp_path: Path) -> None:
+    """Property-based requests generated from the document, against gunicorn + redis + a real worker."""
+    system = live_system
+    report = tmp_path / "schemathesis.json"
+    cmd = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{system.url}/api/openapi.json",  # type: ignore[attr-defined]
+           "-H", f"Authorization: Bearer {system.token}",  # type: ignore[attr-defined]
+           "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                       "response_schema_conformance,ignored_auth",
+           "--max-examples", os.environ.get("SCHEMATHESIS_EXAMPLES", "15"), "--phases", "examples,coverage,fuzzing",
+           "--generation-deterministic", "--request-timeout", "30", "--report", "ndjson",
+           "--report-ndjson-path", str(report), "--no-color"]
+    out = subprocess.run(cmd, text=True, capture_output=True, timeout=900)
+    print(out.stdout[-6000:])
+    assert out.returncode == 0, out.stdout[-8000:] + out.stderr[-2000:]
+    assert re.search(r"\b4\d operations? (tested|selected)|\d+ operations", out.stdout), out.stdout[-2000:]
