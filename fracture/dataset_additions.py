@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from fracture import datasets
 from fracture.datasets import DatasetError
-from fracture.models import Dataset, DatasetAddition, DatasetRole, DatasetStatus, Image, Job, Result, Review
+from fracture.models import MAX_ROW_ID, Dataset, DatasetAddition, DatasetRole, DatasetStatus, Image, Job, Result, Review
 from fracture.storage import Storage, StorageError
 
 NEAR_SIZE = 64  # the size validation decodes at before hashing (trainer.audit.decode_for_audit)
@@ -66,6 +66,8 @@ def target_dataset(session: Session, dataset_id: object) -> Dataset:
     """The dataset reviewed images may go to: a READY training dataset; DatasetError otherwise."""
     if not isinstance(dataset_id, int) or isinstance(dataset_id, bool):
         raise DatasetError("name the training dataset to add to (dataset_id: a whole number)")
+    if not 0 < dataset_id <= MAX_ROW_ID:
+        raise DatasetError(f"there is no dataset with id {dataset_id}")
     dataset = datasets.get_dataset(session, dataset_id)
     if dataset.role != DatasetRole.TRAINING:
         raise DatasetError(f"dataset {dataset.name!r} is a locked evaluation dataset: nothing is ever added to it")

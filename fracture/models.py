@@ -32,6 +32,10 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+
+# The largest row id: PostgreSQL's integer. A bigger number names no row (and must never reach the driver).
+MAX_ROW_ID = 2**31 - 1
+
 class Base(DeclarativeBase):
     # Every datetime column stores UTC and reads back aware UTC, SQLite included (fracture.dbtypes).
     type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime()}

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from fracture.models import Dataset, DatasetRole, DatasetStatus
+from fracture.models import MAX_ROW_ID, Dataset, DatasetRole, DatasetStatus
 from fracture.recipe import AUGMENTATIONS, INTENSITIES, VIEWS
 
 # Recipe fields a schedule or a run may set: (type, smallest, largest) or the allowed words.
@@ -54,7 +54,7 @@ def check_dataset_ids(session: Session, ids: object) -> list[int]:
         value = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
         if not isinstance(value, int) or isinstance(value, bool):
             raise RecipeError(f"a dataset id is a whole number, not {raw!r}")
-        dataset = session.get(Dataset, value)
+        dataset = session.get(Dataset, value) if 0 < value <= MAX_ROW_ID else None
         if dataset is None:
             raise RecipeError(f"there is no dataset with id {value}")
         if dataset.role == DatasetRole.EVALUATION:

@@ -15,8 +15,10 @@ import marshmallow as ma
 from flask import Blueprint, Flask, render_template
 from flask_smorest import Api
 from flask_smorest import Blueprint as SmorestBlueprint
-from marshmallow.validate import OneOf
+from marshmallow.validate import OneOf, Range
 from webargs.flaskparser import FlaskParser
+
+from fracture.models import MAX_ROW_ID
 
 API_VERSION = "1"
 BEARER = "bearerAuth"
@@ -91,3 +93,8 @@ def one_of(choices: Sequence[str], error: str | None = None) -> OneOf:
     """A field's allowed values; refused as "<field> must be one of: a, b" (the field's name goes before it)."""
     shown = [c for c in choices if c]
     return OneOf(list(choices), error=error or f"must be one of: {', '.join(shown)}")
+
+
+def row_id(**kwargs: Any) -> ma.fields.Integer:
+    """A field naming a row by its id: a whole number from 1 to MAX_ROW_ID (a bigger one names no row)."""
+    return ma.fields.Integer(strict=True, validate=Range(1, MAX_ROW_ID), **kwargs)

@@ -11,7 +11,7 @@ from marshmallow import fields as f
 
 from fracture.evaluations import SPLIT_CHOICES
 from fracture.models import Evaluation
-from web.openapi import one_of
+from web.openapi import one_of, row_id
 from web.timefmt import Timestamp
 
 
@@ -59,13 +59,12 @@ class EvaluationListSchema(ma.Schema):
 
 class EvaluationListQuery(ma.Schema):
     model_version = f.String(metadata={"description": "Only this version's (name or id)."})
-    dataset_id = f.Integer()
 
 
 class EvaluationBody(ma.Schema):
     model_version = f.Raw(required=True, metadata={
         "description": "A model version's name (release-1) or id.", "oneOf": [{"type": "string"}, {"type": "integer"}]})
-    dataset_id = f.Integer(required=True, strict=True, metadata={"description": "A registered, validated dataset."})
+    dataset_id = row_id(required=True, metadata={"description": "A registered, validated dataset."})
     split = f.String(allow_none=True, validate=one_of(
         [*SPLIT_CHOICES, ""], error=f"must be {', '.join(SPLIT_CHOICES)} (or left out for the whole dataset)"),
         metadata={"description": "One split, or left out for the whole dataset."})

@@ -11,7 +11,7 @@ from marshmallow.validate import Range
 
 from fracture.models import FINAL_JOB_STATUSES, Job, JobStatus
 from web.jobs.queries import REVIEW_STATES, SORTS
-from web.openapi import one_of
+from web.openapi import one_of, row_id
 from web.timefmt import Timestamp, aware
 
 LABELS = ("fractured", "not fractured")
@@ -140,9 +140,12 @@ class RowFilterQuery(ma.Schema):
     sort = f.String(validate=one_of(SORTS))
 
 
+MAX_ROWS = 2**31 - 1  # beyond any job, and within every database's integer
+
+
 class ResultsQuery(RowFilterQuery):
-    offset = f.Integer(load_default=0, validate=Range(min=0))
-    limit = f.Integer(validate=Range(min=0))
+    offset = f.Integer(load_default=0, validate=Range(0, MAX_ROWS))
+    limit = f.Integer(validate=Range(0, MAX_ROWS))
 
 
 class CsvQuery(ma.Schema):
@@ -217,7 +220,7 @@ class ReviewListSchema(ma.Schema):
 
 
 class AddToDatasetBody(ma.Schema):
-    dataset_id = f.Integer(required=True, strict=True)
+    dataset_id = row_id(required=True, metadata={"description": "A ready training dataset."})
 
 
 class AdditionSchema(ma.Schema):
