@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import marshmallow as ma
-from flask import Blueprint, Flask, render_template
+from flask import Blueprint, Flask, Response, jsonify, render_template
 from flask_smorest import Api
 from flask_smorest import Blueprint as SmorestBlueprint
 from marshmallow.validate import OneOf, Range
 from webargs.flaskparser import FlaskParser
 
 from fracture.models import MAX_ROW_ID
+from fracture.queue import BrokerUnavailable
 
 API_VERSION = "1"
 BEARER = "bearerAuth"
@@ -98,3 +99,12 @@ def one_of(choices: Sequence[str], error: str | None = None) -> OneOf:
 def row_id(**kwargs: Any) -> ma.fields.Integer:
     """A field naming a row by its id: a whole number from 1 to MAX_ROW_ID (a bigger one names no row)."""
     return ma.fields.Integer(strict=True, validate=Range(1, MAX_ROW_ID), **kwargs)
+
+
+def not_sent(exc: BrokerUnavailable, body: dict[str, Any] | None = None) -> tuple[Response, int]:
+    """503 for a row recorded but not sent (the broker is down): the row's id and status, or `body`, and why.
+
+    A Response, not a dict: flask-smorest would dump a returned dict with the operation's 2xx schema."""
+    row = exc.subject
+    shown = body if body is not None else {"id": getattr(row, "id", None), "status": getattr(row, "status", None)}
+    return jsonify({**shown, "error": str(exc)}), 503

@@ -11,10 +11,11 @@ from sqlalchemy import select
 from fracture.dataset_files import DatasetZipRefused
 from fracture.datasets import DatasetError
 from fracture.models import Dataset
+from fracture.queue import BrokerUnavailable
 from web.context import db
 from web.datasets import schemas as s
-from web.datasets.service import NotQueued, gate, get_dataset, register_folder, revalidate, split, upload_zip
-from web.openapi import ApiBlueprint
+from web.datasets.service import gate, get_dataset, register_folder, revalidate, split, upload_zip
+from web.openapi import ApiBlueprint, not_sent
 
 bp = ApiBlueprint("datasets_api", __name__, url_prefix="/api",
                   description="Datasets to train on or evaluate on (evaluation datasets are locked).")
@@ -32,10 +33,12 @@ def _zip_refused(exc: DatasetZipRefused) -> ResponseReturnValue:
     return {"error": f"The zip was refused: {exc}."}, exc.status
 
 
-@bp.errorhandler(NotQueued)
-def _not_queued(exc: NotQueued) -> ResponseReturnValue:
-    db().refresh(exc.dataset)
-    return {**s.dataset_json(exc.dataset), "error": str(exc)}, 503
+@bp.errorhandler(BrokerUnavailable)
+def _not_queued(exc: BrokerUnavailable) -> ResponseReturnValue:
+    dataset = exc.subject
+    assert isinstance(dataset, Dataset)
+    db().refresh(dataset)
+    return not_sent(exc, s.dataset_json(dataset))
 
 
 @bp.post("/datasets")

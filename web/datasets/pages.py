@@ -11,9 +11,10 @@ from fracture import datasets
 from fracture.dataset_files import DatasetZipRefused
 from fracture.datasets import DatasetError
 from fracture.models import Dataset
+from fracture.queue import BrokerUnavailable
 from web.context import db, send_stored_png, settings
 from web.datasets.schemas import dataset_json
-from web.datasets.service import NotQueued, gate, get_dataset, register_folder, revalidate, split, upload_zip
+from web.datasets.service import gate, get_dataset, register_folder, revalidate, split, upload_zip
 
 bp = Blueprint("datasets", __name__)
 
@@ -36,10 +37,12 @@ def _zip_refused(exc: DatasetZipRefused) -> ResponseReturnValue:
     return _back(f"The zip was refused: {exc}.")
 
 
-@bp.errorhandler(NotQueued)
-def _not_queued(exc: NotQueued) -> ResponseReturnValue:
+@bp.errorhandler(BrokerUnavailable)
+def _not_queued(exc: BrokerUnavailable) -> ResponseReturnValue:
+    dataset = exc.subject
+    assert isinstance(dataset, Dataset)
     flash(str(exc), "error")
-    return redirect(url_for("datasets.page", dataset_id=exc.dataset.id))
+    return redirect(url_for("datasets.page", dataset_id=dataset.id))
 
 
 

@@ -21,26 +21,21 @@ from web.context import celery, db, settings, storage
 QUEUE_DOWN = "The task queue is unavailable, so the dataset was not validated; validate it again when it is back."
 
 
-class NotQueued(Exception):
-    """The dataset was recorded, but its task could not be sent (the broker is down)."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        super().__init__(QUEUE_DOWN)
-        self.dataset = dataset
-
-
 # ---------------------------------------------------------------- actions shared by pages and API
 
 
 def _send_validation(dataset: Dataset) -> Dataset:
-    """Send a committed dataset's validation; if the broker is down, mark it invalid and raise NotQueued."""
-    try:
-        queue.send_trainer_task(celery(), queue.VALIDATE_DATASET_TASK, dataset.id)
-    except queue.BrokerUnavailable:
-        datasets.mark_invalid(db(), dataset.id, datasets.BROKER_DOWN)
-        db().commit()
-        raise NotQueued(dataset) from None
+    """Send a committed dataset's validation; if the broker is down, mark it invalid and raise BrokerUnavailable
+    (its subject: the dataset)."""
+    queue.send_or_mark(lambda: queue.send_trainer_task(celery(), queue.VALIDATE_DATASET_TASK, dataset.id),
+                       lambda: _mark_invalid([dataset], datasets.BROKER_DOWN), dataset, QUEUE_DOWN)
     return dataset
+
+
+def _mark_invalid(rows: list[Dataset], reason: str) -> None:
+    for row in rows:
+        datasets.mark_invalid(db(), row.id, reason)
+    db().commit()
 
 
 def register_folder(path: str, name: str | None, role: str | None) -> Dataset:
@@ -82,14 +77,11 @@ def split(dataset_id: int, fraction: object, seed: object) -> tuple[Dataset, Dat
         raise DatasetError("the seed must be a whole number") from None
     training, evaluation = datasets.create_parts(db(), dataset_id)
     db().commit()
-    try:
-        queue.send_trainer_task(celery(), queue.SPLIT_DATASET_TASK, dataset_id, training.id, evaluation.id, share,
-                                seed_value)
-    except queue.BrokerUnavailable:
-        for part in (training, evaluation):
-            datasets.mark_invalid(db(), part.id, "the task queue was unavailable, so the split was not made")
-        db().commit()
-        raise NotQueued(training) from None
+    queue.send_or_mark(
+        lambda: queue.send_trainer_task(celery(), queue.SPLIT_DATASET_TASK, dataset_id, training.id, evaluation.id,
+                                        share, seed_value),
+        lambda: _mark_invalid([training, evaluation], "the task queue was unavailable, so the split was not made"),
+        training, QUEUE_DOWN)
     return training, evaluation
 
 

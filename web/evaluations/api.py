@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import abort, jsonify
+from flask import abort
 
 from fracture import evaluations
 from fracture.evaluations import DatasetNotReady, EvaluationError
 from fracture.models import Dataset, Evaluation, ModelVersion
+from fracture.queue import BrokerUnavailable
 from web.auth import require_admin
 from web.context import db
 from web.evaluations import schemas as s
-from web.evaluations.service import NotSent, start
+from web.evaluations.service import start
 from web.models.actions import get_version
-from web.openapi import ApiBlueprint
+from web.openapi import ApiBlueprint, not_sent
 
 bp = ApiBlueprint("evaluations_api", __name__, url_prefix="/api",
                   description="A model version measured on a registered dataset.")
@@ -38,9 +39,8 @@ def post_evaluation(body: dict[str, Any]) -> tuple[object, int]:
         abort(409, description=f"Cannot evaluate: {e}.")
     except EvaluationError as e:
         abort(400, description=f"Cannot evaluate: {e}.")
-    except NotSent as e:
-        # A Response: flask-smorest would dump a returned dict with the 201 schema.
-        return jsonify({"id": e.evaluation.id, "status": e.evaluation.status, "error": str(e)}), 503
+    except BrokerUnavailable as e:
+        return not_sent(e)
     return evaluation, 201
 
 

@@ -7,9 +7,10 @@ from flask.typing import ResponseReturnValue
 
 from fracture.evaluations import EvaluationError
 from fracture.models import Evaluation
+from fracture.queue import BrokerUnavailable
 from web.auth import require_admin
 from web.context import db, send_stored_png
-from web.evaluations.service import NotSent, start
+from web.evaluations.service import start
 from web.models.actions import get_version
 
 bp = Blueprint("evaluations", __name__)
@@ -31,7 +32,7 @@ def evaluate_form(version_id: int) -> ResponseReturnValue:
     except EvaluationError as e:
         flash(f"Cannot evaluate: {e}.", "error")
         return back
-    except NotSent:
+    except BrokerUnavailable:
         flash("The task queue is unavailable; the evaluation was not started.", "error")
         return back
     flash(f"Evaluation #{evaluation.id} of {version.name} queued.", "ok")

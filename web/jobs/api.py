@@ -5,17 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, abort, request
+from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from fracture.jobs import result_columns
 from fracture.models import Job, JobStatus
+from fracture.queue import BrokerUnavailable
 from web.auth import current_user, job_or_404, visible
 from web.context import csv_download, db, settings
 from web.jobs import schemas as s
 from web.jobs.ingest import UploadRefused
-from web.jobs.intake import JobNotDispatched, create_job, dispatch
+from web.jobs.intake import create_job, dispatch
 from web.jobs.queries import RowQuery, count_rows, iter_result_rows, parse_row_query, result_rows
-from web.openapi import ApiBlueprint
+from web.openapi import ApiBlueprint, not_sent
 
 bp = ApiBlueprint("jobs_api", __name__, url_prefix="/api", description="Batches of X-rays and their results.")
 
@@ -25,9 +27,11 @@ def _refused(exc: UploadRefused) -> tuple[dict[str, Any], int]:
     return {"error": exc.message}, exc.status
 
 
-@bp.errorhandler(JobNotDispatched)
-def _not_dispatched(exc: JobNotDispatched) -> tuple[dict[str, Any], int]:
-    return {**s.job_json(exc.job), "error": str(exc)}, 503
+@bp.errorhandler(BrokerUnavailable)
+def _not_dispatched(exc: BrokerUnavailable) -> ResponseReturnValue:
+    job = exc.subject
+    assert isinstance(job, Job)
+    return not_sent(exc, s.job_json(job))
 
 
 @bp.post("/jobs")

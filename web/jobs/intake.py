@@ -11,14 +11,6 @@ from web.context import NO_MODEL_MESSAGE, active_model, celery, db, settings, st
 from web.jobs.ingest import FilePart, Upload, UploadRefused, ingest_parts
 
 
-class JobNotDispatched(Exception):
-    """The job is committed (nothing is lost) but could not be handed to the broker."""
-
-    def __init__(self, job: Job) -> None:
-        super().__init__(BROKER_DOWN_MESSAGE)
-        self.job = job
-
-
 def _nothing_usable(upload: Upload) -> str:
     if not upload.entries:
         if upload.skipped:
@@ -42,7 +34,7 @@ def job_name(upload: Upload) -> str:
 
 
 def create_job(parts: Iterable[FilePart], owner_id: int | None = None) -> Job:
-    """Store the upload and commit rows owned by `owner_id`, THEN enqueue; raise UploadRefused or JobNotDispatched."""
+    """Store the upload and commit rows owned by `owner_id`, THEN enqueue; raise UploadRefused or BrokerUnavailable."""
     model = active_model()
     if model is None:
         raise UploadRefused(NO_MODEL_MESSAGE, 409)
@@ -66,10 +58,11 @@ def create_job(parts: Iterable[FilePart], owner_id: int | None = None) -> Job:
 
 
 def dispatch(job: Job) -> None:
-    """Hand a committed job to the broker; on failure (recorded on the job) raise JobNotDispatched."""
+    """Hand a committed job to the broker; on failure (recorded on the job) raise BrokerUnavailable (its subject:
+    the job)."""
     try:
         queue.dispatch_job(celery(), settings(), job.id)
     except queue.BrokerUnavailable as exc:
         db().refresh(job)
-        raise JobNotDispatched(job) from exc
+        raise queue.BrokerUnavailable(BROKER_DOWN_MESSAGE, job) from exc
     db().refresh(job)

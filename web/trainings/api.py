@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, abort, jsonify
+from flask import Response, abort
 from sqlalchemy import func, select
 
 from fracture.models import FINAL_RUN_STATUSES, Dataset, DatasetRole, DatasetStatus, TrainingRun
+from fracture.queue import BrokerUnavailable
 from fracture.schedule_params import RecipeError
 from web.auth import current_user, require_admin
 from web.context import db
-from web.openapi import ApiBlueprint
+from web.openapi import ApiBlueprint, not_sent
 from web.trainings import schemas as s
-from web.trainings.service import NO_READY_DATASET, NotSent, cancel, get_run, log_text, start
+from web.trainings.service import NO_READY_DATASET, cancel, get_run, log_text, start
 
 bp = ApiBlueprint("trainings_api", __name__, url_prefix="/api", description="Training runs.")
 
@@ -39,9 +40,8 @@ def api_start(body: dict[str, Any]) -> tuple[object, int]:
     except RecipeError as e:
         db().rollback()
         abort(400, description=f"Cannot train: {e}.")
-    except NotSent as e:
-        # A Response: flask-smorest would dump a returned dict with the 201 schema.
-        return jsonify({"id": e.run.id, "status": e.run.status, "error": str(e)}), 503
+    except BrokerUnavailable as e:
+        return not_sent(e)
     return run, 201
 
 

@@ -11,13 +11,14 @@ from sqlalchemy import func, select
 
 from fracture import trainings
 from fracture.models import FINAL_RUN_STATUSES, Dataset, DatasetRole, DatasetStatus, ModelVersion, TrainingRun
+from fracture.queue import BrokerUnavailable
 from fracture.recipe import AUGMENTATIONS, INTENSITIES, RECIPE, VIEWS
 from fracture.schedule_params import RecipeError
 from web.auth import current_user, require_admin
 from web.context import db, settings
 from web.schedules.pages import section as schedules_section
 from web.trainings.schemas import run_json
-from web.trainings.service import NotSent, cancel, get_run, log_text, send_run, start
+from web.trainings.service import cancel, get_run, log_text, send_run, start
 
 bp = Blueprint("trainings", __name__)
 
@@ -55,7 +56,7 @@ def retrain() -> ResponseReturnValue:
     session.commit()
     try:
         send_run(run)
-    except NotSent:
+    except BrokerUnavailable:
         flash("The task queue is unavailable; the run was not started.", "error")
         return redirect(url_for("trainings.index"))
     flash(f"Training run #{run.id} queued.", "ok")
@@ -74,9 +75,9 @@ def start_form() -> ResponseReturnValue:
         db().rollback()
         flash(f"Cannot train: {e}.", "error")
         return redirect(url_for("trainings.index"))
-    except NotSent as e:
+    except BrokerUnavailable as e:
         flash(str(e), "error")
-        return redirect(url_for("trainings.page", run_id=e.run.id))
+        return redirect(url_for("trainings.page", run_id=getattr(e.subject, "id", None)))
     flash(f"Training run #{run.id} queued.", "ok")
     return redirect(url_for("trainings.page", run_id=run.id))
 

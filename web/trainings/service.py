@@ -1,7 +1,7 @@
 """Start, send and cancel training runs, and read a run's log: what the trainings pages and API share.
 
 The run is committed first, then `training.retrain` is sent by name; with the broker down the run is failed with
-that reason (NotSent).
+that reason (BrokerUnavailable, whose subject is the run).
 """
 
 from __future__ import annotations
@@ -23,16 +23,11 @@ NO_READY_DATASET = ("no training dataset is ready: upload a zip or register a fo
                     "(POST /api/datasets), let it validate, then name it in dataset_ids")
 
 
-class NotSent(RuntimeError):
-    """The run was recorded but the broker was down: it is failed with that reason."""
-
-    def __init__(self, run: TrainingRun) -> None:
-        super().__init__("The task queue is unavailable; the training run was not started.")
-        self.run = run
+NOT_STARTED = "The task queue is unavailable; the training run was not started."
 
 
 def start(body: dict[str, Any], message: str) -> TrainingRun:
-    """Check the datasets and recipe, record a queued run, commit, send it; RecipeError or NotSent otherwise."""
+    """Check the datasets and recipe, record a queued run, commit, send it; RecipeError or BrokerUnavailable."""
     session = db()
     checked = check_params(session, body)
     params = {**recipe_of(checked), "dataset_ids": checked["dataset_ids"]}
@@ -45,13 +40,14 @@ def start(body: dict[str, Any], message: str) -> TrainingRun:
 
 
 def send_run(run: TrainingRun) -> None:
-    """Send a committed run to the trainer's queue; if the broker is down, fail the run with why and raise NotSent."""
-    try:
-        queue.send_retrain(celery(), run.id)
-    except queue.BrokerUnavailable:
+    """Send a committed run to the trainer's queue; if the broker is down, fail the run with why and raise
+    BrokerUnavailable (its subject: the run)."""
+
+    def fail() -> None:
         trainings.fail_run(db(), run.id, trainings.BROKER_DOWN)
         db().commit()
-        raise NotSent(run) from None
+
+    queue.send_or_mark(lambda: queue.send_retrain(celery(), run.id), fail, run, NOT_STARTED)
 
 
 def cancel(run_id: int) -> TrainingRun:
