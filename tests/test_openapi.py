@@ -143,3 +143,16 @@ def test_schemathesis_finds_no_5xx_no_undocumented_answer_and_no_open_door(
     assert out.returncode == 0, out.stdout[-10000:] + out.stderr[-2000:] + system.logs()[-3000:]
     summary = out.stdout[out.stdout.rindex("SUMMARY"):]
     assert re.search(r"Tested: 4\d", summary) and "generated" in summary, summary
+
+
+def test_the_readme_curl_lines_call_documented_operations(client: FlaskClient) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## JSON API"):readme.index("### DICOM")]
+    patterns = [(re.compile("^" + "[^/]+".join(map(re.escape, re.split(r"\{[a-z_]+\}", path))) + "$"), method)
+                for path, item in _documented(client).items() for method in item]
+    calls = re.findall(r"curl ([^\n]*(?:\\\n[^\n]*)*?)http://127\.0\.0\.1:5000(/api/[^\s]*)", section)
+    assert len(calls) >= 5, calls
+    for options, url in calls:
+        method = "post" if " -F " in f" {options}" or "-X POST" in options else "get"
+        path = url.split("?")[0]
+        assert any(rx.match(path) and m == method for rx, m in patterns), (method, path)
