@@ -28,7 +28,7 @@ test: bootstrap system-deps
 	echo "== make test: $$verdict in $$((SECONDS - start))s =="; \
 	exit $$rc
 
-# The fast lane: every test but those marked slow (whole live systems, real worker processes; tests/conftest.py).
+# The fast lane: every test but those marked slow (servers, worker processes, live systems, browsers; tests/conftest.py).
 test-fast: bootstrap system-deps
 	@start=$$SECONDS; rc=0; \
 	$(VENV)/pytest -q -rfEs -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || rc=$$?; \

@@ -187,9 +187,10 @@ def live_system(
 # ---------------------------------------------------------------- hooks
 
 
-# A test that starts real worker processes or a whole live system is slow whatever its file says: `make test-fast`
-# (pytest -m "not slow") leaves it out.
-PROCESS_FIXTURES = frozenset({"live_system", "celery_worker_proc"})
+# A test that starts a server (redis-server, a PostgreSQL cluster), real worker processes or a whole live system
+# is slow whatever its file says (the browser tests say so in their files): `make test-fast` (pytest -m "not slow")
+# leaves it out, `make test` and CI run everything.
+PROCESS_FIXTURES = frozenset({"live_system", "celery_worker_proc", "redis_server", "redis_url", "pg_server"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

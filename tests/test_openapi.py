@@ -4,6 +4,7 @@ system (no 5xx, every answer as documented, authentication enforced)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -13,6 +14,10 @@ from pathlib import Path
 
 from flask.testing import FlaskClient
 from harness import LiveSystem, wait_for
+from web_client import post_files
+
+from fracture.config import Settings
+from fracture.db import get_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_OPERATIONS = {"/api/openapi.json", "/api/docs", "/api/docs/assets/{filename}"}
@@ -130,15 +135,19 @@ def test_schemathesis_finds_no_5xx_no_undocumented_answer_and_no_open_door(
     config = tmp_path / "schemathesis.toml"
     # Half the path parameters name real rows (the rest are generated and mostly 404): the handlers' own logic runs.
     config.write_text("[parameters]\n" + "".join(f'"path.{k}" = {json.dumps(v)}\n' for k, v in seeded.items()))
-    report = tmp_path / "schemathesis.ndjson"
+    # SCHEMATHESIS_EXAMPLES (per operation), SCHEMATHESIS_SEED (random generation from that seed instead of the
+    # deterministic default) and SCHEMATHESIS_REPORT (where to keep the NDJSON report) let a developer search further.
+    report = Path(os.environ.get("SCHEMATHESIS_REPORT", tmp_path / "schemathesis.ndjson"))
     examples = os.environ.get("SCHEMATHESIS_EXAMPLES", "25")
+    seed = os.environ.get("SCHEMATHESIS_SEED")
     cmd = [str(Path(sys.executable).parent / "schemathesis"), "--config-file", str(config), "--no-color", "run",
            f"{system.url}/api/openapi.json", "-H", f"Authorization: Bearer {system.token}",
            "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
                        "response_schema_conformance,ignored_auth",
-           "--max-examples", examples, "--phases", "examples,coverage,fuzzing", "--generation-deterministic",
+           "--max-examples", examples, "--phases", "examples,coverage,fuzzing",
+           *(["--seed", seed] if seed else ["--generation-deterministic"]),
            "--request-timeout", "60", "--report", "ndjson", "--report-ndjson-path", str(report)]
-    out = subprocess.run(cmd, text=True, capture_output=True, timeout=1200)
+    out = subprocess.run(cmd, text=True, capture_output=True, timeout=1200, cwd=tmp_path)  # its cache stays there
     print(out.stdout[-5000:])
     assert out.returncode == 0, out.stdout[-10000:] + out.stderr[-2000:] + system.logs()[-3000:]
     summary = out.stdout[out.stdout.rindex("SUMMARY"):]
@@ -156,3 +165,22 @@ def test_the_readme_curl_lines_call_documented_operations(client: FlaskClient) -
         method = "post" if " -F " in f" {options}" or "-X POST" in options else "get"
         path = url.split("?")[0]
         assert any(rx.match(path) and m == method for rx, m in patterns), (method, path)
+
+
+def test_a_streamed_csv_leaves_no_database_connection_checked_out(client: FlaskClient, settings: Settings,
+                                                                  sample_images: list[Path]) -> None:
+    """Found by schemathesis: each CSV download kept a pooled connection until the garbage collector ran, and a
+    few dozen downloads exhausted the pool (every later request then waited 30 s and answered 500)."""
+    job_id = post_files(client, [(p.read_bytes(), f"s/{n}.png") for n, p in enumerate(sample_images[:3])]) \
+        .get_json()["id"]
+    engine = get_engine(settings.database_url)
+    gc.collect()
+    gc.disable()  # what the pool holds now is what the requests left, not what a collection happened to free
+    try:
+        for url in (f"/api/jobs/{job_id}/results.csv", f"/api/jobs/{job_id}/results.csv?in_distribution=true",
+                    f"/api/jobs/{job_id}/reviews.csv") * 3:
+            with client.get(url) as response:
+                assert response.status_code == 200 and response.data.startswith(b"path,"), url
+            assert engine.pool.checkedout() == 0, url
+    finally:
+        gc.enable()

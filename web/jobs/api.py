@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Response, abort, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from fracture.jobs import result_columns
 from fracture.models import Job, JobStatus
@@ -103,5 +105,9 @@ def get_results_csv(args: dict[str, Any], job_id: str) -> Response:
     value = (args.get("in_distribution") or "").lower()
     flag = None if value in ("", "all") else value in ("true", "1")
     patient = settings().show_patient_identifiers
-    rows = iter_result_rows(db(), job, in_distribution=flag, patient=patient)
-    return csv_download(result_columns(patient), rows, f"fracture-{job.id[:8]}.csv")
+    job_id = job.id
+
+    def rows(session: Session) -> Iterator[dict[str, Any]]:
+        return iter_result_rows(session, session.get_one(Job, job_id), in_distribution=flag, patient=patient)
+
+    return csv_download(result_columns(patient), rows, f"fracture-{job_id[:8]}.csv")

@@ -67,7 +67,9 @@ def get_reviews(job_id: str) -> dict[str, Any]:
 def get_reviews_csv(job_id: str) -> Response:
     """The job's reviewed images as CSV (every text cell made safe for spreadsheets)."""
     job = job_or_404(job_id)
-    return csv_download(REVIEW_COLUMNS, reviews.iter_reviews(db(), job), f"fracture-{job.id[:8]}-reviews.csv")
+    job_id = job.id
+    return csv_download(REVIEW_COLUMNS, lambda session: reviews.iter_reviews(session, session.get_one(Job, job_id)),
+                        f"fracture-{job_id[:8]}-reviews.csv")
 
 
 def _add(job: Job, dataset_id: object) -> dataset_additions.AdditionReport:
