@@ -30,7 +30,6 @@ class LoginLimits:
         ):
             count, oldest = session.execute(stmt).one()
             if count >= cap:
-                oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
                 return max(1, int((oldest + self.window - datetime.now(UTC)).total_seconds()) + 1)
         return None
 

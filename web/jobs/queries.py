@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session, aliased
 
 from fracture.jobs import PATIENT_COLUMNS
 from fracture.models import Image, Job, ModelVersion, Result, Review, User
-from web.timefmt import iso
 
 # How the job page and the results API may order a job's rows: key -> (column, descending).
 SORTS = ("seq", "probability", "-probability", "path", "-path")
@@ -236,7 +235,7 @@ def _rows(
                               if r["thumbnail_key"] else None),
             "review": None if r["review_label"] is None else {
                 "label": r["review_label"], "correct": r["correct"], "reviewer": r["username"],
-                "reviewed_at": iso(r["reviewed_at"]),
+                "reviewed_at": r["reviewed_at"].isoformat() if r["reviewed_at"] else None,
             },
         }
         if patient:

@@ -12,7 +12,7 @@ from marshmallow.validate import Range
 from fracture.models import FINAL_JOB_STATUSES, Job, JobStatus
 from web.jobs.queries import REVIEW_STATES, SORTS
 from web.openapi import one_of, row_id
-from web.timefmt import Timestamp, aware
+from web.timefmt import Timestamp
 
 LABELS = ("fractured", "not fractured")
 TRUE_FALSE = ("true", "false", "1", "0", "all", "")
@@ -42,7 +42,7 @@ class JobSchema(ma.Schema):
     @ma.pre_dump
     def _derive(self, job: Job, **_: Any) -> dict[str, Any]:
         now = datetime.now(UTC)
-        started, finished = aware(job.started_at), aware(job.finished_at)
+        started, finished = job.started_at, job.finished_at
         elapsed = ((finished or now) - started).total_seconds() if started else None
         eta = None
         if job.status in FINAL_JOB_STATUSES:

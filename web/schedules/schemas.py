@@ -14,7 +14,7 @@ from fracture import schedule_times, trainings
 from fracture.models import Dataset, Schedule
 from fracture.recipe import RECIPE
 from fracture.schedule_times import ScheduleError
-from web.timefmt import Timestamp, aware
+from web.timefmt import Timestamp
 
 
 def _local(value: datetime | None, timezone: str) -> str | None:
@@ -49,7 +49,7 @@ class ScheduleSchema(ma.Schema):
             "every": {"every_minutes": spec.interval_minutes}, "daily": {"daily_at": spec.time_of_day},
             "weekly": {"weekly_at": {"weekday": spec.weekday, "time": spec.time_of_day}}, "cron": {"cron": spec.cron},
         }
-        next_run = aware(schedule.next_run_at)
+        next_run = schedule.next_run_at
         params = dict(schedule.params or {})
         ids = [i for i in params.get("dataset_ids") or [] if isinstance(i, int)]
         names = {row.id: row.name

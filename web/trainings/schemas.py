@@ -15,7 +15,7 @@ from sqlalchemy.orm import object_session
 from fracture import val_auc
 from fracture.models import FINAL_RUN_STATUSES, Dataset, ModelVersion, RunStatus, TrainingRun
 from fracture.recipe import RECIPE, recipe_of
-from web.timefmt import Timestamp, aware
+from web.timefmt import Timestamp
 
 
 def _finite(values: list[Any]) -> list[float | None]:
@@ -57,7 +57,7 @@ class RunSchema(ma.Schema):
         session = object_session(run)
         assert session is not None
         history = {k: _finite(v) for k, v in (run.history or {}).items() if isinstance(v, list)}
-        started, finished = aware(run.started_at), aware(run.finished_at)
+        started, finished = run.started_at, run.finished_at
         elapsed = ((finished or datetime.now(UTC)) - started).total_seconds() if started else None
         done_s = [s for s in history.get("epoch_s", [])[-run.epoch:] if s is not None] if run.epoch else []
         eta = None
