@@ -109,7 +109,13 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision
 
 
 def _seed(system: LiveSystem, sample_images: list[Path]) -> dict[str, object]:
-    """Real rows for the generated requests to reach: a classified job with its images, the active model."""
+    """Real rows for the generated requests to reach: a classified job with its images, the active model, a ready
+    training dataset, a schedule on it, a queued training run and a queued evaluation."""
+    from fracture import datasets, evaluations, trainings
+    from fracture.config import get_settings
+    from fracture.db import session_scope
+    from trainer.dataset_validation import validate_dataset
+
     files = [("files", (f"case/{n}.png", path.read_bytes())) for n, path in enumerate(sample_images[:3])]
     created = system.http.post(f"{system.url}/api/jobs", files=files, timeout=120)
     assert created.status_code == 201, created.text
@@ -122,7 +128,19 @@ def _seed(system: LiveSystem, sample_images: list[Path]) -> dict[str, object]:
     wait_for(finished, 300, f"job {job_id} to finish\n{system.logs()}", interval=0.5)
     rows = system.http.get(f"{system.url}/api/jobs/{job_id}/results", timeout=10).json()["results"]
     models = system.http.get(f"{system.url}/api/models", timeout=10).json()
-    return {"job_id": job_id, "image_id": rows[0]["image_id"], "ref": models["active"]}
+    active = next(m for m in models["models"] if m["name"] == models["active"])
+    settings = get_settings(system.env)
+    with session_scope(settings.database_url) as session:
+        dataset_id = datasets.create_dataset(session, "fuzzed", "training", "server", sample_images[0].parents[2]).id
+    assert validate_dataset(settings, dataset_id) == "ready"
+    schedule = system.http.post(f"{system.url}/api/schedules", json={"daily_at": "03:00", "dataset_ids": [dataset_id]},
+                                timeout=10)
+    assert schedule.status_code == 201, schedule.text
+    with session_scope(settings.database_url) as session:
+        run_id = trainings.create_run(session, {"dataset_ids": [dataset_id]}, "a run for the fuzzer").id
+        evaluation_id = evaluations.create_evaluation(session, active["id"], dataset_id).id
+    return {"job_id": job_id, "image_id": rows[0]["image_id"], "ref": active["name"], "dataset_id": dataset_id,
+            "schedule_id": schedule.json()["id"], "run_id": run_id, "evaluation_id": evaluation_id}
 
 
 def test_schemathesis_finds_no_5xx_no_undocumented_answer_and_no_open_door(
