@@ -111,7 +111,7 @@ def add_reviewed(session: Session, storage: Storage, job: Job, dataset_id: objec
     DatasetError when the dataset cannot receive them.
     """
     from fracture.image_hashes import dihedral_hashes, near_any  # imagehash, scipy: only when adding
-    from fracture.ml.preprocess import ImageError, decode
+    from fracture.decode import ImageError, decode
 
     dataset = target_dataset(session, dataset_id)
     report = AdditionReport(dataset.id, dataset.name)
