@@ -15,7 +15,7 @@ from typing import Any
 VIEWS = ("identity", "dihedral")
 # Per-image intensity normalisations of fracture.ml.preprocess (named here for the same reason).
 INTENSITIES = ("none", "equalize")
-# Training augmentations of trainer.data.TrainAugment.
+# Training augmentations of trainer.augmentation.TrainAugment.
 AUGMENTATIONS = ("light", "strong", "acquisition")
 
 RECIPE: dict[str, Any] = {"epochs": 80, "width": 24, "image_size": 128, "views": "dihedral", "seed": 0,
