@@ -110,8 +110,8 @@ def add_reviewed(session: Session, storage: Storage, job: Job, dataset_id: objec
 
     DatasetError when the dataset cannot receive them.
     """
-    from fracture.image_hashes import dihedral_hashes, near_any  # imagehash, scipy: only when adding
     from fracture.decode import ImageError, decode
+    from fracture.image_hashes import dihedral_hashes, near_any  # imagehash, scipy: only when adding
 
     dataset = target_dataset(session, dataset_id)
     report = AdditionReport(dataset.id, dataset.name)
