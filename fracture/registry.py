@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fracture.config import Settings
-from fracture.models import ModelActivation, ModelStatus, ModelVersion
+from fracture.models import MAX_ROW_ID, ModelActivation, ModelStatus, ModelVersion
 from fracture.storage import Storage
 
 if TYPE_CHECKING:
@@ -105,14 +105,19 @@ def find_version(session: Session, ref: str | int) -> ModelVersion | None:
     if isinstance(ref, bool):
         return None
     if isinstance(ref, int):
-        return session.get(ModelVersion, ref)
+        return _by_id(session, ref)
     text = str(ref).strip()
     if not text:
         return None
     version = session.scalars(select(ModelVersion).where(ModelVersion.name == text)).first()
-    if version is None and text.isdigit():
-        version = session.get(ModelVersion, int(text))
+    if version is None and text.isascii() and text.isdigit():  # not "²": str.isdigit takes it, int() does not
+        version = _by_id(session, int(text))
     return version
+
+
+def _by_id(session: Session, version_id: int) -> ModelVersion | None:
+    # A number past the column's integer names no version (and must never reach the database driver).
+    return session.get(ModelVersion, version_id) if 0 < version_id <= MAX_ROW_ID else None
 
 
 def record_decision(version: ModelVersion, reason: str) -> None:

@@ -30,7 +30,7 @@ def check_recipe(data: dict[str, Any]) -> dict[str, Any]:
         value = data.get(name)
         if value is None or value == "":
             continue
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and value.strip().lstrip("-").isdecimal():
             value = int(value.strip())
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise RecipeError(f"{name} must be a whole number from {low} to {high}, not {value!r}")
@@ -51,7 +51,7 @@ def check_dataset_ids(session: Session, ids: object) -> list[int]:
         raise RecipeError("name at least one training dataset (dataset_ids: a list of dataset ids)")
     checked: set[int] = set()
     for raw in ids:
-        value = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
+        value = int(raw) if isinstance(raw, str) and raw.strip().isdecimal() else raw
         if not isinstance(value, int) or isinstance(value, bool):
             raise RecipeError(f"a dataset id is a whole number, not {raw!r}")
         dataset = session.get(Dataset, value) if 0 < value <= MAX_ROW_ID else None

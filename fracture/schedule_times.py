@@ -61,7 +61,7 @@ def weekday(value: object) -> int:
         for i, name in enumerate(WEEKDAYS):
             if text in (name.lower(), name[:3].lower()):
                 return i
-        if text.isdigit():
+        if text.isdecimal():
             value = int(text)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 6:
         return value
@@ -70,7 +70,7 @@ def weekday(value: object) -> int:
 
 def interval(value: object, unit_minutes: int = 1) -> int:
     """An interval in whole minutes (from a count of `unit_minutes`), at least 1 minute; ScheduleError otherwise."""
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdecimal():
         value = int(value.strip())
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ScheduleError(f"the interval must be a whole number of at least 1 minute, not {value!r}")

@@ -28,3 +28,12 @@ def test_a_name_first_then_digits_as_an_id(tmp_path: Path) -> None:
         assert find_version(s, 1).name == "release-1"  # type: ignore[union-attr]  # an int is an id
         assert find_version(s, "9") is None and find_version(s, "nope") is None and find_version(s, " ") is None
         assert find_version(s, True) is None  # a bool is not an id
+
+
+def test_a_number_past_the_id_column_or_a_unicode_digit_finds_nothing(tmp_path: Path) -> None:
+    """Found by schemathesis: {"model_version": 253760449694000996155392} answered 500 (an overflow in the driver)."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrate.upgrade(url)
+    with session_scope(url) as session:
+        for ref in (253760449694000996155392, "253760449694000996155392", 2**31, "²", -1, 0):
+            assert find_version(session, ref) is None, ref

@@ -99,7 +99,7 @@ def add_to_dataset_page(job_id: str) -> ResponseReturnValue:
     job = job_or_404(job_id)
     raw = request.form.get("dataset_id", "")
     try:
-        report = _add(job, int(raw) if raw.strip().isdigit() else None)
+        report = _add(job, int(raw) if raw.strip().isdecimal() else None)
     except DatasetError as exc:
         db().rollback()
         flash(f"Nothing was added: {exc}.", "error")
