@@ -37,7 +37,7 @@ def auth_config(settings: Settings, keyed: bool = False) -> dict[str, Any]:
 
 
 def init_auth(app: Flask) -> None:
-    from web.auth.views import bp
+    from web.auth.pages import bp
 
     csrf.init_app(app)
     app.register_blueprint(bp)
