@@ -202,3 +202,18 @@ def test_a_streamed_csv_leaves_no_database_connection_checked_out(client: FlaskC
             assert engine.pool.checkedout() == 0, url
     finally:
         gc.enable()
+
+
+def test_the_reference_page_renders_every_operation_in_a_real_browser(live_system: LiveSystem) -> None:
+    """Swagger UI from the package's own files, under the pages' CSP: every operation listed, nothing blocked."""
+    from browser import chromium_page, wait_until
+
+    with chromium_page() as watched:
+        page = watched.page
+        page.goto(f"{live_system.url}/api/docs")
+        wait_until(page, "document.querySelectorAll('.opblock').length >= 40", 30, "Swagger UI to list the API")
+        shown = page.evaluate("Array.from(document.querySelectorAll('.opblock-summary-path'))"
+                              ".map(e => e.getAttribute('data-path'))")
+        assert "/api/jobs/{job_id}/results.csv" in shown and "/api/health" in shown, shown
+        assert page.locator(".info .title").first.inner_text().startswith("Fracture API")
+    assert not watched.blocked and not watched.errors, (watched.blocked, watched.errors)
