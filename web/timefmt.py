@@ -16,3 +16,11 @@ class Timestamp(ma.fields.DateTime):
 
     def _serialize(self, value: object, attr: str | None, obj: object, **kwargs: object) -> str | None:
         return value.isoformat() if isinstance(value, datetime) else None
+
+
+class Lifetime(ma.Schema):
+    """When a job, a training run or an evaluation was created, started and finished (null until then)."""
+
+    created_at = Timestamp()
+    started_at = Timestamp()
+    finished_at = Timestamp()

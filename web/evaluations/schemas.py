@@ -12,10 +12,10 @@ from marshmallow import fields as f
 from fracture.evaluations import SPLIT_CHOICES
 from fracture.models import Evaluation
 from web.openapi import one_of, row_id
-from web.timefmt import Timestamp
+from web.timefmt import Lifetime
 
 
-class EvaluationSchema(ma.Schema):
+class EvaluationSchema(Lifetime):
     """Dumps (evaluation, model version name, dataset name)."""
 
     id = f.Integer(required=True)
@@ -29,9 +29,6 @@ class EvaluationSchema(ma.Schema):
     metrics = f.Dict(required=True, metadata={"description": "Figures by name (roc_auc, sensitivity, ...)."})
     plots = f.Dict(keys=f.String(), values=f.String(), required=True, metadata={"description": "Plot URLs."})
     error = f.String(allow_none=True)
-    created_at = Timestamp()
-    started_at = Timestamp()
-    finished_at = Timestamp()
 
     @ma.pre_dump
     def _flatten(self, named: Sequence[Any], **_: Any) -> dict[str, Any]:

@@ -12,13 +12,13 @@ from marshmallow.validate import Range
 from fracture.models import FINAL_JOB_STATUSES, Job, JobStatus
 from web.jobs.queries import REVIEW_STATES, SORTS
 from web.openapi import one_of, row_id
-from web.timefmt import Timestamp
+from web.timefmt import Lifetime
 
 LABELS = ("fractured", "not fractured")
 TRUE_FALSE = ("true", "false", "1", "0", "all", "")
 
 
-class JobSchema(ma.Schema):
+class JobSchema(Lifetime):
     """A job: its progress (every image with an outcome counts, errors included), elapsed time and linear ETA."""
 
     id = f.String(required=True)
@@ -32,9 +32,6 @@ class JobSchema(ma.Schema):
         required=True, metadata={"description": "Results the model's detector flagged as unlike its training data."})
     model_version = f.String(allow_none=True)
     error = f.String(allow_none=True)
-    created_at = Timestamp()
-    started_at = Timestamp()
-    finished_at = Timestamp()
     elapsed_s = f.Float(allow_none=True)
     eta_s = f.Float(allow_none=True)
     final = f.Boolean(required=True)

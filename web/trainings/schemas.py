@@ -15,14 +15,14 @@ from sqlalchemy.orm import object_session
 from fracture import val_auc
 from fracture.models import FINAL_RUN_STATUSES, Dataset, ModelVersion, RunStatus, TrainingRun
 from fracture.recipe import RECIPE, recipe_of
-from web.timefmt import Timestamp
+from web.timefmt import Lifetime
 
 
 def _finite(values: list[Any]) -> list[float | None]:
     return [float(v) if isinstance(v, int | float) and math.isfinite(v) else None for v in values]
 
 
-class RunSchema(ma.Schema):
+class RunSchema(Lifetime):
     """A training run: its one headline figure is its registered version's val ROC-AUC (`val_auc`);
     `selection_val_auc` is the per-epoch figure that picked the epoch (history.val_auc is its curve)."""
 
@@ -46,9 +46,6 @@ class RunSchema(ma.Schema):
     cancel_requested = f.Boolean(required=True)
     final = f.Boolean(required=True)
     schedule_id = f.Integer(allow_none=True)
-    created_at = Timestamp()
-    started_at = Timestamp()
-    finished_at = Timestamp()
     log_url = f.String(required=True)
     page_url = f.String(required=True)
 
