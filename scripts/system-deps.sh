@@ -5,6 +5,8 @@
 # chromium + fonts: the browser tests (Playwright drives /usr/bin/chromium, no browser download).
 # postgresql: initdb/pg_ctl for the throwaway PostgreSQL cluster of the migration tests.
 # docker-compose: Debian's 1.29, used only to validate docker-compose.yml (`docker-compose config`).
+# orthanc + orthanc-dicomweb: the PACS of the DICOM tests (they start their own on free ports; the package's service
+#   is not used); dcmtk (storescu, dsrdump) sends studies and reads reports; dicom3tools (dciodvfy) checks them.
 set -euo pipefail
 
 # "package:probe" pairs; the probe is a command on PATH or an absolute path that shows it is there.
@@ -16,6 +18,10 @@ wanted=(
   "fonts-dejavu-core:/usr/share/fonts/truetype/dejavu"
   "postgresql:initdb"
   "docker-compose:docker-compose"
+  "orthanc:Orthanc"
+  "orthanc-dicomweb:/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+  "dcmtk:storescu"
+  "dicom3tools:dciodvfy"
 )
 
 present() {
