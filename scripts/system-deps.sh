@@ -60,5 +60,17 @@ echo "system-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 # Wait for a dpkg lock held by another apt run instead of failing at once.
 apt_opts=(-y -q -o DPkg::Lock::Timeout=600)
+# The packages' own services (orthanc, redis, postgresql) are not started by apt: the tests and `fracture up` start
+# their own processes on their own ports. policy-rc.d is Debian's switch for that, as container images use it.
+policy=/usr/sbin/policy-rc.d
+made_policy=0
+if [[ ! -e $policy ]]; then
+  printf '#!/bin/sh\nexit 101\n' | "${as_root[@]}" tee "$policy" >/dev/null
+  "${as_root[@]}" chmod +x "$policy"
+  made_policy=1
+fi
 "${as_root[@]}" apt-get "${apt_opts[@]}" update
 "${as_root[@]}" apt-get "${apt_opts[@]}" install --no-install-recommends "${missing[@]}"
+if [[ $made_policy -eq 1 ]]; then
+  "${as_root[@]}" rm -f "$policy"
+fi
