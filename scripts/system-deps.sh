@@ -5,6 +5,8 @@
 # chromium + fonts: the browser tests (Playwright drives /usr/bin/chromium, no browser download).
 # postgresql: initdb/pg_ctl for the throwaway PostgreSQL cluster of the migration tests.
 # docker-compose: Debian's 1.29, used only to validate docker-compose.yml (`docker-compose config`).
+# dicom3tools: dciodvfy, which checks the reports and captures sent back to the PACS against the DICOM standard.
+# dcmtk: dsrdump (a structured report as text) and the DICOM network tools (storescu, storescp, findscu).
 set -euo pipefail
 
 # "package:probe" pairs; the probe is a command on PATH or an absolute path that shows it is there.
@@ -16,6 +18,8 @@ wanted=(
   "fonts-dejavu-core:/usr/share/fonts/truetype/dejavu"
   "postgresql:initdb"
   "docker-compose:docker-compose"
+  "dicom3tools:dciodvfy"
+  "dcmtk:dsrdump"
 )
 
 present() {
