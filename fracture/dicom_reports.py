@@ -35,6 +35,7 @@ REPORT_SERIES_DESCRIPTION = "AI fracture detection (unverified)"
 REPORT_SERIES_NUMBER = 9901
 POSITIVE_CLASS = "fractured"
 LOCAL_SCHEME = "99FRACTURE"
+_PIXELS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # The patient and study attributes highdicom reads from the first input (Type 2: present, possibly empty).
 _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
           "StudyTime", "ReferringPhysicianName")
@@ -54,10 +55,12 @@ class ImageFinding:
 
 def header(source: Dataset) -> Dataset:
     """A copy of `source` without its pixels, its missing Type 2 patient and study attributes present and empty."""
-    copy = deepcopy(source)
-    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-        if keyword in copy:
-            delattr(copy, keyword)
+    from pydicom import Dataset
+
+    copy = Dataset()  # element by element: deep-copying a 30 MB radiograph's pixels only to drop them is waste
+    for element in source:
+        if element.keyword not in _PIXELS:
+            copy.add(deepcopy(element))
     for keyword in _TYPE2:
         if keyword not in copy:
             setattr(copy, keyword, None)
