@@ -39,6 +39,16 @@ def _orientation(source: Dataset) -> tuple[str, str] | None:
     return (values[0], values[1]) if len(values) == 2 and all(v in "APRLHF" and len(v) == 1 for v in values) else None
 
 
+def _laterality(source: Dataset) -> str | None:
+    """The series' Laterality (R or L) from the source's Laterality or Image Laterality; None (empty) when unknown.
+
+    Type 2C in General Series: present, empty if unknown, for a paired body part (a hand, a leg)."""
+    for keyword in ("Laterality", "ImageLaterality"):
+        if source.get(keyword) in ("R", "L"):
+            return str(source.get(keyword))
+    return None
+
+
 def build_heatmap_capture(
     source: Dataset, rgb: np.ndarray, model_name: str, model_version: str, *, series_uid: str | None = None,
     series_number: int = CAPTURE_SERIES_NUMBER, instance_number: int = 1,
@@ -46,8 +56,9 @@ def build_heatmap_capture(
     """Build a Secondary Capture of `rgb` (the source image with its heatmap drawn on, uint8 rows x cols x 3) in the
     source's study and patient, in a new series (or `series_uid`, to keep one job's captures together)."""
     from highdicom.sc import SCImage
+    from pydicom import DataElement
     from pydicom import Dataset as PydicomDataset
-    from pydicom.uid import generate_uid
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an RGB uint8 array (rows, columns, 3), got {rgb.dtype} {rgb.shape}")
@@ -55,7 +66,7 @@ def build_heatmap_capture(
     capture = SCImage.from_ref_dataset(
         ref, np.ascontiguousarray(rgb), "RGB", 8, "PATIENT", series_uid or generate_uid(), series_number,
         generate_uid(), instance_number, MANUFACTURER, patient_orientation=_orientation(ref) or ("L", "F"),
-        transfer_syntax_uid="1.2.840.10008.1.2.1", contributing_equipment=equipment(model_name, model_version),
+        transfer_syntax_uid=ExplicitVRLittleEndian, contributing_equipment=equipment(model_name, model_version),
         series_description=CAPTURE_SERIES_DESCRIPTION, manufacturer_model_name=model_name,
         software_versions=model_version,
     )
@@ -65,9 +76,9 @@ def build_heatmap_capture(
     capture.BurnedInAnnotation = "YES"
     capture.ImageComments = f"Fracture heatmap of {model_name} {model_version}; not verified by a person"
     capture.DerivationDescription = "Source image with the model's heatmap (class activation) burned in"
-    for keyword in ("BodyPartExamined", "Laterality"):
-        if ref.get(keyword):
-            setattr(capture, keyword, ref.get(keyword))
+    if ref.get("BodyPartExamined"):
+        capture.BodyPartExamined = ref.BodyPartExamined
+    capture["Laterality"] = DataElement(0x00200060, "CS", _laterality(ref))  # Type 2C: empty when unknown
     item = PydicomDataset()
     item.ReferencedSOPClassUID = ref.SOPClassUID
     item.ReferencedSOPInstanceUID = ref.SOPInstanceUID
