@@ -150,6 +150,8 @@ class Job(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column()
     # The user who uploaded it; jobs made outside the web (tests, scripts) may have none: admins see those.
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    # When its results were turned into DICOM objects for the PACS peers (a DICOM job, once final; fracture.deliveries).
+    reported_at: Mapped[datetime | None] = mapped_column()
 
     model_version: Mapped[ModelVersion | None] = relationship()
     images: Mapped[list[Image]] = relationship(back_populates="job", order_by="Image.seq")
@@ -418,3 +420,30 @@ class LoginFailure(Base):
     username: Mapped[str] = mapped_column(String(64))
     address: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeliveryStatus(StrEnum):
+    """Where one object's delivery to one peer stands; fracture.deliveries is the only code that moves it."""
+
+    QUEUED = "queued"  # waiting for its (next) attempt
+    SENT = "sent"  # the peer acknowledged it: never sent to that peer again
+    FAILED = "failed"  # every attempt of the retry window failed (an admin may send it again)
+
+
+class Delivery(Base):
+    """One DICOM object of a job's results (its report, or an image's heatmap capture) for one peer."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("job_id", "peer", "sop_instance_uid", name="uq_deliveries_job_peer_sop"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    peer: Mapped[str] = mapped_column(String(16))  # the AE title of a DICOM_SEND_RESULTS_TO peer
+    kind: Mapped[str] = mapped_column(String(16))  # "report" (the study's SR) or "heatmap" (a Secondary Capture)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.QUEUED, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column()

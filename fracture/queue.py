@@ -33,7 +33,11 @@ SPLIT_DATASET_TASK = "datasets.split"
 EVALUATE_TASK = "evaluations.run"
 SCHEDULES_TICK_TASK = "schedules.tick"
 REAP_TASK = "maintenance.reap"
+# A DICOM job's results back to the PACS: build the objects once, then one task per (peer, object) with retries.
+REPORT_TASK = "dicom.report"
+DELIVER_TASK = "dicom.deliver"
 TASK_ROUTES = {
+    "dicom.*": {"queue": INFERENCE_QUEUE},
     "inference.*": {"queue": INFERENCE_QUEUE},
     "training.*": {"queue": TRAINING_QUEUE},
     # They read whole datasets with the trainer's code (audit, metrics, plots): the trainer's worker runs them.
@@ -190,6 +194,18 @@ def send_heatmap(app: Celery, job_id: str, image_id: int, version_id: int, check
         _ensure_broker(app)
     with broker_errors():
         app.send_task(HEATMAP_TASK, args=(job_id, image_id, version_id), queue=queue, retry=False)
+
+
+def send_report(app: Celery, job_id: str) -> None:
+    """Ask for a final DICOM job's results to be built and sent to the PACS peers (safe to send twice)."""
+    with broker_errors():
+        app.send_task(REPORT_TASK, args=(job_id,), queue=INFERENCE_QUEUE, retry=False)
+
+
+def send_delivery(app: Celery, delivery_id: int, countdown: float = 0) -> None:
+    """Send one delivery (an SR or a capture to one peer) to the worker."""
+    with broker_errors():
+        app.send_task(DELIVER_TASK, args=(delivery_id,), queue=INFERENCE_QUEUE, retry=False, countdown=countdown)
 
 
 def send_retrain(app: Celery, run_id: int) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 from fracture import queue
 from worker.celery_app import soft_time_limit
 from worker.classify import classify_chunk, fail_images
+from worker.dicom_results import DeliveryError, deliver, give_up, report_job
 from worker.heatmaps import make_heatmap, request_positive
 from worker.reaper import reap
 from worker.schedules import run_due_schedules
@@ -37,6 +38,11 @@ def classify_chunk_task(self: Task, job_id: str, image_ids: list[int]) -> None:
         # The database was busy or away: try again later, the chunk is idempotent.
         raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
     log.info("job %s chunk of %d: %s", job_id, len(image_ids), outcome)
+    if settings.dicom_send_results_to:
+        try:  # the report task claims a final DICOM job once; for any other it does nothing
+            queue.send_report(self.app, job_id)
+        except queue.BrokerUnavailable as e:
+            log.warning("job %s: report not requested (the reaper asks again): %s", job_id, e)
     if settings.heatmaps_above_threshold:
         try:
             sent = request_positive(settings, job_id, image_ids, lambda job, image, version: queue.send_heatmap(
@@ -73,3 +79,43 @@ def maintenance_reap(self: Task) -> dict[str, object]:
     if report.acted:
         log.warning("reaper: %s", report)
     return report.as_dict()
+
+
+@shared_task(name=queue.REPORT_TASK, bind=True, max_retries=5)
+def report_task(self: Task, job_id: str) -> list[int]:
+    """Build a final DICOM job's SR and heatmap captures once, record their deliveries, send one task for each."""
+    settings = queue.settings_of(self.app)
+    try:
+        planned = report_job(settings, job_id)
+    except OperationalError as e:
+        raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
+    for delivery_id in planned:
+        queue.send_delivery(self.app, delivery_id)
+    if planned:
+        log.info("job %s: %d deliveries to the PACS", job_id, len(planned))
+    return planned
+
+
+# Attempts of one delivery, 10 s apart at first and doubling up to 10 min: about 1 h 30 min from the first failure
+# before it is given up (FAILED, with the last error); a peer back within that window gets everything.
+DELIVERY_ATTEMPTS = 14
+
+
+def delivery_countdown(retries: int) -> int:
+    """Seconds before the next attempt after `retries` failed ones."""
+    return min(600, 10 * 2**retries)
+
+
+@shared_task(name=queue.DELIVER_TASK, bind=True, max_retries=DELIVERY_ATTEMPTS - 1)
+def deliver_task(self: Task, delivery_id: int) -> str:
+    """Send one SR or capture to one peer by C-STORE; on failure try again later, within the retry window."""
+    settings = queue.settings_of(self.app)
+    try:
+        return deliver(settings, delivery_id)
+    except (DeliveryError, OSError, OperationalError) as e:
+        final = self.request.retries >= DELIVERY_ATTEMPTS - 1
+        give_up(settings, delivery_id, str(e), final)
+        if final:
+            log.warning("delivery %d given up after %d attempts: %s", delivery_id, DELIVERY_ATTEMPTS, e)
+            return "failed"
+        raise self.retry(exc=e, countdown=delivery_countdown(self.request.retries)) from e

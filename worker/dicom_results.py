@@ -1,0 +1,187 @@
+"""A DICOM job's results back to the PACS: build the study's SR and the heatmap captures of the images called
+fractured, store them, record one delivery per peer and object; then deliver one by C-STORE. Plain code the tasks
+call."""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image as PILImage
+from sqlalchemy import and_, select
+
+from fracture import deliveries, heatmaps
+from fracture.config import DicomPeer, Settings
+from fracture.db import session_scope
+from fracture.dicom_captures import build_heatmap_capture
+from fracture.dicom_reports import ImageFinding, build_report
+from fracture.models import Heatmap, HeatmapStatus, Image, Job, ModelVersion, Result
+from fracture.storage import Storage
+from worker.heatmaps import make_heatmap
+
+log = logging.getLogger(__name__)
+REPORT, HEATMAP = "report", "heatmap"
+
+
+class DeliveryError(RuntimeError):
+    """An attempt to send an object failed; the task tries again within its retry window."""
+
+
+@dataclass(frozen=True)
+class _Row:
+    image_id: int
+    storage_key: str | None
+    prediction: str | None
+    probability: float | None
+    in_distribution: bool | None
+    ood_score: float | None
+    error: str | None
+
+
+def _rows(settings: Settings, job_id: str) -> tuple[Job, ModelVersion, list[_Row]] | None:
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        version = session.get(ModelVersion, job.model_version_id) if job and job.model_version_id else None
+        if job is None or version is None:
+            return None
+        stmt = (select(Image, Result).outerjoin(Result, and_(Result.image_id == Image.id,
+                                                             Result.model_version_id == job.model_version_id))
+                .where(Image.job_id == job_id).order_by(Image.seq))
+        rows = [_Row(image.id, image.storage_key, result.prediction if result else None,
+                     result.probability if result else None, result.in_distribution if result else None,
+                     result.ood_score if result else None, (result.error if result else None) or image.ingest_error)
+                for image, result in session.execute(stmt)]
+        session.expunge_all()
+        return job, version, rows
+
+
+def _dicom(storage: Storage, key: str | None, pixels: bool = False):  # type: ignore[no-untyped-def]
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    if not key:
+        return None
+    try:
+        with storage.open(key) as f:
+            return dcmread(f, stop_before_pixels=not pixels)
+    except (InvalidDicomError, OSError):
+        return None  # not a DICOM file (an upload's image): not part of a study's report
+
+
+def build_objects(settings: Settings, job_id: str) -> list[tuple[str, str, str]]:
+    """Build and store the job's SR and heatmap captures; return (kind, SOP Instance UID, storage key) of each."""
+    loaded = _rows(settings, job_id)
+    if loaded is None:
+        return []
+    job, version, rows = loaded
+    storage = Storage(settings.storage_dir)
+    model_name, model_version = f"fracture {version.arch}", version.name
+    findings, sources = [], {}
+    for row in rows:
+        header = _dicom(storage, row.storage_key)
+        if header is None:
+            continue
+        sources[row.image_id] = header
+        findings.append(ImageFinding(header, row.prediction, row.probability, row.in_distribution, row.ood_score,
+                                     row.error))
+    if not findings:
+        return []
+    objects = []
+    report = build_report(findings, model_name, model_version, float(version.threshold or 0.5))
+    objects.append((REPORT, str(report.SOPInstanceUID), _store(storage, job_id, report)))
+    if settings.dicom_send_heatmaps:
+        positive = (version.classes or ["fractured"])[0]
+        series_uid = None
+        for number, row in enumerate((r for r in rows if r.prediction == positive and r.image_id in sources), 1):
+            rgb = _composite(settings, storage, job_id, row.image_id, version.id)
+            if rgb is None:
+                continue
+            capture = build_heatmap_capture(sources[row.image_id], rgb, model_name, model_version,
+                                            series_uid=series_uid, instance_number=number)
+            series_uid = capture.SeriesInstanceUID
+            objects.append((HEATMAP, str(capture.SOPInstanceUID), _store(storage, job_id, capture)))
+    return objects
+
+
+def _composite(settings: Settings, storage: Storage, job_id: str, image_id: int, version_id: int) -> np.ndarray | None:
+    """The image with its heatmap drawn on (computed here if it was not yet), RGB; None when it cannot be made."""
+    outcome = make_heatmap(settings, job_id, image_id, version_id)
+    with session_scope(settings.database_url) as session:
+        row = session.scalars(select(Heatmap).where(Heatmap.image_id == image_id,
+                                                    Heatmap.model_version_id == version_id)).first()
+        key = row.storage_key if row is not None and row.status == HeatmapStatus.DONE else None
+    if key is None:
+        log.warning("job %s image %d: no heatmap capture (%s)", job_id, image_id, outcome)
+        return None
+    data = storage.read_bytes(heatmaps.composite_key(key))
+    return np.asarray(PILImage.open(io.BytesIO(data)).convert("RGB"))
+
+
+def _store(storage: Storage, job_id: str, ds) -> str:  # type: ignore[no-untyped-def]
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    key = f"reports/{job_id}/{ds.SOPInstanceUID}.dcm"
+    storage.write_bytes(key, buf.getvalue())
+    return key
+
+
+def report_job(settings: Settings, job_id: str) -> list[int]:
+    """Report a final DICOM job once (the first caller claims it): store its objects and record a delivery of each
+    to each DICOM_SEND_RESULTS_TO peer; return the deliveries to send."""
+    peers = list(settings.dicom_send_results_to)
+    if not peers:
+        return []
+    with session_scope(settings.database_url) as session:
+        if not deliveries.claim_report(session, job_id):
+            return []
+    objects = build_objects(settings, job_id)
+    with session_scope(settings.database_url) as session:
+        return deliveries.plan(session, job_id, peers, objects)
+
+
+def _peer(settings: Settings, title: str) -> DicomPeer:
+    for peer in settings.dicom_peers:
+        if peer.ae_title == title:
+            return peer
+    raise DeliveryError(f"{title} is not in DICOM_PEERS (AE@host:port): nowhere to send to")
+
+
+def deliver(settings: Settings, delivery_id: int) -> str:
+    """Send one delivery by C-STORE; "sent", "nothing to do" (sent already or gone), or DeliveryError to retry."""
+    from pydicom import dcmread
+    from pynetdicom import AE
+
+    with session_scope(settings.database_url) as session:
+        row = deliveries.attempt(session, delivery_id)
+        if row is None:
+            return "nothing to do"
+        peer_title, key = row.peer, row.storage_key
+    peer = _peer(settings, peer_title)
+    with Storage(settings.storage_dir).open(key) as f:
+        ds = dcmread(f)
+    ae = AE(ae_title=settings.dicom_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        raise DeliveryError(f"{peer} refused or did not answer the association")
+    try:
+        status = assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+    code = getattr(status, "Status", None)
+    if code is None:
+        raise DeliveryError(f"{peer} did not answer the C-STORE (connection lost or timed out)")
+    if code not in (0x0000, 0xB000, 0xB007, 0xB006):  # success, or success with a warning
+        raise DeliveryError(f"{peer} answered the C-STORE with status 0x{code:04X}")
+    with session_scope(settings.database_url) as session:
+        deliveries.sent(session, delivery_id)
+    return "sent"
+
+
+def give_up(settings: Settings, delivery_id: int, error: str, final: bool) -> None:
+    """Record a failed attempt (and, at the end of the retry window, the delivery as failed)."""
+    with session_scope(settings.database_url) as session:
+        deliveries.failed(session, delivery_id, error, final)
