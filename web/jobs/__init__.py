@@ -4,8 +4,8 @@
 add their routes to both. The upload logic is intake.py (rows, then the broker) over ingest.py (files).
 """
 
-from web.jobs import api, images, pages, reviews
+from web.jobs import api, deliveries, images, pages, reviews
 
 PAGES = pages.bp
 API = api.bp
-__all__ = ["API", "PAGES", "images", "reviews"]
+__all__ = ["API", "PAGES", "deliveries", "images", "reviews"]

@@ -6,8 +6,8 @@ from flask import Blueprint, abort, current_app, render_template, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from fracture import dataset_additions, reviews
-from fracture.models import Job
+from fracture import dataset_additions, deliveries, reviews
+from fracture.models import Job, JobSource
 from web.auth import current_user, sees, visible
 from web.context import NO_MODEL_MESSAGE, active_model, db, settings
 from web.jobs.queries import RowQuery, count_rows, job_summary, parse_row_query, result_rows
@@ -54,4 +54,5 @@ def page(job_id: str) -> ResponseReturnValue:
         query=query, args=query.args(), summary=job_summary(session, record, margin),
         flag="ood" if query.in_distribution is False else None,
         progress=reviews.progress(session, record).as_dict(), training_datasets=additions,
+        deliveries=deliveries.for_job(session, record.id) if record.source == JobSource.DICOM else [],
     )

@@ -35,6 +35,10 @@ class JobSchema(Lifetime):
     elapsed_s = f.Float(allow_none=True)
     eta_s = f.Float(allow_none=True)
     final = f.Boolean(required=True)
+    source = f.String(required=True, metadata={"enum": ["upload", "dicom"]})
+    accession_number = f.String(allow_none=True, metadata={"description": "A study from the PACS: its accession."})
+    study_date = f.String(allow_none=True, metadata={"description": "A study from the PACS: its date (YYYYMMDD)."})
+    sender_ae = f.String(allow_none=True, metadata={"description": "A study from the PACS: the AE that sent it."})
 
     @ma.pre_dump
     def _derive(self, job: Job, **_: Any) -> dict[str, Any]:
@@ -53,7 +57,8 @@ class JobSchema(Lifetime):
             "model_version": job.model_version.name if job.model_version else None, "error": job.error,
             "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
             "elapsed_s": round(elapsed, 1) if elapsed is not None else None, "eta_s": eta,
-            "final": job.status in FINAL_JOB_STATUSES,
+            "final": job.status in FINAL_JOB_STATUSES, "source": job.source or "upload",
+            "accession_number": job.accession_number, "study_date": job.study_date, "sender_ae": job.sender_ae,
         }
 
 
@@ -239,3 +244,22 @@ class HeatmapQuery(ma.Schema):
 
 class PendingSchema(ma.Schema):
     status = f.String(required=True)
+
+
+class DeliverySchema(ma.Schema):
+    """One DICOM object of the job's results (the study's SR, or an image's heatmap capture) for one PACS peer."""
+
+    id = f.Integer(required=True)
+    peer = f.String(required=True, metadata={"description": "The peer's AE title (DICOM_SEND_RESULTS_TO)."})
+    kind = f.String(required=True, metadata={"enum": ["report", "heatmap"]})
+    sop_instance_uid = f.String(required=True)
+    status = f.String(required=True, metadata={"enum": ["queued", "sent", "failed"]})
+    attempts = f.Integer(required=True)
+    last_error = f.String(allow_none=True)
+    created_at = Timestamp()
+    sent_at = Timestamp()
+
+
+class DeliveryListSchema(ma.Schema):
+    job_id = f.String(required=True)
+    deliveries = f.List(f.Nested(DeliverySchema), required=True)
