@@ -22,6 +22,7 @@ from fracture.audit_text import duplicates_sentence
 from fracture.config import Settings, get_settings
 from fracture.db import session_factory
 from fracture.queue import make_app
+from web.context import machine_request
 from web.spools import UploadRequest
 
 
@@ -50,7 +51,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # A producer only: the web sends tasks by name and never runs one.
     app.extensions["celery"] = make_app(settings)
 
-    from web import datasets, evaluations, jobs, models, schedules, system, trainings
+    from web import datasets, dicomweb, evaluations, jobs, models, schedules, system, trainings
     from web.context import close_db
     from web.openapi import init_api
 
@@ -66,6 +67,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     for resource in (jobs, models, datasets, trainings, evaluations, schedules):
         app.register_blueprint(resource.PAGES)
         api.register_blueprint(resource.API)
+    app.register_blueprint(dicomweb.PAGES)  # DICOMweb's own standard describes it, not the OpenAPI document
     # After flask-smorest's own handler, so every error keeps this app's shape.
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(ValidationError, _invalid)
@@ -134,7 +136,7 @@ def _http_error(exc: HTTPException) -> Response | tuple[Response | str, int]:
         else:
             parts = current_app.config.get("MAX_FORM_PARTS")
             message = f"Too many files in one request: the limit is {parts} parts. Split it into batches."
-    if request.path.startswith("/api/"):
+    if machine_request():
         return jsonify({"error": message, **extra}), code
     return render_template("error.html", code=code, title=exc.name, message=message), code
 

@@ -7,7 +7,7 @@ import io
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from celery import Celery
-from flask import Response, abort, current_app, g, send_file, stream_with_context
+from flask import Response, abort, current_app, g, request, send_file, stream_with_context
 from sqlalchemy.orm import Session
 
 from fracture.config import Settings
@@ -99,3 +99,13 @@ def csv_download(columns: Sequence[str], rows: Callable[[Session], Iterable[Mapp
 
     return Response(stream_with_context(generate()), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+# Paths only programs call (the JSON API, DICOMweb): their errors are JSON and a missing login is a 401, never a
+# redirect to the login page.
+MACHINE_PATHS = ("/api/", "/dicom-web/")
+
+
+def machine_request() -> bool:
+    """Whether this request is to the JSON API or DICOMweb rather than a page."""
+    return request.path.startswith(MACHINE_PATHS)

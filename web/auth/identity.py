@@ -10,7 +10,7 @@ from sqlalchemy import Select
 
 from fracture.accounts import session_key, user_for_token
 from fracture.models import Job, User
-from web.context import db
+from web.context import db, machine_request
 
 # Reachable without an account: the login form, the health probe, the stylesheet, scripts, the site's icon and the
 # API's description (its document, reference page and that page's assets).
@@ -75,7 +75,7 @@ def authenticate() -> ResponseReturnValue | None:
 
 
 def _unauthorized(reason: str) -> ResponseReturnValue:
-    if request.path.startswith("/api/"):
+    if machine_request():
         response = jsonify({"error": f"{reason}: {LOGIN_HINT}"})
         response.headers["WWW-Authenticate"] = 'Bearer realm="fracture"'
         return response, 401
