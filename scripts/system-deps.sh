@@ -5,6 +5,7 @@
 # chromium + fonts: the browser tests (Playwright drives /usr/bin/chromium, no browser download).
 # postgresql: initdb/pg_ctl for the throwaway PostgreSQL cluster of the migration tests.
 # docker-compose: Debian's 1.29, used only to validate docker-compose.yml (`docker-compose config`).
+# dcmtk: storescu, the PACS side of the DICOM node's tests (a real, independent DICOM sender).
 set -euo pipefail
 
 # "package:probe" pairs; the probe is a command on PATH or an absolute path that shows it is there.
@@ -16,6 +17,7 @@ wanted=(
   "fonts-dejavu-core:/usr/share/fonts/truetype/dejavu"
   "postgresql:initdb"
   "docker-compose:docker-compose"
+  "dcmtk:storescu"
 )
 
 present() {
