@@ -15,6 +15,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fracture.config import Settings
@@ -116,6 +117,23 @@ def create_user(session: Session, username: str, *, admin: bool = False, passwor
     session.add(user)
     session.flush()
     return Credentials(username, password, issue_token(session, user))
+
+
+def ensure_service_user(session: Session, username: str) -> User:
+    """The user `username`, created on first use as a plain user (not an admin) that nobody signs in as: a random
+    password that is never shown and no token (an admin may set a password or issue one later)."""
+    user = find_user(session, username)
+    if user is not None:
+        return user
+    if not USERNAME.match(username):
+        raise AccountError(f"{username!r} is not a valid username")
+    try:
+        with session.begin_nested():  # another process may create it at the same moment
+            user = User(username=username, password_hash=hash_password(new_password()), is_admin=False, active=True)
+            session.add(user)
+    except IntegrityError:
+        return get_user(session, username)
+    return user
 
 
 def issue_token(session: Session, user: User, name: str = "default") -> str:

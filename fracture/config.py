@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,6 +48,45 @@ def _from_env(env: dict[str, str]) -> dict[str, Any]:
         raw = env.get(name)
         values[f.name] = f.default if raw in (None, "") else _parse(str(raw), f.default)
     return values
+
+
+# An AE title (PS3.5 6.2): at most 16 characters, no backslash, no control characters, not only spaces.
+_AE_TITLE = re.compile(r"^[^\\\x00-\x1f\x7f]{1,16}$")
+
+
+@dataclass(frozen=True)
+class DicomPeer:
+    """A DICOM application entity the node talks to: its AE title and where it listens."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def ae_title(text: str, setting_name: str) -> str:
+    """`text` as an AE title (leading and trailing spaces are not significant), or raise ValueError naming the
+    setting."""
+    title = text.strip()
+    if not _AE_TITLE.match(title):
+        raise ValueError(f"{setting_name}: {text!r} is not an AE title (1-16 characters, no backslash)")
+    return title
+
+
+def parse_peers(raw: str) -> tuple[DicomPeer, ...]:
+    """DICOM_PEERS ("PACS@10.0.0.5:104,MODALITY@host:11112") as peers; raise ValueError on a malformed entry."""
+    peers = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        title, at, address = entry.rpartition("@")
+        host, colon, port = address.rpartition(":")
+        if not (at and colon and host and port.isdecimal() and 0 < int(port) < 65536):
+            raise ValueError(f"DICOM_PEERS: {entry!r} is not AE@host:port")
+        peers.append(DicomPeer(ae_title(title, "DICOM_PEERS"), host.strip("[]"), int(port)))
+    return tuple(peers)
 
 
 @dataclass(frozen=True)
@@ -102,6 +142,17 @@ class Settings:
     # Compute the heatmap of every image the model calls positive as soon as its chunk is classified (each on its
     # own task of the inference queue); off, heatmaps are made only when someone asks for one.
     heatmaps_above_threshold: bool = setting("HEATMAPS_ABOVE_THRESHOLD", False)
+    # The DICOM node (a C-STORE SCP taking X-rays from the PACS): off while the port is 0 (unset).
+    dicom_port: int = setting("DICOM_PORT", 0)
+    dicom_ae_title: str = setting("DICOM_AE_TITLE", "FRACTURE")
+    # The only callers the node accepts (AE@host:port, comma-separated); any other association is rejected.
+    dicom_peers: tuple[DicomPeer, ...] = ()
+    # Where reports are to be sent (AE titles of DICOM_PEERS); read here, used by the report sender.
+    dicom_send_results_to: tuple[str, ...] = ()
+    # A study becomes a job once no new instance of it arrived for this long.
+    dicom_study_quiet_s: int = setting("DICOM_STUDY_QUIET_S", 30)
+    # The user the node's jobs belong to; created (not an admin) on first use.
+    dicom_owner: str = setting("DICOM_OWNER", "dicom-node")
 
     @property
     def embedded_broker(self) -> bool:
@@ -124,6 +175,8 @@ def get_settings(env: dict[str, str] | None = None) -> Settings:
     default_seed = RELEASE_DIR / "model.pt"
     values = _from_env(env)
     values["schedules_tick_s"] = max(1, values["schedules_tick_s"])
+    values["dicom_ae_title"] = ae_title(values["dicom_ae_title"], "DICOM_AE_TITLE")
+    send_to = (env.get("DICOM_SEND_RESULTS_TO") or "").split(",")
     return Settings(
         home=home,
         database_url=database_url,
@@ -135,5 +188,7 @@ def get_settings(env: dict[str, str] | None = None) -> Settings:
             Path(p).resolve() for p in (env.get("DATASET_ROOTS") or str(home / "datasets")).split(os.pathsep) if p
         ),
         seed_model=Path(seed) if seed else (default_seed if default_seed.exists() else None),
+        dicom_peers=parse_peers(env.get("DICOM_PEERS") or ""),
+        dicom_send_results_to=tuple(ae_title(t, "DICOM_SEND_RESULTS_TO") for t in send_to if t.strip()),
         **values,
     )

@@ -83,9 +83,16 @@ class Identifiers:
 
 
 def _text(value: object, field: str) -> str | None:
-    """A header value as a clean, bounded string (no control characters: PostgreSQL refuses NUL), or None."""
+    return clean_text(value, _FIELD_LENGTHS[field])
+
+
+def clean_text(value: object, length: int) -> str | None:
+    """A header value as a clean string of at most `length` characters (no control characters: PostgreSQL refuses
+    NUL), or None when empty."""
+    if value is None:
+        return None
     text = "".join(ch for ch in str(value) if unicodedata.category(ch) != "Cc").strip()
-    return text[: _FIELD_LENGTHS[field]] or None
+    return text[:length] or None
 
 
 def _open(source: Source, head: bytes, **kwargs: Any) -> Dataset:

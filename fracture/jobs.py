@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import case, false, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from fracture import dicom
 from fracture.db import insert_on_conflict
-from fracture.models import FINAL_JOB_STATUSES, Image, Job, JobStatus, ModelVersion, Result
+from fracture.models import FINAL_JOB_STATUSES, Image, Job, JobSource, JobStatus, ModelVersion, Result
 
 BROKER_DOWN_MESSAGE = (
     "The job was saved but the task queue (broker) is unavailable, so it has not started yet; "
@@ -81,6 +83,20 @@ class NewImage:
 
 
 @dataclass(frozen=True)
+class JobOrigin:
+    """Where a job's images came from: an upload (the default), or a study the DICOM node received (its accession
+    number and date, and the AE title that sent it)."""
+
+    source: JobSource = JobSource.UPLOAD
+    accession_number: str | None = None
+    study_date: str | None = None
+    sender_ae: str | None = None
+
+
+UPLOADED = JobOrigin()
+
+
+@dataclass(frozen=True)
 class Outcome:
     """The outcome of one image under the job's model version: a prediction or an error.
 
@@ -111,13 +127,22 @@ class ChunkPlan:
 # ---------------------------------------------------------------- creation
 
 
+def stored_image(seq: int, path: str, storage_key: str, size_bytes: int, file: Path, with_patient: bool) -> NewImage:
+    """A stored file as an Image to be: a DICOM file brings the UIDs from its header (and the patient's identifiers
+    only `with_patient`, the SHOW_PATIENT_IDENTIFIERS setting)."""
+    ids = dicom.read_identifiers(file, with_patient)
+    return NewImage(seq=seq, path=path, storage_key=storage_key, size_bytes=size_bytes,
+                    **(ids.as_dict() if ids else {}))
+
+
 def create_job(
     session: Session, job_id: str, name: str, model_version_id: int, images: Sequence[NewImage],
-    owner_id: int | None = None,
+    owner_id: int | None = None, origin: JobOrigin = UPLOADED,
 ) -> Job:
     """Add a queued Job with one Image per entry (flushed, not committed: the caller commits, then dispatches)."""
     job = Job(id=job_id, status=JobStatus.QUEUED, name=name[:255], total=len(images),
-              model_version_id=model_version_id, owner_id=owner_id)
+              model_version_id=model_version_id, owner_id=owner_id, source=origin.source,
+              accession_number=origin.accession_number, study_date=origin.study_date, sender_ae=origin.sender_ae)
     session.add(job)
     session.flush()
     # Core inserts in slices, not ORM objects: a 10,000-file job would otherwise hold 10,000 Image objects

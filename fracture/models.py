@@ -58,6 +58,13 @@ class JobStatus(StrEnum):
 FINAL_JOB_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
+class JobSource(StrEnum):
+    """How a job's images came in: uploaded (web, API), or received from the PACS by the DICOM node."""
+
+    UPLOAD = "upload"
+    DICOM = "dicom"
+
+
 class RunStatus(StrEnum):
     """Where a training run stands; fracture.trainings is the only code that moves it."""
 
@@ -150,6 +157,11 @@ class Job(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column()
     # The user who uploaded it; jobs made outside the web (tests, scripts) may have none: admins see those.
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    source: Mapped[str] = mapped_column(String(16), default=JobSource.UPLOAD, server_default=JobSource.UPLOAD.value)
+    # A job of a study the DICOM node received: the study's accession number and date, and the AE that sent it.
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    sender_ae: Mapped[str | None] = mapped_column(String(16))
     # When its results were turned into DICOM objects for the PACS peers (a DICOM job, once final; fracture.deliveries).
     reported_at: Mapped[datetime | None] = mapped_column()
 
@@ -184,6 +196,31 @@ class Image(Base):
     thumbnail_key: Mapped[str | None] = mapped_column(String(255))
 
     job: Mapped[Job] = relationship(back_populates="images")
+
+
+class ReceivedInstance(Base):
+    """A DICOM instance the node received and stored (fracture.dicom_intake is the only code that writes these).
+
+    One row per SOP Instance UID: the same instance sent again records nothing. `job_id` is set once the
+    instance's study became a job; instances still without one are what the next job of the study takes.
+    """
+
+    __tablename__ = "received_instances"
+    __table_args__ = (Index("ix_received_instances_study_job", "study_instance_uid", "job_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    storage_key: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    # From the header, for the job and its name; bounded as their value representations are (SH, DA, CS).
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), index=True)
 
 
 class Result(Base):

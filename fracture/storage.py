@@ -53,12 +53,27 @@ class Storage:
             tmp.unlink(missing_ok=True)
         return written
 
-    def write_bytes(self, key: str, data: bytes) -> None:
+    def write_bytes(self, key: str, data: bytes, durable: bool = False) -> None:
+        """Write `data` to `key` (atomic rename); `durable`: on disk (file and folder synced) before returning, for
+        bytes acknowledged to a sender that will not send them again."""
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+                if durable:
+                    out.flush()
+                    os.fsync(out.fileno())
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if durable:
+            folder = os.open(dest.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
 
     def read_bytes(self, key: str) -> bytes:
         return self.path(key).read_bytes()

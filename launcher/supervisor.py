@@ -1,4 +1,5 @@
-"""`fracture up`: run web, inference worker, training worker, beat (and a private redis) as child processes."""
+"""`fracture up`: run web, inference worker, training worker, beat (a private redis, the DICOM node when DICOM_PORT
+is set) as child processes."""
 
 from __future__ import annotations
 
@@ -131,6 +132,8 @@ class Supervisor:
 WORKER_APP = "worker.app"
 TRAINER_APP = "trainer.app"
 WEB_APP = "web.wsgi:app"
+# The DICOM node (C-STORE SCP and the loop that makes received studies jobs), started when DICOM_PORT is set.
+DICOM_NODE_ARGS = [sys.executable, "-m", "worker.dicom_node"]
 
 
 def _celery(app: str, *args: str) -> list[str]:
@@ -229,6 +232,10 @@ def up(host: str, port: int, broker: str, inference_concurrency: int, echo: Call
         sup.start("training-worker", _worker_args(TRAINER_APP, "training", TRAINING_QUEUE, 1), env)
         sup.start("beat", _celery(WORKER_APP, "beat", "--schedule", str(home / "celerybeat-schedule"), "--loglevel",
                                   "INFO"), env)
+        if settings.dicom_port:
+            sup.start("dicom-node", DICOM_NODE_ARGS, env)
+            echo(f"DICOM node {settings.dicom_ae_title} on port {settings.dicom_port}, accepting "
+                 f"{', '.join(p.ae_title for p in settings.dicom_peers) or 'no one (set DICOM_PEERS)'}")
 
         local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         # The port opens before gunicorn's worker has imported the app: wait for a real answer.

@@ -81,6 +81,18 @@ def xray(sample_images: list[Path]) -> PILImage:
 
 
 @pytest.fixture(scope="module")
+def xrays(sample_images: list[Path]) -> list[PILImage]:
+    """Four different real X-rays of the dataset, as 8-bit grayscale (a study's worth)."""
+    from PIL import Image
+
+    out = []
+    for path in sample_images[:4]:
+        with Image.open(path) as im:
+            out.append(im.convert("L"))
+    return out
+
+
+@pytest.fixture(scope="module")
 def jpeg(sample_images: list[Path]) -> bytes:
     """The bytes of a real JPEG of the dataset."""
     return next(p.read_bytes() for p in sample_images if p.read_bytes()[:3] == b"\xff\xd8\xff")

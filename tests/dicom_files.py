@@ -98,3 +98,16 @@ def with_syntax(data: bytes, syntax: str) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def study(images: list[Image.Image], accession: str = "ACC-0001", study_date: str = "20261204",
+          study_uid: str | None = None, **elements: object) -> list[DicomFile]:
+    """One study of DX files, one per X-ray (scaled down), sharing a Study Instance UID (new unless given),
+    accession number and date, as a department's CR/DX machine sends them to the PACS."""
+    study_uid = study_uid or str(uid.generate_uid())
+    made = [
+        dicom_file(np.asarray(small(image)), StudyInstanceUID=study_uid, AccessionNumber=accession,
+                   StudyDate=study_date, InstanceNumber=n, **elements)
+        for n, image in enumerate(images, start=1)
+    ]
+    return [DicomFile(f.data, study_uid, f.sop_uid) for f in made]

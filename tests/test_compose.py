@@ -15,7 +15,7 @@ import yaml
 from fracture.queue import INFERENCE_WORKER_QUEUES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-APP_SERVICES = ("migrate", "web", "worker", "trainer", "beat")
+APP_SERVICES = ("migrate", "web", "worker", "trainer", "beat", "dicom-node")
 GPU_SERVICES = ("worker", "trainer")
 
 
@@ -28,8 +28,9 @@ def compose() -> dict[str, Any]:
             pytest.fail("docker-compose is not installed (scripts/system-deps.sh installs Debian's package)")
         pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
     # Defaults only: a developer's POSTGRES_PASSWORD or SECRET_KEY must not change what is checked.
-    env = {k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "SECRET_KEY", "SESSION_COOKIE_SECURE",
-                                                            "WEB_PORT", "WORKER_CONCURRENCY", "COMPOSE_FILE")}
+    own = ("POSTGRES_PASSWORD", "SECRET_KEY", "SESSION_COOKIE_SECURE", "WEB_PORT", "WORKER_CONCURRENCY", "COMPOSE_FILE",
+           "DICOM_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in own}
     proc = subprocess.run([exe, "-f", "docker-compose.yml", "config"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, f"docker-compose config rejected the file:\n{proc.stderr}"
@@ -70,7 +71,7 @@ def test_migrations_run_before_everything_else(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert command_of(services["migrate"]) == ["fracture", "db", "upgrade"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("web", "worker", "trainer", "beat"):
+    for name in ("web", "worker", "trainer", "beat", "dicom-node"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
         assert depends["redis"]["condition"] == "service_healthy", name
@@ -89,6 +90,10 @@ def test_roles_and_gpu_reservations(compose: dict[str, Any]) -> None:
     assert trainer[:4] == ["celery", "-A", "trainer.app", "worker"]  # the trainer's own worker app
     assert trainer[trainer.index("-Q") + 1] == "training" and trainer[trainer.index("-c") + 1] == "1"
     assert command_of(services["beat"])[:4] == ["celery", "-A", "worker.app", "beat"]
+    # The same command `fracture up` runs (launcher.supervisor.DICOM_NODE_ARGS), only with `--profile dicom`.
+    assert command_of(services["dicom-node"]) == ["python", "-m", "worker.dicom_node"]
+    assert services["dicom-node"]["profiles"] == ["dicom"]
+    assert any(p["target"] == 11112 for p in services["dicom-node"]["ports"])
 
     for name in GPU_SERVICES:
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
@@ -102,6 +107,7 @@ def test_commands_point_at_code_that_exists() -> None:
     assert (REPO_ROOT / "web" / "wsgi.py").is_file()
     assert (REPO_ROOT / "worker" / "app.py").is_file()
     assert (REPO_ROOT / "trainer" / "app.py").is_file()
+    assert (REPO_ROOT / "worker" / "dicom_node.py").is_file()
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile and "uv sync --frozen" in dockerfile
     fracture = Path(sys.executable).parent / "fracture"

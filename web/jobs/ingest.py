@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Protocol
 
-from fracture import dicom
 from fracture.archive import (
     HEAD_BYTES,
     ArchiveRefused,
@@ -19,7 +18,7 @@ from fracture.archive import (
     sniff,
 )
 from fracture.config import Settings
-from fracture.jobs import NewImage
+from fracture.jobs import NewImage, stored_image
 from fracture.storage import Storage
 
 
@@ -110,10 +109,8 @@ class Ingest:
         seq = self._next_seq()
         key = f"uploads/{self.job_id}/{seq:06d}"
         size = self.storage.write_stream(key, src)  # type: ignore[arg-type]
-        # A DICOM file's UIDs (and the patient's identifiers only where they may be shown) from its header alone.
-        ids = dicom.read_identifiers(self.storage.path(key), self.settings.show_patient_identifiers)
         self.upload.entries.append(
-            NewImage(seq=seq, path=path, storage_key=key, size_bytes=size, **(ids.as_dict() if ids else {}))
+            stored_image(seq, path, key, size, self.storage.path(key), self.settings.show_patient_identifiers)
         )
 
     def _add_zip(self, name: str, stream: IO[bytes]) -> None:
