@@ -153,6 +153,9 @@ class Settings:
     dicom_study_quiet_s: int = setting("DICOM_STUDY_QUIET_S", 30)
     # The user the node's jobs belong to; created (not an admin) on first use.
     dicom_owner: str = setting("DICOM_OWNER", "dicom-node")
+    # With results sent (DICOM_SEND_RESULTS_TO), also a Secondary Capture of each image called fractured, its
+    # heatmap burned in: what a viewer without SR support still shows.
+    dicom_send_heatmaps: bool = setting("DICOM_SEND_HEATMAPS", True)
 
     @property
     def embedded_broker(self) -> bool:
