@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
@@ -57,7 +58,7 @@ def _rows(settings: Settings, job_id: str) -> tuple[Job, ModelVersion, list[_Row
         return job, version, rows
 
 
-def _dicom(storage: Storage, key: str | None, pixels: bool = False):  # type: ignore[no-untyped-def]
+def _dicom(storage: Storage, key: str | None, pixels: bool = False) -> Any:
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
@@ -119,7 +120,7 @@ def _composite(settings: Settings, storage: Storage, job_id: str, image_id: int,
     return np.asarray(PILImage.open(io.BytesIO(data)).convert("RGB"))
 
 
-def _store(storage: Storage, job_id: str, ds) -> str:  # type: ignore[no-untyped-def]
+def _store(storage: Storage, job_id: str, ds: Any) -> str:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     key = f"reports/{job_id}/{ds.SOPInstanceUID}.dcm"

@@ -12,7 +12,7 @@ from marshmallow.validate import Range
 from fracture.models import FINAL_JOB_STATUSES, Job, JobStatus
 from web.jobs.queries import REVIEW_STATES, SORTS
 from web.openapi import one_of, row_id
-from web.timefmt import Lifetime
+from web.timefmt import Lifetime, Timestamp
 
 LABELS = ("fractured", "not fractured")
 TRUE_FALSE = ("true", "false", "1", "0", "all", "")
