@@ -1,0 +1,137 @@
+"""The round trip a department sets up, on real parts: dcmtk's storescu sends a study of real X-rays to the DICOM
+node under `fracture up`, a real worker classifies it, and the results come back into a real PACS (Orthanc, as
+DICOM_SEND_RESULTS_TO): one SR for the study and a heatmap capture per image called fractured, read back through
+Orthanc's REST API, every image referenced, the probabilities the job's, dciodvfy clean; and a PACS that is down
+when the job finishes gets them once it is back."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from dicom_files import study
+from harness import free_port, start_fracture_up, wait_for
+from orthanc import Orthanc, running_orthanc
+from PIL import Image
+from pydicom import dcmread
+from skipping import skip_or_fail
+from sqlalchemy import select
+
+from fracture.config import get_settings
+from fracture.db import dispose_engines, session_scope
+from fracture.models import Delivery, DeliveryStatus, Job, Result
+from fracture.models import Image as ImageRow
+
+pytestmark = pytest.mark.slow
+
+SENDER, QUIET_S = "MODALITY", 2
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+
+
+def _tool(name: str) -> str:
+    exe = shutil.which(name)
+    if exe is None:
+        skip_or_fail(f"{name} is not installed (scripts/system-deps.sh)")
+    return str(exe)
+
+
+def _send(env: dict[str, str], folder: Path, files: list[bytes]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n, data in enumerate(files, 1):
+        paths.append(folder / f"IM{n:04d}")
+        paths[-1].write_bytes(data)
+    done = subprocess.run([_tool("storescu"), "-aet", SENDER, "-aec", "FRACTURE", "127.0.0.1", env["DICOM_PORT"],
+                           *map(str, paths)], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _job_of(env: dict[str, str], study_uid: str) -> tuple[Job, dict[str, tuple[str | None, float | None]]] | None:
+    with session_scope(get_settings(env).database_url) as session:
+        job_id = session.scalars(select(ImageRow.job_id).where(ImageRow.study_instance_uid == study_uid)).first()
+        job = session.get(Job, job_id) if job_id else None
+        if job is None or job.status != "done":
+            return None
+        rows = session.execute(select(ImageRow.sop_instance_uid, Result.prediction, Result.probability)
+                               .join(Result, Result.image_id == ImageRow.id).where(ImageRow.job_id == job.id))
+        return job, {sop: (prediction, probability) for sop, prediction, probability in rows}
+
+
+def _ours(orthanc: Orthanc, study_uid: str) -> dict[str, list[bytes]]:
+    """The objects of the study Orthanc holds that are not the X-rays sent: SR and SC files by SOP class."""
+    found: dict[str, list[bytes]] = {}
+    for instance in orthanc.instances():
+        tags = orthanc.tags(instance)
+        if tags.get("StudyInstanceUID") == study_uid and tags.get("SOPClassUID") in (SR_CLASS, SC_CLASS):
+            found.setdefault(tags["SOPClassUID"], []).append(orthanc.file(instance))
+    return found
+
+
+def _sr_items(ds: object) -> list[object]:
+    out, stack = [], list(getattr(ds, "ContentSequence", []))
+    while stack:
+        item = stack.pop()
+        out.append(item)
+        stack.extend(getattr(item, "ContentSequence", []))
+    return out
+
+
+def _check_report(sr_file: bytes, sent_sops: set[str], results: dict[str, tuple[str | None, float | None]],
+                  tmp_path: Path) -> None:
+    ds = dcmread(io.BytesIO(sr_file))
+    assert ds.VerificationFlag == "UNVERIFIED" and "unverified" in ds.SeriesDescription.lower()
+    items = _sr_items(ds)
+    referenced = {str(ref.ReferencedSOPInstanceUID)
+                  for item in items for ref in getattr(item, "ReferencedSOPSequence", [])}
+    assert sent_sops <= referenced, (sent_sops - referenced)
+    probabilities = sorted(float(item.MeasuredValueSequence[0].NumericValue) for item in items
+                           if getattr(item, "ValueType", "") == "NUM"
+                           and item.ConceptNameCodeSequence[0].CodeMeaning == "Probability")
+    assert probabilities == pytest.approx(sorted(p for _, p in results.values() if p is not None), abs=1e-6)
+    path = tmp_path / "report.dcm"
+    path.write_bytes(sr_file)
+    checked = subprocess.run([_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
+    errors = [line for line in (checked.stdout + checked.stderr).splitlines() if "Error" in line]
+    assert not errors, errors
+
+
+def test_a_study_from_the_modality_comes_back_into_the_pacs_as_an_sr_and_heatmap_captures(
+    fracture_env: dict[str, str], xrays: list[Image.Image], tmp_path: Path,
+) -> None:
+    orthanc_port = free_port()
+    env = {**fracture_env, "DICOM_PORT": str(free_port()), "DICOM_STUDY_QUIET_S": str(QUIET_S),
+           "DICOM_PEERS": f"{SENDER}@127.0.0.1:104,ORTHANC@127.0.0.1:{orthanc_port}",
+           "DICOM_SEND_RESULTS_TO": "ORTHANC"}
+    files = study(xrays[:3], accession="RT-1")
+    study_uid = files[0].study_uid
+    with running_orthanc(tmp_path / "orthanc", dicom_port=orthanc_port) as orthanc:
+        up = start_fracture_up(env, free_port(), tmp_path / "logs", broker="sqlite", timeout=180)
+        try:
+            node_log = Path(env["FRACTURE_HOME"]) / "logs" / "dicom-node.log"
+            wait_for(lambda: "listening on port" in node_log.read_text(errors="replace"), 60, "the DICOM node")
+            _send(env, tmp_path / "study", [f.data for f in files])
+            found = wait_for(lambda: _job_of(env, study_uid), QUIET_S + 180, "the study's job to be classified")
+            job, results = found  # type: ignore[misc]
+            fractured = sum(1 for prediction, _ in results.values() if prediction == "fractured")
+
+            def arrived() -> dict[str, list[bytes]] | None:
+                got = _ours(orthanc, study_uid)
+                return got if len(got.get(SR_CLASS, [])) == 1 and len(got.get(SC_CLASS, [])) == fractured else None
+
+            objects = wait_for(arrived, 180, "the SR and the captures in Orthanc", interval=1)
+            _check_report(objects[SR_CLASS][0], {f.sop_uid for f in files}, results, tmp_path)  # type: ignore[index]
+            for capture in objects.get(SC_CLASS, []):  # type: ignore[union-attr]
+                sc = dcmread(io.BytesIO(capture))
+                assert sc.BurnedInAnnotation == "YES" and sc.StudyInstanceUID == study_uid
+            with session_scope(get_settings(env).database_url) as session:
+                rows = list(session.scalars(select(Delivery).where(Delivery.job_id == job.id)))
+            assert len(rows) == 1 + fractured and all(r.status == DeliveryStatus.SENT for r in rows), rows
+            print(f"{len(files)} images, {fractured} called fractured: 1 SR and {fractured} captures delivered")
+        finally:
+            up.stop(timeout=60, sig=signal.SIGINT)
+            dispose_engines()
