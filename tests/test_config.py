@@ -6,7 +6,7 @@ from dataclasses import fields
 
 import pytest
 
-from fracture.config import Settings, get_settings
+from fracture.config import DicomPeer, Settings, get_settings
 
 # The variables and their defaults as they were before the defaults were declared once: none may change.
 DEFAULTS = {
@@ -18,6 +18,7 @@ DEFAULTS = {
     "SESSION_COOKIE_SECURE": False, "PROMOTE_MIN_SENSITIVITY": 0.95, "PROMOTE_MIN_SPECIFICITY": 0.90,
     "PROMOTE_AUC_TOLERANCE": 0.01, "PROMOTE_MIN_PER_CLASS": 50, "SHOW_PATIENT_IDENTIFIERS": False,
     "THUMBNAILS": True, "UNCERTAIN_MARGIN": 0.1, "HEATMAPS_ABOVE_THRESHOLD": False,
+    "DICOM_PORT": 0, "DICOM_AE_TITLE": "FRACTURE", "DICOM_STUDY_QUIET_S": 30, "DICOM_OWNER": "dicom-node",
 }
 
 
@@ -45,3 +46,23 @@ def test_variables_are_read_as_the_defaults_type(tmp_path, name: str, raw: str, 
 
 def test_the_secret_key_is_not_shown(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert "s3cret" not in repr(get_settings({"FRACTURE_HOME": str(tmp_path), "SECRET_KEY": "s3cret"}))
+
+
+def test_dicom_peers_and_result_destinations_are_parsed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = get_settings({"FRACTURE_HOME": str(tmp_path), "DICOM_PEERS": " PACS@10.0.0.5:104, CR 1@[::1]:11112,",
+                             "DICOM_SEND_RESULTS_TO": "PACS, ", "DICOM_AE_TITLE": " NODE "})
+    assert settings.dicom_peers == (DicomPeer("PACS", "10.0.0.5", 104), DicomPeer("CR 1", "::1", 11112))
+    assert settings.dicom_send_results_to == ("PACS",)
+    assert settings.dicom_ae_title == "NODE"
+    unset = get_settings({"FRACTURE_HOME": str(tmp_path)})
+    assert (unset.dicom_port, unset.dicom_peers, unset.dicom_send_results_to) == (0, (), ())
+
+
+@pytest.mark.parametrize(("name", "raw"), [
+    ("DICOM_PEERS", "PACS"), ("DICOM_PEERS", "PACS@host"), ("DICOM_PEERS", "@host:104"),
+    ("DICOM_PEERS", "PACS@host:0"), ("DICOM_PEERS", "A\\B@host:104"), ("DICOM_PEERS", "SEVENTEEN_LETTERS@h:1"),
+    ("DICOM_AE_TITLE", "SEVENTEEN_LETTERS"), ("DICOM_SEND_RESULTS_TO", "A\\B"),
+])
+def test_a_malformed_dicom_setting_is_refused_naming_it(tmp_path, name: str, raw: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=name):
+        get_settings({"FRACTURE_HOME": str(tmp_path), name: raw})

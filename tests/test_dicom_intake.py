@@ -16,8 +16,7 @@ from sqlalchemy import func, select
 from fracture import dicom_intake
 from fracture.config import Settings
 from fracture.db import session_scope
-from fracture.decode import decode
-from fracture.dicom import DicomError
+from fracture.decode import ImageError, decode
 from fracture.dicom_intake import Received
 from fracture.models import Image as ImageRow
 from fracture.models import Job, JobSource, ReceivedInstance, User
@@ -118,7 +117,7 @@ def test_a_quiet_study_becomes_one_job_and_late_instances_another(
         ct = session.scalars(select(ImageRow).where(ImageRow.job_id == second, ImageRow.seq == 2)).one()
     assert [j.id for j in dicom_jobs(settings)] == [job_id, second]
     # The CT instance goes to the worker as any uploaded file and gets the upload's error there.
-    with pytest.raises(DicomError, match="DICOM modality CT is not a radiograph"):
+    with pytest.raises(ImageError, match="DICOM modality CT is not a radiograph"):
         decode(Storage(settings.storage_dir).path(str(ct.storage_key)), 64)
 
 

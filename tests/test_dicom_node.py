@@ -1,10 +1,12 @@
 """The DICOM node as a real process, fed by dcmtk's storescu (a real, independent DICOM sender): an unknown calling
 AE title is rejected, a study of real X-rays (one of them JPEG 2000) becomes exactly one job once quiet, sending it
-again makes none, and a node SIGKILLed right after acknowledging loses nothing."""
+again makes none, a node SIGKILLed right after acknowledging loses nothing, and `fracture up` runs the node beside
+the rest, so that a study sent to it is classified."""
 
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -13,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from dicom_files import DicomFile, study
-from harness import Proc, free_port, start_proc, wait_for
+from harness import Proc, free_port, start_fracture_up, start_proc, wait_for
 from PIL import Image
-from pydicom import uid
+from pydicom import dcmread, uid
 from skipping import skip_or_fail
 from sqlalchemy import select
 
@@ -87,8 +89,9 @@ def write_files(files: list[DicomFile], folder: Path) -> list[Path]:
 def send(
     storescu: str, env: dict[str, str], paths: list[Path], calling: str = PEER
 ) -> subprocess.CompletedProcess[str]:
-    """storescu from `calling` to the node: one association, every file."""
-    args = [storescu, "-aet", calling, "-aec", "FRACTURE", "127.0.0.1", env["DICOM_PORT"], *map(str, paths)]
+    """storescu from `calling` to the node: one association, every file, each in its own transfer syntax (-xv
+    proposes JPEG 2000 lossless beside the uncompressed ones, as a PACS proposes what it holds)."""
+    args = [storescu, "-xv", "-aet", calling, "-aec", "FRACTURE", "127.0.0.1", env["DICOM_PORT"], *map(str, paths)]
     return subprocess.run(args, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
 
 
@@ -137,7 +140,11 @@ def test_a_study_becomes_exactly_one_job_and_sending_it_again_makes_none(
     paths = write_files(files, tmp_path / "study")
     sent = send(storescu, node_env, paths)
     assert sent.returncode == 0, sent.stdout + sent.stderr
-    assert {r.sop_instance_uid for r in recorded(node_env)} == {f.sop_uid for f in files}
+    rows = {r.sop_instance_uid: r for r in recorded(node_env)}
+    assert set(rows) == {f.sop_uid for f in files}
+    # Kept as sent: the JPEG 2000 instance in its own transfer syntax, with the file meta that says so.
+    kept = Path(node_env["FRACTURE_HOME"]) / "storage" / rows[files[2].sop_uid].storage_key
+    assert dcmread(kept, stop_before_pixels=True).file_meta.TransferSyntaxUID == uid.JPEG2000Lossless
 
     jobs = wait_for(lambda: study_jobs(node_env, files[0].study_uid), QUIET_S + 30, "the study's job")
     [(job, images, owner)] = jobs  # type: ignore[misc]
@@ -168,3 +175,44 @@ def test_a_node_killed_right_after_acknowledging_loses_nothing(
     jobs = wait_for(lambda: study_jobs(node_env, files[0].study_uid), QUIET_S + 30, "the study's job after a restart")
     [(job, images, _owner)] = jobs  # type: ignore[misc]
     assert job.total == 3 and len(images) == 3
+
+
+def test_fracture_up_runs_the_node_and_a_study_sent_to_it_is_classified(
+    node_env: dict[str, str], storescu: str, xrays: list[Image.Image], tmp_path: Path,
+) -> None:
+    up = start_fracture_up(node_env, free_port(), tmp_path / "logs", broker="sqlite", timeout=180)
+    try:
+        node_log = Path(node_env["FRACTURE_HOME"]) / "logs" / "dicom-node.log"
+        wait_for(lambda: "listening on port" in node_log.read_text(errors="replace"), 60, "the node under fracture up")
+        files = the_study(xrays, "A-UP")
+        sent = send(storescu, node_env, write_files(files, tmp_path / "study"))
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+
+        def classified() -> Job | None:
+            found = study_jobs(node_env, files[0].study_uid)
+            return found[0][0] if found and found[0][0].status == "done" else None
+
+        job = wait_for(classified, QUIET_S + 120, "the study's job to be classified")
+        assert job.processed == 3 and job.failed == 0, job  # type: ignore[attr-defined]
+    finally:
+        up.stop(timeout=60, sig=signal.SIGINT)
+
+
+def test_an_instance_that_cannot_be_kept_is_answered_a_failure_and_taken_when_sent_again(
+    node_env: dict[str, str], start_node: Callable[[], Proc], storescu: str, xrays: list[Image.Image], tmp_path: Path,
+) -> None:
+    node = start_node()
+    blocker = Path(node_env["FRACTURE_HOME"]) / "storage" / "dicom"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where the node's folder goes: writing any instance fails")
+    paths = write_files(the_study(xrays, "A-FULL")[:1], tmp_path / "study")
+    sent = send(storescu, node_env, paths)
+    assert sent.returncode != 0, "storescu reports the failed store (and would send the instance again)"
+    assert "could not keep an instance from PACS; answered out of resources" in node.log_text()  # 0xA700
+    assert recorded(node_env) == []
+    assert node.alive()
+
+    blocker.unlink()
+    again = send(storescu, node_env, paths)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(recorded(node_env)) == 1

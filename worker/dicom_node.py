@@ -70,8 +70,9 @@ class Node:
 
     def handle_rejected(self, event: Event) -> None:
         requestor = event.assoc.requestor
-        log.warning("rejected an association from AE title %r at %s: not in DICOM_PEERS",
-                    str(requestor.ae_title).strip(), requestor.address)
+        title = str(requestor.ae_title).strip()
+        why = "too many associations at once" if title in self.peers else "not in DICOM_PEERS"
+        log.warning("rejected an association from AE title %r at %s: %s", title, requestor.address, why)
 
     def run_loop(self) -> None:
         """Every few seconds, make the quiet studies jobs (until `stop` is set)."""
