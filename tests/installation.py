@@ -71,8 +71,9 @@ def image_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 
 
-def save_tiny_checkpoint(path: Path) -> Path:
-    """Save a real but untrained checkpoint (width 8, 64 px) to `path`: plumbing only, never assert predictions."""
+def save_tiny_checkpoint(path: Path, threshold: float = 0.5) -> Path:
+    """Save a real but untrained checkpoint (width 8, 64 px) to `path`: plumbing only, never assert predictions
+    (a `threshold` of 0 calls every image fractured, for the paths that only positive calls take)."""
     import torch
 
     from fracture.ml.checkpoint import save_checkpoint
@@ -81,7 +82,7 @@ def save_tiny_checkpoint(path: Path) -> Path:
 
     torch.manual_seed(0)
     args = ModelArgs(width=8)
-    save_checkpoint(path, build_model(args), args, PreprocessSpec(image_size=64), list(LABELS), 0.5)
+    save_checkpoint(path, build_model(args), args, PreprocessSpec(image_size=64), list(LABELS), threshold)
     return path
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from dicom_files import study
 from harness import free_port, start_fracture_up, wait_for
+from installation import register_model, save_tiny_checkpoint
 from orthanc import Orthanc, running_orthanc
 from PIL import Image
 from pydicom import dcmread
@@ -103,6 +104,8 @@ def _check_report(sr_file: bytes, sent_sops: set[str], results: dict[str, tuple[
 def test_a_study_from_the_modality_comes_back_into_the_pacs_as_an_sr_and_heatmap_captures(
     fracture_env: dict[str, str], xrays: list[Image.Image], tmp_path: Path,
 ) -> None:
+    # A model that calls every image fractured (threshold 0), so the heatmap captures are made and sent too.
+    register_model(fracture_env, save_tiny_checkpoint(tmp_path / "all-positive.pt", threshold=0.0))
     orthanc_port = free_port()
     env = {**fracture_env, "DICOM_PORT": str(free_port()), "DICOM_STUDY_QUIET_S": str(QUIET_S),
            "DICOM_PEERS": f"{SENDER}@127.0.0.1:104,ORTHANC@127.0.0.1:{orthanc_port}",
@@ -118,6 +121,7 @@ def test_a_study_from_the_modality_comes_back_into_the_pacs_as_an_sr_and_heatmap
             found = wait_for(lambda: _job_of(env, study_uid), QUIET_S + 180, "the study's job to be classified")
             job, results = found  # type: ignore[misc]
             fractured = sum(1 for prediction, _ in results.values() if prediction == "fractured")
+            assert fractured == len(files), results
 
             def arrived() -> dict[str, list[bytes]] | None:
                 got = _ours(orthanc, study_uid)
