@@ -25,6 +25,7 @@ from fracture import accounts, jobs, queue, registry
 from fracture.config import Settings
 from fracture.db import insert_on_conflict, session_scope
 from fracture.dicom import clean_text
+from fracture.dicom_reports import is_our_report
 from fracture.models import JobSource, ReceivedInstance, new_id
 from fracture.storage import Storage
 
@@ -35,13 +36,8 @@ log = logging.getLogger(__name__)
 
 # Where received files are kept: by the SHA-256 of their bytes, so a retried write rewrites the same file.
 STORAGE_PREFIX = "dicom"
-# Secondary Capture Image Storage (PS3.4 B.5: 1.2.840.10008.5.1.4.1.1.7 and its .7.x multi-frame kinds) and every
-# Structured Report storage class (1.2.840.10008.5.1.4.1.1.88.x): what a report of ours is sent back as.
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-STRUCTURED_REPORT = "1.2.840.10008.5.1.4.1.1.88."
-OUR_MARKER = "fracture"
 _HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "Modality", "AccessionNumber", "StudyDate",
-                "Manufacturer", "SoftwareVersions", "SeriesDescription"]
+                "Manufacturer", "SoftwareVersions", "SeriesDescription", "ContributingEquipmentSequence"]
 
 
 class Received(StrEnum):
@@ -73,6 +69,8 @@ class Header:
     manufacturer: str | None = None
     software_versions: str | None = None
     series_description: str | None = None
+    # A report or heatmap capture this system wrote (fracture.dicom_reports.is_our_report): coming back, not classified.
+    ours: bool = False
 
 
 def read_header(data: bytes) -> Header:
@@ -82,6 +80,7 @@ def read_header(data: bytes) -> Header:
     try:
         ds = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         values = {tag: ds.get(tag) for tag in _HEADER_TAGS}
+        ours = is_our_report(ds)
     except Exception as e:  # pydicom raises many types on a damaged header
         raise NotAnInstance(f"not a readable DICOM data set: {e}") from None
     sop, study = clean_text(values["SOPInstanceUID"], 64), clean_text(values["StudyInstanceUID"], 64)
@@ -95,16 +94,8 @@ def read_header(data: bytes) -> Header:
         modality=clean_text(values["Modality"], 16), accession_number=clean_text(values["AccessionNumber"], 16),
         study_date=clean_text(values["StudyDate"], 8), manufacturer=clean_text(values["Manufacturer"], 64),
         software_versions=clean_text(software, 64), series_description=clean_text(values["SeriesDescription"], 64),
+        ours=ours,
     )
-
-
-def is_our_report(header: Header) -> bool:
-    """Whether an instance is a report this system wrote: an SR or Secondary Capture whose manufacturer, software
-    version or series description names us."""
-    # TODO(issue 21): use fracture.dicom_reports.is_our_report, which knows the exact marks the report writer sets.
-    kind = header.sop_class_uid.startswith((STRUCTURED_REPORT, SECONDARY_CAPTURE)) or header.modality == "SR"
-    marks = (header.manufacturer, header.software_versions, header.series_description)
-    return kind and any((m or "").lower().startswith(OUR_MARKER) for m in marks)
 
 
 def storage_key(sha256: str) -> str:
@@ -121,7 +112,7 @@ def receive(session: Session, storage: Storage, data: bytes, calling_ae: str) ->
     rewrote). Classifying it again would only give the study a second job for an image it already has.
     """
     header = read_header(data)
-    if is_our_report(header):
+    if header.ours:
         return Received.OURS
     digest = hashlib.sha256(data).hexdigest()
     known = session.scalars(

@@ -4,19 +4,21 @@ their own, our own reports ignored, a CT instance given the upload's error."""
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 from dicom_files import DicomFile, dicom_file, small, study
 from PIL import Image
-from pydicom import uid
+from pydicom import dcmread, uid
 from sqlalchemy import func, select
 
 from fracture import dicom_intake
 from fracture.config import Settings
 from fracture.db import session_scope
 from fracture.decode import ImageError, decode
+from fracture.dicom_captures import build_heatmap_capture
 from fracture.dicom_intake import Received
 from fracture.models import Image as ImageRow
 from fracture.models import Job, JobSource, ReceivedInstance, User
@@ -64,8 +66,13 @@ def test_the_same_uid_with_other_bytes_keeps_the_first_copy(settings: Settings, 
 
 
 def test_our_own_report_is_ignored_and_garbage_refused(settings: Settings, xrays: list[Image.Image]) -> None:
-    ours = dicom_file(np.asarray(small(xrays[0])), modality="OT", SOPClassUID=uid.SecondaryCaptureImageStorage,
-                      Manufacturer="fracture", SeriesDescription="fracture: AI result")
+    xray = dicom_file(np.asarray(small(xrays[0])))
+    source = dcmread(io.BytesIO(xray.data))
+    # A heatmap capture exactly as the report writer makes it (its SR is recognised by the same marks).
+    capture = build_heatmap_capture(source, np.stack([source.pixel_array] * 3, axis=-1), "fracture tiny", "v1")
+    buf = io.BytesIO()
+    capture.save_as(buf, enforce_file_format=True)
+    ours = DicomFile(buf.getvalue(), str(capture.StudyInstanceUID), str(capture.SOPInstanceUID))
     theirs = dicom_file(np.asarray(small(xrays[0])), modality="OT", SOPClassUID=uid.SecondaryCaptureImageStorage,
                         Manufacturer="ACME", SeriesDescription="scanned request form")
     assert receive(settings, ours) == Received.OURS
