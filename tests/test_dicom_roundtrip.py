@@ -139,3 +139,57 @@ def test_a_study_from_the_modality_comes_back_into_the_pacs_as_an_sr_and_heatmap
         finally:
             up.stop(timeout=60, sig=signal.SIGINT)
             dispose_engines()
+
+
+def _deliveries(env: dict[str, str], job_id: str) -> list[dict[str, object]]:
+    import requests
+
+    port = env["FRACTURE_WEB_PORT"]
+    answer = requests.get(f"http://127.0.0.1:{port}/api/jobs/{job_id}/deliveries", timeout=10,
+                          headers={"Authorization": f"Bearer {env['FRACTURE_TEST_TOKEN']}"})
+    assert answer.status_code == 200, answer.text
+    rows: list[dict[str, object]] = answer.json()["deliveries"]
+    return rows
+
+
+def test_a_pacs_down_when_the_job_ends_gets_the_results_once_it_is_back(
+    fracture_env: dict[str, str], xrays: list[Image.Image], tmp_path: Path,
+) -> None:
+    import requests
+
+    register_model(fracture_env, save_tiny_checkpoint(tmp_path / "all-positive.pt", threshold=0.0))
+    orthanc_dicom, orthanc_http, web_port = free_port(), free_port(), free_port()
+    env = {**fracture_env, "DICOM_PORT": str(free_port()), "DICOM_STUDY_QUIET_S": str(QUIET_S),
+           "DICOM_PEERS": f"{SENDER}@127.0.0.1:104,ORTHANC@127.0.0.1:{orthanc_dicom}",
+           "DICOM_SEND_RESULTS_TO": "ORTHANC", "FRACTURE_WEB_PORT": str(web_port)}
+    files = study(xrays[:2], accession="RT-DOWN")
+    up = start_fracture_up(env, web_port, tmp_path / "logs", broker="sqlite", timeout=180)
+    try:
+        node_log = Path(env["FRACTURE_HOME"]) / "logs" / "dicom-node.log"
+        wait_for(lambda: "listening on port" in node_log.read_text(errors="replace"), 60, "the DICOM node")
+        _send(env, tmp_path / "study", [f.data for f in files])  # the PACS is down: nothing listens on its port
+        job, _ = wait_for(lambda: _job_of(env, files[0].study_uid), QUIET_S + 180, "the job")  # type: ignore[misc]
+
+        def tried() -> list[dict[str, object]] | None:
+            rows = _deliveries(env, job.id)
+            return rows if len(rows) == 3 and all(r["attempts"] and r["last_error"] for r in rows) else None
+
+        failing = wait_for(tried, 120, "every delivery to fail once", interval=1)
+        assert all(r["status"] == "queued" for r in failing), failing  # type: ignore[union-attr]
+        with running_orthanc(tmp_path / "orthanc", dicom_port=orthanc_dicom, http_port=orthanc_http) as orthanc:
+            def delivered() -> list[dict[str, object]] | None:
+                rows = _deliveries(env, job.id)
+                return rows if all(r["status"] == "sent" for r in rows) else None
+
+            sent = wait_for(delivered, 240, "the deliveries after the PACS came back", interval=2)
+            got = _ours(orthanc, files[0].study_uid)
+            assert len(got[SR_CLASS]) == 1 and len(got[SC_CLASS]) == len(files), {k: len(v) for k, v in got.items()}
+            print("attempts before the PACS was back:", [r["attempts"] for r in sent])  # type: ignore[union-attr]
+            # Acknowledged: never sent twice, even when an admin asks.
+            first = sent[0]["id"]  # type: ignore[index]
+            again = requests.post(f"http://127.0.0.1:{web_port}/api/jobs/{job.id}/deliveries/{first}/resend",
+                                  headers={"Authorization": f"Bearer {env['FRACTURE_TEST_TOKEN']}"}, timeout=10)
+            assert again.status_code == 409 and "not sent twice" in again.json()["error"]
+    finally:
+        up.stop(timeout=60, sig=signal.SIGINT)
+        dispose_engines()
