@@ -193,3 +193,57 @@ def test_a_pacs_down_when_the_job_ends_gets_the_results_once_it_is_back(
     finally:
         up.stop(timeout=60, sig=signal.SIGINT)
         dispose_engines()
+
+
+# Orthanc's rule of the department: a study that stopped changing goes to the node. Our own results coming back make
+# the study change again and go out again; the node keeps none of it twice (same instances) and ignores our objects.
+FORWARD_STABLE_STUDIES = """
+function OnStableStudy(studyId, tags, metadata)
+  RestApiPost('/modalities/fracture/store', studyId)
+end
+"""
+
+
+def _jobs_of(env: dict[str, str], study_uid: str) -> int:
+    with session_scope(get_settings(env).database_url) as session:
+        return len(set(session.scalars(select(ImageRow.job_id).where(ImageRow.study_instance_uid == study_uid))))
+
+
+def test_orthanc_forwards_a_stable_study_to_the_node_and_the_report_arrives_back(
+    fracture_env: dict[str, str], xrays: list[Image.Image], tmp_path: Path,
+) -> None:
+    register_model(fracture_env, save_tiny_checkpoint(tmp_path / "all-positive.pt", threshold=0.0))
+    node_port, orthanc_dicom = free_port(), free_port()
+    env = {**fracture_env, "DICOM_PORT": str(node_port), "DICOM_STUDY_QUIET_S": str(QUIET_S),
+           "DICOM_PEERS": f"ORTHANC@127.0.0.1:{orthanc_dicom}", "DICOM_SEND_RESULTS_TO": "ORTHANC"}
+    files = study(xrays[:2], accession="RT-FWD")
+    up = start_fracture_up(env, free_port(), tmp_path / "logs", broker="sqlite", timeout=180)
+    try:
+        node_log = Path(env["FRACTURE_HOME"]) / "logs" / "dicom-node.log"
+        wait_for(lambda: "listening on port" in node_log.read_text(errors="replace"), 60, "the DICOM node")
+        modalities = {"fracture": ("FRACTURE", "127.0.0.1", node_port)}
+        with running_orthanc(tmp_path / "orthanc", dicom_port=orthanc_dicom, modalities=modalities,
+                             lua=FORWARD_STABLE_STUDIES) as orthanc:
+            folder = tmp_path / "study"
+            folder.mkdir()
+            paths = []
+            for n, made in enumerate(files, 1):
+                paths.append(folder / f"IM{n}")
+                paths[-1].write_bytes(made.data)
+            done = subprocess.run([_tool("storescu"), "-aet", SENDER, "-aec", orthanc.aet, "127.0.0.1",
+                                   str(orthanc_dicom), *map(str, paths)], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stdout + done.stderr
+
+            def arrived() -> dict[str, list[bytes]] | None:
+                got = _ours(orthanc, files[0].study_uid)
+                return got if len(got.get(SR_CLASS, [])) == 1 and len(got.get(SC_CLASS, [])) == len(files) else None
+
+            wait_for(arrived, 240, "the report back in Orthanc", interval=1)
+            # The study, now holding our results, is stable again and forwarded again: still one job.
+            wait_for(lambda: "ours instance from ORTHANC" in node_log.read_text(errors="replace") or None, 60,
+                     "the node to see our own objects come back", interval=1)
+            assert _jobs_of(env, files[0].study_uid) == 1
+            assert len(_ours(orthanc, files[0].study_uid)[SR_CLASS]) == 1
+    finally:
+        up.stop(timeout=60, sig=signal.SIGINT)
+        dispose_engines()
