@@ -7,6 +7,7 @@ when the job finishes gets them once it is back."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import signal
 import subprocess
@@ -101,6 +102,32 @@ def _check_report(sr_file: bytes, sent_sops: set[str], results: dict[str, tuple[
     assert not errors, errors
 
 
+def _job_page_shows_the_study_and_its_deliveries(env: dict[str, str], port: int, job_id: str, count: int) -> None:
+    """A real browser, as the admin: the study's line (never the patient's name) and every delivery sent."""
+    from browser import chromium_page
+
+    url = f"http://127.0.0.1:{port}"
+    with chromium_page(width=1280, height=1000) as watched:
+        page = watched.page
+        page.goto(f"{url}/login")
+        page.locator("#username").fill(env["FRACTURE_TEST_USER"])
+        page.locator("#password").fill(env["FRACTURE_TEST_PASSWORD"])
+        page.locator("#login").click()
+        page.wait_for_url(f"{url}/")
+        page.goto(f"{url}/jobs/{job_id}")
+        assert page.locator("#sender-ae").inner_text() == SENDER
+        assert page.locator("#accession").inner_text() == "RT-1"
+        rows = page.locator("#deliveries tbody tr")
+        assert rows.count() == count
+        assert rows.locator(".status").all_text_contents() == ["sent"] * count
+        assert "Doe^Jane" not in page.content()  # the patient's identifiers stay off the page by default
+        shots = os.environ.get("FRACTURE_SCREENSHOT_DIR")
+        if shots:
+            page.locator("#deliveries").scroll_into_view_if_needed()
+            page.screenshot(path=str(Path(shots) / "dicom-job.png"), full_page=True)
+    assert not watched.blocked and not watched.errors, (watched.blocked, watched.errors)
+
+
 def test_a_study_from_the_modality_comes_back_into_the_pacs_as_an_sr_and_heatmap_captures(
     fracture_env: dict[str, str], xrays: list[Image.Image], tmp_path: Path,
 ) -> None:
@@ -113,7 +140,8 @@ def test_a_study_from_the_modality_comes_back_into_the_pacs_as_an_sr_and_heatmap
     files = study(xrays[:3], accession="RT-1")
     study_uid = files[0].study_uid
     with running_orthanc(tmp_path / "orthanc", dicom_port=orthanc_port) as orthanc:
-        up = start_fracture_up(env, free_port(), tmp_path / "logs", broker="sqlite", timeout=180)
+        web_port = free_port()
+        up = start_fracture_up(env, web_port, tmp_path / "logs", broker="sqlite", timeout=180)
         try:
             node_log = Path(env["FRACTURE_HOME"]) / "logs" / "dicom-node.log"
             wait_for(lambda: "listening on port" in node_log.read_text(errors="replace"), 60, "the DICOM node")
@@ -136,6 +164,7 @@ def test_a_study_from_the_modality_comes_back_into_the_pacs_as_an_sr_and_heatmap
                 rows = list(session.scalars(select(Delivery).where(Delivery.job_id == job.id)))
             assert len(rows) == 1 + fractured and all(r.status == DeliveryStatus.SENT for r in rows), rows
             print(f"{len(files)} images, {fractured} called fractured: 1 SR and {fractured} captures delivered")
+            _job_page_shows_the_study_and_its_deliveries(env, web_port, job.id, 1 + fractured)
         finally:
             up.stop(timeout=60, sig=signal.SIGINT)
             dispose_engines()
