@@ -10,8 +10,9 @@ from installation import create_job, job_state
 
 from fracture.config import get_settings
 from fracture.db import session_scope
+from fracture.deliveries import claim_report
 from fracture.jobs import BROKER_DOWN_MESSAGE
-from fracture.models import Job, TrainingRun
+from fracture.models import Job, JobSource, TrainingRun
 from fracture.queue import enqueue_job, queued_messages
 from fracture.storage import Storage
 from worker.celery_app import make_celery
@@ -96,3 +97,24 @@ def test_beat_runs_the_reaper_every_reaper_interval(fracture_env: dict[str, str]
     assert (entry["task"], entry["schedule"]) == ("maintenance.reap", 45.0)
     assert "maintenance.reap" in app.tasks
     assert app.amqp.router.route({}, "maintenance.reap")["queue"].name == "inference"
+
+
+def test_a_dicom_job_that_ended_while_the_broker_was_down_is_reported_once(
+    fracture_env: dict[str, str], redis_url: str, sample_images: list[Path]
+) -> None:
+    env = {**fracture_env, "REDIS_URL": redis_url, "REAPER_STALE_S": "1", "DICOM_PEERS": "PACS@127.0.0.1:104",
+           "DICOM_SEND_RESULTS_TO": "PACS"}
+    settings = get_settings(env)
+    app = make_celery(settings)
+    job_id, upload_id = create_job(env, sample_images[:2]), create_job(env, sample_images[2:3])
+    with session_scope(settings.database_url) as session:
+        for row in session.query(Job).filter(Job.id.in_([job_id, upload_id])):
+            row.status, row.finished_at = "done", datetime.now(UTC)
+            row.source = JobSource.DICOM if row.id == job_id else JobSource.UPLOAD
+
+    assert reap(app, settings).reports == []  # it may be being reported right now
+    assert reap(app, settings, now=_later(5)).reports == [job_id]  # the upload is never reported
+    assert queued_messages(app) == 1
+    with session_scope(settings.database_url) as session:
+        assert claim_report(session, job_id) is True  # what the report task does first
+    assert reap(app, settings, now=_later(5)).reports == []

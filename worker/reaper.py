@@ -7,7 +7,8 @@ Run by beat as `maintenance.reap` every settings.reaper_interval_s, and callable
   re-enqueued, once the inference queue is empty (a long queue is not a lost one); chunks are idempotent, so
   a chunk that was only slow costs a duplicate, never a second result;
 - a training run left `running` longer than its time limit plus the stale threshold is marked failed;
-- an upload folder with no job row (the web died while receiving or storing it) is deleted once it is stale.
+- an upload folder with no job row (the web died while receiving or storing it) is deleted once it is stale;
+- a final DICOM job whose report was never asked for (the broker was down when it ended) is reported.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from sqlalchemy import func, select
 from fracture import trainings
 from fracture.config import Settings
 from fracture.db import session_scope
-from fracture.models import Job, JobStatus, Result
-from fracture.queue import BrokerUnavailable, enqueue_job, queued_messages
+from fracture.models import FINAL_JOB_STATUSES, Job, JobSource, JobStatus, Result
+from fracture.queue import BrokerUnavailable, enqueue_job, queued_messages, send_report
 from fracture.storage import Storage
 
 if TYPE_CHECKING:
@@ -47,11 +48,13 @@ class ReapReport:
     waiting_on_queue: int = 0
     failed_runs: list[int] = field(default_factory=list)
     removed_uploads: list[str] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)
     broker_error: str | None = None
 
     @property
     def acted(self) -> bool:
-        return bool(self.dispatched or self.requeued or self.failed_runs or self.removed_uploads or self.broker_error)
+        return bool(self.dispatched or self.requeued or self.failed_runs or self.removed_uploads or self.reports
+                    or self.broker_error)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +116,17 @@ def remove_orphan_uploads(settings: Settings, now: datetime) -> list[str]:
     return removed
 
 
+def unreported_dicom_jobs(settings: Settings, now: datetime) -> list[str]:
+    """Final DICOM jobs whose results were never built for the PACS, finished over the stale threshold ago."""
+    if not settings.dicom_send_results_to:
+        return []
+    cutoff = now - timedelta(seconds=settings.reaper_stale_s)
+    with session_scope(settings.database_url) as session:
+        return list(session.scalars(select(Job.id).where(
+            Job.source == JobSource.DICOM, Job.reported_at.is_(None), Job.status.in_(FINAL_JOB_STATUSES),
+            Job.finished_at < cutoff)))
+
+
 def reap(celery_app: Celery, settings: Settings, now: datetime | None = None) -> ReapReport:
     """One pass: dispatch, re-enqueue, fail and clean up as described in the module docstring."""
     now = now or datetime.now(UTC)
@@ -130,6 +144,9 @@ def reap(celery_app: Celery, settings: Settings, now: datetime | None = None) ->
                 for job_id in stalled:
                     report.chunks += enqueue_job(celery_app, settings, job_id)
                     report.requeued.append(job_id)
+        for job_id in unreported_dicom_jobs(settings, now):
+            send_report(celery_app, job_id)  # the report task claims it once
+            report.reports.append(job_id)
     except BrokerUnavailable as e:
         report.broker_error = str(e)
     report.failed_runs = fail_dead_training_runs(settings, now)
