@@ -89,6 +89,19 @@ def parse_peers(raw: str) -> tuple[DicomPeer, ...]:
     return tuple(peers)
 
 
+def parse_dicomweb_peers(raw: str) -> tuple[tuple[str, str], ...]:
+    """DICOMWEB_PEERS ("PACSWEB=https://pacs.example/dicom-web,...") as (name, base URL) pairs; ValueError if bad."""
+    peers = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        name, equals, url = entry.partition("=")
+        if not equals or not url.strip().lower().startswith(("http://", "https://")):
+            raise ValueError(f"DICOMWEB_PEERS: {entry!r} is not NAME=http(s)://host/dicom-web")
+        peers.append((ae_title(name, "DICOMWEB_PEERS"), url.strip().rstrip("/")))
+    return tuple(peers)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, resolved once per process from environment variables."""
@@ -149,6 +162,8 @@ class Settings:
     dicom_peers: tuple[DicomPeer, ...] = ()
     # Where reports are to be sent (AE titles of DICOM_PEERS); read here, used by the report sender.
     dicom_send_results_to: tuple[str, ...] = ()
+    # Peers reached by DICOMweb STOW-RS instead of C-STORE (NAME=base URL); DICOM_SEND_RESULTS_TO may name them.
+    dicomweb_peers: tuple[tuple[str, str], ...] = ()
     # A study becomes a job once no new instance of it arrived for this long.
     dicom_study_quiet_s: int = setting("DICOM_STUDY_QUIET_S", 30)
     # The user the node's jobs belong to; created (not an admin) on first use.
@@ -192,6 +207,7 @@ def get_settings(env: dict[str, str] | None = None) -> Settings:
         ),
         seed_model=Path(seed) if seed else (default_seed if default_seed.exists() else None),
         dicom_peers=parse_peers(env.get("DICOM_PEERS") or ""),
+        dicomweb_peers=parse_dicomweb_peers(env.get("DICOMWEB_PEERS") or ""),
         dicom_send_results_to=tuple(ae_title(t, "DICOM_SEND_RESULTS_TO") for t in send_to if t.strip()),
         **values,
     )

@@ -276,3 +276,32 @@ def test_orthanc_forwards_a_stable_study_to_the_node_and_the_report_arrives_back
     finally:
         up.stop(timeout=60, sig=signal.SIGINT)
         dispose_engines()
+
+
+def test_results_go_to_a_dicomweb_peer_by_stow_rs(
+    fracture_env: dict[str, str], xrays: list[Image.Image], tmp_path: Path,
+) -> None:
+    register_model(fracture_env, save_tiny_checkpoint(tmp_path / "all-positive.pt", threshold=0.0))
+    http = free_port()
+    env = {**fracture_env, "DICOM_PORT": str(free_port()), "DICOM_STUDY_QUIET_S": str(QUIET_S),
+           "DICOM_PEERS": f"{SENDER}@127.0.0.1:104", "DICOMWEB_PEERS": f"PACSWEB=http://127.0.0.1:{http}/dicom-web",
+           "DICOM_SEND_RESULTS_TO": "PACSWEB"}
+    files = study(xrays[:2], accession="RT-WEB")
+    with running_orthanc(tmp_path / "orthanc", http_port=http) as orthanc:
+        up = start_fracture_up(env, free_port(), tmp_path / "logs", broker="sqlite", timeout=180)
+        try:
+            node_log = Path(env["FRACTURE_HOME"]) / "logs" / "dicom-node.log"
+            wait_for(lambda: "listening on port" in node_log.read_text(errors="replace"), 60, "the DICOM node")
+            _send(env, tmp_path / "study", [f.data for f in files])
+
+            def arrived() -> dict[str, list[bytes]] | None:
+                got = _ours(orthanc, files[0].study_uid)
+                return got if len(got.get(SR_CLASS, [])) == 1 and len(got.get(SC_CLASS, [])) == len(files) else None
+
+            objects = wait_for(arrived, 240, "the SR and captures stored by STOW-RS", interval=1)
+            found = _job_of(env, files[0].study_uid)
+            assert found is not None
+            _check_report(objects[SR_CLASS][0], {f.sop_uid for f in files}, found[1], tmp_path)  # type: ignore[index]
+        finally:
+            up.stop(timeout=60, sig=signal.SIGINT)
+            dispose_engines()

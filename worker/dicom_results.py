@@ -146,22 +146,33 @@ def _peer(settings: Settings, title: str) -> DicomPeer:
     for peer in settings.dicom_peers:
         if peer.ae_title == title:
             return peer
-    raise DeliveryError(f"{title} is not in DICOM_PEERS (AE@host:port): nowhere to send to")
+    raise DeliveryError(f"{title} is in neither DICOM_PEERS (AE@host:port) nor DICOMWEB_PEERS: nowhere to send to")
 
 
 def deliver(settings: Settings, delivery_id: int) -> str:
-    """Send one delivery by C-STORE; "sent", "nothing to do" (sent already or gone), or DeliveryError to retry."""
-    from pydicom import dcmread
-    from pynetdicom import AE
-
+    """Send one delivery, by C-STORE or (a DICOMWEB_PEERS peer) STOW-RS; "sent", "nothing to do" (sent already or
+    gone), or DeliveryError to try again."""
     with session_scope(settings.database_url) as session:
         row = deliveries.attempt(session, delivery_id)
         if row is None:
             return "nothing to do"
         peer_title, key = row.peer, row.storage_key
-    peer = _peer(settings, peer_title)
-    with Storage(settings.storage_dir).open(key) as f:
-        ds = dcmread(f)
+    data = Storage(settings.storage_dir).read_bytes(key)
+    web = dict(settings.dicomweb_peers).get(peer_title)
+    if web is not None:
+        _stow(web, data)
+    else:
+        _c_store(settings, _peer(settings, peer_title), data)
+    with session_scope(settings.database_url) as session:
+        deliveries.sent(session, delivery_id)
+    return "sent"
+
+
+def _c_store(settings: Settings, peer: DicomPeer, data: bytes) -> None:
+    from pydicom import dcmread
+    from pynetdicom import AE
+
+    ds = dcmread(io.BytesIO(data))
     ae = AE(ae_title=settings.dicom_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
@@ -177,9 +188,29 @@ def deliver(settings: Settings, delivery_id: int) -> str:
         raise DeliveryError(f"{peer} did not answer the C-STORE (connection lost or timed out)")
     if code not in (0x0000, 0xB000, 0xB007, 0xB006):  # success, or success with a warning
         raise DeliveryError(f"{peer} answered the C-STORE with status 0x{code:04X}")
-    with session_scope(settings.database_url) as session:
-        deliveries.sent(session, delivery_id)
-    return "sent"
+
+
+def _stow(base_url: str, data: bytes) -> None:
+    """STOW-RS one instance to `base_url`/studies (PS3.18 10.5); DeliveryError unless it was stored."""
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data
+            + f"\r\n--{boundary}--\r\n".encode())
+    request = urllib.request.Request(f"{base_url}/studies", data=body, method="POST", headers={
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310 (a configured http(s) URL)
+            status = answer.status
+    except urllib.error.HTTPError as e:
+        raise DeliveryError(f"{base_url} answered the STOW-RS with HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise DeliveryError(f"{base_url} did not answer the STOW-RS: {e}") from None
+    if status != 200:  # 202: stored with warnings or partly; one instance a request, so not stored
+        raise DeliveryError(f"{base_url} answered the STOW-RS with HTTP {status}")
 
 
 def give_up(settings: Settings, delivery_id: int, error: str, final: bool) -> None:
