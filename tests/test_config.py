@@ -19,6 +19,7 @@ DEFAULTS = {
     "PROMOTE_AUC_TOLERANCE": 0.01, "PROMOTE_MIN_PER_CLASS": 50, "SHOW_PATIENT_IDENTIFIERS": False,
     "THUMBNAILS": True, "UNCERTAIN_MARGIN": 0.1, "HEATMAPS_ABOVE_THRESHOLD": False,
     "DICOM_PORT": 0, "DICOM_AE_TITLE": "FRACTURE", "DICOM_STUDY_QUIET_S": 30, "DICOM_OWNER": "dicom-node",
+    "DICOM_SEND_HEATMAPS": True,
 }
 
 
@@ -66,3 +67,13 @@ def test_dicom_peers_and_result_destinations_are_parsed(tmp_path) -> None:  # ty
 def test_a_malformed_dicom_setting_is_refused_naming_it(tmp_path, name: str, raw: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=name):
         get_settings({"FRACTURE_HOME": str(tmp_path), name: raw})
+
+
+def test_dicomweb_peers_are_named_urls() -> None:
+    from fracture.config import get_settings
+
+    settings = get_settings({"DICOMWEB_PEERS": "PACSWEB=https://pacs.example/dicom-web/, ARCHIVE=http://h:8042/dw"})
+    assert settings.dicomweb_peers == (("PACSWEB", "https://pacs.example/dicom-web"), ("ARCHIVE", "http://h:8042/dw"))
+    for bad in ("PACSWEB", "PACSWEB=ftp://x", "=http://x", "A\\B=http://x"):
+        with pytest.raises(ValueError, match="DICOMWEB_PEERS"):
+            get_settings({"DICOMWEB_PEERS": bad})
