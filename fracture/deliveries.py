@@ -77,3 +77,11 @@ def for_job(session: Session, job_id: str) -> list[Delivery]:
     """A job's deliveries, the report first, then by object and peer."""
     stmt = select(Delivery).where(Delivery.job_id == job_id)
     return list(session.scalars(stmt.order_by(Delivery.kind.desc(), Delivery.id)))
+
+
+def never_tried(session: Session, older_than: datetime) -> list[int]:
+    """Deliveries recorded before `older_than` and never attempted: their task was lost (the broker was down or
+    restarted empty when they were sent)."""
+    stmt = select(Delivery.id).where(Delivery.status == DeliveryStatus.QUEUED, Delivery.attempts == 0,
+                                     Delivery.created_at < older_than)
+    return list(session.scalars(stmt.order_by(Delivery.id)))

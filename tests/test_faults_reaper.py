@@ -10,7 +10,7 @@ from installation import create_job, job_state
 
 from fracture.config import get_settings
 from fracture.db import session_scope
-from fracture.deliveries import claim_report
+from fracture.deliveries import claim_report, plan
 from fracture.jobs import BROKER_DOWN_MESSAGE
 from fracture.models import Job, JobSource, TrainingRun
 from fracture.queue import enqueue_job, queued_messages
@@ -117,4 +117,10 @@ def test_a_dicom_job_that_ended_while_the_broker_was_down_is_reported_once(
     assert queued_messages(app) == 1
     with session_scope(settings.database_url) as session:
         assert claim_report(session, job_id) is True  # what the report task does first
+        [lost] = plan(session, job_id, ["PACS"], [("report", "1.2.3.4", f"reports/{job_id}/1.2.3.4.dcm")])
     assert reap(app, settings, now=_later(5)).reports == []
+    assert reap(app, settings, now=_later(5)).deliveries == []  # the queue still holds work: not lost yet
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushall()
+    assert reap(app, settings, now=_later(5)).deliveries == [lost]  # recorded, never attempted: sent again
+    assert queued_messages(app) == 1

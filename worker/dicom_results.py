@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,11 +72,12 @@ def _dicom(storage: Storage, key: str | None, pixels: bool = False) -> Any:
         return None  # not a DICOM file (an upload's image): not part of a study's report
 
 
-def build_objects(settings: Settings, job_id: str) -> list[tuple[str, str, str]]:
-    """Build and store the job's SR and heatmap captures; return (kind, SOP Instance UID, storage key) of each."""
+def build_objects(settings: Settings, job_id: str) -> Iterator[tuple[str, str, str]]:
+    """Build and store the job's SR, then its heatmap captures one by one; yield (kind, SOP Instance UID, storage
+    key) of each as soon as it is stored, so the SR can go out while the captures are still being made."""
     loaded = _rows(settings, job_id)
     if loaded is None:
-        return []
+        return
     job, version, rows = loaded
     storage = Storage(settings.storage_dir)
     model_name, model_version = f"fracture {version.arch}", version.name
@@ -88,10 +90,9 @@ def build_objects(settings: Settings, job_id: str) -> list[tuple[str, str, str]]
         findings.append(ImageFinding(header, row.prediction, row.probability, row.in_distribution, row.ood_score,
                                      row.error))
     if not findings:
-        return []
-    objects = []
+        return
     report = build_report(findings, model_name, model_version, float(version.threshold or 0.5))
-    objects.append((REPORT, str(report.SOPInstanceUID), _store(storage, job_id, report)))
+    yield REPORT, str(report.SOPInstanceUID), _store(storage, job_id, report)
     if settings.dicom_send_heatmaps:
         positive = (version.classes or ["fractured"])[0]
         series_uid = None
@@ -102,8 +103,7 @@ def build_objects(settings: Settings, job_id: str) -> list[tuple[str, str, str]]
             capture = build_heatmap_capture(sources[row.image_id], rgb, model_name, model_version,
                                             series_uid=series_uid, instance_number=number)
             series_uid = capture.SeriesInstanceUID
-            objects.append((HEATMAP, str(capture.SOPInstanceUID), _store(storage, job_id, capture)))
-    return objects
+            yield HEATMAP, str(capture.SOPInstanceUID), _store(storage, job_id, capture)
 
 
 def _composite(settings: Settings, storage: Storage, job_id: str, image_id: int, version_id: int) -> np.ndarray | None:
@@ -128,18 +128,23 @@ def _store(storage: Storage, job_id: str, ds: Any) -> str:
     return key
 
 
-def report_job(settings: Settings, job_id: str) -> list[int]:
-    """Report a final DICOM job once (the first caller claims it): store its objects and record a delivery of each
-    to each DICOM_SEND_RESULTS_TO peer; return the deliveries to send."""
+def report_job(settings: Settings, job_id: str, send: Callable[[int], None]) -> list[int]:
+    """Report a final DICOM job once (the first caller claims it): store each of its objects, record a delivery of
+    it to each DICOM_SEND_RESULTS_TO peer and `send` those at once (the SR first); return every delivery."""
     peers = list(settings.dicom_send_results_to)
     if not peers:
         return []
     with session_scope(settings.database_url) as session:
         if not deliveries.claim_report(session, job_id):
             return []
-    objects = build_objects(settings, job_id)
-    with session_scope(settings.database_url) as session:
-        return deliveries.plan(session, job_id, peers, objects)
+    planned: list[int] = []
+    for made in build_objects(settings, job_id):
+        with session_scope(settings.database_url) as session:
+            ids = deliveries.plan(session, job_id, peers, [made])
+        for delivery_id in ids:
+            send(delivery_id)  # a send lost to a broker outage is sent again by the reaper
+        planned += ids
+    return planned
 
 
 def _peer(settings: Settings, title: str) -> DicomPeer:

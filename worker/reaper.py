@@ -8,7 +8,8 @@ Run by beat as `maintenance.reap` every settings.reaper_interval_s, and callable
   a chunk that was only slow costs a duplicate, never a second result;
 - a training run left `running` longer than its time limit plus the stale threshold is marked failed;
 - an upload folder with no job row (the web died while receiving or storing it) is deleted once it is stale;
-- a final DICOM job whose report was never asked for (the broker was down when it ended) is reported.
+- a final DICOM job whose report was never asked for (the broker was down when it ended) is reported, and a
+  delivery to the PACS never attempted is sent again, once the inference queue is empty.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from fracture import trainings
+from fracture import deliveries, trainings
 from fracture.config import Settings
 from fracture.db import session_scope
 from fracture.models import FINAL_JOB_STATUSES, Job, JobSource, JobStatus, Result
-from fracture.queue import BrokerUnavailable, enqueue_job, queued_messages, send_report
+from fracture.queue import BrokerUnavailable, enqueue_job, queued_messages, send_delivery, send_report
 from fracture.storage import Storage
 
 if TYPE_CHECKING:
@@ -49,12 +50,13 @@ class ReapReport:
     failed_runs: list[int] = field(default_factory=list)
     removed_uploads: list[str] = field(default_factory=list)
     reports: list[str] = field(default_factory=list)
+    deliveries: list[int] = field(default_factory=list)
     broker_error: str | None = None
 
     @property
     def acted(self) -> bool:
         return bool(self.dispatched or self.requeued or self.failed_runs or self.removed_uploads or self.reports
-                    or self.broker_error)
+                    or self.deliveries or self.broker_error)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +129,12 @@ def unreported_dicom_jobs(settings: Settings, now: datetime) -> list[str]:
             Job.finished_at < cutoff)))
 
 
+def lost_deliveries(settings: Settings, now: datetime) -> list[int]:
+    """Deliveries to the PACS recorded over the stale threshold ago and never attempted."""
+    with session_scope(settings.database_url) as session:
+        return deliveries.never_tried(session, now - timedelta(seconds=settings.reaper_stale_s))
+
+
 def reap(celery_app: Celery, settings: Settings, now: datetime | None = None) -> ReapReport:
     """One pass: dispatch, re-enqueue, fail and clean up as described in the module docstring."""
     now = now or datetime.now(UTC)
@@ -147,6 +155,11 @@ def reap(celery_app: Celery, settings: Settings, now: datetime | None = None) ->
         for job_id in unreported_dicom_jobs(settings, now):
             send_report(celery_app, job_id)  # the report task claims it once
             report.reports.append(job_id)
+        lost = lost_deliveries(settings, now)
+        if lost and not queued_messages(celery_app):  # a long queue is not a lost one
+            for delivery_id in lost:
+                send_delivery(celery_app, delivery_id)
+                report.deliveries.append(delivery_id)
     except BrokerUnavailable as e:
         report.broker_error = str(e)
     report.failed_runs = fail_dead_training_runs(settings, now)

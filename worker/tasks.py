@@ -83,14 +83,12 @@ def maintenance_reap(self: Task) -> dict[str, object]:
 
 @shared_task(name=queue.REPORT_TASK, bind=True, max_retries=5)
 def report_task(self: Task, job_id: str) -> list[int]:
-    """Build a final DICOM job's SR and heatmap captures once, record their deliveries, send one task for each."""
+    """Build a final DICOM job's SR and heatmap captures once; each delivery is sent as soon as its object is made."""
     settings = queue.settings_of(self.app)
     try:
-        planned = report_job(settings, job_id)
+        planned = report_job(settings, job_id, lambda delivery_id: queue.send_delivery(self.app, delivery_id))
     except OperationalError as e:
         raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
-    for delivery_id in planned:
-        queue.send_delivery(self.app, delivery_id)
     if planned:
         log.info("job %s: %d deliveries to the PACS", job_id, len(planned))
     return planned
