@@ -35,6 +35,7 @@ SCHEDULES_TICK_TASK = "schedules.tick"
 REAP_TASK = "maintenance.reap"
 # A DICOM job's results back to the PACS: build the objects once, then one task per (peer, object) with retries.
 REPORT_TASK = "dicom.report"
+CAPTURES_TASK = "dicom.captures"
 DELIVER_TASK = "dicom.deliver"
 TASK_ROUTES = {
     "dicom.*": {"queue": INFERENCE_QUEUE},
@@ -200,6 +201,12 @@ def send_report(app: Celery, job_id: str) -> None:
     """Ask for a final DICOM job's results to be built and sent to the PACS peers (safe to send twice)."""
     with broker_errors():
         app.send_task(REPORT_TASK, args=(job_id,), queue=INFERENCE_QUEUE, retry=False)
+
+
+def send_captures(app: Celery, job_id: str) -> None:
+    """Ask for a reported DICOM job's heatmap captures (after its SR's deliveries, so the SR goes out first)."""
+    with broker_errors():
+        app.send_task(CAPTURES_TASK, args=(job_id,), queue=INFERENCE_QUEUE, retry=False)
 
 
 def send_delivery(app: Celery, delivery_id: int, countdown: float = 0) -> None:

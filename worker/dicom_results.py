@@ -72,38 +72,59 @@ def _dicom(storage: Storage, key: str | None, pixels: bool = False) -> Any:
         return None  # not a DICOM file (an upload's image): not part of a study's report
 
 
-def build_objects(settings: Settings, job_id: str) -> Iterator[tuple[str, str, str]]:
-    """Build and store the job's SR, then its heatmap captures one by one; yield (kind, SOP Instance UID, storage
-    key) of each as soon as it is stored, so the SR can go out while the captures are still being made."""
+def _uid(*parts: object) -> str:
+    """A UID derived from `parts`: an object made again (a task run twice) keeps its UID, so it is delivered once."""
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid(entropy_srcs=[str(p) for p in parts]))
+
+
+def _with_uid(ds: Any, sop_uid: str) -> Any:
+    ds.SOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    return ds
+
+
+def _inputs(settings: Settings, job_id: str) -> tuple[ModelVersion, list[_Row], dict[int, Any], Storage] | None:
     loaded = _rows(settings, job_id)
     if loaded is None:
-        return
-    job, version, rows = loaded
+        return None
+    _, version, rows = loaded
     storage = Storage(settings.storage_dir)
-    model_name, model_version = f"fracture {version.arch}", version.name
-    findings, sources = [], {}
-    for row in rows:
-        header = _dicom(storage, row.storage_key)
-        if header is None:
-            continue
-        sources[row.image_id] = header
-        findings.append(ImageFinding(header, row.prediction, row.probability, row.in_distribution, row.ood_score,
-                                     row.error))
-    if not findings:
+    sources = {row.image_id: header for row in rows if (header := _dicom(storage, row.storage_key)) is not None}
+    return version, rows, sources, storage
+
+
+def build_report_object(settings: Settings, job_id: str) -> tuple[str, str, str] | None:
+    """Build and store the study's SR: (kind, SOP Instance UID, storage key), or None for a job with no DICOM input."""
+    inputs = _inputs(settings, job_id)
+    if inputs is None or not inputs[2]:
+        return None
+    version, rows, sources, storage = inputs
+    findings = [ImageFinding(sources[r.image_id], r.prediction, r.probability, r.in_distribution, r.ood_score, r.error)
+                for r in rows if r.image_id in sources]
+    report = build_report(findings, f"fracture {version.arch}", version.name, float(version.threshold or 0.5),
+                          series_uid=_uid(job_id, "report series"))
+    report = _with_uid(report, _uid(job_id, "report"))
+    return REPORT, str(report.SOPInstanceUID), _store(storage, job_id, report)
+
+
+def build_captures(settings: Settings, job_id: str) -> Iterator[tuple[str, str, str]]:
+    """Build and store a heatmap capture of each image called fractured, one by one (yielded as each is stored)."""
+    inputs = _inputs(settings, job_id)
+    if inputs is None or not settings.dicom_send_heatmaps:
         return
-    report = build_report(findings, model_name, model_version, float(version.threshold or 0.5))
-    yield REPORT, str(report.SOPInstanceUID), _store(storage, job_id, report)
-    if settings.dicom_send_heatmaps:
-        positive = (version.classes or ["fractured"])[0]
-        series_uid = None
-        for number, row in enumerate((r for r in rows if r.prediction == positive and r.image_id in sources), 1):
-            rgb = _composite(settings, storage, job_id, row.image_id, version.id)
-            if rgb is None:
-                continue
-            capture = build_heatmap_capture(sources[row.image_id], rgb, model_name, model_version,
-                                            series_uid=series_uid, instance_number=number)
-            series_uid = capture.SeriesInstanceUID
-            yield HEATMAP, str(capture.SOPInstanceUID), _store(storage, job_id, capture)
+    version, rows, sources, storage = inputs
+    positive = (version.classes or ["fractured"])[0]
+    called = [r for r in rows if r.prediction == positive and r.image_id in sources]
+    for number, row in enumerate(called, 1):
+        rgb = _composite(settings, storage, job_id, row.image_id, version.id)
+        if rgb is None:
+            continue
+        capture = build_heatmap_capture(sources[row.image_id], rgb, f"fracture {version.arch}", version.name,
+                                        series_uid=_uid(job_id, "capture series"), instance_number=number)
+        capture = _with_uid(capture, _uid(job_id, row.image_id, "capture"))
+        yield HEATMAP, str(capture.SOPInstanceUID), _store(storage, job_id, capture)
 
 
 def _composite(settings: Settings, storage: Storage, job_id: str, image_id: int, version_id: int) -> np.ndarray | None:
@@ -128,23 +149,35 @@ def _store(storage: Storage, job_id: str, ds: Any) -> str:
     return key
 
 
-def report_job(settings: Settings, job_id: str, send: Callable[[int], None]) -> list[int]:
-    """Report a final DICOM job once (the first caller claims it): store each of its objects, record a delivery of
-    it to each DICOM_SEND_RESULTS_TO peer and `send` those at once (the SR first); return every delivery."""
+def report_job(settings: Settings, job_id: str, send: Callable[[int], None]) -> bool:
+    """Report a final DICOM job once (the first caller claims it): store its SR, record a delivery of it to each
+    DICOM_SEND_RESULTS_TO peer and `send` those; True when claimed (the captures are to be made next)."""
     peers = list(settings.dicom_send_results_to)
     if not peers:
-        return []
+        return False
     with session_scope(settings.database_url) as session:
         if not deliveries.claim_report(session, job_id):
-            return []
-    planned: list[int] = []
-    for made in build_objects(settings, job_id):
-        with session_scope(settings.database_url) as session:
-            ids = deliveries.plan(session, job_id, peers, [made])
-        for delivery_id in ids:
-            send(delivery_id)  # a send lost to a broker outage is sent again by the reaper
-        planned += ids
-    return planned
+            return False
+    made = build_report_object(settings, job_id)
+    if made is not None:
+        _plan_and_send(settings, job_id, [made], send)
+    return True
+
+
+def report_captures(settings: Settings, job_id: str, send: Callable[[int], None]) -> int:
+    """Make the job's heatmap captures and send each one's deliveries as soon as it is stored; how many deliveries.
+
+    Safe to run twice: a capture made again has the same UID, and a delivery already recorded is not recorded again."""
+    return sum(_plan_and_send(settings, job_id, [made], send) for made in build_captures(settings, job_id))
+
+
+def _plan_and_send(settings: Settings, job_id: str, objects: list[tuple[str, str, str]],
+                   send: Callable[[int], None]) -> int:
+    with session_scope(settings.database_url) as session:
+        ids = deliveries.plan(session, job_id, list(settings.dicom_send_results_to), objects)
+    for delivery_id in ids:
+        send(delivery_id)  # a send lost to a broker outage is sent again by the reaper
+    return len(ids)
 
 
 def _peer(settings: Settings, title: str) -> DicomPeer:

@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 from fracture import queue
 from worker.celery_app import soft_time_limit
 from worker.classify import classify_chunk, fail_images
-from worker.dicom_results import DeliveryError, deliver, give_up, report_job
+from worker.dicom_results import DeliveryError, deliver, give_up, report_captures, report_job
 from worker.heatmaps import make_heatmap, request_positive
 from worker.reaper import reap
 from worker.schedules import run_due_schedules
@@ -82,16 +82,28 @@ def maintenance_reap(self: Task) -> dict[str, object]:
 
 
 @shared_task(name=queue.REPORT_TASK, bind=True, max_retries=5)
-def report_task(self: Task, job_id: str) -> list[int]:
-    """Build a final DICOM job's SR and heatmap captures once; each delivery is sent as soon as its object is made."""
+def report_task(self: Task, job_id: str) -> bool:
+    """Build a final DICOM job's SR once and send its deliveries; then queue the heatmap captures behind them."""
     settings = queue.settings_of(self.app)
     try:
-        planned = report_job(settings, job_id, lambda delivery_id: queue.send_delivery(self.app, delivery_id))
+        claimed = report_job(settings, job_id, lambda delivery_id: queue.send_delivery(self.app, delivery_id))
     except OperationalError as e:
         raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
-    if planned:
-        log.info("job %s: %d deliveries to the PACS", job_id, len(planned))
-    return planned
+    if claimed and settings.dicom_send_heatmaps:
+        queue.send_captures(self.app, job_id)  # behind the SR's deliveries in the queue: the SR goes out first
+    return claimed
+
+
+@shared_task(name=queue.CAPTURES_TASK, bind=True, max_retries=5)
+def captures_task(self: Task, job_id: str) -> int:
+    """Make a DICOM job's heatmap captures and send each one's deliveries as soon as it is made."""
+    settings = queue.settings_of(self.app)
+    try:
+        sent = report_captures(settings, job_id, lambda delivery_id: queue.send_delivery(self.app, delivery_id))
+    except OperationalError as e:
+        raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
+    log.info("job %s: %d capture deliveries to the PACS", job_id, sent)
+    return sent
 
 
 # Attempts of one delivery, 10 s apart at first and doubling up to 10 min: about 1 h 30 min from the first failure
