@@ -171,6 +171,8 @@ class Settings:
     # With results sent (DICOM_SEND_RESULTS_TO), also a Secondary Capture of each image called fractured, its
     # heatmap burned in: what a viewer without SR support still shows.
     dicom_send_heatmaps: bool = setting("DICOM_SEND_HEATMAPS", True)
+    # The bearer token Prometheus sends to scrape /metrics; unset, /metrics answers only the same machine (loopback).
+    metrics_token: str = setting("METRICS_TOKEN", "", shown=False)
 
     @property
     def embedded_broker(self) -> bool:

@@ -7,6 +7,7 @@
 # docker-compose: Debian's 1.29, used only to validate docker-compose.yml (`docker-compose config`).
 # orthanc + orthanc-dicomweb: the PACS of the DICOM tests (they start their own on free ports; the package's service
 #   is not used); dcmtk (storescu, dsrdump) sends studies and reads reports; dicom3tools (dciodvfy) checks them.
+# prometheus: the metrics test scrapes a live system with a real one (its own, on a free port).
 set -euo pipefail
 
 # "package:probe" pairs; the probe is a command on PATH or an absolute path that shows it is there.
@@ -22,6 +23,7 @@ wanted=(
   "orthanc-dicomweb:/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
   "dcmtk:storescu"
   "dicom3tools:dciodvfy"
+  "prometheus:prometheus"
 )
 
 present() {

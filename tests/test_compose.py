@@ -44,7 +44,7 @@ def command_of(service: dict[str, Any]) -> list[str]:
 
 def test_services_and_volumes(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "postgres", *APP_SERVICES}
+    assert set(services) == {"redis", "postgres", "prometheus", *APP_SERVICES}
     assert {"data", "pgdata"} <= set(compose["volumes"])
     assert services["postgres"]["image"].startswith("postgres:15")
     assert "healthcheck" in services["postgres"] and "healthcheck" in services["redis"]
@@ -114,3 +114,16 @@ def test_commands_point_at_code_that_exists() -> None:
     proc = subprocess.run([str(fracture), "db", "upgrade", "--help"], capture_output=True, text=True, timeout=120,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_prometheus_scrapes_the_web_with_the_token_the_web_checks(compose: dict[str, Any]) -> None:
+    import yaml
+
+    services = compose["services"]
+    prometheus = services["prometheus"]
+    assert any(v.endswith(":/etc/prometheus/prometheus.yml:ro") or v.endswith(":/etc/prometheus/prometheus.yml")
+               for v in map(str, prometheus["volumes"]))
+    assert prometheus["environment"]["METRICS_TOKEN"] == services["web"]["environment"]["METRICS_TOKEN"]
+    config = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == ["web:5000"] and "credentials_file" in job["authorization"]

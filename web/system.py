@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 import marshmallow as ma
-from flask import Blueprint, current_app, send_from_directory
+from flask import Blueprint, Response, abort, current_app, request, send_from_directory
 from flask.typing import ResponseReturnValue
 from marshmallow import fields as f
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from fracture.queue import broker_ping, worker_ping
-from web.context import active_model, celery, db
+from web.context import active_model, celery, db, settings
 from web.openapi import ApiBlueprint, no_auth
 
 pages = Blueprint("system", __name__)
@@ -24,6 +25,26 @@ class HealthSchema(ma.Schema):
     broker = f.String(required=True, metadata={"enum": ["ok", "down", "unknown"]})
     workers = f.Dict(metadata={"description": "The workers that answered a ping, by queue."})
     model = f.Dict(metadata={"description": "The active model version's name and id."})
+
+
+@pages.get("/metrics")
+def metrics() -> ResponseReturnValue:
+    """The Prometheus text format (fracture.metrics), for a scraper with METRICS_TOKEN, or from this machine."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    from fracture.metrics import SystemCollector
+
+    token = settings().metrics_token
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            abort(401, description="send 'Authorization: Bearer <METRICS_TOKEN>'")
+    elif request.remote_addr not in ("127.0.0.1", "::1"):
+        abort(403, description="set METRICS_TOKEN to scrape /metrics from another machine")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SystemCollector(settings(), celery()))
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+                    headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @pages.get("/favicon.ico")

@@ -16,6 +16,8 @@ from web.context import db, machine_request
 # API's description (its document, reference page and that page's assets).
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "system_api.health", "static", "system.favicon",
                               "api-docs.openapi_json", "docs.page", "docs.static"})
+# Routes that check their own credentials, not a user's: /metrics takes METRICS_TOKEN (or this machine only).
+OWN_CREDENTIALS = frozenset({"system.metrics"})
 LOGIN_HINT = "send 'Authorization: Bearer <token>' (`fracture users create NAME` prints one) or log in"
 
 
@@ -53,6 +55,8 @@ def require_admin(action: str) -> None:
 def authenticate() -> ResponseReturnValue | None:
     """Set g.user and g.auth ("token" or "session"); answer 401 / redirect to login when there is none."""
     g.user, g.auth = None, None
+    if request.endpoint in OWN_CREDENTIALS:
+        return None
     header = request.headers.get("Authorization")
     if header is not None:
         scheme, _, token = header.partition(" ")
