@@ -146,11 +146,15 @@ def test_a_study_becomes_exactly_one_job_and_sending_it_again_makes_none(
     kept = Path(node_env["FRACTURE_HOME"]) / "storage" / rows[files[2].sop_uid].storage_key
     assert dcmread(kept, stop_before_pixels=True).file_meta.TransferSyntaxUID == uid.JPEG2000Lossless
 
-    jobs = wait_for(lambda: study_jobs(node_env, files[0].study_uid), QUIET_S + 30, "the study's job")
+    def dispatched() -> list[tuple[Job, list[ImageRow], str]] | None:
+        # The job is committed first, then dispatched by id: wait for both (the dispatch records enqueued_at).
+        found = study_jobs(node_env, files[0].study_uid)
+        return found if found and all(job.enqueued_at is not None for job, _, _ in found) else None
+
+    jobs = wait_for(dispatched, QUIET_S + 30, "the study's job, dispatched")
     [(job, images, owner)] = jobs  # type: ignore[misc]
     assert (job.source, job.accession_number, job.sender_ae, job.total) == (JobSource.DICOM, "A1234", PEER, 3)
     assert owner == "dicom-node"
-    assert job.enqueued_at is not None, "dispatched by id once committed"
     assert {i.sop_instance_uid for i in images} == {f.sop_uid for f in files}
 
     again = send(storescu, node_env, paths)
