@@ -160,9 +160,14 @@ def test_a_study_from_the_modality_comes_back_into_the_pacs_as_an_sr_and_heatmap
             for capture in objects.get(SC_CLASS, []):  # type: ignore[union-attr]
                 sc = dcmread(io.BytesIO(capture))
                 assert sc.BurnedInAnnotation == "YES" and sc.StudyInstanceUID == study_uid
-            with session_scope(get_settings(env).database_url) as session:
-                rows = list(session.scalars(select(Delivery).where(Delivery.job_id == job.id)))
-            assert len(rows) == 1 + fractured and all(r.status == DeliveryStatus.SENT for r in rows), rows
+            def all_sent() -> list[Delivery] | None:
+                # Orthanc lists an object a moment before the worker records the peer's acknowledgement.
+                with session_scope(get_settings(env).database_url) as session:
+                    rows = list(session.scalars(select(Delivery).where(Delivery.job_id == job.id)))
+                return rows if len(rows) == 1 + fractured and all(r.status == DeliveryStatus.SENT for r in rows) \
+                    else None
+
+            wait_for(all_sent, 30, "every delivery recorded as sent")
             print(f"{len(files)} images, {fractured} called fractured: 1 SR and {fractured} captures delivered")
             _job_page_shows_the_study_and_its_deliveries(env, web_port, job.id, 1 + fractured)
         finally:
