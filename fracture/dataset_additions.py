@@ -76,12 +76,6 @@ def target_dataset(session: Session, dataset_id: object) -> Dataset:
     return dataset
 
 
-def training_datasets(session: Session) -> list[Dataset]:
-    """The datasets reviewed images may go to (READY training datasets), by name."""
-    return list(session.scalars(select(Dataset).where(
-        Dataset.role == DatasetRole.TRAINING, Dataset.status == DatasetStatus.READY).order_by(Dataset.name)))
-
-
 def addition_key(dataset_id: int, md5: str) -> str:
     """Where the copy of an added image is kept."""
     return f"{datasets.files_prefix(dataset_id)}/additions/{md5}"

@@ -242,3 +242,9 @@ def as_dict(dataset: Dataset, with_root: bool = False) -> dict[str, Any]:
 def total_files(dataset: Dataset) -> int:
     """How many files validation counted, over every split and class."""
     return sum(int(n) for per_class in (dataset.counts or {}).values() for n in per_class.values())
+
+
+def ready_training_datasets(session: Session) -> list[Dataset]:
+    """The READY training datasets, by name: what a training, a schedule or reviewed images may name."""
+    return list(session.scalars(select(Dataset).where(
+        Dataset.role == DatasetRole.TRAINING, Dataset.status == DatasetStatus.READY).order_by(Dataset.name)))

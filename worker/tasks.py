@@ -19,6 +19,11 @@ from worker.schedules import run_due_schedules
 log = logging.getLogger(__name__)
 
 
+def _database_busy(task: Task, e: OperationalError) -> Exception:
+    """Retry `task` later: the database was busy or away, and every task here is idempotent."""
+    return task.retry(exc=e, countdown=min(60, 2 ** (task.request.retries + 1)))
+
+
 @shared_task(name=queue.CLASSIFY_TASK, bind=True, max_retries=5)
 def classify_chunk_task(self: Task, job_id: str, image_ids: list[int]) -> None:
     """Classify one chunk of a job; safe to run more than once."""
@@ -36,7 +41,7 @@ def classify_chunk_task(self: Task, job_id: str, image_ids: list[int]) -> None:
         return
     except OperationalError as e:
         # The database was busy or away: try again later, the chunk is idempotent.
-        raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
+        raise _database_busy(self, e) from e
     log.info("job %s chunk of %d: %s", job_id, len(image_ids), outcome)
     if settings.dicom_send_results_to:
         try:  # the report task claims a final DICOM job once; for any other it does nothing
@@ -61,7 +66,7 @@ def heatmap_task(self: Task, job_id: str, image_id: int, version_id: int) -> Non
     try:
         outcome = make_heatmap(settings, job_id, image_id, version_id)
     except OperationalError as e:
-        raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
+        raise _database_busy(self, e) from e
     log.info("job %s image %d heatmap: %s", job_id, image_id, outcome)
 
 
@@ -88,7 +93,7 @@ def report_task(self: Task, job_id: str) -> bool:
     try:
         claimed = report_job(settings, job_id, lambda delivery_id: queue.send_delivery(self.app, delivery_id))
     except OperationalError as e:
-        raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
+        raise _database_busy(self, e) from e
     if claimed and settings.dicom_send_heatmaps:
         queue.send_captures(self.app, job_id)  # behind the SR's deliveries in the queue: the SR goes out first
     return claimed
@@ -101,7 +106,7 @@ def captures_task(self: Task, job_id: str) -> int:
     try:
         sent = report_captures(settings, job_id, lambda delivery_id: queue.send_delivery(self.app, delivery_id))
     except OperationalError as e:
-        raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
+        raise _database_busy(self, e) from e
     log.info("job %s: %d capture deliveries to the PACS", job_id, sent)
     return sent
 

@@ -6,7 +6,7 @@ from flask import Blueprint, abort, current_app, render_template, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from fracture import dataset_additions, deliveries, reviews
+from fracture import dataset_additions, datasets, deliveries, reviews
 from fracture.models import Job, JobSource
 from web.auth import current_user, sees, visible
 from web.context import NO_MODEL_MESSAGE, active_model, db, settings
@@ -48,7 +48,7 @@ def page(job_id: str) -> ResponseReturnValue:
     additions = None
     if current_user().is_admin:  # the "add reviewed images to a dataset" form (_add_reviewed.html)
         additions = [{"id": d.id, "name": d.name, "additions": dataset_additions.addition_count(session, d.id)}
-                     for d in dataset_additions.training_datasets(session)]
+                     for d in datasets.ready_training_datasets(session)]
     return render_template(
         "job.html", job=job_json(record), rows=rows, page=page_no, pages=pages, shown=shown, filtered=filtered,
         query=query, args=query.args(), summary=job_summary(session, record, margin),

@@ -10,8 +10,8 @@ from flask import Blueprint, flash, redirect, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from fracture import schedule_params, schedule_times
-from fracture.models import Dataset, DatasetRole, DatasetStatus, Schedule
+from fracture import datasets, schedule_params, schedule_times
+from fracture.models import Schedule
 from fracture.schedule_params import RECIPE_FIELDS, RecipeError
 from fracture.schedule_times import ScheduleError
 from web.auth import require_admin
@@ -31,8 +31,7 @@ def section() -> dict[str, Any]:
     return {
         "rows": [{**row, "delete_question": delete_question(row)}
                  for row in map(schedule_json, session.scalars(select(Schedule).order_by(Schedule.id)))],
-        "choices": list(session.scalars(select(Dataset).where(
-            Dataset.status == DatasetStatus.READY, Dataset.role == DatasetRole.TRAINING).order_by(Dataset.name))),
+        "choices": datasets.ready_training_datasets(session),
         "options": {"weekdays": list(enumerate(schedule_times.WEEKDAYS)), "words": schedule_params.WORD_FIELDS,
                     "ints": schedule_params.INT_FIELDS},
     }

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, abort
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from fracture.models import FINAL_RUN_STATUSES, Dataset, DatasetRole, DatasetStatus, TrainingRun
+from fracture import datasets
+from fracture.models import FINAL_RUN_STATUSES, TrainingRun
 from fracture.queue import BrokerUnavailable
 from fracture.schedule_params import RecipeError
 from web.auth import current_user, require_admin
@@ -19,13 +20,6 @@ from web.trainings.service import NO_READY_DATASET, cancel, get_run, log_text, s
 bp = ApiBlueprint("trainings_api", __name__, url_prefix="/api", description="Training runs.")
 
 
-def ready_training_datasets() -> int:
-    """How many training datasets are ready to train on."""
-    query = select(func.count(Dataset.id)).where(Dataset.status == DatasetStatus.READY,
-                                                 Dataset.role == DatasetRole.TRAINING)
-    return int(db().scalar(query) or 0)
-
-
 @bp.post("/trainings")
 @bp.arguments(s.StartBody)
 @bp.response(201, s.RunStartedSchema)
@@ -33,7 +27,7 @@ def ready_training_datasets() -> int:
 def api_start(body: dict[str, Any]) -> tuple[object, int]:
     """Train on `dataset_ids` with the recipe's defaults, changed by the fields given."""
     require_admin("start a training run")
-    if not body.get("dataset_ids") and not ready_training_datasets():
+    if not body.get("dataset_ids") and not datasets.ready_training_datasets(db()):
         abort(409, description=f"Cannot train: {NO_READY_DATASET}.")  # nothing could be named: say what to do
     try:
         run = start(body, f"requested through the API by {current_user().username}")

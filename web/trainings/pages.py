@@ -9,8 +9,8 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
-from fracture import trainings
-from fracture.models import FINAL_RUN_STATUSES, Dataset, DatasetRole, DatasetStatus, ModelVersion, TrainingRun
+from fracture import datasets, trainings
+from fracture.models import FINAL_RUN_STATUSES, ModelVersion, TrainingRun
 from fracture.queue import BrokerUnavailable
 from fracture.recipe import AUGMENTATIONS, INTENSITIES, RECIPE, VIEWS
 from fracture.schedule_params import RecipeError
@@ -25,10 +25,8 @@ bp = Blueprint("trainings", __name__)
 
 def _start_form_choices() -> dict[str, Any]:
     """What the start form offers: the ready training datasets and the recipe's defaults."""
-    rows = db().scalars(select(Dataset).where(Dataset.status == DatasetStatus.READY,
-                                              Dataset.role == DatasetRole.TRAINING).order_by(Dataset.name)).all()
-    return {"datasets": rows, "recipe": RECIPE, "views": VIEWS, "augmentations": AUGMENTATIONS,
-            "intensities": INTENSITIES}
+    return {"datasets": datasets.ready_training_datasets(db()), "recipe": RECIPE, "views": VIEWS,
+            "augmentations": AUGMENTATIONS, "intensities": INTENSITIES}
 
 
 @bp.get("/training")
