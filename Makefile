@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # processes they start, so two share the two cores well. `make test PYTEST_WORKERS=0` runs them in one.
 PYTEST_WORKERS ?= 2
 
-.PHONY: bootstrap system-deps up test test-fast lint bench clean-venv
+.PHONY: bootstrap system-deps up test test-fast prod-check lint bench clean-venv
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -34,6 +34,12 @@ test-fast: bootstrap system-deps
 	$(VENV)/pytest -q -rfEs -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || rc=$$?; \
 	echo "== make test-fast: exit $$rc in $$((SECONDS - start))s =="; \
 	exit $$rc
+
+# The production topology on this machine, from docker-compose.yml's commands, with faults (tests/test_prod_topology.py):
+# PostgreSQL, redis-server, gunicorn x2, 2 inference workers, trainer, beat, DICOM node. Prints its figures;
+# PROD_CHECK_REPORT=file.json keeps them. `make test` runs it too.
+prod-check: bootstrap system-deps
+	$(VENV)/pytest -q -rfEs -s -p no:cacheprovider -n 0 tests/test_prod_topology.py $(PYTEST_ARGS)
 
 # ruff (style and bugs), mypy (types; packages in pyproject.toml), lint-imports (the layers; pyproject.toml).
 lint: bootstrap

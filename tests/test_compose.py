@@ -127,3 +127,34 @@ def test_prometheus_scrapes_the_web_with_the_token_the_web_checks(compose: dict[
     config = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus.yml").read_text())
     [job] = config["scrape_configs"]
     assert job["static_configs"][0]["targets"] == ["web:5000"] and "credentials_file" in job["authorization"]
+
+
+def test_the_topology_test_runs_the_compose_commands(compose: dict[str, Any], tmp_path: Path) -> None:
+    """tests/topology.py (`make prod-check`) reads its commands from docker-compose.yml: only the executable's folder,
+    the bind address, the node name and the volume's path change (one list, not two copies)."""
+    from topology import APP_SERVICES, compose_command, compose_services, localise
+
+    raw = compose_services()
+    assert set(APP_SERVICES) | {"migrate"} <= set(raw)
+    env: dict[str, str] = {}
+    for name in ("migrate", *APP_SERVICES):
+        # The file as docker-compose resolves it is the file the topology reads.
+        container = compose_command(raw[name], env)
+        assert container == command_of(compose["services"][name]), name
+        local = localise(name, container, tmp_path, 8123)
+        assert Path(local[0]).name == container[0] and Path(local[0]).is_file(), (name, local[0])
+        expected = [a.replace("/data", str(tmp_path)) for a in container[1:]]
+        if container[0] == "gunicorn":
+            expected[expected.index("--bind") + 1] = "127.0.0.1:8123"
+        if container[0] == "celery" and "worker" in container:
+            expected += ["-n", f"{name}-1@%h"]
+        assert local[1:] == expected, name
+
+
+def test_the_readme_starts_the_parts_with_the_compose_commands(compose: dict[str, Any]) -> None:
+    """The README's "separate machines" commands are the containers' commands, word for word."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = readme.split("To run the parts by hand on separate machines", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    lines = [line.split("#", 1)[0].split() for line in block.strip().splitlines()]
+    commands = [command_of(compose["services"][name]) for name in ("migrate", "web", "worker", "trainer", "beat")]
+    assert lines == commands
