@@ -126,7 +126,12 @@ class Settings:
     visibility_timeout_s: int = setting("BROKER_VISIBILITY_TIMEOUT_S", 3600)
     # The reaper re-enqueues a job's missing chunks after this long without progress (and an empty queue).
     reaper_stale_s: int = setting("REAPER_STALE_S", 300)
-    reaper_interval_s: int = setting("REAPER_INTERVAL_S", 60)
+    # Often enough that work whose worker died is failed within a minute (HEARTBEAT_STALE_S + this).
+    reaper_interval_s: int = setting("REAPER_INTERVAL_S", 20)
+    # A running training, evaluation or dataset validation records that it is alive this often; the reaper fails
+    # one whose last beat is older than HEARTBEAT_STALE_S (its worker was killed, ran out of memory, restarted).
+    heartbeat_interval_s: int = setting("HEARTBEAT_INTERVAL_S", 10)
+    heartbeat_stale_s: int = setting("HEARTBEAT_STALE_S", 30)
     # How often the beat asks the inference worker to start due schedules (tests make it a second).
     schedules_tick_s: int = setting("SCHEDULES_TICK_S", 60)
     # A chunk whose worker died this many times on it gets error rows instead of another delivery.
@@ -138,6 +143,9 @@ class Settings:
     secret_key: str = setting("SECRET_KEY", "dev-only-change-me", shown=False)
     # Send the session cookie over https only; off for the embedded http://127.0.0.1 mode.
     session_cookie_secure: bool = setting("SESSION_COOKIE_SECURE", False)
+    # How many reverse proxies in front of the web set X-Forwarded-For/-Proto/-Host (werkzeug's ProxyFix trusts
+    # that many hops); 0: the headers are ignored, so a client cannot forge its address.
+    trusted_proxy_hops: int = setting("TRUSTED_PROXY_HOPS", 0)
     seed_model: Path | None = None
     # Safe promotion: a finished run becomes active only if, on the same images as the active version, it
     # reaches these floors at its own threshold, loses at most the tolerance of ROC-AUC, and the images are

@@ -13,9 +13,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from fracture import heartbeats
 from fracture.config import Settings
 from fracture.models import Dataset, DatasetRole, DatasetStatus
 
@@ -114,11 +115,42 @@ def record_validation(
     dataset.thumbnails, dataset.fingerprint = thumbnails, fingerprint
 
 
-def mark_invalid(session: Session, dataset_id: int, reason: str) -> None:
+def mark_invalid(session: Session, dataset_id: int, reason: str, now: datetime | None = None) -> None:
     """Mark a dataset unusable, with one readable sentence saying why."""
     dataset = session.get(Dataset, dataset_id)
     if dataset is not None:
-        dataset.status, dataset.error, dataset.validated_at = DatasetStatus.INVALID, reason, datetime.now(UTC)
+        dataset.status, dataset.error, dataset.validated_at = DatasetStatus.INVALID, reason, now or datetime.now(UTC)
+
+
+def start_validation(session: Session, dataset_id: int) -> Dataset | None:
+    """Note that a trainer took the dataset's validation (its first heartbeat); None when it is not `validating`
+    (deleted, or already ended: a redelivered task, or one the reaper failed, does nothing)."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None or dataset.status != DatasetStatus.VALIDATING:
+        return None
+    dataset.heartbeat_at = datetime.now(UTC)
+    return dataset
+
+
+def beat_validation(session: Session, dataset_id: int, now: datetime | None = None) -> None:
+    """Record that the trainer validating `dataset_id` (or splitting it off its parent) is alive."""
+    session.execute(update(Dataset).where(Dataset.id == dataset_id, Dataset.status == DatasetStatus.VALIDATING)
+                    .values(heartbeat_at=now or datetime.now(UTC)))
+
+
+def fail_dead_validations(session: Session, now: datetime, heartbeat_stale_s: int) -> list[int]:
+    """Mark invalid the datasets a trainer started validating and stopped beating for; return their ids.
+
+    A dataset still waiting in the queue has no heartbeat and is left alone."""
+    failed = []
+    rows = session.scalars(select(Dataset).where(Dataset.status == DatasetStatus.VALIDATING,
+                                                 Dataset.heartbeat_at.is_not(None)))
+    for dataset in rows:
+        reason = heartbeats.stopped_worker(dataset.heartbeat_at, now, heartbeat_stale_s)
+        if reason is not None:
+            mark_invalid(session, dataset.id, f"The dataset could not be validated: {reason}; validate it again.", now)
+            failed.append(dataset.id)
+    return failed
 
 
 def set_gate(session: Session, dataset_id: int, gate: bool) -> Dataset:
@@ -185,7 +217,7 @@ def other_ready(session: Session, dataset: Dataset) -> list[Dataset]:
 def restart_validation(session: Session, dataset_id: int) -> Dataset:
     """Put a dataset back to `validating` before its validation is sent again."""
     dataset = get_dataset(session, dataset_id)
-    dataset.status, dataset.error = DatasetStatus.VALIDATING, None
+    dataset.status, dataset.error, dataset.heartbeat_at = DatasetStatus.VALIDATING, None, None  # queued again
     return dataset
 
 

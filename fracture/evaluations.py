@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from fracture import heartbeats
 from fracture.models import FINAL_RUN_STATUSES, Dataset, DatasetStatus, Evaluation, ModelVersion, RunStatus
 
 SPLIT_CHOICES = ("train", "val", "test")
@@ -49,7 +50,14 @@ def start_evaluation(session: Session, evaluation_id: int) -> Evaluation | None:
     if evaluation.status in FINAL_RUN_STATUSES:
         return None
     evaluation.status, evaluation.started_at, evaluation.error = RunStatus.RUNNING, datetime.now(UTC), None
+    evaluation.heartbeat_at = evaluation.started_at
     return evaluation
+
+
+def beat_evaluation(session: Session, evaluation_id: int, now: datetime | None = None) -> None:
+    """Record that the trainer measuring `evaluation_id` is alive (while the evaluation is `running`)."""
+    session.execute(update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == RunStatus.RUNNING)
+                    .values(heartbeat_at=now or datetime.now(UTC)))
 
 
 def finish_evaluation(session: Session, evaluation_id: int, metrics: dict[str, Any], plots: dict[str, str]) -> None:
@@ -60,11 +68,22 @@ def finish_evaluation(session: Session, evaluation_id: int, metrics: dict[str, A
         evaluation.metrics, evaluation.plots = metrics, plots
 
 
-def fail_evaluation(session: Session, evaluation_id: int, reason: str) -> None:
+def fail_evaluation(session: Session, evaluation_id: int, reason: str, now: datetime | None = None) -> None:
     """End an evaluation as failed with one readable sentence."""
     evaluation = session.get(Evaluation, evaluation_id)
     if evaluation is not None:
-        evaluation.status, evaluation.finished_at, evaluation.error = RunStatus.FAILED, datetime.now(UTC), reason
+        evaluation.status, evaluation.finished_at, evaluation.error = RunStatus.FAILED, now or datetime.now(UTC), reason
+
+
+def fail_dead_evaluations(session: Session, now: datetime, heartbeat_stale_s: int) -> list[int]:
+    """Mark failed the evaluations still `running` whose trainer stopped beating; return their ids."""
+    failed = []
+    for evaluation in session.scalars(select(Evaluation).where(Evaluation.status == RunStatus.RUNNING)):
+        reason = heartbeats.stopped_worker(evaluation.heartbeat_at or evaluation.started_at, now, heartbeat_stale_s)
+        if reason is not None:
+            fail_evaluation(session, evaluation.id, f"{reason}; evaluate again", now)
+            failed.append(evaluation.id)
+    return failed
 
 
 def evaluations_of(session: Session, version_id: int) -> list[Evaluation]:

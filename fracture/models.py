@@ -326,6 +326,8 @@ class TrainingRun(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+    # Written every HEARTBEAT_INTERVAL_S by the trainer while it runs; the reaper fails a run whose beats stopped.
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
 
 
 class Schedule(Base):
@@ -391,6 +393,8 @@ class Dataset(Base):
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     validated_at: Mapped[datetime | None] = mapped_column()
+    # Set when a trainer starts validating it and every HEARTBEAT_INTERVAL_S after; None while it waits in the queue.
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
 
 
 class Evaluation(Base):
@@ -411,6 +415,8 @@ class Evaluation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+    # Written every HEARTBEAT_INTERVAL_S by the trainer while it measures; the reaper fails one whose beats stopped.
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
 
 
 class User(Base):

@@ -14,7 +14,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from fracture import schedule_params, schedule_times, val_auc
+from fracture import heartbeats, schedule_params, schedule_times, val_auc
 from fracture.models import FINAL_RUN_STATUSES, RunStatus, Schedule, ScheduleFiring, TrainingRun
 from fracture.schedule_times import Spec
 
@@ -59,8 +59,15 @@ def start_run(session: Session, run_id: int) -> dict[str, Any] | None:
         cancel_run(session, run_id, "cancelled before it started")
         return None
     run.status, run.started_at, run.error = RunStatus.RUNNING, datetime.now(UTC), None
+    run.heartbeat_at = run.started_at
     run.log_key = log_key(run_id)
     return dict(run.params or {})
+
+
+def beat_run(session: Session, run_id: int, now: datetime | None = None) -> None:
+    """Record that the trainer running `run_id` is alive (while the run is `running`)."""
+    session.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.RUNNING)
+                    .values(heartbeat_at=now or datetime.now(UTC)))
 
 
 def record_epoch(session: Session, run_id: int, epoch: int, epochs: int, history: dict[str, list[float]]) -> None:
@@ -130,16 +137,24 @@ def queued_run_ids(session: Session) -> list[int]:
     ))
 
 
-def fail_dead_runs(session: Session, now: datetime, time_limit_s: int, stale_s: int) -> list[int]:
-    """Mark failed the runs still `running` long after their time limit: their trainer is gone."""
+def fail_dead_runs(
+    session: Session, now: datetime, time_limit_s: int, stale_s: int, heartbeat_stale_s: int,
+) -> list[int]:
+    """Mark failed the runs still `running` whose trainer is gone: no heartbeat for `heartbeat_stale_s` (the worker
+    was killed), or running past the time limit by `stale_s` (a trainer that never ends)."""
     limit = timedelta(seconds=time_limit_s + stale_s)
     failed = []
     for run in session.scalars(select(TrainingRun).where(TrainingRun.status == RunStatus.RUNNING)):
         started = run.started_at or run.created_at
+        reason: str | None
         if started is not None and now - started > limit:
             age = int((now - started).total_seconds())
-            fail_run(session, run.id, f"the trainer stopped without finishing: still running {age} s after it "
-                                      f"started, past the {time_limit_s} s training time limit", now)
+            reason = (f"the trainer stopped without finishing: still running {age} s after it started, past the "
+                      f"{time_limit_s} s training time limit")
+        else:
+            reason = heartbeats.stopped_worker(run.heartbeat_at or started, now, heartbeat_stale_s)
+        if reason is not None:
+            fail_run(session, run.id, reason, now)
             failed.append(run.id)
     return failed
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from flask import request, url_for
 from flask.testing import FlaskClient
 from installation import VENV_BIN, add_user, base_env, bearer, create_job
 from sqlalchemy import select
@@ -21,7 +22,7 @@ from fracture.accounts import check_password, find_user, revoke_tokens, user_for
 from fracture.config import Settings, get_settings
 from fracture.db import dispose_engines, session_scope
 from fracture.migrate import upgrade
-from fracture.models import ApiToken, Dataset, Job, ModelVersion, Schedule, TrainingRun, User
+from fracture.models import ApiToken, Dataset, Job, LoginFailure, ModelVersion, Schedule, TrainingRun, User
 from fracture.registry import register_checkpoint
 from fracture.storage import Storage
 from launcher.cli import main as fracture_cli
@@ -182,6 +183,58 @@ def test_failed_logins_are_rate_limited_per_user_and_address(
     elsewhere.environ_base["REMOTE_ADDR"] = "10.1.2.3"
     assert log_in(elsewhere, "alice", alice["password"]).status_code == 302
     assert log_in(anonymous(settings), "tester", admin_password).status_code == 302
+
+
+def _behind_proxy(settings: Settings, hops: int, client_address: str) -> FlaskClient:
+    """An anonymous client whose requests come through a local reverse proxy, on behalf of `client_address`."""
+    client = anonymous(replace(settings, trusted_proxy_hops=hops))
+    client.environ_base.update(REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR=client_address,
+                               HTTP_X_FORWARDED_PROTO="https", HTTP_X_FORWARDED_HOST="fracture.example.org",
+                               # A browser's same-origin Referer: over https the CSRF check wants it on this host.
+                               HTTP_REFERER="https://fracture.example.org/login")
+    return client
+
+
+def _seen_by_the_app(settings: Settings) -> dict[str, object]:
+    """The client address, scheme and external URL an app sees for a request forwarded by a proxy (from 127.0.0.1)."""
+    client = make_client(settings)
+    client.application.add_url_rule("/where", "where", lambda: {
+        "address": request.remote_addr, "secure": request.is_secure, "login": url_for("auth.login", _external=True)})
+    headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https",
+               "X-Forwarded-Host": "fracture.example.org"}
+    seen: dict[str, object] = client.get("/where", headers=headers).get_json()
+    return seen
+
+
+def test_behind_a_trusted_proxy_each_client_address_has_its_own_login_limit(
+    settings: Settings, alice: dict[str, str]
+) -> None:
+    first, second = _behind_proxy(settings, 1, "203.0.113.7"), _behind_proxy(settings, 1, "198.51.100.9")
+    for _ in range(5):
+        assert log_in(first, "alice", "wrong password").status_code == 401
+    assert log_in(first, "alice", alice["password"]).status_code == 429
+    # The proxy's own address (127.0.0.1 for both) is not the key: the second client is not locked out.
+    assert log_in(second, "alice", alice["password"]).status_code == 302
+    with session_scope(settings.database_url) as session:
+        assert set(session.scalars(select(LoginFailure.address))) == {"203.0.113.7"}
+    # The proxy's scheme and host are the request's: https (HSTS is sent), and external URLs name the public host.
+    assert first.get("/login").headers["Strict-Transport-Security"] == "max-age=31536000"
+    assert _seen_by_the_app(replace(settings, trusted_proxy_hops=1)) == {
+        "address": "203.0.113.7", "secure": True, "login": "https://fracture.example.org/login"}
+
+
+def test_without_a_trusted_proxy_a_forged_forwarded_for_cannot_dodge_the_login_limit(
+    settings: Settings, alice: dict[str, str]
+) -> None:
+    assert settings.trusted_proxy_hops == 0  # the default: X-Forwarded-* are ignored
+    for n in range(5):
+        assert log_in(_behind_proxy(settings, 0, f"10.9.8.{n}"), "alice", "wrong password").status_code == 401
+    assert log_in(_behind_proxy(settings, 0, "10.9.8.200"), "alice", alice["password"]).status_code == 429
+    with session_scope(settings.database_url) as session:
+        assert set(session.scalars(select(LoginFailure.address))) == {"127.0.0.1"}
+    response = _behind_proxy(settings, 0, "10.9.8.201").get("/login")
+    assert "Strict-Transport-Security" not in response.headers  # a forged X-Forwarded-Proto is not https either
+    assert _seen_by_the_app(settings) == {"address": "127.0.0.1", "secure": False, "login": "http://localhost/login"}
 
 
 def test_the_window_passes(settings: Settings, alice: dict[str, str]) -> None:

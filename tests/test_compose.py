@@ -29,7 +29,7 @@ def compose() -> dict[str, Any]:
         pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
     # Defaults only: a developer's POSTGRES_PASSWORD or SECRET_KEY must not change what is checked.
     own = ("POSTGRES_PASSWORD", "SECRET_KEY", "SESSION_COOKIE_SECURE", "WEB_PORT", "WORKER_CONCURRENCY", "COMPOSE_FILE",
-           "DICOM_PORT")
+           "DICOM_PORT", "TRUSTED_PROXY_HOPS")
     env = {k: v for k, v in os.environ.items() if k not in own}
     proc = subprocess.run([exe, "-f", "docker-compose.yml", "config"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)

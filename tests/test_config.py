@@ -8,18 +8,21 @@ import pytest
 
 from fracture.config import DicomPeer, Settings, get_settings
 
-# The variables and their defaults as they were before the defaults were declared once: none may change.
+# The variables and their defaults as they were before the defaults were declared once: none may change by
+# accident. On purpose since: REAPER_INTERVAL_S 60 -> 20 (with the heartbeats, work whose worker died is failed
+# within a minute); HEARTBEAT_INTERVAL_S, HEARTBEAT_STALE_S and TRUSTED_PROXY_HOPS are new.
 DEFAULTS = {
     "CHUNK_SIZE": 64, "BATCH_SIZE": 32, "MAX_UPLOAD_BYTES": 2 * 1024**3, "MAX_FILES_PER_JOB": 20_000,
     "MAX_FORM_PARTS": 25_000, "MAX_ZIP_MEMBERS": 50_000, "MAX_ZIP_TOTAL_BYTES": 8 * 1024**3, "MAX_ZIP_RATIO": 200,
     "MAX_IMAGE_PIXELS": 64_000_000, "TASK_TIME_LIMIT_S": 900, "WORKER_MAX_MEMORY_KB": 4_000_000,
-    "BROKER_VISIBILITY_TIMEOUT_S": 3600, "REAPER_STALE_S": 300, "REAPER_INTERVAL_S": 60, "SCHEDULES_TICK_S": 60,
+    "BROKER_VISIBILITY_TIMEOUT_S": 3600, "REAPER_STALE_S": 300, "REAPER_INTERVAL_S": 20, "SCHEDULES_TICK_S": 60,
     "MAX_CHUNK_ATTEMPTS": 3, "TRAINING_TIME_LIMIT_S": 6 * 3600, "SECRET_KEY": "dev-only-change-me",
     "SESSION_COOKIE_SECURE": False, "PROMOTE_MIN_SENSITIVITY": 0.95, "PROMOTE_MIN_SPECIFICITY": 0.90,
     "PROMOTE_AUC_TOLERANCE": 0.01, "PROMOTE_MIN_PER_CLASS": 50, "SHOW_PATIENT_IDENTIFIERS": False,
     "THUMBNAILS": True, "UNCERTAIN_MARGIN": 0.1, "HEATMAPS_ABOVE_THRESHOLD": False,
     "DICOM_PORT": 0, "DICOM_AE_TITLE": "FRACTURE", "DICOM_STUDY_QUIET_S": 30, "DICOM_OWNER": "dicom-node",
     "DICOM_SEND_HEATMAPS": True, "METRICS_TOKEN": "",
+    "HEARTBEAT_INTERVAL_S": 10, "HEARTBEAT_STALE_S": 30, "TRUSTED_PROXY_HOPS": 0,
 }
 
 

@@ -364,3 +364,24 @@ def test_fracture_up_registers_FRACTURE_DATASET_once(
         assert dataset is not None and dataset.status == "ready" and dataset.root == str(outside.resolve())
     dispose_engines()
     assert os.path.isdir(Storage(settings.storage_dir).path(f"datasets/{first}/thumbs"))
+
+
+def test_a_validating_dataset_page_follows_it_until_it_is_ready(admin: FlaskClient, cfg: Settings, roots: Path) -> None:
+    """While validating, the page (and its parent's list of parts) polls the dataset's JSON through web/static/live.js,
+    a script of /static (the CSP allows no inline one), and reloads when the status changes; once ready, nothing
+    polls."""
+    live = 'data-live-url="/api/datasets/{}"'
+    parent = int(register(admin, roots / "site", name="site")["id"])
+    page = admin.get(f"/datasets/{parent}").get_data(as_text=True)
+    assert live.format(parent) in page and "data-live-watch='{\"status\": \"validating\"}'" in page
+    assert '<script src="/static/live.js" defer></script>' in page and "<script>" not in page
+    assert admin.get(live.format(parent).split('"')[1]).get_json()["status"] == "validating"
+
+    validate_dataset(cfg, parent)
+    assert "data-live-url" not in admin.get(f"/datasets/{parent}").get_data(as_text=True)
+    parts = admin.post(f"/api/datasets/{parent}/split", json={}).get_json()
+    ids = parts["training"]["id"], parts["evaluation"]["id"]
+    page = admin.get(f"/datasets/{parent}").get_data(as_text=True)
+    assert all(live.format(i) in page for i in ids)  # the parent's page follows its parts' validation
+    split_dataset(cfg, parent, *ids)
+    assert "data-live-url" not in admin.get(f"/datasets/{parent}").get_data(as_text=True)

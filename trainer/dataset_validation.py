@@ -24,6 +24,7 @@ from fracture.models import Dataset
 from fracture.storage import Storage
 from trainer.audit import AuditReport, audit, decode_for_audit, dihedral_hashes
 from trainer.dataset_scan import SPLITS, Sample, detect_layout, fingerprint, scan
+from trainer.heartbeat import beating
 
 THUMBNAILS_PER_CLASS = 4
 THUMBNAIL_SIZE = 128
@@ -109,13 +110,22 @@ def report_of(found: Inspection, shared: list[dict[str, Any]]) -> dict[str, Any]
 
 def validate_dataset(settings: Settings, dataset_id: int) -> str:
     """Validate dataset `dataset_id` and record the outcome on it; return its new status."""
-    storage = Storage(settings.storage_dir)
     with session_scope(settings.database_url) as session:
         dataset = session.get(Dataset, dataset_id)
         if dataset is None:
             return "missing"
+        if datasets.start_validation(session, dataset_id) is None:
+            return str(dataset.status)  # it ended meanwhile (a redelivered task, or the reaper failed it)
         root, members = Path(dataset.root), datasets.member_paths(dataset)
         others = [(d.id, d.name) for d in datasets.other_ready(session, dataset)]
+    with beating(settings, lambda s: datasets.beat_validation(s, dataset_id)):
+        return _validate(settings, dataset_id, root, members, others)
+
+
+def _validate(settings: Settings, dataset_id: int, root: Path, members: set[str] | None,
+              others: list[tuple[int, str]]) -> str:
+    """Read and audit the dataset, then record it ready with its report, or invalid with the reason."""
+    storage = Storage(settings.storage_dir)
     try:
         found = inspect(root, members)
         if all(isinstance(v, str) for v in found.decoded.values()):

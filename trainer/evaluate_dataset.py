@@ -30,6 +30,7 @@ from fracture.registry import load_predictor
 from fracture.storage import Storage
 from trainer import plots
 from trainer.dataset_scan import Sample, scan
+from trainer.heartbeat import beating
 from trainer.metrics import at_most, binary_metrics, json_safe
 from trainer.robustness import acquisition_audit, worst
 
@@ -70,7 +71,8 @@ def evaluate(settings: Settings, evaluation_id: int) -> bool:
     if plan is None:
         return False  # already finished or failed: a redelivered task does nothing
     try:
-        metrics, stored = measure(settings, plan)
+        with beating(settings, lambda s: evaluations.beat_evaluation(s, evaluation_id)):
+            metrics, stored = measure(settings, plan)
     except Exception as e:
         log.exception("evaluation %s failed", evaluation_id)
         with session_scope(url) as session:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
+from sqlalchemy.orm import Session
 
 from fracture import datasets
 from fracture.config import Settings
@@ -18,6 +19,7 @@ from fracture.datasets import DEFAULT_FRACTION, check_fraction
 from fracture.db import session_scope
 from fracture.models import Dataset
 from trainer.dataset_validation import Inspection, inspect, validate_dataset
+from trainer.heartbeat import beating
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,19 @@ def split_dataset(settings: Settings, parent_id: int, training_id: int, evaluati
         if parent is None:
             return
         root, members = Path(parent.root), datasets.member_paths(parent)
+        for part in (training_id, evaluation_id):  # both parts beat until both are validated: the reaper fails
+            datasets.beat_validation(session, part)  # a part whose beats stop (this worker was killed)
+
+    def beat(session: Session) -> None:
+        for part in (training_id, evaluation_id):
+            datasets.beat_validation(session, part)
+
+    with beating(settings, beat):
+        _split_and_validate(settings, root, members, parent_id, training_id, evaluation_id, fraction, seed)
+
+
+def _split_and_validate(settings: Settings, root: Path, members: set[str] | None, parent_id: int, training_id: int,
+                        evaluation_id: int, fraction: float, seed: int) -> None:
     try:
         train_paths, eval_paths = split_members(inspect(root, members), root, fraction, seed)
     except Exception as exc:  # noqa: BLE001  (the parts show why they are unusable)

@@ -13,6 +13,7 @@ from fracture.db import session_scope
 from fracture.models import TrainingRun
 from fracture.registry import active_version, register_checkpoint, store_plots
 from fracture.storage import Storage
+from trainer.heartbeat import beating
 from trainer.promotion import decide_and_apply
 from trainer.run_files import RunLog, clean_folder, data_argv, sentence
 
@@ -69,12 +70,13 @@ def run_training(settings: Settings, run_id: int) -> int | None:
         stop_if_cancelled()
 
     try:
-        log(f"training run {run_id} started with {params}")
-        args = build_args(settings, run_id, params)
-        log("fracture train " + " ".join(args.argv))
-        summary = main(args, on_epoch=on_epoch, cache_dir=settings.home / "cache", log=log)
-        stop_if_cancelled()  # asked during the final evaluation: still nothing is registered
-        version_id, outcome = _register(settings, run_id, summary, force=bool(params.get("force")))
+        with beating(settings, lambda s: trainings.beat_run(s, run_id)):  # the reaper fails a run whose beats stop
+            log(f"training run {run_id} started with {params}")
+            args = build_args(settings, run_id, params)
+            log("fracture train " + " ".join(args.argv))
+            summary = main(args, on_epoch=on_epoch, cache_dir=settings.home / "cache", log=log)
+            stop_if_cancelled()  # asked during the final evaluation: still nothing is registered
+            version_id, outcome = _register(settings, run_id, summary, force=bool(params.get("force")))
         log(f"registered model version {outcome}")
         return version_id
     except Cancelled:

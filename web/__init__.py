@@ -14,6 +14,7 @@ from flask import Flask, Response, current_app, jsonify, render_template, reques
 from marshmallow import ValidationError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, ServiceUnavailable
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 from werkzeug.wsgi import LimitedStream
 
@@ -45,6 +46,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     app.config.update(auth_config(settings, keyed="SECRET_KEY" in config))
     app.config.update(config)
+
+    if settings.trusted_proxy_hops > 0:
+        # Behind that many reverse proxies: the client's address (the login rate limit, /metrics' loopback rule),
+        # the scheme (https for url_for, secure cookies, HSTS) and the host come from their X-Forwarded-* headers.
+        # Never by default: without a proxy those headers are whatever the client chose to send.
+        hops = settings.trusted_proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
 
     # Sessions are opened per request on first use; migrations are run by `fracture up` / `db upgrade`.
     app.extensions["fracture_sessions"] = session_factory(settings.database_url)

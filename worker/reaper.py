@@ -6,7 +6,9 @@ Run by beat as `maintenance.reap` every settings.reaper_interval_s, and callable
 - a queued or running job with images still lacking a result and no progress for settings.reaper_stale_s is
   re-enqueued, once the inference queue is empty (a long queue is not a lost one); chunks are idempotent, so
   a chunk that was only slow costs a duplicate, never a second result;
-- a training run left `running` longer than its time limit plus the stale threshold is marked failed;
+- a training run, an evaluation or a dataset validation whose trainer stopped beating (no heartbeat for
+  settings.heartbeat_stale_s: the worker was killed) is marked failed (a dataset invalid) with that reason, and a
+  training run left `running` longer than its time limit plus the stale threshold too;
 - an upload folder with no job row (the web died while receiving or storing it) is deleted once it is stale;
 - a final DICOM job whose report was never asked for (the broker was down when it ended) is reported, and a
   delivery to the PACS never attempted is sent again, once the inference queue is empty.
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from fracture import deliveries, trainings
+from fracture import datasets, deliveries, evaluations, trainings
 from fracture.config import Settings
 from fracture.db import session_scope
 from fracture.models import FINAL_JOB_STATUSES, Job, JobSource, JobStatus, Result
@@ -48,6 +50,8 @@ class ReapReport:
     chunks: int = 0
     waiting_on_queue: int = 0
     failed_runs: list[int] = field(default_factory=list)
+    failed_evaluations: list[int] = field(default_factory=list)
+    failed_validations: list[int] = field(default_factory=list)
     removed_uploads: list[str] = field(default_factory=list)
     reports: list[str] = field(default_factory=list)
     deliveries: list[int] = field(default_factory=list)
@@ -55,8 +59,9 @@ class ReapReport:
 
     @property
     def acted(self) -> bool:
-        return bool(self.dispatched or self.requeued or self.failed_runs or self.removed_uploads or self.reports
-                    or self.deliveries or self.broker_error)
+        return bool(self.dispatched or self.requeued or self.failed_runs or self.failed_evaluations
+                    or self.failed_validations or self.removed_uploads or self.reports or self.deliveries
+                    or self.broker_error)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,9 +92,22 @@ def find_lost_jobs(settings: Settings, now: datetime) -> tuple[list[str], list[s
 
 
 def fail_dead_training_runs(settings: Settings, now: datetime) -> list[int]:
-    """Mark failed the runs still `running` long after their time limit: their trainer is gone."""
+    """Mark failed the runs still `running` whose trainer stopped beating or ran far past its time limit."""
     with session_scope(settings.database_url) as session:
-        return trainings.fail_dead_runs(session, now, settings.training_time_limit_s, settings.reaper_stale_s)
+        return trainings.fail_dead_runs(session, now, settings.training_time_limit_s, settings.reaper_stale_s,
+                                        settings.heartbeat_stale_s)
+
+
+def fail_dead_evaluations(settings: Settings, now: datetime) -> list[int]:
+    """Mark failed the evaluations still `running` whose trainer stopped beating."""
+    with session_scope(settings.database_url) as session:
+        return evaluations.fail_dead_evaluations(session, now, settings.heartbeat_stale_s)
+
+
+def fail_dead_validations(settings: Settings, now: datetime) -> list[int]:
+    """Mark invalid the datasets whose validation a trainer started and stopped beating for."""
+    with session_scope(settings.database_url) as session:
+        return datasets.fail_dead_validations(session, now, settings.heartbeat_stale_s)
 
 
 def remove_orphan_uploads(settings: Settings, now: datetime) -> list[str]:
@@ -163,5 +181,7 @@ def reap(celery_app: Celery, settings: Settings, now: datetime | None = None) ->
     except BrokerUnavailable as e:
         report.broker_error = str(e)
     report.failed_runs = fail_dead_training_runs(settings, now)
+    report.failed_evaluations = fail_dead_evaluations(settings, now)
+    report.failed_validations = fail_dead_validations(settings, now)
     report.removed_uploads = remove_orphan_uploads(settings, now)
     return report
