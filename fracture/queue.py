@@ -44,9 +44,11 @@ TASK_ROUTES = {
     # They read whole datasets with the trainer's code (audit, metrics, plots): the trainer's worker runs them.
     "datasets.*": {"queue": TRAINING_QUEUE},
     "evaluations.*": {"queue": TRAINING_QUEUE},
-    # Small and quick: the inference worker is always running, so it takes these too.
-    "schedules.*": {"queue": INFERENCE_QUEUE},
-    "maintenance.*": {"queue": INFERENCE_QUEUE},
+    # Small and quick: the inference workers are always running, so they take these too, from the queue they
+    # take in turn with chunks: behind a backlog of thousands of chunks, the reaper still runs within a chunk's
+    # time (a killed trainer's run is failed within a minute) and a due schedule still starts on time.
+    "schedules.*": {"queue": INTERACTIVE_QUEUE},
+    "maintenance.*": {"queue": INTERACTIVE_QUEUE},
 }
 BROKER_TIMEOUT_S = 3.0
 log = logging.getLogger(__name__)

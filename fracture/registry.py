@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,23 +41,25 @@ def register_checkpoint(
     plots: dict[str, str] | None = None,
     notes: str | None = None,
 ) -> ModelVersion:
-    """Copy a checkpoint file into storage and add it as a candidate version."""
+    """Add a checkpoint file as a candidate version and copy it into storage.
+
+    The row is flushed first: its unique name is claimed (a concurrent registration of the same name waits, then
+    fails) before any byte is written, so a loser never overwrites the winner's file. The copy is then atomic
+    (a temporary file renamed), so a worker loading the version never reads a half-written file.
+    """
     # Imported here, not at the top: torch costs the web processes seconds at start and nothing else needs it.
     from fracture.ml.checkpoint import read_payload, sha256_file
 
     payload = read_payload(checkpoint_file)
     name = name or next_name(session)
     key = f"models/{name}/model.pt"
-    dest = storage.path(key)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(checkpoint_file, dest)
     metrics: dict[str, Any] = payload.get("metrics") or {}
     version = ModelVersion(
         name=name,
         status=ModelStatus.CANDIDATE,
         arch=str(payload["arch"]),
         checkpoint_key=key,
-        checkpoint_sha256=sha256_file(dest),
+        checkpoint_sha256=sha256_file(Path(checkpoint_file)),
         threshold=float(payload["threshold"]),
         classes=[str(c) for c in payload["classes"]],
         metrics=metrics,
@@ -70,6 +71,8 @@ def register_checkpoint(
     )
     session.add(version)
     session.flush()
+    with open(checkpoint_file, "rb") as src:
+        storage.write_stream(key, src)
     return version
 
 
@@ -221,9 +224,8 @@ def store_plots(storage: Storage, version_name: str, folder: Path) -> dict[str, 
     keys: dict[str, str] = {}
     for png in sorted(folder.glob("*.png")) if folder.is_dir() else []:
         key = f"models/{version_name}/plots/{png.stem}.png"
-        dest = storage.path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(png, dest)
+        with open(png, "rb") as src:
+            storage.write_stream(key, src)  # atomic: a page never shows half a plot
         keys[png.stem] = key
     return keys
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from celery import Celery
 from flask import Response, abort, current_app, g, request, send_file, stream_with_context
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fracture.config import Settings
@@ -64,8 +65,12 @@ def active_model() -> ModelVersion | None:
     session = db()
     version = active_version(session)
     if version is None and settings().seed_model is not None:
-        version = ensure_seed_model(session, settings())
-        session.commit()
+        try:
+            version = ensure_seed_model(session, settings())
+            session.commit()
+        except IntegrityError:  # another web process registered it at the same moment: theirs is the one
+            session.rollback()
+            version = active_version(session)
     return version
 
 
