@@ -1,4 +1,9 @@
-"""User accounts and API tokens: Argon2id password hashes, tokens kept only as SHA-256, the first admin."""
+"""User accounts and API tokens: Argon2id password hashes, tokens kept only as SHA-256, the first admin; the one
+module that changes a user (admin on or off, disabled or enabled), each change recorded in the audit log.
+
+`actor` names who asked (a username, or "cli"): the change is then recorded in the audit log (fracture.audit_log);
+set-up code and tests that pass none record nothing.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from fracture import audit_log
 from fracture.config import Settings
 from fracture.models import ApiToken, User
 
@@ -106,7 +112,8 @@ def get_user(session: Session, username: str) -> User:
     return user
 
 
-def create_user(session: Session, username: str, *, admin: bool = False, password: str | None = None) -> Credentials:
+def create_user(session: Session, username: str, *, admin: bool = False, password: str | None = None,
+                actor: str | None = None) -> Credentials:
     """Add a user with a random (or given) password and a first API token; return both in clear, once."""
     if not USERNAME.match(username):
         raise AccountError("a username is 1-64 letters, digits or . _ @ - and starts with a letter or digit")
@@ -116,6 +123,8 @@ def create_user(session: Session, username: str, *, admin: bool = False, passwor
     user = User(username=username, password_hash=hash_password(password), is_admin=admin, active=True)
     session.add(user)
     session.flush()
+    if actor is not None:
+        audit_log.record(session, actor, "user.create", username, {"admin": admin})
     return Credentials(username, password, issue_token(session, user))
 
 
@@ -133,13 +142,17 @@ def ensure_service_user(session: Session, username: str) -> User:
             session.add(user)
     except IntegrityError:
         return get_user(session, username)
+    audit_log.record(session, audit_log.SYSTEM, "user.create", username, {"admin": False, "service": True})
     return user
 
 
-def issue_token(session: Session, user: User, name: str = "default") -> str:
+def issue_token(session: Session, user: User, name: str = "default", actor: str | None = None) -> str:
     token = new_token()
-    session.add(ApiToken(user_id=user.id, token_hash=token_digest(token), name=name[:64]))
+    row = ApiToken(user_id=user.id, token_hash=token_digest(token), name=name[:64])
+    session.add(row)
     session.flush()
+    if actor is not None:
+        audit_log.record(session, actor, "user.token_create", user.username, {"token_id": row.id, "name": row.name})
     return token
 
 
@@ -156,7 +169,8 @@ def user_for_token(session: Session, token: str) -> User | None:
     return row.user
 
 
-def revoke_tokens(session: Session, username: str | None = None, token_id: int | None = None) -> int:
+def revoke_tokens(session: Session, username: str | None = None, token_id: int | None = None,
+                  actor: str | None = None) -> int:
     """Revoke every live token of `username`, or the one token `token_id`; return how many were revoked."""
     stmt = select(ApiToken).where(ApiToken.revoked_at.is_(None))
     if token_id is not None:
@@ -170,23 +184,70 @@ def revoke_tokens(session: Session, username: str | None = None, token_id: int |
     for row in rows:
         row.revoked_at = now
     session.flush()
+    if actor is not None:
+        owners = sorted({row.user.username for row in rows}) or [username or f"token #{token_id}"]
+        for owner in owners:
+            audit_log.record(session, actor, "user.tokens_revoke", owner,
+                             {"token_ids": [row.id for row in rows if row.user.username == owner]})
     return len(rows)
 
 
-def set_password(session: Session, username: str, password: str | None = None) -> str:
+def set_password(session: Session, username: str, password: str | None = None, actor: str | None = None) -> str:
     """Replace `username`'s password (random unless given); their browser sessions end with it."""
     user = get_user(session, username)
-    password = password or new_password()
-    user.password_hash = hash_password(password)
+    chosen = password or new_password()
+    user.password_hash = hash_password(chosen)
     session.flush()
-    return password
+    if actor is not None:
+        audit_log.record(session, actor, "user.password_reset", username, {"random": password is None})
+    return chosen
+
+
+def active_admins(session: Session) -> int:
+    """How many enabled admins there are."""
+    return session.scalar(select(func.count(User.id)).where(User.is_admin.is_(True), User.active.is_(True))) or 0
+
+
+def _keeps_an_admin(session: Session, user: User, what: str) -> None:
+    """Refuse to take the last enabled admin away: nobody could manage users from the web any more."""
+    if user.is_admin and user.active and active_admins(session) <= 1:
+        raise AccountError(f"{user.username} is the last enabled admin: make another user an admin before {what}")
+
+
+def set_admin(session: Session, username: str, admin: bool, actor: str | None = None) -> User:
+    """Make `username` an admin, or an ordinary user again; AccountError for the last enabled admin."""
+    user = get_user(session, username)
+    if user.is_admin == admin:
+        return user
+    if not admin:
+        _keeps_an_admin(session, user, "removing their admin rights")
+    user.is_admin = admin
+    session.flush()
+    if actor is not None:
+        audit_log.record(session, actor, "user.admin_on" if admin else "user.admin_off", username)
+    return user
+
+
+def set_active(session: Session, username: str, active: bool, actor: str | None = None) -> User:
+    """Enable or disable `username`: disabled, they cannot log in and their tokens and sessions stop working (kept,
+    so enabling them again restores both); AccountError for the last enabled admin."""
+    user = get_user(session, username)
+    if user.active == active:
+        return user
+    if not active:
+        _keeps_an_admin(session, user, "disabling them")
+    user.active = active
+    session.flush()
+    if actor is not None:
+        audit_log.record(session, actor, "user.enable" if active else "user.disable", username)
+    return user
 
 
 def ensure_first_admin(session: Session, settings: Settings) -> Credentials | None:
     """On an installation without users, create the admin and leave its credentials in a 0600 file."""
     if session.scalar(select(func.count(User.id))):
         return None
-    creds = create_user(session, FIRST_ADMIN, admin=True)
+    creds = create_user(session, FIRST_ADMIN, admin=True, actor=audit_log.SYSTEM)
     write_private(settings.home / FIRST_ADMIN_FILE, (
         "The first administrator of this installation (shown once on the console too).\n"
         "Change the password with `fracture users set-password admin`, then delete this file.\n"

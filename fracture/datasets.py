@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from fracture import heartbeats
+from fracture import audit_log, heartbeats
 from fracture.config import Settings
 from fracture.models import Dataset, DatasetRole, DatasetStatus
 
@@ -83,9 +83,11 @@ def check_role(role: str | None) -> DatasetRole:
 
 def create_dataset(
     session: Session, name: str, role: str | None, source: str, root: Path, created_by: int | None = None,
-    parent_id: int | None = None, members: list[str] | None = None,
+    parent_id: int | None = None, members: list[str] | None = None, actor: str | None = None,
 ) -> Dataset:
-    """Add a dataset to be validated (flushed, not committed: the caller commits, then sends the validation)."""
+    """Add a dataset to be validated (flushed, not committed: the caller commits, then sends the validation).
+
+    With `actor` (who asked: a username, or "cli"), the registration is recorded in the audit log."""
     dataset = Dataset(
         name=check_name(session, name), role=check_role(role), status=DatasetStatus.VALIDATING, source=source,
         root=str(root), parent_id=parent_id, members={"paths": sorted(members)} if members is not None else {},
@@ -93,6 +95,9 @@ def create_dataset(
     )
     session.add(dataset)
     session.flush()
+    if actor is not None:
+        audit_log.record(session, actor, "dataset.register", dataset.name,
+                         {"id": dataset.id, "role": str(dataset.role), "source": str(source), "root": str(root)})
     return dataset
 
 
@@ -174,7 +179,7 @@ def get_dataset(session: Session, dataset_id: int) -> Dataset:
 
 def register_folder(
     session: Session, settings: Settings, path: str | Path, name: str | None = None, role: str | None = None,
-    created_by: int | None = None, trusted: bool = False,
+    created_by: int | None = None, trusted: bool = False, actor: str | None = None,
 ) -> Dataset:
     """Add a server folder (under DATASET_ROOTS unless `trusted`: the operator's FRACTURE_DATASET) to be validated."""
     if trusted:
@@ -183,7 +188,7 @@ def register_folder(
             raise DatasetError(f"no such folder on the server: {path}")
     else:
         root = allowed_folder(settings, path)
-    return create_dataset(session, name or root.name, role, DatasetSource.FOLDER, root, created_by)
+    return create_dataset(session, name or root.name, role, DatasetSource.FOLDER, root, created_by, actor=actor)
 
 
 def dataset_with_root(session: Session, root: Path) -> Dataset | None:

@@ -450,6 +450,19 @@ class ApiToken(Base):
     user: Mapped[User] = relationship(back_populates="tokens")
 
 
+class AuditEntry(Base):
+    """One admin action, kept for the audit log: who did what to which thing, when, and the particulars."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(64))  # a username, or "cli" / "trainer" / "system"
+    action: Mapped[str] = mapped_column(String(64), index=True)  # "user.create", "model.promote", ...
+    subject: Mapped[str] = mapped_column(String(255))  # what it was done to: a username, a version, a dataset
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
 class LoginFailure(Base):
     """One failed login; counted per (username, address) in a time window, so every web process sees them."""
 

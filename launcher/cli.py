@@ -63,9 +63,15 @@ def db_downgrade(revision: str) -> None:
 # ---------------------------------------------------------------- users
 
 
+# Who the audit log names for a change made with this command (fracture.audit_log).
+CLI_ACTOR = "cli"
+
+
 @main.group()
 def users() -> None:
-    """User accounts and API tokens (passwords and tokens are shown once, never stored in clear)."""
+    """User accounts and API tokens (passwords and tokens are shown once, never stored in clear).
+
+    Every change is recorded in the audit log (the /audit page) with "cli" as the actor."""
 
 
 def _accounts_session() -> AbstractContextManager[Session]:
@@ -87,7 +93,7 @@ def users_create(name: str, admin: bool, as_json: bool) -> None:
 
     try:
         with _accounts_session() as session:
-            creds = create_user(session, name, admin=admin)
+            creds = create_user(session, name, admin=admin, actor=CLI_ACTOR)
     except AccountError as e:
         raise click.ClickException(str(e)) from None
     if as_json:
@@ -126,7 +132,7 @@ def users_revoke_token(name: str | None, token_id: int | None) -> None:
 
     try:
         with _accounts_session() as session:
-            count = revoke_tokens(session, name, token_id)
+            count = revoke_tokens(session, name, token_id, actor=CLI_ACTOR)
     except AccountError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"revoked {count} token(s)")
@@ -141,7 +147,7 @@ def users_create_token(name: str, label: str) -> None:
 
     try:
         with _accounts_session() as session:
-            token = issue_token(session, get_user(session, name), label)
+            token = issue_token(session, get_user(session, name), label, actor=CLI_ACTOR)
     except AccountError as e:
         raise click.ClickException(str(e)) from None
     click.echo(token)
@@ -159,10 +165,50 @@ def users_set_password(name: str, password: str | None) -> None:
         raise click.ClickException("a password needs at least 10 characters")
     try:
         with _accounts_session() as session:
-            chosen = set_password(session, name, password)
+            chosen = set_password(session, name, password, actor=CLI_ACTOR)
     except AccountError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"password of {name} changed" + ("" if password else f": {chosen}"))
+
+
+@users.command("admin")
+@click.argument("name")
+@click.option("--remove", is_flag=True, help="make NAME an ordinary user again")
+def users_admin(name: str, remove: bool) -> None:
+    """Make user NAME an admin (or, with --remove, an ordinary user; never the last enabled admin)."""
+    from fracture.accounts import AccountError, set_admin
+
+    try:
+        with _accounts_session() as session:
+            set_admin(session, name, not remove, actor=CLI_ACTOR)
+    except AccountError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{name} is {'no longer ' if remove else 'now '}an admin")
+
+
+@users.command("disable")
+@click.argument("name")
+def users_disable(name: str) -> None:
+    """Disable user NAME: no login, tokens and sessions stop working (never the last enabled admin)."""
+    _set_active(name, False)
+
+
+@users.command("enable")
+@click.argument("name")
+def users_enable(name: str) -> None:
+    """Enable user NAME again (their tokens that were not revoked work again)."""
+    _set_active(name, True)
+
+
+def _set_active(name: str, active: bool) -> None:
+    from fracture.accounts import AccountError, set_active
+
+    try:
+        with _accounts_session() as session:
+            set_active(session, name, active, actor=CLI_ACTOR)
+    except AccountError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{name} is {'enabled' if active else 'disabled'}")
 
 
 # ---------------------------------------------------------------- run everything

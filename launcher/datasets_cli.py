@@ -30,7 +30,7 @@ def add(path: str, name: str | None, role: str) -> None:
     upgrade(settings.database_url)
     try:
         with session_scope(settings.database_url) as session:
-            dataset_id = state.register_folder(session, settings, path, name, role).id
+            dataset_id = state.register_folder(session, settings, path, name, role, actor="cli").id
     except state.DatasetError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"dataset #{dataset_id} registered; validating...", err=True)

@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fracture import evaluations
+from fracture import audit_log, evaluations
 from fracture.config import Settings
 from fracture.db import session_scope
 from fracture.ml.inference import Predictor
@@ -147,7 +147,11 @@ def decide_and_apply(settings: Settings, candidate_id: int, test_samples: Sequen
     with session_scope(settings.database_url) as session:
         candidate = session.get_one(ModelVersion, candidate_id)
         if promoted:
+            replaced = active_version(session)
             promote(session, candidate)
+            audit_log.record(session, audit_log.TRAINER, "model.promote", candidate.name,
+                             {"id": candidate.id, "replaced": replaced.name if replaced is not None else None,
+                              "automatic": True, "reason": reason})
         record_decision(candidate, reason)
     return promoted, reason
 

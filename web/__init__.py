@@ -1,6 +1,6 @@
-"""The web front end (Flask): one package per resource (jobs, models, datasets, trainings, evaluations, schedules;
-auth), each with its pages and its JSON API side by side and one schema module; the API is described at
-/api/openapi.json (web/openapi.py).
+"""The web front end (Flask): one package per resource (jobs, models, datasets, trainings, evaluations, schedules,
+users, the audit log; auth), each with its pages and its JSON API side by side and one schema module; the API is
+described at /api/openapi.json (web/openapi.py).
 
 It imports the core (`fracture`) only, never `worker` or `trainer`: jobs and runs are recorded through the
 core's state modules and sent by name through `fracture.queue`.
@@ -59,7 +59,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # A producer only: the web sends tasks by name and never runs one.
     app.extensions["celery"] = make_app(settings)
 
-    from web import datasets, dicomweb, evaluations, jobs, models, schedules, system, trainings
+    from web import audit, datasets, dicomweb, evaluations, jobs, models, schedules, system, trainings, users
     from web.context import close_db
     from web.openapi import init_api
 
@@ -72,7 +72,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(system.pages)
     api.register_blueprint(system.api)
     # One package per resource, its pages and its API side by side (the API's routes go into /api/openapi.json).
-    for resource in (jobs, models, datasets, trainings, evaluations, schedules):
+    for resource in (jobs, models, datasets, trainings, evaluations, schedules, users, audit):
         app.register_blueprint(resource.PAGES)
         api.register_blueprint(resource.API)
     app.register_blueprint(dicomweb.PAGES)  # DICOMweb's own standard describes it, not the OpenAPI document

@@ -4,7 +4,7 @@ The reaper fails a run, an evaluation or a validation whose heartbeat stopped (i
 minute instead of after the training time limit or never.
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-08 10:00:00
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0014"
-down_revision = "0012"  # another branch adds 0013; the merge relinks this one after it
+down_revision = "0013"  # another branch adds 0013; the merge relinks this one after it
 branch_labels = None
 depends_on = None
 

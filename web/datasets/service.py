@@ -43,7 +43,8 @@ def register_folder(path: str, name: str | None, role: str | None) -> Dataset:
     require_admin("register a dataset")
     if not path.strip():
         raise DatasetError("give the folder's path on the server")
-    dataset = datasets.register_folder(db(), settings(), path.strip(), name, role, current_user().id)
+    user = current_user()
+    dataset = datasets.register_folder(db(), settings(), path.strip(), name, role, user.id, actor=user.username)
     db().commit()
     return _send_validation(dataset)
 
@@ -58,7 +59,9 @@ def upload_zip(part: FileStorage, name: str | None, role: str | None) -> Dataset
     db().rollback()  # no transaction held open while the zip is unpacked
     folder, _layout, _files = unpack_dataset_zip(storage(), settings(), part.stream)
     try:
-        dataset = datasets.create_dataset(db(), name, role, datasets.DatasetSource.UPLOAD, folder, current_user().id)
+        user = current_user()
+        dataset = datasets.create_dataset(db(), name, role, datasets.DatasetSource.UPLOAD, folder, user.id,
+                                          actor=user.username)
         db().commit()
     except BaseException:
         db().rollback()

@@ -15,6 +15,7 @@ from typing import Any
 from flask import abort, request, url_for
 from sqlalchemy import select
 
+from fracture import audit_log
 from fracture.evaluations import evaluations_with_names
 from fracture.models import Dataset, ModelStatus, ModelVersion, RunStatus
 from fracture.registry import (
@@ -53,9 +54,14 @@ def promote_version(ref: str | int) -> ModelVersion:
     if version.status == ModelStatus.ACTIVE:
         return version  # already serving: a second click changes nothing
     earlier = _gate_said(version)
+    replaced = active_version(session)
     promote(session, version)
-    record_decision(version, f"promoted by hand by {current_user().username}"
+    user = current_user().username
+    record_decision(version, f"promoted by hand by {user}"
                              + (f" (the automatic check had said: {earlier})" if earlier else ""))
+    audit_log.record(session, user, "model.promote", version.name,
+                     {"id": version.id, "replaced": replaced.name if replaced is not None else None,
+                      "automatic_check": earlier})
     session.commit()
     return version
 
@@ -64,8 +70,10 @@ def retire_version(version: ModelVersion) -> None:
     """Retire a version that is not active and say who did; RegistryError for the active one."""
     retire(db(), version)
     earlier = _gate_said(version)
-    record_decision(version, f"retired by hand by {current_user().username}"
+    user = current_user().username
+    record_decision(version, f"retired by hand by {user}"
                              + (f" (the automatic check had said: {earlier})" if earlier else ""))
+    audit_log.record(db(), user, "model.retire", version.name, {"id": version.id})
     db().commit()
 
 
@@ -86,6 +94,8 @@ def rollback_active(to: str | None = None) -> tuple[ModelVersion, ModelVersion |
                             + (f", replacing {replaced.name}" if replaced else ""))
     if replaced is not None:
         record_decision(replaced, f"retired by a rollback to {target.name} by {user}")
+    audit_log.record(session, user, "model.rollback", target.name,
+                     {"id": target.id, "replaced": replaced.name if replaced is not None else None})
     session.commit()
     return target, replaced
 

@@ -12,11 +12,11 @@ from typing import Any
 
 from flask import abort
 
-from fracture import schedule_params, schedule_times, trainings
+from fracture import audit_log, schedule_params, schedule_times, trainings
 from fracture.models import Schedule
 from fracture.schedule_params import RECIPE_FIELDS
 from fracture.schedule_times import ScheduleError, Spec
-from web.auth import require_admin
+from web.auth import current_user, require_admin
 from web.context import db
 
 SPEC_KEYS = ("cron", "every_minutes", "every_hours", "daily_at", "weekly_at")
@@ -84,6 +84,8 @@ def create(data: Mapping[str, Any]) -> Schedule:
     schedule = trainings.add_schedule(db(), _name(data, "retrain") or "retrain", spec, params)
     if _enabled(data) is False:
         trainings.update_schedule(db(), schedule.id, enabled=False)
+    audit_log.record(db(), current_user().username, "schedule.create", schedule.name,
+                     {"id": schedule.id, "spec": trainings.schedule_spec(schedule).kind, "enabled": schedule.enabled})
     db().commit()
     return schedule
 
@@ -96,6 +98,12 @@ def change(schedule_id: int, data: Mapping[str, Any]) -> Schedule:
         db(), schedule_id, name=_name(data, None), spec=spec_from(data, trainings.schedule_spec(schedule)),
         params=_params(data, dict(schedule.params or {})), enabled=_enabled(data),
     )
+    given = sorted(k for k, v in data.items() if v not in (None, ""))
+    if given == ["enabled"]:  # the page's pause / resume button, or the API asked for that alone
+        action = "schedule.resume" if schedule.enabled else "schedule.pause"
+    else:
+        action = "schedule.change"
+    audit_log.record(db(), current_user().username, action, schedule.name, {"id": schedule_id, "fields": given})
     db().commit()
     return schedule
 
@@ -105,6 +113,7 @@ def remove(schedule_id: int) -> str:
     require_admin("delete a retraining schedule")
     name = get_schedule(schedule_id).name
     trainings.delete_schedule(db(), schedule_id)
+    audit_log.record(db(), current_user().username, "schedule.delete", name, {"id": schedule_id})
     db().commit()
     return name
 
