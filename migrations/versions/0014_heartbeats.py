@@ -5,7 +5,7 @@ minute instead of after the training time limit or never.
 
 Revision ID: 0014
 Revises: 0013
-Create Date: 2026-12-08 10:00:00
+Create Date: 2026-12-04 23:00:00
 """
 
 import sqlalchemy as sa
