@@ -116,9 +116,15 @@ def configure(settings: Settings, process: str, level: int | str = logging.INFO,
     root.handlers = [h for h in root.handlers if not getattr(h, "fracture", False)] + [handler]
     root.setLevel(level)
     for name in ("gunicorn.error", "gunicorn.access"):
-        for theirs in logging.getLogger(name).handlers:
-            theirs.setFormatter(handler.formatter)
-            theirs.addFilter(handler.filters[0])
+        adopt(logging.getLogger(name), settings, process)
+
+
+def adopt(logger: logging.Logger, settings: Settings, process: str) -> None:
+    """Give `logger`'s own handlers (a library's logger that does not propagate: gunicorn's) our format and ids."""
+    for handler in logger.handlers:
+        handler.setFormatter(formatter(settings.log_format))
+        if not any(isinstance(f, ContextFilter) for f in handler.filters):
+            handler.addFilter(ContextFilter(process))
 
 
 # ---------------------------------------------------------------- Celery
