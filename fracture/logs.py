@@ -1,5 +1,5 @@
 """One log line per event, as text or as one JSON object (LOG_FORMAT=json), with the same fields in the web, the
-workers, the trainer, beat and the DICOM node: ts, level, logger, process, message, and the ids of what the line is
+workers, the trainer, beat and the DICOM node: ts, level, logger, process, pid, message, and the ids of what the line is
 about (job, run, evaluation, dataset, delivery; the Celery task) when they are known.
 
 The ids come from a context variable that the Celery task signals and the web's request hooks set (`bind`), or
@@ -81,7 +81,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {"ts": _ts(record), "level": record.levelname, "logger": record.name,
-                                "process": getattr(record, "fracture_process", None), "message": record.getMessage()}
+                                "process": getattr(record, "fracture_process", None), "pid": record.process,
+                                "message": record.getMessage()}
         line.update({name: value for name in IDS if (value := getattr(record, name, None)) is not None})
         line.update({k: v for k, v in record.__dict__.items() if k not in _RECORD_FIELDS and not k.startswith("_")})
         if record.exc_info:
@@ -92,12 +93,13 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """`ts LEVEL process logger: message [job_id=... task_id=...]`, the traceback below when there is one."""
+    """`ts LEVEL process/OS-process logger: message [job_id=... task_id=...]` (the OS process as Celery names it:
+    MainProcess, ForkPoolWorker-3), the traceback below when there is one."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
         ids = " ".join(f"{name}={value}" for name in IDS if (value := getattr(record, name, None)) is not None)
-        return (f"{_ts(record)} {record.levelname} {getattr(record, 'fracture_process', '-')} {record.name}: "
-                f"{record.getMessage()}{f' [{ids}]' if ids else ''}")
+        return (f"{_ts(record)} {record.levelname} {getattr(record, 'fracture_process', '-')}/{record.processName} "
+                f"{record.name}: {record.getMessage()}{f' [{ids}]' if ids else ''}")
 
 
 def formatter(log_format: str) -> logging.Formatter:

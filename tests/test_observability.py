@@ -134,7 +134,7 @@ def test_the_json_format_has_the_same_fields_everywhere_and_the_contexts_ids() -
         root.handlers[:], _ = before
         root.setLevel(before[1])
     chunk, run, failed = (json.loads(line) for line in out.getvalue().splitlines())
-    assert {"ts", "level", "logger", "process", "message"} <= set(chunk)
+    assert {"ts", "level", "logger", "process", "pid", "message"} <= set(chunk)
     assert chunk["ts"].endswith("Z") and chunk["process"] == "worker" and chunk["logger"] == "fracture.test"
     assert (chunk["job_id"], chunk["task_id"], chunk["images"], chunk["seconds"]) == ("abc", "t-1", 3, 0.5)
     assert "job_id" not in run and run["run_id"] == 7 and run["level"] == "WARNING"
@@ -163,7 +163,7 @@ def test_a_web_request_logs_with_the_job_id_of_its_url(settings: Settings, fract
         root.handlers[:], _ = before
         root.setLevel(before[1])
     during, after = out.getvalue().splitlines()[-2:]
-    assert " INFO web web.probe: looked at [job_id=f00d]" in during
+    assert " INFO web/MainProcess web.probe: looked at [job_id=f00d]" in during
     assert after.endswith("web.probe: after the request")  # the request's ids went with it
 
 
