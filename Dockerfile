@@ -27,4 +27,4 @@ USER app
 VOLUME ["/data"]
 EXPOSE 5000
 
-CMD ["gunicorn", "--bind", "0.0.0.0:5000", "--workers", "2", "--threads", "4", "--timeout", "300", "web.wsgi:app"]
+CMD ["gunicorn", "--bind", "0.0.0.0:5000", "--workers", "2", "--threads", "4", "--timeout", "300", "--logger-class", "web.gunicorn_logs.Logger", "web.wsgi:app"]

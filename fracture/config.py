@@ -181,6 +181,8 @@ class Settings:
     dicom_send_heatmaps: bool = setting("DICOM_SEND_HEATMAPS", True)
     # The bearer token Prometheus sends to scrape /metrics; unset, /metrics answers only the same machine (loopback).
     metrics_token: str = setting("METRICS_TOKEN", "", shown=False)
+    # Every process's log lines: "text" (readable) or "json" (one object per line, for a log shipper); fracture.logs.
+    log_format: str = setting("LOG_FORMAT", "text")
 
     @property
     def embedded_broker(self) -> bool:
@@ -204,6 +206,9 @@ def get_settings(env: dict[str, str] | None = None) -> Settings:
     values = _from_env(env)
     values["schedules_tick_s"] = max(1, values["schedules_tick_s"])
     values["dicom_ae_title"] = ae_title(values["dicom_ae_title"], "DICOM_AE_TITLE")
+    values["log_format"] = values["log_format"].strip().lower()
+    if values["log_format"] not in ("text", "json"):
+        raise ValueError(f"LOG_FORMAT: {values['log_format']!r} is not text or json")
     send_to = (env.get("DICOM_SEND_RESULTS_TO") or "").split(",")
     return Settings(
         home=home,

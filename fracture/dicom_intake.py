@@ -223,7 +223,7 @@ def start_stable_studies(settings: Settings, app: Celery, now: datetime | None =
         if job_id is None:
             continue
         made.append(job_id)
-        log.info("study %s is job %s", study_uid, job_id)
+        log.info("study %s is job %s", study_uid, job_id, extra={"job_id": job_id})
         try:
             queue.dispatch_job(app, settings, job_id)
         except queue.BrokerUnavailable as e:

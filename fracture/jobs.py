@@ -7,6 +7,7 @@ always recomputed from the Result rows, never incremented, so a chunk that runs 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import case, false, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from fracture import dicom
+from fracture import dicom, latency
 from fracture.db import insert_on_conflict
 from fracture.models import FINAL_JOB_STATUSES, Image, Job, JobSource, JobStatus, ModelVersion, Result
 
@@ -29,6 +30,8 @@ RESULT_COLUMNS = ("path", "prediction", "probability", "in_distribution", "ood_s
 # Added only while SHOW_PATIENT_IDENTIFIERS is on; otherwise they appear in no page, JSON or CSV.
 PATIENT_COLUMNS = ("patient_name", "patient_id", "patient_birth_date")
 _INSERT_SLICE = 1000
+
+log = logging.getLogger(__name__)
 
 
 def result_columns(show_patient_identifiers: bool = False) -> tuple[str, ...]:
@@ -283,6 +286,7 @@ def fail_job(session: Session, job_id: str, reason: str) -> int | None:
     job.started_at = job.started_at or now
     job.finished_at = now
     refresh_progress(session, job)
+    _finished(session, job)
     return len(missing)
 
 
@@ -314,6 +318,16 @@ def refresh_progress(session: Session, job: Job) -> None:
         job.status = JobStatus.DONE
         job.started_at = job.started_at or now
         job.finished_at = now
+        _finished(session, job)
+
+
+def _finished(session: Session, job: Job) -> None:
+    """Count the job's submit-to-final time in fracture_job_seconds and log the one line that says it ended
+    (called once, at the move to a final status, under the job's lock)."""
+    seconds = ((job.finished_at or datetime.now(UTC)) - job.created_at).total_seconds()
+    latency.observe(session, latency.JOB, seconds, str(job.status))
+    log.info("job %s %s: %d images, %d failed, %.1f s", job.id, job.status, job.processed, job.failed, seconds,
+             extra={"job_id": job.id})
 
 
 def _upsert(

@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from fracture import queue
+from fracture import latency, queue
 from fracture.config import Settings
 from fracture.db import session_scope
 from fracture.models import (
@@ -97,3 +97,4 @@ class SystemCollector(Collector):
         if active is not None:
             model.add_metric([], {"name": active.name, "arch": active.arch, "threshold": f"{active.threshold:.6g}"})
         yield model
+        yield from latency.families(session)  # chunk, image and job seconds: counted in the database by whoever ran

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -503,3 +504,16 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column()
+
+
+class LatencyBucket(Base):
+    """The observations of one latency histogram that fell in one of its buckets: how many and their sum in
+    seconds (fracture.latency increments them; /metrics makes the cumulative buckets at scrape time)."""
+
+    __tablename__ = "latency_buckets"
+
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)  # e.g. "fracture_chunk_seconds"
+    label: Mapped[str] = mapped_column(String(64), primary_key=True)  # the series' label value ("" when none)
+    le: Mapped[str] = mapped_column(String(16), primary_key=True)  # the bucket's upper bound as Prometheus writes it
+    observations: Mapped[int] = mapped_column(BigInteger, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)

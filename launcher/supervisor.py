@@ -132,6 +132,8 @@ class Supervisor:
 WORKER_APP = "worker.app"
 TRAINER_APP = "trainer.app"
 WEB_APP = "web.wsgi:app"
+# gunicorn's own lines (the master's) in LOG_FORMAT too, not only the app's.
+WEB_LOGGER = "web.gunicorn_logs.Logger"
 # The DICOM node (C-STORE SCP and the loop that makes received studies jobs), started when DICOM_PORT is set.
 DICOM_NODE_ARGS = [sys.executable, "-m", "worker.dicom_node"]
 
@@ -223,7 +225,7 @@ def up(host: str, port: int, broker: str, inference_concurrency: int, echo: Call
 
         web_args = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", "1",
                     "--threads", "8", "--timeout", "600", "--graceful-timeout", "10", "--no-control-socket",
-                    WEB_APP]
+                    "--logger-class", WEB_LOGGER, WEB_APP]
         sup.start("web", web_args, env)
         threads = str(max(1, (os.cpu_count() or 1) // max(1, inference_concurrency)))
         sup.start("inference-worker",

@@ -242,7 +242,7 @@ class WorkerFactory:
 def start_web(env: dict[str, str], port: int, log_dir: Path, timeout: float = 60) -> Proc:
     """Serve `web.wsgi:app` with gunicorn on 127.0.0.1:`port` and wait until /api/health answers."""
     args = [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4",
-            "--timeout", "300", "--no-control-socket", "web.wsgi:app"]
+            "--timeout", "300", "--no-control-socket", "--logger-class", "web.gunicorn_logs.Logger", "web.wsgi:app"]
     proc = start_proc("web", args, env, log_dir)
 
     def up() -> bool:

@@ -81,5 +81,10 @@ def test_a_real_prometheus_scrapes_a_live_system_and_reads_a_jobs_images_back(
         assert query('fracture_jobs{status="done"}') == 1
         assert query('fracture_active_model_info{name="v1"}') == 1
         assert query('fracture_queue_messages{queue="inference"}') == 0
+        # The latency histograms (counted in the database by the worker): one chunk of the 4 images, one job.
+        wait_for(lambda: query("sum(fracture_chunk_seconds_count)") == 1, 30, "the chunk in Prometheus")
+        assert query("sum(fracture_image_seconds_count)") == 4
+        assert query('fracture_job_seconds_count{status="done"}') == 1
+        assert query('histogram_quantile(0.5, sum by (le) (fracture_chunk_seconds_bucket))') is not None
     finally:
         prom.stop()

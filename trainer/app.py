@@ -6,8 +6,10 @@ from typing import Any
 
 from celery.signals import worker_process_init
 
+from fracture import logs
 from fracture.queue import make_app
 
+logs.use_in_celery("trainer")  # LOG_FORMAT's lines, with each task's run, evaluation or dataset id
 app = make_app(include=["trainer.training_tasks", "trainer.evaluation_tasks", "trainer.dataset_tasks"])
 
 

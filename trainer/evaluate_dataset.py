@@ -70,16 +70,20 @@ def evaluate(settings: Settings, evaluation_id: int) -> bool:
         return False
     if plan is None:
         return False  # already finished or failed: a redelivered task does nothing
+    ids = {"evaluation_id": evaluation_id}
+    log.info("evaluation %s started: model %s on %s (%s)", evaluation_id, plan.version_name, plan.dataset_name,
+             plan.split or "every image", extra=ids)
     try:
         with beating(settings, lambda s: evaluations.beat_evaluation(s, evaluation_id)):
             metrics, stored = measure(settings, plan)
     except Exception as e:
-        log.exception("evaluation %s failed", evaluation_id)
+        log.exception("evaluation %s failed", evaluation_id, extra=ids)
         with session_scope(url) as session:
             evaluations.fail_evaluation(session, evaluation_id, _reason(e))
         return False
     with session_scope(url) as session:
         evaluations.finish_evaluation(session, evaluation_id, metrics, stored)
+    log.info("evaluation %s finished: ROC-AUC %s", evaluation_id, metrics.get("roc_auc"), extra=ids)
     return True
 
 

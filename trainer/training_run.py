@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from fracture.storage import Storage
 from trainer.heartbeat import beating
 from trainer.promotion import decide_and_apply
 from trainer.run_files import RunLog, clean_folder, data_argv, sentence
+
+logger = logging.getLogger(__name__)  # the process's log; the run's own log file is `RunLog`
 
 # Parameters a run may set (from the page, the API or a schedule), mapped to trainer options.
 ALLOWED = {"split", "arch", "width", "depths", "image_size", "epochs", "batch_size", "lr", "weight_decay",
@@ -64,13 +67,18 @@ def run_training(settings: Settings, run_id: int) -> int | None:
             if trainings.cancel_requested(s, run_id):
                 raise Cancelled
 
+    ids = {"run_id": run_id}
+
     def on_epoch(epoch: int, epochs: int, history: dict[str, list[float]]) -> None:
         with session_scope(url) as s:
             trainings.record_epoch(s, run_id, epoch, epochs, history)
+        last = {k: round(v[-1], 4) for k, v in history.items() if v}
+        logger.info("training run %d: epoch %d/%d %s", run_id, epoch, epochs, last, extra=ids)
         stop_if_cancelled()
 
     try:
         with beating(settings, lambda s: trainings.beat_run(s, run_id)):  # the reaper fails a run whose beats stop
+            logger.info("training run %d started with %s", run_id, params, extra=ids)
             log(f"training run {run_id} started with {params}")
             args = build_args(settings, run_id, params)
             log("fracture train " + " ".join(args.argv))
@@ -78,6 +86,7 @@ def run_training(settings: Settings, run_id: int) -> int | None:
             stop_if_cancelled()  # asked during the final evaluation: still nothing is registered
             version_id, outcome = _register(settings, run_id, summary, force=bool(params.get("force")))
         log(f"registered model version {outcome}")
+        logger.info("training run %d finished: model version %s", run_id, outcome, extra=ids)
         return version_id
     except Cancelled:
         clean_folder(storage.path(f"runs/{run_id}"))
@@ -85,9 +94,11 @@ def run_training(settings: Settings, run_id: int) -> int | None:
         with session_scope(url) as s:
             run = s.get_one(TrainingRun, run_id)
             trainings.cancel_run(s, run_id, f"cancelled after epoch {run.epoch} of {run.epochs}")
+        logger.info("training run %d cancelled on request", run_id, extra=ids)
         return None
     except Exception as e:
         log.exception(e)
+        logger.exception("training run %d failed: %s", run_id, sentence(e), extra=ids)
         with session_scope(url) as s:
             trainings.fail_run(s, run_id, sentence(e))
         return None

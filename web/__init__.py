@@ -18,7 +18,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 from werkzeug.wsgi import LimitedStream
 
-from fracture import val_auc
+from fracture import logs, val_auc
 from fracture.audit_text import duplicates_sentence
 from fracture.config import Settings, get_settings
 from fracture.db import session_factory
@@ -67,6 +67,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.teardown_appcontext(close_db)
     app.add_template_filter(duplicates_sentence, "duplicates")
     app.add_template_global(val_auc.served_text, "served_val_auc")  # formatting only: templates run no queries
+    app.before_request(_bind_log_ids)  # before the guard: a refused request's lines carry the ids too
+    app.teardown_request(_clear_log_ids)
     init_auth(app)  # before the blueprints: its guard runs first on every request
     api = init_api(app)
     app.register_blueprint(system.pages)
@@ -81,6 +83,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_error_handler(ValidationError, _invalid)
     app.register_error_handler(OperationalError, _db_down)
     return app
+
+
+def _bind_log_ids() -> None:
+    """The ids in the URL (job_id, run_id, evaluation_id, ...) go on every line this request logs."""
+    logs.bind(**{k: v for k, v in (request.view_args or {}).items() if k in logs.IDS})
+
+
+def _clear_log_ids(_exc: BaseException | None) -> None:
+    logs.clear()
 
 
 def _db_down(exc: OperationalError) -> Response | tuple[Response | str, int]:

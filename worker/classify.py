@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fracture import jobs, registry
+from fracture import jobs, latency, registry
 from fracture.config import Settings
 from fracture.db import session_scope
 from fracture.ml.checkpoint import CheckpointError
@@ -25,11 +26,12 @@ _MAX_CACHED = 2
 
 @dataclass(frozen=True)
 class ChunkOutcome:
-    """What a chunk did: images classified, error rows written, and whether it ran at all."""
+    """What a chunk did: images classified, error rows written, whether it ran at all, and how long the run took."""
 
     classified: int = 0
     errors: int = 0
     skipped: str | None = None
+    seconds: float | None = None  # decode, preprocess, forward and write (fracture_chunk_seconds); None if not run
 
 
 def load_predictor(settings: Settings, version: ModelVersion) -> Predictor:
@@ -106,6 +108,7 @@ def classify_chunk(
     except CheckpointError as e:
         return fail_job(settings, job_id, str(e))
 
+    started = time.perf_counter()  # the chunk's own work, not the model's first load in this process
     storage = Storage(settings.storage_dir)
     outcomes: list[jobs.Outcome] = []
     todo: list[tuple[Image, Path]] = []
@@ -122,8 +125,11 @@ def classify_chunk(
 
     with session_scope(settings.database_url) as session:
         jobs.record_outcomes(session, job_id, version.id, outcomes)
+        seconds = time.perf_counter() - started
+        # In the results' transaction: a chunk counts once its results are in, never for a run that died.
+        latency.observe_chunk(session, seconds, len(outcomes), predictor.device.type)
     errors = sum(o.error is not None for o in outcomes)
-    return ChunkOutcome(classified=len(outcomes) - errors, errors=errors)
+    return ChunkOutcome(classified=len(outcomes) - errors, errors=errors, seconds=seconds)
 
 
 def fail_images(settings: Settings, job_id: str, image_ids: list[int], reason: str) -> None:

@@ -19,7 +19,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from fracture import dicom_intake
+from fracture import dicom_intake, logs
 from fracture.config import Settings, get_settings
 from fracture.db import session_scope
 from fracture.queue import make_app
@@ -127,9 +127,9 @@ def serve(settings: Settings) -> None:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     settings = get_settings()
+    logs.configure(settings, "dicom-node")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     if not settings.dicom_port:
         log.error("DICOM_PORT is not set: no DICOM node to run")
         return 2

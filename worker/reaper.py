@@ -184,4 +184,28 @@ def reap(celery_app: Celery, settings: Settings, now: datetime | None = None) ->
     report.failed_evaluations = fail_dead_evaluations(settings, now)
     report.failed_validations = fail_dead_validations(settings, now)
     report.removed_uploads = remove_orphan_uploads(settings, now)
+    log_actions(report)
     return report
+
+
+def log_actions(report: ReapReport) -> None:
+    """One line per thing the reaper did, carrying its id (a job, a run, a delivery)."""
+    for job_id in report.dispatched:
+        log.warning("reaper: job %s dispatched (it was saved but never sent)", job_id, extra={"job_id": job_id})
+    for job_id in report.requeued:
+        log.warning("reaper: job %s re-enqueued (no progress for the stale threshold)", job_id,
+                    extra={"job_id": job_id})
+    if report.waiting_on_queue:
+        log.info("reaper: stalled jobs wait behind %d queued messages", report.waiting_on_queue)
+    for job_id in report.reports:
+        log.warning("reaper: job %s's DICOM report requested again", job_id, extra={"job_id": job_id})
+    for delivery_id in report.deliveries:
+        log.warning("reaper: delivery %d sent again (never attempted)", delivery_id,
+                    extra={"delivery_id": delivery_id})
+    for run_id in report.failed_runs:
+        log.warning("reaper: training run %d failed (running long past its time limit)", run_id,
+                    extra={"run_id": run_id})
+    for job_id in report.removed_uploads:
+        log.warning("reaper: upload folder %s removed (no job owns it)", job_id)
+    if report.broker_error:
+        log.warning("reaper: the broker is unavailable: %s", report.broker_error)

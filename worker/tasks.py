@@ -42,7 +42,13 @@ def classify_chunk_task(self: Task, job_id: str, image_ids: list[int]) -> None:
     except OperationalError as e:
         # The database was busy or away: try again later, the chunk is idempotent.
         raise _database_busy(self, e) from e
-    log.info("job %s chunk of %d: %s", job_id, len(image_ids), outcome)
+    if outcome.seconds is None:
+        log.info("job %s: chunk of %d images not run: %s (%d errors)", job_id, len(image_ids), outcome.skipped,
+                 outcome.errors, extra={"images": len(image_ids)})
+    else:
+        log.info("job %s: chunk done: %d images, %d classified, %d errors in %.3f s", job_id, len(image_ids),
+                 outcome.classified, outcome.errors, outcome.seconds,
+                 extra={"images": len(image_ids), "seconds": round(outcome.seconds, 4)})
     if settings.dicom_send_results_to:
         try:  # the report task claims a final DICOM job once; for any other it does nothing
             queue.send_report(self.app, job_id)
@@ -80,10 +86,7 @@ def schedules_tick(self: Task) -> list[int]:
 @shared_task(name=queue.REAP_TASK, bind=True)
 def maintenance_reap(self: Task) -> dict[str, object]:
     """Re-enqueue jobs whose tasks vanished, fail dead training runs, delete interrupted uploads."""
-    report = reap(self.app, queue.settings_of(self.app))
-    if report.acted:
-        log.warning("reaper: %s", report)
-    return report.as_dict()
+    return reap(self.app, queue.settings_of(self.app)).as_dict()  # reap logs one line per action
 
 
 @shared_task(name=queue.REPORT_TASK, bind=True, max_retries=5)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
-from fracture import jobs, queue
+from fracture import jobs, logs, queue
 from fracture.jobs import BROKER_DOWN_MESSAGE
 from fracture.models import Job, new_id
 from web.context import NO_MODEL_MESSAGE, active_model, celery, db, settings, storage
 from web.jobs.ingest import FilePart, Upload, UploadRefused, ingest_parts
+
+log = logging.getLogger(__name__)
 
 
 def _nothing_usable(upload: Upload) -> str:
@@ -53,6 +56,9 @@ def create_job(parts: Iterable[FilePart], owner_id: int | None = None) -> Job:
         session.rollback()
         store.delete_prefix(f"uploads/{job_id}")
         raise
+    logs.bind(job_id=job_id)  # this request's lines from here on are about the job (cleared after the request)
+    log.info("job %s created: %d files, %d to classify, model %s", job_id, len(upload.entries), upload.usable,
+             model.name, extra={"images": len(upload.entries)})
     dispatch(job)
     return job
 
