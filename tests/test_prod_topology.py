@@ -102,13 +102,68 @@ def _healthy_after(url: str, part: str, since: float, timeout: float = 120) -> f
     return round(time.monotonic() - since, 1)
 
 
+DICOM_IMAGES = 3
+
+
+def _send_study(top: Topology, sample: Path, folder: Path) -> float:
+    """Send a study of three real X-rays to the node with dcmtk's storescu from the peer `PACS`; return the seconds
+    until its job is done with a result for each."""
+    import shutil
+    import subprocess
+
+    from dicom_files import study
+    from PIL import Image as PILImage
+    from skipping import skip_or_fail
+
+    storescu = shutil.which("storescu")
+    if storescu is None:
+        skip_or_fail("storescu is not installed (apt-get install dcmtk; scripts/system-deps.sh)")
+    assert storescu is not None
+    xrays = []
+    for path in image_files(sample)[:DICOM_IMAGES]:
+        with PILImage.open(path) as im:
+            xrays.append(im.convert("L"))
+    files = study(xrays, accession="PROD-CHECK")
+    folder.mkdir()
+    paths = []
+    for n, made in enumerate(files, start=1):
+        paths.append(folder / f"IM{n:06d}")
+        paths[-1].write_bytes(made.data)
+    started = time.monotonic()
+    sent = subprocess.run([storescu, "-aet", "PACS", "-aec", "FRACTURE", "127.0.0.1", str(top.dicom_port),
+                           *map(str, paths)], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+
+    def classified() -> bool:
+        with session_scope(top.env["DATABASE_URL"]) as s:
+            job_ids = set(s.scalars(select(Image.job_id).where(Image.study_instance_uid == files[0].study_uid)))
+            if len(job_ids) != 1:
+                return False
+            job = s.get(Job, job_ids.pop())
+            results = s.scalar(select(func.count(Result.id)).where(Result.job_id == job.id))  # type: ignore[union-attr]
+            return job is not None and job.status == "done" and results == DICOM_IMAGES
+
+    wait_for(classified, 120, f"the study's job to be classified\n{top.procs['dicom-node'].log_text()}")
+    return round(time.monotonic() - started, 1)
+
+
+def _samples(text: str) -> dict[str, float]:
+    """The Prometheus text format's samples: 'name{labels}' -> value."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
 def test_production_topology_survives_worker_database_broker_and_trainer_faults(
     dataset_root: Path, tmp_path: Path,
 ) -> None:
     top = Topology(tmp_path / "home", overrides={
         "REAPER_STALE_S": "15", "REAPER_INTERVAL_S": "5", "CHUNK_SIZE": "6", "BATCH_SIZE": "6",
         "FRACTURE_DEVICE": "cpu", "TORCH_THREADS": "1", "DICOM_PEERS": "PACS@127.0.0.1:11113",
-        "DATASET_ROOTS": str(tmp_path / "home" / "datasets"),
+        "DATASET_ROOTS": str(tmp_path / "home" / "datasets"), "DICOM_STUDY_QUIET_S": "3",
     })
     report: dict[str, Any] = {"faults": []}
     began = time.monotonic()
@@ -260,9 +315,23 @@ def test_production_topology_survives_worker_database_broker_and_trainer_faults(
         assert isinstance(done, dict) and done["status"] == "done", done
         report["new_run_s"] = round(time.monotonic() - t, 1)
 
+        # The DICOM node came through the faults: a study sent by a real sender (dcmtk) becomes a classified job.
+        report["dicom_study_job_s"] = _send_study(top, sample, tmp_path / "study")
+        assert top.procs["dicom-node"].alive(), top.procs["dicom-node"].log_text()
+
+        # What an operator's Prometheus reads agrees with the database.
+        metrics = requests.get(f"{url}/metrics", headers=bearer(top.env["METRICS_TOKEN"]), timeout=30)
+        assert metrics.status_code == 200, metrics.text
+        values = _samples(metrics.text)
+        assert values["fracture_images_classified_total"] == len(all_ids) * per_job + DICOM_IMAGES, values
+        assert values['fracture_jobs{status="done"}'] == len(all_ids) + 1
+        assert values['fracture_training_runs{status="failed"}'] == 1
+        chunks = sum(v for k, v in values.items() if k.startswith("fracture_chunk_seconds_count"))
+        assert chunks >= len(all_ids) * per_job / 6, values
+        report["metrics"] = {"images_classified": values["fracture_images_classified_total"], "chunks": chunks}
+
         health = requests.get(f"{url}/api/health", timeout=15).json()
         assert health["database"] == "ok" and health["broker"] == "ok", health
-        assert top.procs["dicom-node"].alive(), top.procs["dicom-node"].log_text()
         report["workers_answering"] = len(health["workers"]["workers"])
         report["total_s"] = round(time.monotonic() - began, 1)
     finally:
