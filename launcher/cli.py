@@ -11,6 +11,7 @@ import click
 
 from fracture.config import get_settings
 from launcher.datasets_cli import datasets as datasets_commands
+from launcher.schedules_cli import schedules as schedules_commands
 from trainer.cli import commands as trainer_commands
 
 if TYPE_CHECKING:
@@ -209,6 +210,7 @@ def classify(paths: tuple[Path, ...], out: Path, model: Path | None, batch_size:
 
 
 main.add_command(datasets_commands)
+main.add_command(schedules_commands)
 
 # The trainer's commands (`fracture train`, `fracture audit`, ...) join the group.
 for _command in trainer_commands():
