@@ -61,6 +61,40 @@ def db_downgrade(revision: str) -> None:
     click.echo(f"database at revision {current(url) or '(empty)'}")
 
 
+# ---------------------------------------------------------------- backup and restore
+
+
+@main.command()
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+def backup(out: Path) -> None:
+    """Write the database and storage (and the web's key under FRACTURE_HOME) to the tar OUT, with a manifest.
+
+    Safe while the system runs: the database is copied consistently (SQLite's backup API, pg_dump) before storage.
+    OUT ending .gz or .tgz is compressed (slower; model artifacts and images gain little).
+    """
+    from launcher.backup import BackupError
+    from launcher.backup import backup as write_backup
+
+    try:
+        write_backup(get_settings(), out, echo=click.echo)
+    except BackupError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.command()
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="replace the database and storage of an installation that holds data")
+def restore(archive: Path, force: bool) -> None:
+    """Restore a `fracture backup` ARCHIVE into this installation (stop it first), then migrate it to head."""
+    from launcher.backup import BackupError
+    from launcher.backup import restore as read_backup
+
+    try:
+        read_backup(get_settings(), archive, force, echo=click.echo)
+    except BackupError as e:
+        raise click.ClickException(str(e)) from None
+
+
 # ---------------------------------------------------------------- users
 
 
