@@ -37,8 +37,9 @@ from fracture.config import Settings
 FORMAT = 1
 MANIFEST = "manifest.json"
 DUMP_NAMES = {"sqlite": "database/fracture.sqlite", "postgresql": "database/fracture.pgdump"}
-# The names a member may have: what backup writes, nothing that could leave the folder it is restored into.
-_MEMBER = re.compile(r"^(database/fracture\.(sqlite|pgdump)|home/secret-key|storage(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)+)$")
+STAGING_PREFIX = ".restore-"  # a restore's staging folder inside storage
+# A write in progress (fracture.storage writes `.NAME.<uuid hex>.part`, then renames it).
+_PARTIAL = re.compile(r"^\..+\.[0-9a-f]{32}\.part$")
 KIND_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 Echo = Callable[[str], None]
 
@@ -139,11 +140,20 @@ def _add(tar: tarfile.TarFile, source: Path, name: str, digests: dict[str, str])
 
 
 def storage_files(root: Path) -> list[Path]:
-    """The files of the storage folder, sorted; hidden ones (writes in progress, a restore's staging) left out."""
+    """The files of the storage folder, sorted; writes in progress and a restore's staging left out."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and not _PARTIAL.match(p.name)
+                  and not p.relative_to(root).parts[0].startswith(STAGING_PREFIX))
+
+
+def _safe_member(name: str) -> bool:
+    """Whether `name` is one backup writes: nothing absolute, no `..`, nothing that could leave its folder."""
+    if name in DUMP_NAMES.values() or name == f"home/{_secret_file()}":
+        return True
+    parts = name.split("/")
+    return (len(parts) > 1 and parts[0] == "storage" and "\\" not in name and "\0" not in name
+            and all(part not in ("", ".", "..") for part in parts) and not parts[1].startswith(STAGING_PREFIX))
 
 
 def backup(settings: Settings, out: Path, echo: Echo) -> dict[str, Any]:
@@ -258,7 +268,7 @@ def holdings(settings: Settings) -> list[str]:
 def _extract_verified(tar: tarfile.TarFile, manifest: dict[str, Any], staging: Path) -> None:
     """Every member the manifest names into `staging`, each checked against its sha256; BackupError on any doubt."""
     expected: dict[str, str] = manifest.get("sha256") or {}
-    bad = [name for name in expected if not _MEMBER.match(name) or ".." in name.split("/")]
+    bad = [name for name in expected if not _safe_member(name)]
     if bad or manifest["database"].get("member") not in expected:
         raise BackupError(f"the manifest names members a backup never holds: {bad[:3] or 'no database'}")
     seen = set()
@@ -323,7 +333,7 @@ def _restore_database(url: str, kind: str, dump: Path) -> None:
 def _place_storage(staged: Path, root: Path) -> None:
     """Replace the storage folder's contents by `staged`'s (moved, not copied: staging lies inside `root`)."""
     for old in root.iterdir():
-        if old.name.startswith(".restore-"):
+        if old.name.startswith(STAGING_PREFIX):
             continue
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old)
@@ -380,7 +390,7 @@ def _restore_from(tar: tarfile.TarFile, settings: Settings, kind: str, force: bo
         raise BackupError("this installation is not empty: " + "; ".join(held)
                           + ". Restore into a fresh installation, or give --force to replace what it holds")
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=root))  # inside storage: moves are renames
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))  # inside storage: moves are renames
     try:
         _extract_verified(tar, manifest, staging)
         echo(f"archive checked: {manifest['storage']['files']} storage file(s), database at revision "
