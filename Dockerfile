@@ -9,6 +9,8 @@ ENV PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     FRACTURE_HOME=/data
 
+# pg_dump and pg_restore for `fracture backup` / `fracture restore` against the compose file's PostgreSQL.
+RUN apt-get update && apt-get install -y --no-install-recommends postgresql-client && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir "uv>=0.5,<1"
 
 WORKDIR /app

@@ -198,6 +198,19 @@ def dataset_with_root(session: Session, root: Path) -> Dataset | None:
     ).first()
 
 
+def move_roots(session: Session, old: Path, new: Path) -> list[Dataset]:
+    """Point the datasets whose folder lies under `old` at the same folder under `new` (storage restored into
+    another STORAGE_DIR: the uploads unpacked there moved with it); return them."""
+    moved = []
+    for dataset in session.scalars(select(Dataset).order_by(Dataset.id)):
+        root = Path(dataset.root)
+        if root == old or old in root.parents:
+            dataset.root = str(new / root.relative_to(old))
+            moved.append(dataset)
+    session.flush()
+    return moved
+
+
 def other_ready(session: Session, dataset: Dataset) -> list[Dataset]:
     """The ready datasets to compare `dataset` with: all but itself, its ancestors and its descendants."""
     related = {dataset.id}

@@ -18,6 +18,13 @@ INTENSITIES = ("none", "equalize")
 # Training augmentations of trainer.augmentation.TrainAugment.
 AUGMENTATIONS = ("light", "strong", "acquisition")
 
+# Recipe fields a schedule or a run may set: (smallest, largest) or the allowed words (checked in
+# fracture.schedule_params; here so that the command line builds its options without importing the database).
+INT_FIELDS: dict[str, tuple[int, int]] = {"epochs": (1, 1000), "width": (4, 256), "image_size": (32, 1024),
+                                          "seed": (0, 2**31 - 1)}
+WORD_FIELDS: dict[str, tuple[str, ...]] = {"views": VIEWS, "augment": AUGMENTATIONS, "intensity": INTENSITIES}
+RECIPE_FIELDS = (*INT_FIELDS, *WORD_FIELDS)
+
 RECIPE: dict[str, Any] = {"epochs": 80, "width": 24, "image_size": 128, "views": "dihedral", "seed": 0,
                           "augment": "light", "intensity": "none"}
 

@@ -10,13 +10,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from fracture.models import MAX_ROW_ID, Dataset, DatasetRole, DatasetStatus
-from fracture.recipe import AUGMENTATIONS, INTENSITIES, VIEWS
-
-# Recipe fields a schedule or a run may set: (type, smallest, largest) or the allowed words.
-INT_FIELDS: dict[str, tuple[int, int]] = {"epochs": (1, 1000), "width": (4, 256), "image_size": (32, 1024),
-                                          "seed": (0, 2**31 - 1)}
-WORD_FIELDS: dict[str, tuple[str, ...]] = {"views": VIEWS, "augment": AUGMENTATIONS, "intensity": INTENSITIES}
-RECIPE_FIELDS = (*INT_FIELDS, *WORD_FIELDS)
+from fracture.recipe import INT_FIELDS, WORD_FIELDS
 
 
 class RecipeError(ValueError):

@@ -11,6 +11,7 @@ import click
 
 from fracture.config import get_settings
 from launcher.datasets_cli import datasets as datasets_commands
+from launcher.schedules_cli import schedules as schedules_commands
 from trainer.cli import commands as trainer_commands
 
 if TYPE_CHECKING:
@@ -60,10 +61,45 @@ def db_downgrade(revision: str) -> None:
     click.echo(f"database at revision {current(url) or '(empty)'}")
 
 
+# ---------------------------------------------------------------- backup and restore
+
+
+@main.command()
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+def backup(out: Path) -> None:
+    """Write the database and storage (and the web's key under FRACTURE_HOME) to the tar OUT, with a manifest.
+
+    Safe while the system runs: the database is copied consistently (SQLite's backup API, pg_dump) before storage.
+    OUT ending .gz or .tgz is compressed (slower; model artifacts and images gain little).
+    """
+    from launcher.backup import BackupError
+    from launcher.backup import backup as write_backup
+
+    try:
+        write_backup(get_settings(), out, echo=click.echo)
+    except BackupError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.command()
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="replace the database and storage of an installation that holds data")
+def restore(archive: Path, force: bool) -> None:
+    """Restore a `fracture backup` ARCHIVE into this installation (stop it first), then migrate it to head."""
+    from launcher.backup import BackupError
+    from launcher.backup import restore as read_backup
+
+    try:
+        read_backup(get_settings(), archive, force, echo=click.echo)
+    except BackupError as e:
+        raise click.ClickException(str(e)) from None
+
+
 # ---------------------------------------------------------------- users
 
 
-# Who the audit log names for a change made with this command (fracture.audit_log).
+# Who the audit log names for a change made with this command (fracture.audit_log.CLI; not imported here, so that
+# the command starts without the database's modules).
 CLI_ACTOR = "cli"
 
 
@@ -255,6 +291,7 @@ def classify(paths: tuple[Path, ...], out: Path, model: Path | None, batch_size:
 
 
 main.add_command(datasets_commands)
+main.add_command(schedules_commands)
 
 # The trainer's commands (`fracture train`, `fracture audit`, ...) join the group.
 for _command in trainer_commands():

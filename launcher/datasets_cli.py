@@ -21,6 +21,7 @@ def datasets() -> None:
               help="evaluation datasets are locked: never trained on")
 def add(path: str, name: str | None, role: str) -> None:
     """Register folder PATH (under DATASET_ROOTS) and validate it here; no broker needed."""
+    from fracture import audit_log
     from fracture import datasets as state
     from fracture.db import session_scope
     from fracture.migrate import upgrade
@@ -30,7 +31,7 @@ def add(path: str, name: str | None, role: str) -> None:
     upgrade(settings.database_url)
     try:
         with session_scope(settings.database_url) as session:
-            dataset_id = state.register_folder(session, settings, path, name, role, actor="cli").id
+            dataset_id = state.register_folder(session, settings, path, name, role, actor=audit_log.CLI).id
     except state.DatasetError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"dataset #{dataset_id} registered; validating...", err=True)

@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from fracture import datasets, schedule_params, schedule_times
 from fracture.models import Schedule
-from fracture.schedule_params import RECIPE_FIELDS, RecipeError
+from fracture.recipe import RECIPE_FIELDS
+from fracture.schedule_params import RecipeError
 from fracture.schedule_times import ScheduleError
 from web.auth import require_admin
 from web.confirm import asked, confirm_page

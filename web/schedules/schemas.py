@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import marshmallow as ma
 from marshmallow import fields as f
-from sqlalchemy import select
 from sqlalchemy.orm import object_session
 
-from fracture import schedule_times, trainings
-from fracture.models import Dataset, Schedule
+from fracture import schedule_requests
+from fracture.models import Schedule
 from fracture.recipe import RECIPE
-from fracture.schedule_times import ScheduleError
 from web.timefmt import Timestamp
-
-
-def _local(value: datetime | None, timezone: str) -> str | None:
-    if value is None:
-        return None
-    try:
-        return value.astimezone(schedule_times.zone(timezone)).strftime("%Y-%m-%d %H:%M %Z")
-    except ScheduleError:
-        return None
 
 
 class ScheduleSchema(ma.Schema):
@@ -44,24 +32,7 @@ class ScheduleSchema(ma.Schema):
     def _flatten(self, schedule: Schedule, **_: Any) -> dict[str, Any]:
         session = object_session(schedule)
         assert session is not None
-        spec = trainings.schedule_spec(schedule)
-        shapes: dict[str, dict[str, Any]] = {
-            "every": {"every_minutes": spec.interval_minutes}, "daily": {"daily_at": spec.time_of_day},
-            "weekly": {"weekly_at": {"weekday": spec.weekday, "time": spec.time_of_day}}, "cron": {"cron": spec.cron},
-        }
-        next_run = schedule.next_run_at
-        params = dict(schedule.params or {})
-        ids = [i for i in params.get("dataset_ids") or [] if isinstance(i, int)]
-        names = {row.id: row.name
-                 for row in session.execute(select(Dataset.id, Dataset.name).where(Dataset.id.in_(ids)))}
-        return {
-            "id": schedule.id, "name": schedule.name, "kind": spec.kind, "spec": shapes.get(spec.kind, {}),
-            "description": schedule_times.describe(spec), "timezone": spec.timezone, "enabled": schedule.enabled,
-            "next_run_at": next_run if schedule.enabled else None,
-            "next_run_local": _local(next_run, spec.timezone) if schedule.enabled else None,
-            "last_run_at": schedule.last_run_at, "params": params,
-            "datasets": [{"id": i, "name": names.get(i, f"#{i} (deleted)")} for i in ids],
-        }
+        return schedule_requests.as_dict(session, schedule)
 
 
 def schedule_json(schedule: Schedule) -> dict[str, Any]:
@@ -75,7 +46,7 @@ class ScheduleListSchema(ma.Schema):
 
 _WHEN = "Give exactly one of cron, every_minutes, every_hours, daily_at, weekly_at (on a change: or none)."
 # A schedule's request: when (one spec key), its time zone, name, datasets and recipe (each recipe field declared
-# once, in fracture.recipe.RECIPE); the values are checked, with their reasons, by web.schedules.service.
+# once, in fracture.recipe.RECIPE); the values are checked, with their reasons, by fracture.schedule_requests.
 ScheduleBody = ma.Schema.from_dict({
     "name": f.Raw(metadata={"description": "At most 128 characters (default 'retrain')."}),
     "cron": f.Raw(metadata={"description": f"A cron expression. {_WHEN}"}),
