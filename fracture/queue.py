@@ -13,6 +13,8 @@ from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fracture import evaluations, jobs, trainings
 from fracture.config import Settings, get_settings
@@ -66,12 +68,18 @@ class BrokerUnavailable(RuntimeError):
         self.subject = subject
 
 
+# The transport's "cannot talk to the broker" errors: kombu's, the socket's (TimeoutError is an OSError) and
+# redis-py's, which kombu lets through from a pooled connection the server closed (a restarted redis).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (KombuOperationalError, OSError, RedisConnectionError,
+                                                      RedisTimeoutError)
+
+
 @contextmanager
 def broker_errors() -> Iterator[None]:
-    """Turn the transport's connection errors (kombu's, the socket's) into BrokerUnavailable."""
+    """Turn the transport's connection errors into BrokerUnavailable."""
     try:
         yield
-    except (KombuOperationalError, OSError) as e:  # TimeoutError is an OSError
+    except CONNECTION_ERRORS as e:
         raise BrokerUnavailable(f"the message broker is not reachable: {e}") from e
 
 
@@ -266,10 +274,14 @@ def worker_ping(app: Celery, timeout: float = 1.0) -> dict[str, Any]:
     """
     if str(app.conf.broker_url or "").startswith(("sqla+", "sqlalchemy+")):
         return {"supported": False, "workers": []}
-    try:
-        replies = app.control.ping(timeout=timeout) or []
-    except (KombuOperationalError, OSError) as e:
-        return {"supported": True, "workers": [], "error": str(e)}
+    for attempt in range(2):
+        try:
+            replies = app.control.ping(timeout=timeout) or []
+            break
+        except CONNECTION_ERRORS as e:
+            # A pooled connection the broker closed (it restarted) fails once; the next one is fresh.
+            if attempt:
+                return {"supported": True, "workers": [], "error": str(e)}
     return {"supported": True, "workers": sorted(name for reply in replies for name in reply)}
 
 

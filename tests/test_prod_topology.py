@@ -41,12 +41,15 @@ DEAD_RUN_DEADLINE_S = 60
 
 
 class Poller(threading.Thread):
-    """A user's script polling their jobs' status, as a page does: every answer's code (or "timeout"/"error")."""
+    """A user's script polling their jobs' status as a page does (`job_ids`: a list that grows as jobs are posted),
+    or an operator's probes polling `paths`: every answer's code (or "timeout"/"error"), by kind."""
 
-    def __init__(self, url: str, token: str, job_ids: list[str]) -> None:
+    def __init__(self, url: str, token: str | None, job_ids: list[str], paths: tuple[str, ...] = ()) -> None:
         super().__init__(daemon=True)
-        self.url, self.headers, self.job_ids = url, bearer(token), job_ids
+        self.url, self.job_ids, self.paths = url, job_ids, paths
+        self.headers = bearer(token) if token else {}
         self.codes: Counter[str] = Counter()
+        self.by_path: Counter[tuple[str, str]] = Counter()
         self.slowest = 0.0
         self.halt = threading.Event()
 
@@ -54,16 +57,17 @@ class Poller(threading.Thread):
         with requests.Session() as http:
             http.headers.update(self.headers)
             while not self.halt.is_set():
-                for job_id in list(self.job_ids):
+                for path in [f"/api/jobs/{job_id}" for job_id in self.job_ids] + list(self.paths):
                     started = time.monotonic()
                     try:
-                        code = str(http.get(f"{self.url}/api/jobs/{job_id}", timeout=15).status_code)
+                        code = str(http.get(f"{self.url}{path}", timeout=15).status_code)
                     except requests.Timeout:
                         code = "timeout"
                     except requests.RequestException as e:
                         code = f"error: {type(e).__name__}"
                     self.slowest = max(self.slowest, time.monotonic() - started)
                     self.codes[code] += 1
+                    self.by_path[(path.split("/")[-1] if path in self.paths else "job", code)] += 1
                 time.sleep(0.25)
 
 
@@ -216,6 +220,8 @@ def test_production_topology_survives_worker_database_broker_and_trainer_faults(
         for poster in posters:
             poster.start()
         pollers = [Poller(url, users[name], jobs[name]) for name in users]
+        # The operator's probes: the health check a load balancer polls, and Prometheus's scrape.
+        pollers += [Poller(url, None, [], ("/api/health",)), Poller(url, top.env["METRICS_TOKEN"], [], ("/metrics",))]
         for p in pollers:
             p.start()
 
@@ -299,7 +305,9 @@ def test_production_topology_survives_worker_database_broker_and_trainer_faults(
                                  "marked_failed_after_s": round(dead_after, 1), "status": failed.get("status"),
                                  "reason": failed.get("error")})
         codes = sum((p.codes for p in pollers), Counter())
-        report.update(jobs=len(all_ids), images=len(all_ids) * per_job, status_polls=dict(codes),
+        by_kind = sum((p.by_path for p in pollers), Counter())
+        report.update(jobs=len(all_ids), images=len(all_ids) * per_job,
+                      polls={f"{kind} {code}": n for (kind, code), n in sorted(by_kind.items())},
                       slowest_poll_s=round(max(p.slowest for p in pollers), 2))
         report["5xx"] = sum(n for c, n in codes.items() if c.startswith("5"))
         assert set(codes) <= {"200", "503"}, f"status polls answered {dict(codes)}"
