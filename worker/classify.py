@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from fracture import jobs, registry
 from fracture.config import Settings
 from fracture.db import session_scope
 from fracture.ml.checkpoint import CheckpointError
-from fracture.ml.inference import Prediction, Predictor
+from fracture.ml.inference import Prediction, Predictor, StageTimes
 from fracture.models import Image, ModelVersion
 from fracture.storage import Storage, StorageError
 
@@ -82,8 +83,10 @@ def classify_chunk(
     split into single-image chunks through `resend`, so one image that kills the worker cannot take the others
     down with it; an image started more than settings.max_chunk_attempts times gets an error row instead.
     """
+    started, t0 = time.time(), time.perf_counter()
     with session_scope(settings.database_url) as session:
         plan = jobs.plan_chunk(session, job_id, image_ids, settings.max_chunk_attempts, may_split=resend is not None)
+    plan_s = time.perf_counter() - t0
     if plan.skipped:
         return ChunkOutcome(skipped=plan.skipped)
     if plan.split and resend is not None:
@@ -101,10 +104,12 @@ def classify_chunk(
     version = plan.version
     if version is None:
         return fail_job(settings, job_id, "the job has no model version")
+    t0 = time.perf_counter()
     try:
         predictor = load_predictor(settings, version)
     except CheckpointError as e:
         return fail_job(settings, job_id, str(e))
+    load_s = time.perf_counter() - t0
 
     storage = Storage(settings.storage_dir)
     outcomes: list[jobs.Outcome] = []
@@ -115,15 +120,39 @@ def classify_chunk(
             outcomes.append(jobs.Outcome(image.id, error=source))
         else:
             todo.append((image, source))
-    for pred in predictor.predict([path for _, path in todo], thumbnails=settings.thumbnails):
+    times = StageTimes()
+    thumb_write_s = 0.0
+    for pred in predictor.predict([path for _, path in todo], thumbnails=settings.thumbnails, times=times):
         image = todo[pred.index][0]
+        t0 = time.perf_counter()
+        thumbnail = _save_thumbnail(storage, image, pred)
+        thumb_write_s += time.perf_counter() - t0
         outcomes.append(jobs.Outcome(image.id, pred.label, pred.probability, pred.error,
-                                     pred.in_distribution, pred.ood_score, _save_thumbnail(storage, image, pred)))
+                                     pred.in_distribution, pred.ood_score, thumbnail))
 
+    t0 = time.perf_counter()
     with session_scope(settings.database_url) as session:
         jobs.record_outcomes(session, job_id, version.id, outcomes)
+    write_s = time.perf_counter() - t0
+    _log_timings(job_id, len(outcomes), started, plan=plan_s, load=load_s, times=times, thumb_write=thumb_write_s,
+                 write=write_s)
     errors = sum(o.error is not None for o in outcomes)
     return ChunkOutcome(classified=len(outcomes) - errors, errors=errors)
+
+
+def _log_timings(job_id: str, images: int, started: float, *, plan: float, load: float, times: StageTimes,
+                 thumb_write: float, write: float) -> None:
+    """One INFO line per chunk with the seconds of each stage (bench/breakdown.py reads it from the worker's log).
+
+    start and end are epoch seconds, so the gaps between chunks can be told; decode, preprocess and thumbnail are
+    summed over the decode threads, which run beside the forward passes.
+    """
+    ended = time.time()
+    stages = {"plan": plan, "load": load, "decode": times.decode, "preprocess": times.preprocess,
+              "thumbnail": times.thumbnail, "decode_wait": times.decode_wait, "forward": times.forward,
+              "ood": times.ood, "thumb_write": thumb_write, "write": write}
+    log.info("chunk timings job=%s images=%d start=%.3f end=%.3f total=%.4f %s", job_id, images, started, ended,
+             ended - started, " ".join(f"{k}={v:.4f}" for k, v in stages.items()))
 
 
 def fail_images(settings: Settings, job_id: str, image_ids: list[int], reason: str) -> None:
