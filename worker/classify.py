@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 # version still gets that version, and a new active version is loaded on its first job.
 _predictors: dict[int, Predictor] = {}
 _MAX_CACHED = 2
+# Held while a model loads (and while the start-up warm-up runs its first batch), so a chunk that arrives during the
+# warm-up waits for that load instead of loading the same model a second time beside it.
+_loading = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -39,11 +43,51 @@ def load_predictor(settings: Settings, version: ModelVersion) -> Predictor:
     cached = _predictors.get(version.id)
     if cached is not None:
         return cached
-    predictor = registry.load_predictor(settings, version)
-    while len(_predictors) >= _MAX_CACHED:
-        _predictors.pop(next(iter(_predictors)))
-    _predictors[version.id] = predictor
+    with _loading:
+        cached = _predictors.get(version.id)  # loaded by the warm-up while this waited
+        if cached is not None:
+            return cached
+        predictor = registry.load_predictor(settings, version)
+        while len(_predictors) >= _MAX_CACHED:
+            _predictors.pop(next(iter(_predictors)))
+        _predictors[version.id] = predictor
+        return predictor
+
+
+def warm_up(settings: Settings) -> Predictor | None:
+    """Load the active version's model into this process and run one batch through it, so a just-started worker's
+    first chunk runs as fast as its later ones.
+
+    Never raises: with no active version, an unreachable database or a bad model file it logs why and returns None,
+    and the first chunk loads its job's model lazily as before (and fails that job with the reason, if any).
+    """
+    started = time.perf_counter()
+    try:
+        with session_scope(settings.database_url) as session:
+            version = registry.active_version(session)
+        if version is None:
+            log.info("no active model to load at start: it is loaded on the first chunk")
+            return None
+        with _loading:  # a chunk arriving now waits for this load, and for the warm-up batch after it
+            predictor = load_predictor(settings, version)
+            predictor.warm_up()
+    except Exception as e:  # any failure here only postpones the load to the first chunk
+        log.warning("model not loaded at start (it is loaded on the first chunk): %s: %s", type(e).__name__, e)
+        return None
+    log.info("model %s loaded in %.2f s (before any chunk)", version.name, time.perf_counter() - started)
     return predictor
+
+
+def start_warm_up(settings: Settings) -> threading.Thread:
+    """Run warm_up in a background thread of this (pool child) process and return the thread.
+
+    In the background because Celery kills a pool child that has not reported up within worker_proc_alive_timeout
+    (4 s) of its start, and a model load on a busy CPU can take longer; a chunk that arrives meanwhile waits on the
+    loading lock.
+    """
+    thread = threading.Thread(target=warm_up, args=(settings,), name="model-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def _source(storage: Storage, image: Image) -> Path | str:
