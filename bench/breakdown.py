@@ -42,8 +42,8 @@ CHUNK_LINE = re.compile(
     r"total=(?P<total>[\d.]+) (?P<stages>.*)$")
 # The worker's per-chunk stages that lie on the critical path (the forward loop's thread), in time-line order.
 CHUNK_STAGES = ("plan", "load", "decode_wait", "forward", "ood", "thumb_write", "write")
-# Summed over the decode threads, beside the forward passes.
-THREAD_STAGES = ("decode", "preprocess", "thumbnail")
+# Summed over the decode threads, beside the forward passes; cpu: the worker's CPU time over its chunks.
+THREAD_STAGES = ("decode", "preprocess", "thumbnail", "cpu")
 LABELS = {
     "upload": "upload request (POST until the job is created and enqueued)",
     "upload_archive": "  of which archive reading (in-process estimate)",
@@ -63,6 +63,7 @@ LABELS = {
     "decode": "decode (decode threads, beside the forward)",
     "preprocess": "preprocess: square + tensor (decode threads)",
     "thumbnail": "thumbnail encode (decode threads)",
+    "cpu": "worker CPU time over its chunks (all threads; 2 cores: up to 2 x)",
 }
 
 
@@ -242,10 +243,13 @@ def measure(workdir: Path, images: int, jobs: int = 3, concurrency: int = 1) -> 
         print_table(title, run, rows)
         tables.append(rows)
         per_chunk = chunk_seconds(run)
+        cpu = [1000 * c.stages.get("cpu", 0.0) / c.images for c in run.chunks]
         fig[f"job{i + 1}"] = {
             "wall_s": round(run.wall, 3), "ips": round(images / run.wall, 2), "chunks": len(run.chunks),
             "first_chunk_ms_per_image": round(per_chunk[0], 2),
             "second_chunk_ms_per_image": round(per_chunk[1], 2) if len(per_chunk) > 1 else None,
+            "first_chunk_cpu_ms_per_image": round(cpu[0], 2),
+            "second_chunk_cpu_ms_per_image": round(cpu[1], 2) if len(cpu) > 1 else None,
             "median_chunk_ms_per_image": round(statistics.median(per_chunk), 2),
             "rows_s": {k: round(v, 4) for k, v in rows.items()},
         }

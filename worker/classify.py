@@ -127,7 +127,7 @@ def classify_chunk(
     split into single-image chunks through `resend`, so one image that kills the worker cannot take the others
     down with it; an image started more than settings.max_chunk_attempts times gets an error row instead.
     """
-    started, t0 = time.time(), time.perf_counter()
+    started, t0, cpu0 = time.time(), time.perf_counter(), time.process_time()
     with session_scope(settings.database_url) as session:
         plan = jobs.plan_chunk(session, job_id, image_ids, settings.max_chunk_attempts, may_split=resend is not None)
     plan_s = time.perf_counter() - t0
@@ -179,22 +179,23 @@ def classify_chunk(
         jobs.record_outcomes(session, job_id, version.id, outcomes)
     write_s = time.perf_counter() - t0
     _log_timings(job_id, len(outcomes), started, plan=plan_s, load=load_s, times=times, thumb_write=thumb_write_s,
-                 write=write_s)
+                 write=write_s, cpu=time.process_time() - cpu0)
     errors = sum(o.error is not None for o in outcomes)
     return ChunkOutcome(classified=len(outcomes) - errors, errors=errors)
 
 
 def _log_timings(job_id: str, images: int, started: float, *, plan: float, load: float, times: StageTimes,
-                 thumb_write: float, write: float) -> None:
+                 thumb_write: float, write: float, cpu: float) -> None:
     """One INFO line per chunk with the seconds of each stage (bench/breakdown.py reads it from the worker's log).
 
     start and end are epoch seconds, so the gaps between chunks can be told; decode, preprocess and thumbnail are
-    summed over the decode threads, which run beside the forward passes.
+    summed over the decode threads, which run beside the forward passes; cpu is the CPU time of this process over
+    the chunk (all its threads), which tells a chunk that had more work from one that had less of the CPU.
     """
     ended = time.time()
     stages = {"plan": plan, "load": load, "decode": times.decode, "preprocess": times.preprocess,
               "thumbnail": times.thumbnail, "decode_wait": times.decode_wait, "forward": times.forward,
-              "ood": times.ood, "thumb_write": thumb_write, "write": write}
+              "ood": times.ood, "thumb_write": thumb_write, "write": write, "cpu": cpu}
     log.info("chunk timings job=%s images=%d start=%.3f end=%.3f total=%.4f %s", job_id, images, started, ended,
              ended - started, " ".join(f"{k}={v:.4f}" for k, v in stages.items()))
 
