@@ -111,16 +111,16 @@ class Predictor:
         return self.scores(batch_u8)[0]
 
     def warm_up(self) -> None:
-        """Decode one small JPEG and run one image through the network, so the first real batch pays no first-call
-        costs (decoder plugins; on a GPU the context, cuDNN and cuBLAS handles). One image, not a batch: on this CPU
-        a first batch of 32 cost no more than the next, and a chunk that arrives meanwhile waits for the warm-up."""
+        """Decode one small JPEG and run one batch of the serving size through the network, so that a fresh process's
+        first real batch pays none of the first-call costs (decoder plugins, the allocator growing to the working set,
+        primitives made per input shape; on a GPU the context, cuDNN and cuBLAS handles)."""
         from PIL import Image
 
         jpeg = io.BytesIO()
         Image.new("L", (THUMBNAIL_SIZE, THUMBNAIL_SIZE), 128).save(jpeg, "JPEG")
         self._decode(jpeg.getvalue(), thumbnail=True)
         s = self.spec.image_size
-        self.scores(torch.zeros((1, 1, s, s), dtype=torch.uint8))
+        self.scores(torch.zeros((self.batch_size, 1, s, s), dtype=torch.uint8))
 
     @torch.inference_mode()
     def scores(self, batch_u8: torch.Tensor, times: StageTimes | None = None) -> tuple[np.ndarray, np.ndarray | None]:
