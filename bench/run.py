@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py            # 1,000-image rows and the 10,000-image memory row
     .venv/bin/python bench/run.py --quick    # the same rows on fewer images
+    .venv/bin/python bench/run.py --breakdown  # and where a job's time goes (bench/breakdown.py), per stage
 
 Prints a table of figures and ratios; the last line is one JSON object with every figure.
 """
@@ -207,6 +208,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer images (200, memory 200 vs 1,000)")
     p.add_argument("--workdir", default=None)
+    p.add_argument("--breakdown", action="store_true",
+                   help="also lay out a job's time per stage (bench/breakdown.py), a fresh system's first job included")
     a = p.parse_args()
     n = 200 if a.quick else 1000
     n_big = 1000 if a.quick else 10_000
@@ -306,6 +309,15 @@ def main() -> None:
         (f"web peak RSS {n} / {n_big}", f"{fig['web_rss_mb_1k']:.0f} / {fig['web_rss_mb_10k']:.0f} MB",
          f"{fig['web_rss_ratio_10k_to_1k']:.2f} x"),
     ]
+    if a.breakdown:
+        from breakdown import measure
+
+        parts = measure(workdir, n, jobs=3)
+        fig["first_job_ips"], fig["later_job_ips"] = parts["first_job_ips"], parts["later_job_ips"]
+        fig["breakdown"] = parts  # type: ignore[assignment]  (a nested object in the JSON line)
+        rows.append((f"first job of a just-started system / later jobs ({n})",
+                     f"{parts['first_job_ips']:.0f} / {parts['later_job_ips']:.0f} img/s",
+                     f"{parts['first_to_later_ratio']:.2f} x"))
     print("| row | figure | ratio |\n|---|---|---|")
     for row in rows:
         print(f"| {row[0]} | {row[1]} | {row[2]} |")

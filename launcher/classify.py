@@ -5,9 +5,14 @@ from __future__ import annotations
 import csv
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fracture.config import Settings
 from fracture.jobs import csv_row, result_columns
+
+if TYPE_CHECKING:
+    from fracture.ml.inference import Predictor
+    from fracture.models import ModelVersion
 
 # Blocks bound memory when zips are read into it; within a block, batches run on the model.
 BLOCK = 256
@@ -25,47 +30,61 @@ def _installation_exists(settings: Settings) -> bool:
     return True
 
 
-def default_model(settings: Settings) -> tuple[Path, str]:
-    """The checkpoint to use without --model: the active model of an existing installation, else the release one."""
+def default_model(settings: Settings) -> tuple[Path | ModelVersion, str]:
+    """The model to use without --model: the active version of an existing installation (loaded, as the workers
+    load it, only if its file is the one registered), else the release checkpoint."""
     from fracture.registry import SEED_VERSION
 
     if _installation_exists(settings):
         from fracture.db import session_scope
         from fracture.migrate import upgrade
-        from fracture.registry import active_version, checkpoint_path, ensure_seed_model
+        from fracture.registry import active_version, ensure_seed_model
 
         upgrade(settings.database_url)
         with session_scope(settings.database_url) as session:
             ensure_seed_model(session, settings)
             version = active_version(session)
             if version is not None:
-                return checkpoint_path(settings, version), version.name
+                return version, version.name
     elif settings.seed_model is not None and settings.seed_model.is_file():
         return settings.seed_model, SEED_VERSION
     raise ModelMissing("no trained model is active in this installation: train one (`fracture train`) or pass --model")
 
 
+def _load(checkpoint: Path | ModelVersion, settings: Settings, batch_size: int | None) -> Predictor:
+    """A checkpoint file as given (--model), or a registered version through the registry's SHA-256 check."""
+    from fracture.ml.checkpoint import CheckpointError
+    from fracture.ml.inference import Predictor
+
+    try:
+        if isinstance(checkpoint, Path):
+            return Predictor.from_file(
+                checkpoint, batch_size=batch_size or settings.batch_size, max_pixels=settings.max_image_pixels
+            )
+        from fracture.registry import load_predictor
+
+        predictor = load_predictor(settings, checkpoint)
+    except CheckpointError as e:
+        raise ModelMissing(str(e)) from None
+    predictor.batch_size = batch_size or predictor.batch_size
+    return predictor
+
+
 def classify_files(
-    paths: list[Path], out: Path, checkpoint: Path, version_name: str, settings: Settings,
+    paths: list[Path], out: Path, checkpoint: Path | ModelVersion, version_name: str, settings: Settings,
     batch_size: int | None = None,
 ) -> tuple[int, int, int]:
     """Write a CSV row for every file under `paths` (the CSV itself and the data folder excluded).
 
-    Returns (files, errors, images the model's detector flagged as unlike its training data).
+    `checkpoint` is a file, or a registered version (see default_model). Returns (files, errors, images the model's
+    detector flagged as unlike its training data).
     """
     from tqdm import tqdm
 
     from fracture.dicom import read_identifiers
     from fracture.inputs import ZipBudget, collect
-    from fracture.ml.checkpoint import CheckpointError
-    from fracture.ml.inference import Predictor
 
-    try:
-        predictor = Predictor.from_file(
-            checkpoint, batch_size=batch_size or settings.batch_size, max_pixels=settings.max_image_pixels
-        )
-    except CheckpointError as e:
-        raise ModelMissing(str(e)) from None
+    predictor = _load(checkpoint, settings, batch_size)
     # Never read what this command writes, nor an installation's data folder that happens to lie below.
     items = collect(paths, settings, exclude=(out, settings.home))
     budget = ZipBudget(settings)

@@ -156,3 +156,26 @@ def test_serving_a_release_model_imports_neither_scikit_learn_nor_torchvision(sa
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_classify_checks_the_installations_active_model_file(
+    tmp_path: Path, fracture_env: dict[str, str], sample_images: list[Path]
+) -> None:
+    from fracture.config import get_settings
+    from fracture.db import session_scope
+    from fracture.models import ModelVersion
+    from fracture.registry import checkpoint_path
+
+    out = tmp_path / "r.csv"
+    done = run(["classify", str(sample_images[0]), "--out", str(out)], fracture_env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    settings = get_settings(fracture_env)
+    with session_scope(settings.database_url) as session:
+        version = session.get_one(ModelVersion, int(fracture_env["FRACTURE_MODEL_VERSION_ID"]))
+        assert [r["model_version"] for r in _rows(out)] == [version.name]
+        stored = checkpoint_path(settings, version)
+    # The active version's file replaced behind the registry's back: classify refuses it, as the workers do.
+    stored.write_bytes(stored.read_bytes() + b"\0")
+    done = run(["classify", str(sample_images[0]), "--out", str(tmp_path / "again.csv")], fracture_env, tmp_path)
+    assert done.returncode != 0
+    assert "SHA-256" in done.stderr

@@ -50,7 +50,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
 
 @worker_process_init.connect
 def _fresh_child(**_: Any) -> None:
-    """A forked pool child must not reuse the parent's pooled database connections."""
+    """Set up a forked pool child: fresh database connections, its share of threads, the active model loaded."""
     from fracture.db import dispose_engines
 
     dispose_engines()
@@ -61,3 +61,11 @@ def _fresh_child(**_: Any) -> None:
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
+    # Load the active model now, in this child (never in the prefork parent: CUDA does not survive a fork), so the
+    # first chunk of a just-started worker runs as fast as later ones; a failure leaves it to the first chunk.
+    from celery import current_app
+
+    from fracture.queue import settings_of
+    from worker.classify import start_warm_up
+
+    start_warm_up(settings_of(current_app))

@@ -46,8 +46,8 @@ def classify_chunk_task(self: Task, job_id: str, image_ids: list[int]) -> None:
         log.info("job %s: chunk of %d images not run: %s (%d errors)", job_id, len(image_ids), outcome.skipped,
                  outcome.errors, extra={"images": len(image_ids)})
     else:
-        log.info("job %s: chunk done: %d images, %d classified, %d errors in %.3f s", job_id, len(image_ids),
-                 outcome.classified, outcome.errors, outcome.seconds,
+        log.info("job %s: chunk done: %d images, %d classified, %d errors in %.3f s; timings %s", job_id,
+                 len(image_ids), outcome.classified, outcome.errors, outcome.seconds, outcome.timings,
                  extra={"images": len(image_ids), "seconds": round(outcome.seconds, 4)})
     if settings.dicom_send_results_to:
         try:  # the report task claims a final DICOM job once; for any other it does nothing
