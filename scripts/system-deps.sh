@@ -3,7 +3,8 @@
 #
 # redis-server: the queue tests' broker (and `fracture up`'s, when present).
 # chromium + fonts: the browser tests (Playwright drives /usr/bin/chromium, no browser download).
-# postgresql: initdb/pg_ctl for the throwaway PostgreSQL cluster of the migration tests.
+# postgresql: initdb/pg_ctl for the throwaway PostgreSQL clusters of the tests (migrations, backups, prod-check);
+#   postgresql-client: pg_dump/pg_restore for `fracture backup` / `fracture restore` on PostgreSQL.
 # docker-compose: Debian's 1.29, used only to validate docker-compose.yml (`docker-compose config`).
 # orthanc + orthanc-dicomweb: the PACS of the DICOM tests (they start their own on free ports; the package's service
 #   is not used); dcmtk (storescu, dsrdump) sends studies and reads reports; dicom3tools (dciodvfy) checks them.
@@ -18,6 +19,7 @@ wanted=(
   "fonts-liberation:/usr/share/fonts/truetype/liberation"
   "fonts-dejavu-core:/usr/share/fonts/truetype/dejavu"
   "postgresql:initdb"
+  "postgresql-client:pg_dump"
   "docker-compose:docker-compose"
   "orthanc:Orthanc"
   "orthanc-dicomweb:/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
