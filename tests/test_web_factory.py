@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from flask import g
+from pg import Cluster, pg_server, pg_url  # noqa: F401  (fixtures)
 from sqlalchemy import inspect
 
 from fracture.config import get_settings
@@ -77,3 +78,35 @@ def test_factory_sets_safe_session_cookies_and_a_private_secret_key(tmp_path: Pa
     behind_tls = get_settings({"FRACTURE_HOME": str(tmp_path), "SESSION_COOKIE_SECURE": "1", "SECRET_KEY": "k" * 40})
     app = create_app({"FRACTURE_SETTINGS": behind_tls})
     assert app.config["SESSION_COOKIE_SECURE"] is True and app.config["SECRET_KEY"] == "k" * 40
+
+
+def test_a_database_restart_during_a_request_does_not_turn_its_answer_into_a_500(
+    pg_url: str, pg_server: Cluster, tmp_path: Path,  # noqa: F811
+) -> None:
+    """`pg_ctl restart` ends the request's connection after its answer is made: the closing rollback fails, and the
+    answer must still go out (prod-check caught /api/health answering 500 from the teardown)."""
+    import psycopg
+
+    from fracture.migrate import upgrade
+
+    upgrade(pg_url)
+    settings = dataclasses.replace(get_settings({"FRACTURE_HOME": str(tmp_path), "DATABASE_URL": pg_url}),
+                                   broker_url="redis://127.0.0.1:1/0")  # no broker: health says so, 200 still
+    app = create_app({"FRACTURE_SETTINGS": settings, "TESTING": True})
+    database = pg_url.rsplit("/", 1)[1]
+    ended: list[int] = []
+
+    @app.after_request
+    def end_every_connection(response):  # type: ignore[no-untyped-def]
+        with psycopg.connect(host="127.0.0.1", port=pg_server.port, user="postgres", dbname="postgres",
+                             autocommit=True) as admin:
+            rows = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                                 (database,)).fetchall()
+        ended.append(len(rows))
+        return response
+
+    answer = app.test_client().get("/api/health")
+    assert ended and ended[0] >= 1, "the request's connection was not there to end"
+    assert answer.status_code == 200 and answer.get_json()["database"] == "ok", answer.get_data(as_text=True)
+    # The next request gets a fresh connection.
+    assert app.test_client().get("/api/health").get_json()["database"] == "ok"

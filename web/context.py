@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from celery import Celery
 from flask import Response, abort, current_app, g, request, send_file, stream_with_context
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from fracture.config import Settings
@@ -16,6 +18,8 @@ from fracture.jobs import csv_row
 from fracture.models import ModelVersion
 from fracture.registry import active_version, ensure_seed_model
 from fracture.storage import Storage, StorageError
+
+log = logging.getLogger(__name__)
 
 
 def settings() -> Settings:
@@ -32,9 +36,18 @@ def db() -> Session:
 
 
 def close_db(_exc: BaseException | None = None) -> None:
+    """Close the request's session. A database that went away during the request (a restart ends every
+    connection) makes the closing rollback fail: the answer is already made, so drop the dead connection rather
+    than turn that answer into a 500."""
     session = g.pop("db", None)
-    if session is not None:
+    if session is None:
+        return
+    try:
         session.close()
+    except SQLAlchemyError as e:
+        log.warning("the database connection of this request was lost (%s); dropped", e.__class__.__name__)
+        with contextlib.suppress(SQLAlchemyError):
+            session.invalidate()
 
 
 def storage() -> Storage:
