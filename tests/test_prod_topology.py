@@ -310,6 +310,7 @@ def test_production_topology_survives_worker_database_broker_and_trainer_faults(
                       polls={f"{kind} {code}": n for (kind, code), n in sorted(by_kind.items())},
                       slowest_poll_s=round(max(p.slowest for p in pollers), 2))
         report["5xx"] = sum(n for c, n in codes.items() if c.startswith("5"))
+        report["5xx_not_503"] = sum(n for c, n in codes.items() if c.startswith("5") and c != "503")
         assert set(codes) <= {"200", "503"}, f"status polls answered {dict(codes)}"
         assert failed["status"] == "failed" and failed.get("error"), failed
         assert dead_after <= DEAD_RUN_DEADLINE_S, f"the killed run was marked failed after {dead_after:.0f} s"
