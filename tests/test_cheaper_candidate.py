@@ -69,3 +69,11 @@ def test_the_candidate_serves_the_mean_of_its_two_views_under_bfloat16() -> None
     assert ood is not None and ood.shape == (4,)
     labels = [p.label for p in predictor.predict([(RELEASE / "plots" / "roc.png").read_bytes()])]
     assert labels[0] in ckpt.classes
+
+
+def test_a_training_card_names_the_two_mirrors_views() -> None:
+    from trainer.card import _views_text
+
+    assert _views_text("two-mirrors").startswith("**two-mirrors**") and "may get another answer" in _views_text(
+        "two-mirrors")
+    assert _views_text("identity") == "one (identity)" and _views_text("dihedral").startswith("**dihedral**")
