@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 SEED_VERSION = "release-1"
 # Other checkpoints shipped beside it (folder under the release's, version name), registered as candidates on a
 # fresh installation so that a department can evaluate them on its own images before promoting one.
-SHIPPED_CANDIDATES = (("two-site", "two-site-1"), ("robust", "robust-1"), ("robust-boxes", "robust-2"))
+# two-views-1: the release's own weights served on 2 test-time views in bfloat16 (fracture/release/cheaper.md).
+SHIPPED_CANDIDATES = (("two-site", "two-site-1"), ("robust", "robust-1"), ("robust-boxes", "robust-2"),
+                      ("two-views", "two-views-1"))
 
 
 def active_version(session: Session) -> ModelVersion | None:

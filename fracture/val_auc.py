@@ -19,6 +19,8 @@ def served_measures(views: str | None) -> str:
         seen = "its 8 test-time views (rotations and mirrorings) averaged"
     elif views == "identity":
         seen = "one view, as served"
+    elif views == "two-mirrors":
+        seen = "its 2 test-time views (two mirrorings) averaged"
     else:
         seen = "its test-time views"
     return f"the served network on val, {seen}; threshold-free"

@@ -94,10 +94,7 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
         "",
         f"- Architecture: `{summary['model_args']['arch']}` {summary['model_args']}",
         f"- Input: {summary['preprocess']}",
-        "- Test-time views: " + ("**dihedral**: logits averaged over the 8 rotations and mirrorings, so a rotated "
-                                 "or mirrored upload gets the same answer; the epoch is selected on one view, the "
-                                 "threshold and every figure below on the served views"
-                                 if summary["preprocess"].get("views") == "dihedral" else "one (identity)"),
+        "- Test-time views: " + _views_text(summary["preprocess"].get("views")),
         f"- Split policy: **{m['split_policy']}**; split sizes (distinct images): {summary['split_sizes']}",
         *([f"- Headline: **{val_auc.served_text(m['val']['roc_auc'], summary['preprocess'].get('views'))}**, "
            "the figure the run page and /models show; the "
@@ -171,3 +168,16 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
         data["compare"] = {"split_policy": compare["metrics"]["split_policy"], "metrics": compare["metrics"],
                            "command": compare.get("command"), "split_sizes": compare.get("split_sizes")}
     (out / "model_card.json").write_text(json.dumps(data, indent=2, default=str))
+
+
+def _views_text(views: str | None) -> str:
+    """What the card says of the served test-time views."""
+    if views == "dihedral":
+        return ("**dihedral**: logits averaged over the 8 rotations and mirrorings, so a rotated or mirrored upload "
+                "gets the same answer; the epoch is selected on one view, the threshold and every figure below on the "
+                "served views")
+    if views == "two-mirrors":
+        return ("**two-mirrors**: logits averaged over the left-right mirror and the anti-diagonal mirror (2 of the "
+                "8 rotations and mirrorings; a rotated or mirrored upload may get another answer); the epoch is "
+                "selected on one view, the threshold and every figure below on the served views")
+    return "one (identity)"

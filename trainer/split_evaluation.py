@@ -44,7 +44,7 @@ def evaluate_split(model: nn.Module, data: Prepared, split: str, spec: Preproces
     for idx in batches(len(rows), batch_size, None, shuffle=False):
         batch = rows[idx]
         x = normalize(data.images[batch].to(device), spec)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with spec.autocast(device):  # as served: bfloat16 on CUDA, and on the CPU where the spec says so
             # Each view is laid out in channels_last.
             if with_features:
                 logits, feats = forward_views_features(model, x, views)

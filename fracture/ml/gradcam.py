@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from fracture.ml.net import FracNet
-from fracture.ml.preprocess import PreprocessSpec, decode_gray, normalize, views_of
+from fracture.ml.preprocess import VIEW_ELEMENTS, PreprocessSpec, decode_gray, normalize, views_of
 
 # FracNet's block whose output Grad-CAM weighs: the last one (4x4 at 128 px). Its map adds up to the served logit, so
 # a confident negative has (almost) no positive evidence to show; the map of the block before it (8x8), though it
@@ -53,8 +53,7 @@ def unview(maps: torch.Tensor, views: str) -> torch.Tensor:
     if views == "identity":
         return maps
     back = []
-    for i in range(maps.shape[0]):
-        m = maps[i]
+    for m, i in zip(maps, VIEW_ELEMENTS[views], strict=True):
         if i >= 4:  # views_of flips after turning: undo the flip first
             m = m.flip(-1)
         back.append(torch.rot90(m, -(i % 4), dims=(-2, -1)))

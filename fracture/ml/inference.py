@@ -93,7 +93,6 @@ class Predictor:
         model = fold_batchnorm(checkpoint.model).to(self.device)
         self.model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack memory_format
         self.spec = checkpoint.preprocess
-        self.amp = self.device.type == "cuda"
         detector = checkpoint.detector if has_features(self.model) else None
         self.detector = None if detector is None else dataclasses.replace(
             detector, means=detector.means.to(self.device), precision=detector.precision.to(self.device))
@@ -130,7 +129,7 @@ class Predictor:
         x = batch_u8.to(self.device, non_blocking=True)
         x = normalize(x, self.spec)
         ood = None
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        with self.spec.autocast(self.device):
             # Each view is laid out in channels_last.
             if self.detector is None:
                 logits = forward_views(self.model, x, self.spec.views)

@@ -20,7 +20,11 @@ from fracture.decode import (  # noqa: F401  (re-exported: the decoding every ca
     square,
     thumbnail_jpeg,
 )
-from fracture.recipe import INTENSITIES, VIEWS
+from fracture.recipe import INTENSITIES, PRECISIONS, VIEWS
+
+# Each view set as elements of the dihedral group, numbered as views_of makes them: element i is the image turned
+# i % 4 quarter turns (torch.rot90), then, for i >= 4, mirrored left-right.
+VIEW_ELEMENTS: dict[str, tuple[int, ...]] = {"identity": (0,), "dihedral": tuple(range(8)), "two-mirrors": (4, 5)}
 
 
 @dataclass(frozen=True)
@@ -35,12 +39,17 @@ class PreprocessSpec:
     # "equalize": each image's grey levels equalised (its histogram made flat) before the network sees it, so a
     # brighter, darker or flatter exposure of the same X-ray (any monotone look-up table) gives nearly the same input.
     intensity: str = "none"
+    # "bfloat16": served under bfloat16 autocast on the CPU too (always on CUDA); the threshold and figures of a
+    # checkpoint are those of its served precision (fracture/release/cheaper.md).
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.views not in VIEWS:
             raise ValueError(f"unknown test-time views {self.views!r}; expected one of {VIEWS}")
         if self.intensity not in INTENSITIES:
             raise ValueError(f"unknown intensity normalisation {self.intensity!r}; expected one of {INTENSITIES}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown serving precision {self.precision!r}; expected one of {PRECISIONS}")
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -56,7 +65,13 @@ class PreprocessSpec:
             std=tuple(float(x) for x in d["std"]),  # type: ignore[attr-defined]
             views=str(d.get("views", "identity")),  # checkpoints written before views existed: one view
             intensity=str(d.get("intensity", "none")),  # and before intensity normalisation: none
+            precision=str(d.get("precision", "float32")),  # and before a serving precision: float32 on the CPU
         )
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        """The autocast the network runs under on `device`: bfloat16 on CUDA, and on the CPU when the spec says so."""
+        enabled = device.type == "cuda" or self.precision == "bfloat16"
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def to_uint8_tensor(gray: Image.Image) -> torch.Tensor:
@@ -79,11 +94,14 @@ def normalize(batch_u8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
 
 
 def views_of(x: torch.Tensor, views: str) -> list[torch.Tensor]:
-    """The test-time views of a (N, C, S, S) batch, each a (N, C, S, S) batch."""
-    if views == "identity":
-        return [x]
-    turns = [torch.rot90(x, k, dims=(2, 3)) for k in range(4)]
-    return turns + [t.flip(3) for t in turns]
+    """The test-time views of a (N, C, S, S) batch, each a (N, C, S, S) batch (VIEW_ELEMENTS[views], in order)."""
+    return [view_element(x, i) for i in VIEW_ELEMENTS[views]]
+
+
+def view_element(x: torch.Tensor, i: int) -> torch.Tensor:
+    """Element i of the dihedral group applied to a (..., S, S) batch: i % 4 quarter turns, then mirrored if i >= 4."""
+    turned = torch.rot90(x, i % 4, dims=(-2, -1)) if i % 4 else x
+    return turned.flip(-1) if i >= 4 else turned
 
 
 def forward_views(model: torch.nn.Module, x: torch.Tensor, views: str) -> torch.Tensor:
