@@ -10,6 +10,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fracture.config import Settings
 
 VENV_BIN = Path(sys.executable).parent
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -151,6 +155,18 @@ def register_model(env: dict[str, str], checkpoint: Path) -> int:
         promote(session, version)
         session.flush()
         return version.id
+
+
+def add_dataset(settings: Settings, name: str, role: str = "training", status: str = "ready") -> int:
+    """A dataset row (a folder that is not read) with `role` and `status`, made directly in the database."""
+    from fracture.db import session_scope
+    from fracture.models import Dataset
+
+    with session_scope(settings.database_url) as session:
+        dataset = Dataset(name=name, role=role, status=status, source="folder", root="/nowhere")
+        session.add(dataset)
+        session.flush()
+        return dataset.id
 
 
 # ---------------------------------------------------------------- jobs made directly in the database

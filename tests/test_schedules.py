@@ -15,7 +15,7 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 from harness import WorkerFactory, start_proc, wait_for
-from installation import VENV_BIN, add_user
+from installation import VENV_BIN, add_dataset, add_user
 from pg import pg_server, pg_url  # noqa: F401  (fixtures)
 from sqlalchemy import func, select
 from web_client import make_client
@@ -102,14 +102,6 @@ def test_bad_specs_are_refused_with_a_reason(spec: Spec, words: str) -> None:
 
 
 # ---------------------------------------------------------------- the API and the page
-
-
-def add_dataset(settings: Settings, name: str, role: str = "training", status: str = "ready") -> int:
-    with session_scope(settings.database_url) as session:
-        dataset = Dataset(name=name, role=role, status=status, source="folder", root="/nowhere")
-        session.add(dataset)
-        session.flush()
-        return dataset.id
 
 
 @pytest.fixture

@@ -9,19 +9,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from installation import add_dataset
 
 from fracture.config import Settings
-from fracture.db import session_scope
-from fracture.models import Dataset
 from launcher.cli import main
-
-
-def add_dataset(settings: Settings, name: str, role: str = "training", status: str = "ready") -> int:
-    with session_scope(settings.database_url) as session:
-        dataset = Dataset(name=name, role=role, status=status, source="folder", root="/nowhere")
-        session.add(dataset)
-        session.flush()
-        return dataset.id
 
 
 def fracture(env: dict[str, str], *args: str, input: str | None = None) -> Result:
