@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import pytest
 from harness import WorkerFactory, free_port, wait_for
 from installation import create_job, job_state
 
+from fracture import registry
 from fracture.config import get_settings
 from fracture.db import session_scope
+from fracture.ml.inference import Predictor
 from fracture.models import ModelStatus, ModelVersion
 from fracture.queue import enqueue_job
 from fracture.registry import checkpoint_path
@@ -101,3 +104,34 @@ def test_a_started_worker_child_has_the_model_before_its_first_chunk(
     # Not much longer than the second (shared CPUs: a margin for noise, far below a model load's cost here).
     assert first < 2 * second + 0.5, chunks
     assert worker.alive()
+
+
+def test_a_task_never_gets_the_model_while_the_warm_up_runs_its_batch(fracture_env: dict[str, str]) -> None:
+    """A heatmap's layer hooks belong to the module, not to the thread: a task handed the model while the warm-up's
+    batch runs beside it got its activations overwritten ("One of the differentiated Tensors does not require
+    grad", seen in a real worker). The model is handed out only once warmed."""
+    import threading
+
+    settings = get_settings(fracture_env)
+    with session_scope(settings.database_url) as session:
+        version = registry.active_version(session)
+    assert version is not None
+    seen: list[bool] = []
+    started = threading.Event()
+    original = Predictor.warm_up
+
+    def slow_warm_up(self: Predictor) -> None:
+        started.set()
+        time.sleep(1.0)
+        original(self)
+        seen.append(True)
+
+    Predictor.warm_up = slow_warm_up  # type: ignore[method-assign]
+    try:
+        thread = classify.start_warm_up(settings)
+        assert started.wait(30)
+        classify.load_predictor(settings, version)  # what a task arriving now does
+        assert seen == [True], "a task got the model before its warm-up batch had finished"
+        thread.join(30)
+    finally:
+        Predictor.warm_up = original  # type: ignore[method-assign]

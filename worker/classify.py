@@ -49,11 +49,14 @@ def load_predictor(settings: Settings, version: ModelVersion) -> Predictor:
         cached = _predictors.get(version.id)  # loaded by the warm-up while this waited
         if cached is not None:
             return cached
-        predictor = registry.load_predictor(settings, version)
-        while len(_predictors) >= _MAX_CACHED:
-            _predictors.pop(next(iter(_predictors)))
-        _predictors[version.id] = predictor
-        return predictor
+        return _cache(version.id, registry.load_predictor(settings, version))
+
+
+def _cache(version_id: int, predictor: Predictor) -> Predictor:
+    while len(_predictors) >= _MAX_CACHED:
+        _predictors.pop(next(iter(_predictors)))
+    _predictors[version_id] = predictor
+    return predictor
 
 
 def warm_up(settings: Settings) -> Predictor | None:
@@ -71,8 +74,13 @@ def warm_up(settings: Settings) -> Predictor | None:
             log.info("no active model to load at start: it is loaded on the first chunk")
             return None
         with _loading:  # a chunk arriving now waits for this load, and for the warm-up batch after it
-            predictor = load_predictor(settings, version)
-            predictor.warm_up()
+            predictor = _predictors.get(version.id)
+            if predictor is None:
+                predictor = registry.load_predictor(settings, version)
+                # Cached only once warmed: a task never runs the network beside the warm-up's batch (the layer
+                # hooks of a heatmap are the module's, not the thread's: the warm-up's forward pass would fill them).
+                predictor.warm_up()
+                _cache(version.id, predictor)
     except Exception as e:  # any failure here only postpones the load to the first chunk
         log.warning("model not loaded at start (it is loaded on the first chunk): %s: %s", type(e).__name__, e)
         return None
