@@ -93,6 +93,13 @@ class Proc:
         """The tail of the child's log."""
         return tail(self.log)
 
+    def has_logged(self, text: str) -> bool:
+        """Whether `text` is anywhere in the child's log (not only its tail: a busy worker writes past a line fast)."""
+        try:
+            return text in self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return False
+
     def expect_alive(self) -> None:
         """Raise ProcessExited, with the log, if the child has exited."""
         if not self.alive():
@@ -228,7 +235,7 @@ class WorkerFactory:
 
         def ready() -> bool:
             proc.expect_alive()
-            return " ready." in proc.log_text()
+            return proc.has_logged(" ready.")
 
         wait_for(ready, ready_timeout, f"{name} to report ready")
         return proc

@@ -86,7 +86,7 @@ def test_a_worker_over_its_memory_limit_is_replaced_and_jobs_complete(
     assert_each_image_once(_run(env, files), len(files))
     assert_each_image_once(_run(env, sample_images[24:30]), 6)
     # Each chunk (3 + 1) ran in a child of its own: the children were replaced after every task.
-    children = set(re.findall(r"ForkPoolWorker-\d+", worker.log_text()))
+    children = set(re.findall(r"ForkPoolWorker-\d+", worker.log.read_text(errors="replace")))
     assert len(children) >= 4, worker.log_text()
     assert worker.alive()
 

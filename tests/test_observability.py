@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from harness import LiveSystem, wait_for
+from harness import LiveSystem, Proc, wait_for
 from installation import REPO_ROOT, bearer, new_installation
 from pg import pg_server, pg_url  # noqa: F401  (fixtures)
 from prometheus_client.parser import text_string_to_metric_families
@@ -197,9 +197,12 @@ def test_a_live_worker_and_gunicorn_log_json_with_the_jobs_id_and_count_its_chun
              == "done", 120, "the job to finish")
 
     # The worker: every log line after its banner is one JSON object; the chunks' and the job's lines carry its id.
+    def whole(proc: Proc) -> str:
+        return proc.log.read_text(errors="replace")
+
     wait_for(lambda: sum(line.get("job_id") == job_id and "chunk done" in str(line["message"])
-                         for line in json_lines(live_system.worker.log_text())) == 3, 20, "3 chunk lines")
-    worker_text = live_system.worker.log_text()
+                         for line in json_lines(whole(live_system.worker))) == 3, 20, "3 chunk lines")
+    worker_text = whole(live_system.worker)
     after_banner = worker_text.split("[tasks]", 1)[1].split("\n\n", 1)[1]
     lines = [line for line in after_banner.splitlines() if line.strip()]
     assert lines and all(line.startswith("{") for line in lines), after_banner[:3000]
@@ -215,9 +218,9 @@ def test_a_live_worker_and_gunicorn_log_json_with_the_jobs_id_and_count_its_chun
     assert ready, "the worker's own lines (Celery's) are JSON too"
 
     # The web (gunicorn, its master's own lines included): JSON; the job's creation carries its id.
-    web_lines = [line for line in live_system.web.log_text().splitlines() if line.strip()]
+    web_lines = [line for line in whole(live_system.web).splitlines() if line.strip()]
     assert web_lines and all(line.startswith("{") for line in web_lines), web_lines[:10]
-    created = [line for line in json_lines(live_system.web.log_text())
+    created = [line for line in json_lines(whole(live_system.web))
                if line.get("job_id") == job_id and "created" in str(line["message"])]
     assert len(created) == 1 and created[0]["process"] == "web" and created[0]["images"] == 5, \
         live_system.web.log_text()[-3000:]

@@ -152,7 +152,7 @@ class Topology:
         wait_for(lambda: http_ok(f"{self.url}/api/health"), 120, "the web to answer /api/health")
         for key, proc in self.procs.items():
             if proc.name.startswith(("worker", "trainer")):
-                wait_for(lambda p=proc: p.expect_alive() or " ready." in p.log_text(), 180, f"{key} to be ready")
+                wait_for(lambda p=proc: p.expect_alive() or p.has_logged(" ready."), 180, f"{key} to be ready")
 
     def start_service(self, name: str, index: int = 1) -> Proc:
         """(Re)start one service process, as docker's restart policy would."""
@@ -172,7 +172,7 @@ class Topology:
         name, _, index = key.partition("-") if key.startswith("worker-") else (key, "", "1")
         proc = self.start_service(name, int(index or 1))
         if wait_ready and name in ("worker", "trainer"):
-            wait_for(lambda: proc.expect_alive() or " ready." in proc.log_text(), 180, f"{key} to be ready again")
+            wait_for(lambda: proc.expect_alive() or proc.has_logged(" ready."), 180, f"{key} to be ready again")
         return time.monotonic() - started
 
     def sigkill(self, key: str) -> None:
