@@ -89,7 +89,7 @@ def test_a_started_worker_child_has_the_model_before_its_first_chunk(
     env = {**fracture_env, "REDIS_URL": redis_url, "CHUNK_SIZE": "8", "BATCH_SIZE": "8"}
     settings = get_settings(env)
     worker = celery_worker_proc.start(env)
-    wait_for(lambda: "loaded in" in worker.log_text(), 60, "the worker child to load the model")
+    wait_for(lambda: worker.has_logged("loaded in"), 60, "the worker child to load the model")
 
     job_id = create_job(env, sample_images[:16])
     assert enqueue_job(make_celery(settings), settings, job_id) == 2

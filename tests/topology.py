@@ -1,7 +1,7 @@
 """The production topology on one machine, started from docker-compose.yml's own commands (one list, not two copies).
 
 docker-compose.yml is the list of what production runs: `migrate`, `web`, `worker`, `trainer`, `beat`,
-`dicom-node`, each with its command and the shared environment (`x-app`). `local_commands` turns each service's
+`dicom-node`, each with its command and the shared environment (`x-app`). `localise` turns each service's
 command into the same command for this machine, with only the changes a container would make for it:
 
 - the executable comes from this checkout's virtual environment (the image puts the same ones on PATH);
@@ -115,7 +115,7 @@ class Topology:
     redis: RedisServer | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
-    commands: dict[str, list[str]] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)  # each service's container command, filled
 
     @property
     def url(self) -> str:
@@ -138,8 +138,8 @@ class Topology:
                       STORAGE_DIR=str(self.home / "storage"), DICOM_PORT=str(self.dicom_port))
         self.env = {**host, **shared, **self.overrides}
         for name in ("migrate", *APP_SERVICES):
-            self.commands[name] = localise(name, compose_command(services[name], self.env), self.home, self.web_port)
-        migrate = subprocess.run(self.commands["migrate"], env=self.env, capture_output=True, text=True, timeout=180,
+            self.commands[name] = compose_command(services[name], self.env)
+        migrate = subprocess.run(self.local("migrate"), env=self.env, capture_output=True, text=True, timeout=180,
                                  cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
         if migrate.returncode != 0:
             raise RuntimeError(f"migrate failed:\n{migrate.stdout}\n{migrate.stderr}")
@@ -154,12 +154,14 @@ class Topology:
             if proc.name.startswith(("worker", "trainer")):
                 wait_for(lambda p=proc: p.expect_alive() or p.has_logged(" ready."), 180, f"{key} to be ready")
 
+    def local(self, name: str, index: int = 1) -> list[str]:
+        """Service `name`'s command as this machine runs it (its `index`-th copy, for the workers' node names)."""
+        return localise(name, self.commands[name], self.home, self.web_port, index)
+
     def start_service(self, name: str, index: int = 1) -> Proc:
         """(Re)start one service process, as docker's restart policy would."""
-        key = name if name not in ("worker",) else f"{name}-{index}"
-        args = self.commands[name]
-        if name == "worker":
-            args = [*args[:-1], f"{name}-{index}@%h"]
+        key = f"{name}-{index}" if name == "worker" else name
+        args = self.local(name, index)
         log_name = key if key not in self.procs else f"{key}.{sum(1 for p in self.log_dir.glob(key + '*.log'))}"
         self.procs[key] = start_proc(log_name, args, self.env, self.log_dir)
         return self.procs[key]
