@@ -22,20 +22,18 @@ Prints a table per job and a final JSON line. The machine's CPUs are shared: com
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import re
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import System, make_zip, real_images  # noqa: E402  (bench/run.py: the same system and images)
+from run import JobRun, System, make_zip, real_images  # noqa: E402  (bench/run.py: the same system and images)
 
 CHUNK_LINE = re.compile(
     r"job (?P<job>\S+): chunk done: (?P<images>\d+) images.*; timings start=(?P<start>[\d.]+) end=(?P<end>[\d.]+) "
@@ -75,24 +73,6 @@ class Chunk:
     stages: dict[str, float]
 
 
-@dataclass
-class JobRun:
-    """One job's client-side time stamps (epoch seconds) and its chunks as the worker logged them."""
-
-    images: int
-    posted: float = 0.0
-    created: float = 0.0
-    done_seen: float = 0.0
-    csv_start: float = 0.0
-    csv_end: float = 0.0
-    job_id: str = ""
-    chunks: list[Chunk] = field(default_factory=list)
-
-    @property
-    def wall(self) -> float:
-        return self.csv_end - self.posted
-
-
 def chunks_of(log_text: str, job_id: str) -> list[Chunk]:
     """The "chunk done" lines of `job_id` in a worker log, in start order."""
     out = []
@@ -102,30 +82,6 @@ def chunks_of(log_text: str, job_id: str) -> list[Chunk]:
             stages = {k: float(v) for k, v in (kv.split("=", 1) for kv in m["stages"].split())}
             out.append(Chunk(int(m["images"]), float(m["start"]), float(m["end"]), stages))
     return sorted(out, key=lambda c: c.start)
-
-
-def run_job(system: System, zip_path: Path, images: int) -> JobRun:
-    """POST the zip, poll the job until final (every 50 ms), fetch the CSV; time stamps of each step."""
-    run = JobRun(images)
-    run.posted = time.time()
-    with open(zip_path, "rb") as f:
-        r = system.http.post(f"{system.url}/api/jobs", files={"files": (zip_path.name, f, "application/zip")},
-                             timeout=600)
-    r.raise_for_status()
-    run.created = time.time()
-    run.job_id = r.json()["id"]
-    while True:
-        state = system.http.get(f"{system.url}/api/jobs/{run.job_id}", timeout=30).json()
-        if state["status"] in ("done", "failed", "cancelled"):
-            break
-        time.sleep(0.05)
-    run.done_seen = run.csv_start = time.time()
-    text = system.http.get(f"{system.url}/api/jobs/{run.job_id}/results.csv", timeout=120).text
-    run.csv_end = time.time()
-    rows = list(csv.DictReader(io.StringIO(text)))
-    if state["status"] != "done" or len(rows) != images:
-        raise RuntimeError(f"job ended {state['status']} with {len(rows)} rows (expected {images})")
-    return run
 
 
 def upload_estimates(zip_path: Path, workdir: Path, repeats: int = 3) -> dict[str, float]:
@@ -226,8 +182,8 @@ def measure(workdir: Path, images: int, jobs: int = 3, concurrency: int = 1) -> 
     system = System(workdir, concurrency=concurrency)
     up_s = time.time() - t_start
     try:
-        runs = [run_job(system, zip_path, images) for _ in range(jobs)]
-        log_text = (system.home / "logs" / "inference-worker.log").read_text(errors="replace")
+        runs = [system.run_job(zip_path, images) for _ in range(jobs)]
+        log_text = system.worker_log()
     finally:
         system.stop()
     for run in runs:

@@ -49,8 +49,7 @@ def end_to_end(workdir: Path, n: int, rounds: int = 4) -> dict[str, float]:
             system = System(workdir, concurrency=1, extra_env={"THUMBNAILS": flag})
             try:
                 system.run_job(one, 1)  # warm: the worker loads the model on its first job
-                seconds, _ = system.run_job(zipped, n)
-                runs[mode].append(n / seconds)
+                runs[mode].append(system.run_job(zipped, n).ips)
                 if mode == "on":
                     stored = list((system.home / "storage" / "thumbnails").rglob("*.jpg"))
                     assert len(stored) >= n, f"{len(stored)} thumbnails for {n} images"
