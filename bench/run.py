@@ -223,16 +223,16 @@ def main() -> None:
     predictor = Predictor.from_file(MODEL, device=torch.device("cpu"), batch_size=settings.batch_size)
     files = real_images(n_big, workdir)
     small = files[:n]
-    fig: dict[str, float | int | str] = {"images": n, "batch_size": settings.batch_size,
+    fig: dict[str, float | int | str] = {"images": n, "batch_size": predictor.batch_size,
                                          "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count() or 0}
 
-    fig["limit_ips"] = limit_ips(predictor, settings.batch_size)
+    fig["limit_ips"] = limit_ips(predictor, predictor.batch_size)
     fig["views"] = predictor.spec.views
     # The same weights on one view: what the test-time views cost (a model trained with --views identity runs so).
     one_spec = dataclasses.replace(predictor.spec, views="identity")
     one_view = Predictor(dataclasses.replace(predictor.ckpt, preprocess=one_spec), device=torch.device("cpu"),
-                         batch_size=settings.batch_size)
-    fig["limit_one_view_ips"] = limit_ips(one_view, settings.batch_size)
+                         batch_size=predictor.batch_size)
+    fig["limit_one_view_ips"] = limit_ips(one_view, predictor.batch_size)
     fig["naive_ips"] = naive_ips(small[: max(100, n // 5)], predictor)
     fig["reference_ips"] = reference_ips(small[:100])
 
