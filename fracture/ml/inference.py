@@ -262,9 +262,36 @@ class Predictor:
     def _decode_batch(self, pending: Sequence[tuple[int, torch.Tensor | Jpeg, bytes | None]], thumbnails: bool,
                       times: StageTimes | None = None, pool: ThreadPoolExecutor | None = None,
                       ) -> Iterator[Prediction]:
-        """Decode the batch's JPEGs left to torchvision (none with Pillow) in one call on the device, resize them
-        there, then classify the batch; a JPEG torchvision refuses takes the Pillow path (its error row, if any,
-        in its place)."""
+        """Classify a batch (its JPEGs left to torchvision decoded first: _prepare), one Prediction per item, in
+        order; an image that could not be decoded gets its error row in its place."""
+        images, thumbs = self._prepare(pending, thumbnails, times, pool)
+        ok = [k for k, image in enumerate(images) if isinstance(image, torch.Tensor)]
+        probs: np.ndarray | list[float] = []
+        ood = None
+        if ok:
+            tensors = [t for t in images if isinstance(t, torch.Tensor)]
+            if all(t.device.type == "cpu" for t in tensors):
+                batch = torch.stack(tensors)
+                if self.device.type == "cuda":
+                    batch = batch.pin_memory()
+            else:  # decoded on the device, with any the Pillow path decoded (on the CPU) moved beside them
+                batch = torch.stack([t.to(self.device, non_blocking=True) for t in tensors])
+            probs, ood = self.scores(batch, times)
+        row = dict(zip(ok, range(len(ok)), strict=True))
+        for k, (i, _, _) in enumerate(pending):
+            error = images[k]
+            if isinstance(error, str):
+                yield Prediction(i, None, None, error)
+                continue
+            p = float(probs[row[k]])
+            yield Prediction(i, p, self.ckpt.label(p), None, None if ood is None else float(ood[row[k]]), thumbs[k])
+
+    def _prepare(self, pending: Sequence[tuple[int, torch.Tensor | Jpeg, bytes | None]], thumbnails: bool,
+                 times: StageTimes | None = None, pool: ThreadPoolExecutor | None = None,
+                 ) -> tuple[list[torch.Tensor | str], list[bytes | None]]:
+        """Each item's (1, S, S) uint8 input (or the reason it has none) and thumbnail: the JPEGs left to torchvision
+        decoded in one call on the device and resized there (their thumbnails encoded in `pool`), a JPEG it refuses
+        by the Pillow path."""
         images: list[torch.Tensor | str] = [t if isinstance(t, torch.Tensor) else "" for _, t, _ in pending]
         thumbs = [thumb for _, _, thumb in pending]
         at = [k for k, (_, t, _) in enumerate(pending) if isinstance(t, Jpeg)]
@@ -301,23 +328,4 @@ class Predictor:
                 times.decode += t1 - t0
                 times.preprocess += t2 - t1
                 times.thumbnail += time.perf_counter() - t2
-        ok = [k for k, image in enumerate(images) if isinstance(image, torch.Tensor)]
-        probs: np.ndarray | list[float] = []
-        ood = None
-        if ok:
-            tensors = [t for t in images if isinstance(t, torch.Tensor)]
-            if all(t.device.type == "cpu" for t in tensors):
-                batch = torch.stack(tensors)
-                if self.device.type == "cuda":
-                    batch = batch.pin_memory()
-            else:  # decoded on the device, with any the Pillow path decoded (on the CPU) moved beside them
-                batch = torch.stack([t.to(self.device, non_blocking=True) for t in tensors])
-            probs, ood = self.scores(batch, times)
-        row = dict(zip(ok, range(len(ok)), strict=True))
-        for k, (i, _, _) in enumerate(pending):
-            error = images[k]
-            if isinstance(error, str):
-                yield Prediction(i, None, None, error)
-                continue
-            p = float(probs[row[k]])
-            yield Prediction(i, p, self.ckpt.label(p), None, None if ood is None else float(ood[row[k]]), thumbs[k])
+        return images, thumbs
