@@ -521,7 +521,7 @@ def main() -> None:
     one = make_zip(files[:1], workdir / "one.zip")
     big = None if n_big is None else (n_big, make_zip(files, workdir / f"batch-{n_big}.zip"))
     upload = {n: upload_estimates(z, workdir) for n, z in zips.items()}
-    shared: dict[str, Any] = {"batch_size": settings.batch_size, "torch_threads": torch.get_num_threads(),
+    shared: dict[str, Any] = {"torch_threads": torch.get_num_threads(),
                               "cpus": os.cpu_count() or 0, "sizes": list(SIZES),
                               "machine_speed": {"start": machine_speed()}}
     shared["reference_ips"] = reference_ips(files[:100])
@@ -530,13 +530,14 @@ def main() -> None:
     for name, path in models:
         predictor = Predictor.from_file(path, device=torch.device("cpu"), batch_size=settings.batch_size)
         fig = {"file": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path), **quality(predictor)}
-        fig["limit_ips"] = limit_ips(predictor, settings.batch_size)
+        shared["batch_size"] = predictor.batch_size  # BATCH_SIZE, or the CPU's default
+        fig["limit_ips"] = limit_ips(predictor, predictor.batch_size)
         fig["pipeline_ips"] = pipeline_ips(predictor, files[:n_small])
         if not figs:  # the first model's extra rows: its weights on one view, and one image at a time
             one_spec = dataclasses.replace(predictor.spec, views="identity")
             one_view = Predictor(dataclasses.replace(predictor.ckpt, preprocess=one_spec), device=torch.device("cpu"),
-                                 batch_size=settings.batch_size)
-            shared["limit_one_view_ips"] = limit_ips(one_view, settings.batch_size)
+                                 batch_size=predictor.batch_size)
+            shared["limit_one_view_ips"] = limit_ips(one_view, predictor.batch_size)
             shared["naive_ips"] = naive_ips(files[:200], predictor)
         del predictor  # its threads and memory are not the running system's
         fig.update(classify_cli(path, files[:n_small], workdir))

@@ -17,12 +17,13 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
-def setting(env_name: str, default: T, *, shown: bool = True) -> T:
+def setting(env_name: str, default: T, *, shown: bool = True, kind: type | None = None) -> T:
     """A Settings field read from the environment variable `env_name`: its one default is declared here.
 
-    get_settings reads every such field; an unset or empty variable keeps the default.
+    get_settings reads every such field; an unset or empty variable keeps the default. A default of None (decided
+    later, e.g. by the device) names the `kind` a set value is read as.
     """
-    return field(default=default, repr=shown, metadata={"env": env_name})
+    return field(default=default, repr=shown, metadata={"env": env_name, "kind": kind})
 
 
 def _parse(raw: str, default: object) -> object:
@@ -46,7 +47,8 @@ def _from_env(env: dict[str, str]) -> dict[str, Any]:
         if name is None:
             continue
         raw = env.get(name)
-        values[f.name] = f.default if raw in (None, "") else _parse(str(raw), f.default)
+        typed = f.default if f.metadata.get("kind") is None else f.metadata["kind"]()
+        values[f.name] = f.default if raw in (None, "") else _parse(str(raw), typed)
     return values
 
 
@@ -112,7 +114,13 @@ class Settings:
     storage_dir: Path
     redis_url: str | None = None
     chunk_size: int = setting("CHUNK_SIZE", 64)
-    batch_size: int = setting("BATCH_SIZE", 32)
+    # Images per forward pass, and the threads that read and decode them for one predictor; unset, by the device
+    # (fracture.ml.inference.device_defaults): 32 and 2 on a CPU, 256 and one per core on a GPU.
+    batch_size: int | None = setting("BATCH_SIZE", None, kind=int)
+    decode_threads: int | None = setting("DECODE_THREADS", None, kind=int)
+    # JPEG decoding: "torchvision" (in batches on the predictor's device: nvJPEG on a GPU), "pillow", or "auto"
+    # (torchvision on a CUDA device, Pillow otherwise). Other formats, and JPEGs torchvision refuses, use Pillow.
+    decoder: str = setting("DECODER", "auto")
     max_upload_bytes: int = setting("MAX_UPLOAD_BYTES", 2 * 1024**3)
     max_files_per_job: int = setting("MAX_FILES_PER_JOB", 20_000)
     max_form_parts: int = setting("MAX_FORM_PARTS", 25_000)
@@ -206,6 +214,12 @@ def get_settings(env: dict[str, str] | None = None) -> Settings:
     values = _from_env(env)
     values["schedules_tick_s"] = max(1, values["schedules_tick_s"])
     values["dicom_ae_title"] = ae_title(values["dicom_ae_title"], "DICOM_AE_TITLE")
+    values["decoder"] = values["decoder"].strip().lower()
+    if values["decoder"] not in ("auto", "pillow", "torchvision"):
+        raise ValueError(f"DECODER: {values['decoder']!r} is not auto, pillow or torchvision")
+    for name, variable in (("batch_size", "BATCH_SIZE"), ("decode_threads", "DECODE_THREADS")):
+        if values[name] is not None and values[name] < 1:
+            raise ValueError(f"{variable}: {values[name]} is not a positive number")
     values["log_format"] = values["log_format"].strip().lower()
     if values["log_format"] not in ("text", "json"):
         raise ValueError(f"LOG_FORMAT: {values['log_format']!r} is not text or json")

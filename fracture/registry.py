@@ -252,4 +252,5 @@ def load_predictor(settings: Settings, version: ModelVersion) -> Predictor:
             f"model file of version {version.name} is missing from storage ({version.checkpoint_key})")
     if sha256_file(path) != version.checkpoint_sha256:
         raise CheckpointError(f"model file of version {version.name} does not match its recorded SHA-256")
-    return Predictor.from_file(path, batch_size=settings.batch_size, max_pixels=settings.max_image_pixels)
+    return Predictor.from_file(path, batch_size=settings.batch_size, max_pixels=settings.max_image_pixels,
+                               decoder=settings.decoder, decode_threads=settings.decode_threads)

@@ -59,7 +59,8 @@ def _load(checkpoint: Path | ModelVersion, settings: Settings, batch_size: int |
     try:
         if isinstance(checkpoint, Path):
             return Predictor.from_file(
-                checkpoint, batch_size=batch_size or settings.batch_size, max_pixels=settings.max_image_pixels
+                checkpoint, batch_size=batch_size or settings.batch_size, max_pixels=settings.max_image_pixels,
+                decoder=settings.decoder, decode_threads=settings.decode_threads,
             )
         from fracture.registry import load_predictor
 

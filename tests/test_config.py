@@ -10,9 +10,11 @@ from fracture.config import DicomPeer, Settings, get_settings
 
 # The variables and their defaults as they were before the defaults were declared once: none may change by
 # accident. On purpose since: REAPER_INTERVAL_S 60 -> 20 (with the heartbeats, work whose worker died is failed
-# within a minute); HEARTBEAT_INTERVAL_S, HEARTBEAT_STALE_S and TRUSTED_PROXY_HOPS are new.
+# within a minute); HEARTBEAT_INTERVAL_S, HEARTBEAT_STALE_S and TRUSTED_PROXY_HOPS are new; BATCH_SIZE 32 -> None
+# (by the device: still 32 on a CPU, tests/test_gpu_decode.py), DECODE_THREADS and DECODER are new.
 DEFAULTS = {
-    "CHUNK_SIZE": 64, "BATCH_SIZE": 32, "MAX_UPLOAD_BYTES": 2 * 1024**3, "MAX_FILES_PER_JOB": 20_000,
+    "CHUNK_SIZE": 64, "BATCH_SIZE": None, "DECODE_THREADS": None, "DECODER": "auto",
+    "MAX_UPLOAD_BYTES": 2 * 1024**3, "MAX_FILES_PER_JOB": 20_000,
     "MAX_FORM_PARTS": 25_000, "MAX_ZIP_MEMBERS": 50_000, "MAX_ZIP_TOTAL_BYTES": 8 * 1024**3, "MAX_ZIP_RATIO": 200,
     "MAX_IMAGE_PIXELS": 64_000_000, "TASK_TIME_LIMIT_S": 900, "WORKER_MAX_MEMORY_KB": 4_000_000,
     "BROKER_VISIBILITY_TIMEOUT_S": 3600, "REAPER_STALE_S": 300, "REAPER_INTERVAL_S": 20, "SCHEDULES_TICK_S": 60,
@@ -43,6 +45,7 @@ def test_unset_or_empty_variables_keep_the_defaults(tmp_path) -> None:  # type: 
     ("SESSION_COOKIE_SECURE", " Yes ", True), ("SESSION_COOKIE_SECURE", "maybe", False),
     ("THUMBNAILS", "off", False), ("THUMBNAILS", "0", False), ("THUMBNAILS", "maybe", True),
     ("SCHEDULES_TICK_S", "0", 1),  # at least a second
+    ("BATCH_SIZE", "512", 512), ("DECODE_THREADS", "16", 16), ("DECODER", " Pillow ", "pillow"),
 ])
 def test_variables_are_read_as_the_defaults_type(tmp_path, name: str, raw: str, value: object) -> None:  # type: ignore[no-untyped-def]
     assert _by_variable(get_settings({"FRACTURE_HOME": str(tmp_path), name: raw}))[name] == value
@@ -80,3 +83,9 @@ def test_dicomweb_peers_are_named_urls() -> None:
     for bad in ("PACSWEB", "PACSWEB=ftp://x", "=http://x", "A\\B=http://x"):
         with pytest.raises(ValueError, match="DICOMWEB_PEERS"):
             get_settings({"DICOMWEB_PEERS": bad})
+
+
+@pytest.mark.parametrize(("name", "raw"), [("DECODER", "nvjpeg"), ("BATCH_SIZE", "0"), ("DECODE_THREADS", "-1")])
+def test_a_malformed_serving_setting_is_refused_naming_it(tmp_path, name: str, raw: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=name):
+        get_settings({"FRACTURE_HOME": str(tmp_path), name: raw})
