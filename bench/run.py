@@ -98,34 +98,15 @@ def limit_ips(predictor, batch: int, seconds: float = 6.0, window: float = 1.0) 
     return best
 
 
-def pipeline_ips(model: Path, files: list[Path], workdir: Path, rounds: int = 3) -> float:
-    """The worker's own pipeline in one process set up as a worker is (`import worker` first: its OpenMP threads wait
-    passively, fracture.ml.threads): Predictor.predict over the files (decode threads beside the forward passes,
-    thumbnails as served), best of `rounds`: what the same two cores do with decoding included."""
-    listing = workdir / "pipeline-files.txt"
-    listing.write_text("\n".join(map(str, files)))
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    # `import worker` before this file's own `import torch`, as a worker process imports them.
-    code = (f"import sys; sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'bench')!r}]; import worker; import run; "
-            "run._pipeline_main(*sys.argv[1:])")
-    done = subprocess.run([sys.executable, "-c", code, str(model), str(listing), str(rounds)],
-                          env=env, check=True, capture_output=True, text=True, timeout=600)
-    return float(done.stdout.split()[-1])
-
-
-def _pipeline_main(model: str, listing: str, rounds: str) -> None:
-    """The child of pipeline_ips (after `import worker`): prints the best images/s."""
-    from fracture.ml.inference import Predictor
-
-    files = [Path(line) for line in Path(listing).read_text().splitlines()]
-    predictor = Predictor.from_file(model, device=torch.device("cpu"))
-    predictor.warm_up()
+def pipeline_ips(predictor, files: list[Path], rounds: int = 3) -> float:  # type: ignore[no-untyped-def]
+    """The worker's own pipeline in this process: Predictor.predict over the files (decode threads beside the
+    forward passes, thumbnails as served), best of `rounds`: what the same two cores do with decoding included."""
     best = 0.0
-    for _ in range(int(rounds)):
+    for _ in range(rounds):
         t0 = time.perf_counter()
-        n = sum(1 for _ in predictor.predict(files, thumbnails=True))
-        best = max(best, n / (time.perf_counter() - t0))
-    print(best)
+        done = sum(1 for _ in predictor.predict(files, thumbnails=True))
+        best = max(best, done / (time.perf_counter() - t0))
+    return best
 
 
 def machine_speed(seconds: int = 8) -> list[int]:
@@ -459,7 +440,7 @@ def print_tables(models: list[tuple[str, dict[str, Any]]], shared: dict[str, Any
         lambda f: f"{f['test_roc_auc']:.4f} / {f['test_sensitivity']:.4f} / {f['test_specificity']:.4f}")
     row(f"limit: the network alone, batch {shared['batch_size']}, tensors in memory (best 1 s)",
         lambda f: f"{f['limit_ips']:.0f} img/s = {f['limit_ips'] / base['limit_ips']:.2f} x {names[0]}")
-    row(f"the worker's pipeline in one process: decode threads + network, {n_small} files, thumbnails (best of 3)",
+    row(f"the worker's pipeline in one process: decode threads + network, {n_small} files (best of 3)",
         lambda f: f"{f['pipeline_ips']:.0f} img/s = {f['pipeline_ips'] / f['limit_ips']:.2f} x limit")
     for n in SIZES:
         label = f"end to end, {n}-image job, 1 worker: best (median) of {len(base[f'e2e_ips_{n}_each'])}"
@@ -551,7 +532,7 @@ def main() -> None:
         fig = {"file": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path), **quality(predictor)}
         shared["batch_size"] = predictor.batch_size  # BATCH_SIZE, or the CPU's default
         fig["limit_ips"] = limit_ips(predictor, predictor.batch_size)
-        fig["pipeline_ips"] = pipeline_ips(path, files[:n_small], workdir)
+        fig["pipeline_ips"] = pipeline_ips(predictor, files[:n_small])
         if not figs:  # the first model's extra rows: its weights on one view, and one image at a time
             one_spec = dataclasses.replace(predictor.spec, views="identity")
             one_view = Predictor(dataclasses.replace(predictor.ckpt, preprocess=one_spec), device=torch.device("cpu"),

@@ -278,9 +278,6 @@ def classify(paths: tuple[Path, ...], out: Path, model: Path | None, batch_size:
 
     Runs in this process and needs no installation: nothing is written but the CSV.
     """
-    from fracture.ml.threads import wait_passively
-
-    wait_passively()  # as the workers serve: the network's threads beside the decode threads (before torch loads)
     from launcher.classify import ModelMissing, classify_files, default_model
 
     settings = get_settings()
