@@ -78,6 +78,9 @@ def decode_gray(source: bytes | str | Path | BinaryIO, size: int, max_pixels: in
         raise ImageError(
             "not an image (or a format that is not accepted: JPEG, PNG, GIF, BMP, TIFF, WEBP, DICOM)"
         ) from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        # The file could not be opened: why, without its path (a worker's is a place in the server's storage).
+        raise ImageError(f"could not read file: {e.strerror or type(e).__name__}") from None
     except MemoryError:
         raise ImageError("could not decode image: out of memory") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:

@@ -101,3 +101,39 @@ def test_due_schedules_become_training_runs(fracture_env: dict[str, str]) -> Non
     nightly = by_name["nightly"]
     assert nightly.next_run_at is not None and nightly.next_run_at.replace(tzinfo=UTC) > now
     assert by_name["new"].next_run_at is not None and by_name["new"].last_run_at is None
+
+
+def test_the_torchvision_decoder_classifies_a_job_as_pillow_does(
+    fracture_env: dict[str, str], sample_images: list[Path]
+) -> None:
+    """DECODER reaches the worker's predictor (the GPU path, run here on the CPU): the same job classified with each
+    decoder gets the same decisions, the same error row for a file gone from storage, and a thumbnail per image."""
+    jpegs = [p for p in sample_images if p.read_bytes()[:3] == b"\xff\xd8\xff"][:10]
+    assert len(jpegs) >= 8
+    outcomes = {}
+    for decoder in ("pillow", "torchvision"):
+        settings = get_settings({**fracture_env, "DECODER": decoder})
+        job_id = create_job(fracture_env, [*jpegs, sample_images[0]])
+        ids = _image_ids(fracture_env, job_id)
+        with session_scope(settings.database_url) as session:
+            gone = session.get(Image, ids[-1])
+            assert gone is not None and gone.storage_key
+            (settings.storage_dir / gone.storage_key).unlink()
+        _predictors.clear()  # the worker caches its predictor per version, built with the process's settings
+        try:
+            classify_chunk(settings, job_id, ids)
+            assert next(iter(_predictors.values())).decoder == decoder
+        finally:
+            _predictors.clear()
+        with session_scope(settings.database_url) as session:
+            rows = session.execute(select(Image.seq, Result.prediction, Result.probability, Result.error,
+                                          Image.thumbnail_key).join(Result, Result.image_id == Image.id)
+                                   .where(Image.job_id == job_id).order_by(Image.seq)).all()
+        outcomes[decoder] = rows
+    pillow, torchvision = outcomes["pillow"], outcomes["torchvision"]
+    assert len(pillow) == len(torchvision) == len(jpegs) + 1
+    assert [r.prediction for r in pillow] == [r.prediction for r in torchvision]
+    # Said without the server's storage path.
+    assert pillow[-1].error == torchvision[-1].error == "could not read file: No such file or directory"
+    assert max(abs(a.probability - b.probability) for a, b in zip(pillow[:-1], torchvision[:-1], strict=True)) < 0.01
+    assert all(r.thumbnail_key for r in torchvision[:-1])
