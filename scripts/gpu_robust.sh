@@ -16,6 +16,9 @@ MINUTES=${MINUTES:-6}
 DEADLINE=${DEADLINE:-530}
 PY=${PY:-python3}
 RUNS=${RUNS:-/tmp/gpuruns}
+# Each run's augmentation in this many processes beside its training (the 2026-12-04 lease ran it on one core per run
+# and the GPU waited): 4 runs x (1 + 3) fills the device machine's 16 cores.
+LOADER_WORKERS=${LOADER_WORKERS:-3}
 mkdir -p "$OUT"
 if [ -d .whl ] && [ "$PY" = python3 ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -32,14 +35,14 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.l
 PLAN=${PLAN:-scratch}
 if [ "$PLAN" = scratch ]; then  # from scratch at 256 and 320 px: 14-22 epochs fit in 6 minutes (2026-12-04)
   common=(--data-spec /tmp/spec.json --split given --seed 0 --augment acquisition --width 32 --epochs 60
-          --max-minutes "$MINUTES" --threads 3 --no-progress --batch-size 64 ${EXTRA:-})
+          --max-minutes "$MINUTES" --threads 1 --loader-workers "$LOADER_WORKERS" --no-progress --batch-size 64 ${EXTRA:-})
   names=(box256 plain256 boxeq256 box320)
   opts=("--image-size 256 --boxes .devdata/boxes.csv" "--image-size 256"
         "--image-size 256 --boxes .devdata/boxes.csv --intensity equalize" "--image-size 320 --boxes .devdata/boxes.csv")
 else  # robust-1 fine-tuned at its own 128 px, with and without the boxes as supervision
   common=(--data-spec /tmp/spec.json --split given --seed 0 --augment acquisition --width 24 --image-size 128
           --init fracture/release/robust/model.pt --lr 1e-3 --select last --epochs 60
-          --max-minutes "$MINUTES" --threads 3 --no-progress --batch-size 64 ${EXTRA:-})
+          --max-minutes "$MINUTES" --threads 1 --loader-workers "$LOADER_WORKERS" --no-progress --batch-size 64 ${EXTRA:-})
   names=(ftbox03 ftbox1 ftplain)
   opts=("--boxes .devdata/boxes.csv --box-weight 0.3" "--boxes .devdata/boxes.csv --box-weight 1" "")
 fi

@@ -258,3 +258,21 @@ def test_init_warm_starts_from_a_checkpoint_of_the_same_network_and_refuses_anot
     proc = subprocess.run([*base, "--out", str(tmp_path / "other"), "--width", "16"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "are not this run's" in proc.stderr
+
+
+def test_loader_workers_augment_in_processes_and_give_the_same_model_whatever_their_number(
+        small_dataset: Path, tmp_path: Path) -> None:
+    """--loader-workers N augments in N processes (trainer.augmented_batches): 1 and 2 workers train the same
+    weights (each batch draws from its own seed), and that is another run than augmenting in turn (0)."""
+    fracture = str(Path(sys.executable).parent / "fracture")
+    base = [fracture, "train", "--data", str(small_dataset), "--dry-run", "--no-progress", "--no-robustness",
+            "--image-size", "64", "--width", "8", "--augment", "acquisition", "--batch-size", "16", "--ema", "0"]
+    weights = {}
+    for workers in (0, 1, 2):
+        out = tmp_path / f"w{workers}"
+        proc = subprocess.run([*base, "--out", str(out), "--loader-workers", str(workers)],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        weights[workers] = load_checkpoint(out / "model.pt").model.state_dict()
+    assert all(torch.equal(weights[1][k], weights[2][k]) for k in weights[1])
+    assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

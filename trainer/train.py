@@ -34,6 +34,7 @@ from fracture.ml.preprocess import VIEWS, PreprocessSpec, normalize
 from fracture.recipe import AUGMENTATIONS, INTENSITIES, RECIPE
 from trainer import card
 from trainer.augmentation import AcquisitionChange, TrainAugment
+from trainer.augmented_batches import augmented_batches
 from trainer.box_supervision import box_loss, box_weight_of
 from trainer.decoded_images import batches
 from trainer.metrics import binary_metrics
@@ -113,6 +114,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="a time budget for the epochs: after the first, the epoch count (and the learning-rate "
                         "schedule) shrinks to what fits; the final evaluation comes on top")
     p.add_argument("--threads", default=0, type=int, help="torch CPU threads (0: all cores)")
+    p.add_argument("--loader-workers", default=0, type=int,
+                   help="processes that augment the coming batches while the network trains (0: in turn, in this "
+                        "process); a run gives the same model whatever the number above 0, another than with 0")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--dry-run", action="store_true", help="one epoch on at most 64 images per split")
     p.add_argument("--no-progress", action="store_true")
@@ -126,8 +130,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt: torch.optim.Optimizer,
                     sched: torch.optim.lr_scheduler.LRScheduler, augment: TrainAugment, device: torch.device,
                     batch_size: int, gen: torch.Generator, progress: bool,
-                    ema: AveragedModel | None = None, box_weight: float = 0.0) -> tuple[float, float]:
-    """One pass over train with augmentation; returns (mean loss, accuracy at 0.5)."""
+                    ema: AveragedModel | None = None, box_weight: float = 0.0,
+                    loader_workers: int = 0) -> tuple[float, float]:
+    """One pass over train with augmentation (in `loader_workers` processes beside the training when > 0: see
+    trainer.augmented_batches); returns (mean loss, accuracy at 0.5)."""
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model.train()
     rows = data.split_index["train"]
@@ -135,16 +141,9 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
     total_loss, correct, seen = 0.0, 0, 0
     amp = device.type == "cuda"
     steps = batches(len(rows), batch_size, gen, shuffle=True)
-    for idx in tqdm(steps, desc="train", leave=False, disable=not progress):
-        if len(idx) < 2:
-            continue
-        batch = rows[idx]
-        masks = None
-        if data.box_index is not None and data.box_masks is not None and box_weight > 0:
-            which = data.box_index[batch]
-            masks = torch.zeros((len(batch), 1, spec.image_size, spec.image_size), dtype=torch.uint8)
-            masks[which >= 0] = data.box_masks[which[which >= 0]]
-        images, masks = augment.with_masks(data.images[batch], masks)
+    augmented = augmented_batches(data, spec, augment, rows, steps, gen, box_weight, loader_workers,
+                                  pin_memory=device.type == "cuda")
+    for batch, images, masks in tqdm(augmented, total=len(steps), desc="train", leave=False, disable=not progress):
         x = normalize(images.to(device, non_blocking=True), spec)
         x = x.contiguous(memory_format=memory_format)
         y = data.labels[batch].to(device)
@@ -252,7 +251,7 @@ def train_epochs(args: argparse.Namespace, state: TrainingState, data: Prepared,
     while state.epoch < state.epochs:
         te = time.time()
         train = train_one_epoch(state.model, data, spec, state.opt, state.sched, augment, device, args.batch_size,
-                                state.gen, not args.no_progress, state.ema, box_weight)
+                                state.gen, not args.no_progress, state.ema, box_weight, args.loader_workers)
         figures = select_on_val(args, state, data, changed_val, spec, device, train, te)
         state.epoch += 1
         fit_time_budget(args, state, first_epoch, t_train, te, say)
