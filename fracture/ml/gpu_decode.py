@@ -49,7 +49,9 @@ def sniff_jpeg(data: bytes, max_pixels: int) -> Jpeg | None:
     """
     if data[:3] != _SOI or dicom.has_preamble(data[: dicom.HEAD_BYTES]):
         return None
-    if not data.rstrip(b"\0").endswith(_EOI):  # cut short: libjpeg would pad it, Pillow refuses it
+    # Cut short: libjpeg would pad it, Pillow refuses it. Only the tail is looked at (not a copy of every file);
+    # a file padded with more zeros than that goes to the Pillow path, which decides.
+    if not data[-4096:].rstrip(b"\0").endswith(_EOI):
         return None
     try:
         with Image.open(io.BytesIO(data), formats=("JPEG",)) as im:  # the header only
