@@ -20,6 +20,9 @@ VIEWS = ("identity", "dihedral", "two-mirrors")
 PRECISIONS = ("float32", "bfloat16")
 # Per-image intensity normalisations of fracture.ml.preprocess (named here for the same reason).
 INTENSITIES = ("none", "equalize")
+# Per-image framing of fracture.ml.preprocess: "trim" crops the uniform black or white bands at the edges (a wider
+# collimation, an export's padding) before the network, so the same X-ray framed differently gives the same input.
+FRAMINGS = ("none", "trim")
 # Training augmentations of trainer.augmentation.TrainAugment.
 AUGMENTATIONS = ("light", "strong", "acquisition")
 
@@ -27,11 +30,12 @@ AUGMENTATIONS = ("light", "strong", "acquisition")
 # fracture.schedule_params; here so that the command line builds its options without importing the database).
 INT_FIELDS: dict[str, tuple[int, int]] = {"epochs": (1, 1000), "width": (4, 256), "image_size": (32, 1024),
                                           "seed": (0, 2**31 - 1)}
-WORD_FIELDS: dict[str, tuple[str, ...]] = {"views": VIEWS, "augment": AUGMENTATIONS, "intensity": INTENSITIES}
+WORD_FIELDS: dict[str, tuple[str, ...]] = {"views": VIEWS, "augment": AUGMENTATIONS, "intensity": INTENSITIES,
+                                           "framing": FRAMINGS}
 RECIPE_FIELDS = (*INT_FIELDS, *WORD_FIELDS)
 
 RECIPE: dict[str, Any] = {"epochs": 80, "width": 24, "image_size": 128, "views": "dihedral", "seed": 0,
-                          "augment": "light", "intensity": "none"}
+                          "augment": "light", "intensity": "none", "framing": "none"}
 
 
 def recipe_of(params: dict[str, Any]) -> dict[str, Any]:

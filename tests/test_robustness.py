@@ -243,7 +243,7 @@ def test_a_training_supervised_by_real_fracture_boxes_under_a_time_budget(
         [str(Path(sys.executable).parent / "fracture"), "train", "--data", str(data), "--out", str(out),
          "--no-progress", "--no-robustness", "--width", "8", "--image-size", "64", "--epochs", "4",
          "--augment", "acquisition", "--boxes", str(site_root / "boxes.csv"), "--box-weight", "0.5",
-         "--max-minutes", "0.0001"],
+         "--framing", "trim", "--max-minutes", "0.0001"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     boxed = int(proc.stderr.split("box supervision: ")[1].split()[0])
@@ -251,5 +251,6 @@ def test_a_training_supervised_by_real_fracture_boxes_under_a_time_budget(
     assert "--max-minutes 0.0001: 1 epochs fit, not 4" in proc.stderr
     ckpt = load_checkpoint(out / "model.pt")
     assert ckpt.meta["box_weight"] == 0.5 and ckpt.meta["boxes"] == str(site_root / "boxes.csv")
+    assert ckpt.preprocess.framing == "trim"  # its boxes cropped with each image's frame
     assert len(ckpt.meta["history"]["train_loss"]) == 1
     assert ckpt.meta["metrics"]["selected_epoch"] == 1

@@ -30,8 +30,8 @@ from fracture import val_auc
 from fracture.ml import ood
 from fracture.ml.checkpoint import read_payload
 from fracture.ml.net import ModelArgs, build_model, load_pretrained
-from fracture.ml.preprocess import VIEWS, PreprocessSpec, normalize
-from fracture.recipe import AUGMENTATIONS, INTENSITIES, RECIPE
+from fracture.ml.preprocess import VIEWS, PreprocessSpec, content_boxes, crop_boxes, normalize
+from fracture.recipe import AUGMENTATIONS, FRAMINGS, INTENSITIES, RECIPE
 from trainer import card
 from trainer.augmentation import AcquisitionChange, TrainAugment
 from trainer.augmented_batches import augmented_batches
@@ -96,6 +96,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="acquisition: margins, rotations, exposure, resolution, markers (trainer.acquisition)")
     p.add_argument("--intensity", default=RECIPE["intensity"], choices=INTENSITIES,
                    help="per-image intensity normalisation, saved in the checkpoint and applied when serving")
+    p.add_argument("--framing", default=RECIPE["framing"], choices=FRAMINGS,
+                   help="trim: crop uniform black or white bands at the edges before the network (saved in the "
+                        "checkpoint and applied when serving)")
     p.add_argument("--weights", default=None, help="pretrained weights (file or torchvision name)")
     p.add_argument("--select", default="best", choices=("best", "last"),
                    help="the epoch kept: the best on val (see the card's 'selected on'), or the last (a fine-tune "
@@ -144,6 +147,8 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
     augmented = augmented_batches(data, spec, augment, rows, steps, gen, box_weight, loader_workers,
                                   pin_memory=device.type == "cuda")
     for batch, images, masks in tqdm(augmented, total=len(steps), desc="train", leave=False, disable=not progress):
+        if masks is not None and spec.framing == "trim":  # the boxes cropped with the frame, as normalize crops
+            masks = crop_boxes(masks, content_boxes(images))
         x = normalize(images.to(device, non_blocking=True), spec)
         x = x.contiguous(memory_format=memory_format)
         y = data.labels[batch].to(device)
@@ -202,7 +207,7 @@ def network_input(args: argparse.Namespace) -> tuple[PreprocessSpec, ModelArgs]:
     channels = 1 if args.arch == "fracnet" else 3
     spec = PreprocessSpec(image_size=args.image_size, channels=channels,
                           mean=(0.5,) * channels, std=(0.25,) * channels, views=args.views,
-                          intensity=getattr(args, "intensity", "none"))
+                          intensity=getattr(args, "intensity", "none"), framing=getattr(args, "framing", "none"))
     margs = ModelArgs(arch=args.arch, width=args.width, depths=tuple(int(d) for d in args.depths.split(",")),
                       in_channels=channels)
     return spec, margs

@@ -20,7 +20,15 @@ from PIL import Image
 from torch import nn
 
 from fracture.ml.net import FracNet
-from fracture.ml.preprocess import VIEW_ELEMENTS, PreprocessSpec, decode_gray, normalize, views_of
+from fracture.ml.preprocess import (
+    VIEW_ELEMENTS,
+    PreprocessSpec,
+    content_boxes,
+    decode_gray,
+    normalize,
+    uncrop_boxes,
+    views_of,
+)
 
 # FracNet's block whose output Grad-CAM weighs: the last one (4x4 at 128 px). Its map adds up to the served logit, so
 # a confident negative has (almost) no positive evidence to show; the map of the block before it (8x8), though it
@@ -96,11 +104,14 @@ def heatmap(model: nn.Module, image_u8: torch.Tensor, spec: PreprocessSpec, devi
     """The product's map for one decoded image (1, S, S) uint8 and its network: the positive evidence for the
     positive class, float32 (S, S) >= 0 in logit units per unit of image area (not scaled to the image: shown() puts
     it on the one scale), at the model's input resolution and in the image's orientation; the average over the
-    served views of Grad-CAM."""
+    served views of Grad-CAM. A spec that trims the frame (content_boxes) gets its map shrunk back into the box the
+    network saw, and no evidence on the frame cropped away."""
     device = device or next(model.parameters()).device
     x = normalize(image_u8.unsqueeze(0).to(device), spec)
-    maps = layer_maps(model, x, spec.views, target_layer(model, block))
-    return maps.mean(0).clamp_min(0).cpu().numpy().astype(np.float32)
+    heat = layer_maps(model, x, spec.views, target_layer(model, block)).mean(0).clamp_min(0).cpu()
+    if spec.framing == "trim":
+        heat = uncrop_boxes(heat[None], content_boxes(image_u8.unsqueeze(0).cpu()))[0]
+    return heat.numpy().astype(np.float32)
 
 
 def shown(heat: np.ndarray, scale: float = EVIDENCE_SCALE) -> np.ndarray:

@@ -8,6 +8,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from fracture.decode import (  # noqa: F401  (re-exported: the decoding every caller shares)
@@ -20,7 +21,7 @@ from fracture.decode import (  # noqa: F401  (re-exported: the decoding every ca
     square,
     thumbnail_jpeg,
 )
-from fracture.recipe import INTENSITIES, PRECISIONS, VIEWS
+from fracture.recipe import FRAMINGS, INTENSITIES, PRECISIONS, VIEWS
 
 # Each view set as elements of the dihedral group, numbered as views_of makes them: element i is the image turned
 # i % 4 quarter turns (torch.rot90), then, for i >= 4, mirrored left-right.
@@ -39,6 +40,10 @@ class PreprocessSpec:
     # "equalize": each image's grey levels equalised (its histogram made flat) before the network sees it, so a
     # brighter, darker or flatter exposure of the same X-ray (any monotone look-up table) gives nearly the same input.
     intensity: str = "none"
+    # "trim": the uniform black or white bands at the image's edges cropped away (content_boxes) and the rest
+    # stretched back to the input size, before the intensity normalisation, so that a wider collimation or an
+    # export's padding gives nearly the same input.
+    framing: str = "none"
     # "bfloat16": served under bfloat16 autocast on the CPU too (always on CUDA); the threshold and figures of a
     # checkpoint are those of its served precision (fracture/release/cheaper.md).
     precision: str = "float32"
@@ -48,6 +53,8 @@ class PreprocessSpec:
             raise ValueError(f"unknown test-time views {self.views!r}; expected one of {VIEWS}")
         if self.intensity not in INTENSITIES:
             raise ValueError(f"unknown intensity normalisation {self.intensity!r}; expected one of {INTENSITIES}")
+        if self.framing not in FRAMINGS:
+            raise ValueError(f"unknown framing {self.framing!r}; expected one of {FRAMINGS}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown serving precision {self.precision!r}; expected one of {PRECISIONS}")
 
@@ -65,6 +72,7 @@ class PreprocessSpec:
             std=tuple(float(x) for x in d["std"]),  # type: ignore[attr-defined]
             views=str(d.get("views", "identity")),  # checkpoints written before views existed: one view
             intensity=str(d.get("intensity", "none")),  # and before intensity normalisation: none
+            framing=str(d.get("framing", "none")),  # and before framing: none
             precision=str(d.get("precision", "float32")),  # and before a serving precision: float32 on the CPU
         )
 
@@ -79,8 +87,86 @@ def to_uint8_tensor(gray: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(gray, dtype=np.uint8, copy=True)).unsqueeze(0)
 
 
+# content_boxes: a grey level at most FRAME_TOL from black (or from white) counts as the frame's; a row or column
+# is the frame's when at most FRAME_STRAY of its pixels (at least 2) are not (JPEG ringing, a stray bright pixel);
+# at most FRAME_MAX_TRIM of each side is cropped, so a blank image keeps its middle.
+FRAME_TOL = 20
+FRAME_STRAY = 0.02
+FRAME_MAX_TRIM = 0.4
+FRAME_BLEND = 2  # lines where two frames meet (resizing blends them), passed over between rounds
+
+
+def _frame_run(is_frame: torch.Tensor, cap: int) -> torch.Tensor:
+    """(N, L) booleans -> (N,) the length of each row's leading run of True, at most `cap`."""
+    return torch.cumprod(is_frame.to(torch.int32), dim=1).sum(1).clamp(max=cap)
+
+
+def content_boxes(batch_u8: torch.Tensor, rounds: int = 3) -> torch.Tensor:
+    """(N, 1, H, W) uint8 -> (N, 4) int64 (top, bottom, left, right; bottom and right exclusive): each image less
+    the rows and columns at its edges that are uniformly near black or near white (a collimation band, a padded
+    export's frame), never more than FRAME_MAX_TRIM of a side. Frames inside frames (a black padding around a white
+    band) are cropped one per round, up to `rounds`; the lines where two frames meet, a blend of both after resizing,
+    are passed over."""
+    x = batch_u8[:, 0]
+    n, h, w = x.shape
+    not_black, not_white = x > FRAME_TOL, x < 255 - FRAME_TOL
+    dev = x.device  # on the batch's device (a CUDA worker normalises there)
+    rows, cols = torch.arange(h, device=dev).view(1, h, 1), torch.arange(w, device=dev).view(1, 1, w)
+    full = torch.tensor([0, h, 0, w], device=dev)
+    box = full.repeat(n, 1)
+    for _ in range(rounds):
+        # A side already cropped passes over its next FRAME_BLEND lines; all outside counts as frame either way.
+        skip = box + (box != full).long() * torch.tensor([1, -1, 1, -1], device=dev) * FRAME_BLEND
+        inside = ((rows >= skip[:, 0, None, None]) & (rows < skip[:, 1, None, None])
+                  & (cols >= skip[:, 2, None, None]) & (cols < skip[:, 3, None, None]))
+        nb, nw = not_black & inside, not_white & inside
+        edges = []
+        for axis, length, other in ((2, h, w), (1, w, h)):  # rows (counted across the width), then columns
+            stray = max(2, round(FRAME_STRAY * other))
+            frame = (nb.sum(axis) <= stray) | (nw.sum(axis) <= stray)  # (N, length)
+            cap = int(FRAME_MAX_TRIM * length)
+            edges += [_frame_run(frame, cap), length - _frame_run(frame.flip(1), cap)]
+        found = torch.stack(edges, dim=1).long()
+        # A side moves only if frame lines follow the skipped one.
+        grew = torch.cat([found[:, 0:1] > skip[:, 0:1], found[:, 1:2] < skip[:, 1:2],
+                          found[:, 2:3] > skip[:, 2:3], found[:, 3:4] < skip[:, 3:4]], dim=1)
+        new = torch.where(grew, found, box)
+        if torch.equal(new, box):
+            break
+        box = new
+    return box
+
+
+def crop_boxes(batch: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Each (C, H, W) image of a uint8 batch cropped to its box and stretched back to H x W (bilinear)."""
+    h, w = batch.shape[-2:]
+    out = batch.clone()
+    for i, (top, bottom, left, right) in enumerate(boxes.tolist()):
+        if (top, bottom, left, right) != (0, h, 0, w):
+            part = batch[i:i + 1, :, top:bottom, left:right].float()
+            out[i] = F.interpolate(part, size=(h, w), mode="bilinear", align_corners=False).round_().clamp_(0, 255)[0]
+    return out
+
+
+def uncrop_boxes(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """The inverse of crop_boxes for float maps (N, H, W) of the cropped images: each shrunk back into its box of
+    the original frame, zero outside it (the network never saw the frame)."""
+    h, w = maps.shape[-2:]
+    out = torch.zeros_like(maps)
+    for i, (top, bottom, left, right) in enumerate(boxes.tolist()):
+        out[i, top:bottom, left:right] = F.interpolate(maps[i][None, None], size=(bottom - top, right - left),
+                                                       mode="bilinear", align_corners=False)[0, 0]
+    return out
+
+
+def framed(batch_u8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """The batch as the spec frames it: trimmed (content_boxes, crop_boxes) for "trim", else as it is."""
+    return crop_boxes(batch_u8, content_boxes(batch_u8)) if spec.framing == "trim" else batch_u8
+
+
 def normalize(batch_u8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """Turn a (N, 1, H, W) uint8 batch into the float input the network was trained on."""
+    batch_u8 = framed(batch_u8, spec)
     if spec.intensity == "equalize":
         from torchvision.transforms.v2.functional import equalize  # only a checkpoint that equalizes pays its import
 
