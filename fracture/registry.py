@@ -21,8 +21,10 @@ SEED_VERSION = "release-1"
 # Other checkpoints shipped beside it (folder under the release's, version name), registered as candidates on a
 # fresh installation so that a department can evaluate them on its own images before promoting one.
 # two-views-1: the release's own weights served on 2 test-time views in bfloat16 (fracture/release/cheaper.md).
+# robust-3: the release's recipe with the frame trimmed and the grey levels equalised before the network, then
+# fine-tuned with the acquisition changes (fracture/release/robust-framing/model_card.md).
 SHIPPED_CANDIDATES = (("two-site", "two-site-1"), ("robust", "robust-1"), ("robust-boxes", "robust-2"),
-                      ("two-views", "two-views-1"))
+                      ("two-views", "two-views-1"), ("robust-framing", "robust-3"))
 
 
 def active_version(session: Session) -> ModelVersion | None:
