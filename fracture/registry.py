@@ -23,8 +23,9 @@ SEED_VERSION = "release-1"
 # two-views-1: the release's own weights served on 2 test-time views in bfloat16 (fracture/release/cheaper.md).
 # robust-3: the release's recipe with the frame trimmed and the grey levels equalised before the network, then
 # fine-tuned with the acquisition changes (fracture/release/robust-framing/model_card.md).
+# two-site-2: robust-3's preprocessing on both sources (robust-1 fine-tuned; fracture/release/two-site-trim/).
 SHIPPED_CANDIDATES = (("two-site", "two-site-1"), ("robust", "robust-1"), ("robust-boxes", "robust-2"),
-                      ("two-views", "two-views-1"), ("robust-framing", "robust-3"))
+                      ("two-views", "two-views-1"), ("robust-framing", "robust-3"), ("two-site-trim", "two-site-2"))
 
 
 def active_version(session: Session) -> ModelVersion | None:

@@ -25,7 +25,7 @@ def _versions(database_url: str) -> dict[str, tuple[str, dict[str, str], str | N
 
 def test_a_fresh_install_registers_the_shipped_candidates_beside_the_active_release(tmp_path: Path) -> None:
     assert [name for _, name in SHIPPED_CANDIDATES] == ["two-site-1", "robust-1", "robust-2", "two-views-1",
-                                                          "robust-3"]
+                                                          "robust-3", "two-site-2"]
     for folder, _ in SHIPPED_CANDIDATES:
         shipped = RELEASE / folder / "model.pt"
         assert shipped.is_file() and shipped.stat().st_size <= 25 * 2**20
@@ -51,10 +51,13 @@ def test_a_fresh_install_registers_the_shipped_candidates_beside_the_active_rele
     assert read_payload(RELEASE / "robust-boxes" / "model.pt")["box_weight"] == 0.3
     # robust-3 trims the frame and equalises the grey levels, as the worker serves it.
     assert read_payload(RELEASE / "robust-framing" / "model.pt")["preprocess"]["framing"] == "trim"
+    # two-site-2 does the same on both sources, its locked part left out.
+    two_site_2 = read_payload(RELEASE / "two-site-trim" / "model.pt")
+    assert two_site_2["preprocess"]["framing"] == "trim" and two_site_2["preprocess"]["intensity"] == "equalize"
     with session_scope(settings.database_url) as session:
         ensure_seed_model(session, settings)  # once only: nothing new on the next start
     assert sorted(_versions(settings.database_url)) == ["release-1", "robust-1", "robust-2", "robust-3",
-                                                        "two-site-1", "two-views-1"]
+                                                        "two-site-1", "two-site-2", "two-views-1"]
     dispose_engines()
 
 
