@@ -46,7 +46,7 @@ from trust import made_up  # noqa: E402
 from fracture.ml.checkpoint import read_payload  # noqa: E402
 from fracture.ml.gradcam import composite, heatmap  # noqa: E402
 from fracture.ml.inference import Predictor  # noqa: E402
-from fracture.ml.preprocess import ImageError, PreprocessSpec, decode_gray, square, to_uint8_tensor  # noqa: E402
+from fracture.ml.preprocess import ImageError, PreprocessSpec, decode_gray, fit_input, to_uint8_tensor  # noqa: E402
 from trainer.recalibrate import RecalibrateError, checkpoint_data  # noqa: E402
 from trainer.robustness import AUDIT_HEADER, acquisition_audit, heatmap_audit, render_rows, worst  # noqa: E402
 
@@ -162,7 +162,7 @@ def draw_figures(predictor: Predictor, images: list[Image.Image], boxes: list[li
     """A sheet of heatmaps of fractured images with their boxes drawn (green)."""
     tiles = []
     for im, bxs in list(zip(images, boxes, strict=True))[:n]:
-        heat = heatmap(predictor.model, to_uint8_tensor(square(im, predictor.spec.image_size)), predictor.spec,
+        heat = heatmap(predictor.model, to_uint8_tensor(fit_input(im, predictor.spec)), predictor.spec,
                        predictor.device)
         tile = composite(im, heat)
         tile.thumbnail((256, 256))
@@ -304,7 +304,7 @@ def main() -> int:
         entry["heatmaps"] = heat
         flagged = {}
         for kind, fake in fakes.items():
-            u8 = torch.stack([to_uint8_tensor(square(im.convert("L"), predictor.spec.image_size)) for im in fake])
+            u8 = torch.stack([to_uint8_tensor(fit_input(im.convert("L"), predictor.spec)) for im in fake])
             _, ood = predictor.scores(u8)
             flagged[kind] = None if ood is None else float(np.mean(ood >= 1))
         entry["made_up_flagged"] = flagged

@@ -19,7 +19,7 @@ VIEWS = ("identity", "dihedral", "two-mirrors")
 # Precisions a checkpoint may be served in on the CPU ("bfloat16": autocast, as on CUDA, which always uses it).
 PRECISIONS = ("float32", "bfloat16")
 # Per-image intensity normalisations of fracture.ml.preprocess (named here for the same reason).
-INTENSITIES = ("none", "equalize")
+INTENSITIES = ("none", "equalize", "equalize-full")
 # Per-image framing of fracture.ml.preprocess: "trim" crops the uniform black or white bands at the edges (a wider
 # collimation, an export's padding) before the network, so the same X-ray framed differently gives the same input.
 FRAMINGS = ("none", "trim")

@@ -21,7 +21,8 @@ def decode_all(paths: dict[str, Path], spec: Spec, cache_dir: Path | None = None
     (and the audit of the same data) does not decode again.
     """
     md5s = sorted(paths)
-    key = hashlib.sha256(("\n".join(md5s) + f"|{spec.image_size}").encode()).hexdigest()[:16]
+    size = f"|{spec.image_size}" + ("|equalized" if spec.equalize_decoded else "")  # the cached input's own form
+    key = hashlib.sha256(("\n".join(md5s) + size).encode()).hexdigest()[:16]
     cache = cache_dir / f"decoded-{key}.pt" if cache_dir else None
     if cache is not None and cache.is_file():
         blob = torch.load(cache, weights_only=True)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from fracture.ml.gradcam import heatmap
 from fracture.ml.inference import Predictor
-from fracture.ml.preprocess import square, to_uint8_tensor
+from fracture.ml.preprocess import fit_input, to_uint8_tensor
 from trainer.acquisition import AUDIT, AuditChange
 from trainer.metrics import binary_metrics, json_safe
 
@@ -33,11 +33,11 @@ BORDER = 0.1  # the outer tenth of each side: where framing, collimation and mar
 
 def _scores(predictor: Predictor, images: Sequence[Image.Image], change: AuditChange,
             batch: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
-    size = predictor.spec.image_size
     probs, oods = [], []
     for start in range(0, len(images), batch):
         chunk = images[start:start + batch]
-        u8 = torch.stack([to_uint8_tensor(square(change.change(im) if change.change else im, size)) for im in chunk])
+        u8 = torch.stack([to_uint8_tensor(fit_input(change.change(im) if change.change else im, predictor.spec))
+                          for im in chunk])
         p, o = predictor.scores(u8)
         probs.append(p)
         if o is not None:
@@ -93,7 +93,8 @@ def heatmap_audit(predictor: Predictor, images: Sequence[Image.Image],
     border = border_mask(size)
     in_box, box_area, in_border, hits, blank = [], [], [], [], 0
     for im, bxs in zip(images, boxes, strict=True):
-        heat = heatmap(predictor.model, to_uint8_tensor(square(im, size)), predictor.spec, predictor.device)
+        heat = heatmap(predictor.model, to_uint8_tensor(fit_input(im, predictor.spec)), predictor.spec,
+                       predictor.device)
         mask = box_mask(bxs, size)
         total = float(heat.sum())
         box_area.append(float(mask.mean()))

@@ -95,7 +95,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", default=RECIPE["augment"], choices=AUGMENTATIONS,
                    help="acquisition: margins, rotations, exposure, resolution, markers (trainer.acquisition)")
     p.add_argument("--intensity", default=RECIPE["intensity"], choices=INTENSITIES,
-                   help="per-image intensity normalisation, saved in the checkpoint and applied when serving")
+                   help="per-image intensity normalisation, saved in the checkpoint and applied when serving: "
+                        "equalize at the input size; equalize-full also on the decoded image, before the resize")
     p.add_argument("--framing", default=RECIPE["framing"], choices=FRAMINGS,
                    help="trim: crop uniform black or white bands at the edges before the network (saved in the "
                         "checkpoint and applied when serving)")

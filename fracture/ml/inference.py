@@ -32,10 +32,10 @@ from fracture.ml.preprocess import (
     THUMBNAIL_SIZE,
     ImageError,
     decode_gray,
+    fit_input,
     forward_views,
     forward_views_features,
     normalize,
-    square,
     thumbnail_jpeg,
     to_uint8_tensor,
 )
@@ -182,12 +182,12 @@ class Predictor:
         t0 = t1 = t2 = time.perf_counter()
         try:
             # A large JPEG is decoded at a reduced scale no smaller than this: enough for the thumbnail too.
-            size = max(self.spec.image_size, THUMBNAIL_SIZE) if thumbnail else self.spec.image_size
+            size = max(self.spec.decode_size, THUMBNAIL_SIZE) if thumbnail else self.spec.decode_size
             gray = decode_gray(source, size, self.max_pixels)
             t1 = time.perf_counter()
             thumb = thumbnail_jpeg(gray) if thumbnail else None
             t2 = time.perf_counter()
-            tensor = to_uint8_tensor(square(gray, self.spec.image_size))
+            tensor = to_uint8_tensor(fit_input(gray, self.spec))
             return (tensor, thumb), (t1 - t0, time.perf_counter() - t2, t2 - t1)
         except ImageError as e:
             return str(e), (time.perf_counter() - t0, 0.0, 0.0)
@@ -308,11 +308,16 @@ class Predictor:
                     images[k], thumbs[k] = (item, None) if isinstance(item, str) else item
                     continue
                 # As the Pillow path: a large JPEG reduced first, to no less than the thumbnail's size if one is made.
-                image = draft(image, max(self.spec.image_size, THUMBNAIL_SIZE) if thumbnails else self.spec.image_size)
+                least = self.spec.decode_size
+                image = draft(image, max(least, THUMBNAIL_SIZE) if thumbnails else least)
+                if thumbnails:  # the thumbnail shows the image as it came, before any equalisation
+                    smalls[k] = resize(image, thumbnail_size(image.shape[-2], image.shape[-1], THUMBNAIL_SIZE))
+                if self.spec.equalize_decoded:  # as fit_input: equalised before the resize
+                    from torchvision.transforms.v2.functional import equalize
+
+                    image = equalize(image)
                 by_shape.setdefault((image.shape[-2], image.shape[-1]), []).append(k)
                 images[k] = image
-                if thumbnails:
-                    smalls[k] = resize(image, thumbnail_size(image.shape[-2], image.shape[-1], THUMBNAIL_SIZE))
             s = self.spec.image_size
             for ks in by_shape.values():  # images of one size resized in one call (most of a dataset often is)
                 same = resize(torch.stack([images[k] for k in ks]), (s, s))  # type: ignore[misc]

@@ -9,7 +9,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from fracture.decode import (  # noqa: F401  (re-exported: the decoding every caller shares)
     ALLOWED_FORMATS,
@@ -28,6 +28,9 @@ from fracture.recipe import FRAMINGS, INTENSITIES, PRECISIONS, VIEWS
 VIEW_ELEMENTS: dict[str, tuple[int, ...]] = {"identity": (0,), "dihedral": tuple(range(8)), "two-mirrors": (4, 5)}
 
 
+DECODED_SCALE = 4  # "equalize-full": the equalised image has at least 4 x the input's side
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """How pixels become a tensor; saved in every checkpoint and read back by the worker."""
@@ -39,6 +42,10 @@ class PreprocessSpec:
     views: str = "identity"
     # "equalize": each image's grey levels equalised (its histogram made flat) before the network sees it, so a
     # brighter, darker or flatter exposure of the same X-ray (any monotone look-up table) gives nearly the same input.
+    # "equalize-full": the grey levels equalised first on the decoded image, before it is resized (a department's
+    # look-up table acts on full-resolution pixels: once they are averaged into the input, no equalisation of the
+    # small image undoes it; bench/intensity_order.py), then again at the input size as "equalize" does. A large
+    # JPEG is then decoded at no less than DECODED_SCALE x the input size.
     intensity: str = "none"
     # "trim": the uniform black or white bands at the image's edges cropped away (content_boxes) and the rest
     # stretched back to the input size, before the intensity normalisation, so that a wider collimation or an
@@ -57,6 +64,16 @@ class PreprocessSpec:
             raise ValueError(f"unknown framing {self.framing!r}; expected one of {FRAMINGS}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown serving precision {self.precision!r}; expected one of {PRECISIONS}")
+
+    @property
+    def equalize_decoded(self) -> bool:
+        """Whether the decoded image is equalised before it is resized ("equalize-full")."""
+        return self.intensity == "equalize-full"
+
+    @property
+    def decode_size(self) -> int:
+        """The least size a large JPEG is decoded at (its reduced-scale draft) for this input."""
+        return self.image_size * DECODED_SCALE if self.equalize_decoded else self.image_size
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -167,7 +184,7 @@ def framed(batch_u8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
 def normalize(batch_u8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """Turn a (N, 1, H, W) uint8 batch into the float input the network was trained on."""
     batch_u8 = framed(batch_u8, spec)
-    if spec.intensity == "equalize":
+    if spec.intensity in ("equalize", "equalize-full"):
         from torchvision.transforms.v2.functional import equalize  # only a checkpoint that equalizes pays its import
 
         batch_u8 = equalize(batch_u8)
@@ -214,6 +231,11 @@ def load_u8(
     source: bytes | str | Path | BinaryIO, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> torch.Tensor:
     """Decode and resize one image into a (1, S, S) uint8 tensor, or raise ImageError."""
-    return to_uint8_tensor(decode(source, spec.image_size, max_pixels))
+    return to_uint8_tensor(fit_input(decode_gray(source, spec.decode_size, max_pixels), spec))
+
+
+def fit_input(gray: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    """A decoded grayscale image made the network's square input: equalised first for "equalize-full", resized."""
+    return square(ImageOps.equalize(gray) if spec.equalize_decoded else gray, spec.image_size)
 
 
