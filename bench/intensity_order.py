@@ -44,18 +44,20 @@ from robustness import REPO, first_held_out, load_gray  # noqa: E402
 sys.path.insert(0, str(REPO))
 from fracture.ml import preprocess  # noqa: E402
 from fracture.ml.inference import Predictor  # noqa: E402
-from fracture.ml.preprocess import content_boxes, square, to_uint8_tensor  # noqa: E402
+from fracture.ml.preprocess import PreprocessSpec, content_boxes, fit_input, to_uint8_tensor  # noqa: E402
 from trainer.acquisition import AUDIT, AuditChange  # noqa: E402
 
 GROUPS = ("none", "intensity", "windowing")
 SCALE = ("black margin 10%",)
 
 
-def _u8(images: list[Image.Image], change: AuditChange, size: int, full_equalize: bool) -> torch.Tensor:
+def _u8(images: list[Image.Image], change: AuditChange, spec: PreprocessSpec, full_equalize: bool) -> torch.Tensor:
+    """The inputs as the checkpoint makes them of the changed images (fit_input), each equalised at its full
+    resolution first if `full_equalize` (what an "equalize-full" checkpoint does already)."""
     out = []
     for im in images:
         changed = change.change(im) if change.change else im
-        out.append(to_uint8_tensor(square(ImageOps.equalize(changed) if full_equalize else changed, size)))
+        out.append(to_uint8_tensor(fit_input(ImageOps.equalize(changed) if full_equalize else changed, spec)))
     return torch.stack(out)
 
 
@@ -101,7 +103,7 @@ def main() -> int:
     for change in AUDIT:
         if change.group not in GROUPS and change.name not in SCALE:
             continue
-        u8 = _u8(images, change, size, full_equalize=False)
+        u8 = _u8(images, change, spec, full_equalize=False)
         row: dict[str, Any] = {"change": change.name, "served": _served(predictor, u8, y, spec.framing)}
         if trimmed:
             box = content_boxes(u8).float()
@@ -110,7 +112,7 @@ def main() -> int:
             row["box_moved_px"] = float((box - base).abs().mean())
             row["trim_on_equalized"] = _served(predictor, u8, y, "trim", on_equalized)
             row["no_trim"] = _served(predictor, u8, y, "none")
-        row["full_res_equalized"] = _served(predictor, _u8(images, change, size, full_equalize=True), y,
+        row["full_res_equalized"] = _served(predictor, _u8(images, change, spec, full_equalize=True), y,
                                             spec.framing)
         rows.append(row)
         print(f"{change.name}: {time.time() - t0:.0f} s", file=sys.stderr)
