@@ -148,9 +148,10 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
     augmented = augmented_batches(data, spec, augment, rows, steps, gen, box_weight, loader_workers,
                                   pin_memory=device.type == "cuda")
     for batch, images, masks in tqdm(augmented, total=len(steps), desc="train", leave=False, disable=not progress):
-        if masks is not None and spec.framing == "trim":  # the boxes cropped with the frame, as normalize crops
-            masks = crop_boxes(masks, content_boxes(images))
-        x = normalize(images.to(device, non_blocking=True), spec)
+        frames = content_boxes(images) if masks is not None and spec.framing == "trim" else None
+        if frames is not None:  # the fracture boxes' masks cropped with the frame, as normalize crops the images
+            masks = crop_boxes(masks, frames)
+        x = normalize(images.to(device, non_blocking=True), spec, frames)
         x = x.contiguous(memory_format=memory_format)
         y = data.labels[batch].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

@@ -107,10 +107,11 @@ def heatmap(model: nn.Module, image_u8: torch.Tensor, spec: PreprocessSpec, devi
     served views of Grad-CAM. A spec that trims the frame (content_boxes) gets its map shrunk back into the box the
     network saw, and no evidence on the frame cropped away."""
     device = device or next(model.parameters()).device
-    x = normalize(image_u8.unsqueeze(0).to(device), spec)
+    frames = content_boxes(image_u8.unsqueeze(0).cpu()) if spec.framing == "trim" else None
+    x = normalize(image_u8.unsqueeze(0).to(device), spec, frames)
     heat = layer_maps(model, x, spec.views, target_layer(model, block)).mean(0).clamp_min(0).cpu()
-    if spec.framing == "trim":
-        heat = uncrop_boxes(heat[None], content_boxes(image_u8.unsqueeze(0).cpu()))[0]
+    if frames is not None:
+        heat = uncrop_boxes(heat[None], frames)[0]
     return heat.numpy().astype(np.float32)
 
 

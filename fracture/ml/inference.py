@@ -301,6 +301,7 @@ class Predictor:
             decoded = decode_jpegs(jpegs, self.device)
             t1 = time.perf_counter()
             smalls: dict[int, torch.Tensor] = {}
+            from torchvision.transforms.v2.functional import equalize  # loaded already: decode_jpegs is torchvision's
             by_shape: dict[tuple[int, int], list[int]] = {}
             for k, jpeg, image in zip(at, jpegs, decoded, strict=True):
                 if image is None:  # refused by torchvision: Pillow decodes it, or words why it cannot
@@ -313,8 +314,6 @@ class Predictor:
                 if thumbnails:  # the thumbnail shows the image as it came, before any equalisation
                     smalls[k] = resize(image, thumbnail_size(image.shape[-2], image.shape[-1], THUMBNAIL_SIZE))
                 if self.spec.equalize_decoded:  # as fit_input: equalised before the resize
-                    from torchvision.transforms.v2.functional import equalize
-
                     image = equalize(image)
                 by_shape.setdefault((image.shape[-2], image.shape[-1]), []).append(k)
                 images[k] = image

@@ -176,14 +176,18 @@ def uncrop_boxes(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def framed(batch_u8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    """The batch as the spec frames it: trimmed (content_boxes, crop_boxes) for "trim", else as it is."""
-    return crop_boxes(batch_u8, content_boxes(batch_u8)) if spec.framing == "trim" else batch_u8
+def framed(batch_u8: torch.Tensor, spec: PreprocessSpec, boxes: torch.Tensor | None = None) -> torch.Tensor:
+    """The batch as the spec frames it: trimmed (crop_boxes) for "trim", to `boxes` if the caller already found them
+    (content_boxes of this batch), else as it is."""
+    if spec.framing != "trim":
+        return batch_u8
+    return crop_boxes(batch_u8, content_boxes(batch_u8) if boxes is None else boxes)
 
 
-def normalize(batch_u8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    """Turn a (N, 1, H, W) uint8 batch into the float input the network was trained on."""
-    batch_u8 = framed(batch_u8, spec)
+def normalize(batch_u8: torch.Tensor, spec: PreprocessSpec, boxes: torch.Tensor | None = None) -> torch.Tensor:
+    """Turn a (N, 1, H, W) uint8 batch into the float input the network was trained on (`boxes`: the batch's
+    content_boxes, for a caller that needs them too)."""
+    batch_u8 = framed(batch_u8, spec, boxes)
     if spec.intensity in ("equalize", "equalize-full"):
         from torchvision.transforms.v2.functional import equalize  # only a checkpoint that equalizes pays its import
 
