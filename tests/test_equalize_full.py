@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +17,22 @@ import torch
 from installation import image_files, materialize
 from PIL import Image
 
+from fracture.ml.checkpoint import load_checkpoint
 from fracture.ml.inference import Predictor
-from fracture.ml.preprocess import PreprocessSpec, decode_gray, fit_input, load_u8, normalize, to_uint8_tensor
+from fracture.ml.preprocess import (
+    PreprocessSpec,
+    decode_gray,
+    fit_input,
+    load_u8,
+    normalize,
+    square,
+    to_uint8_tensor,
+)
 from fracture.schedule_params import check_recipe
-from trainer.acquisition import gamma
+from trainer.acquisition import contrast, gamma, random_acquisition_geometry, window
+from trainer.augmentation import AcquisitionChange
 from trainer.decoded_images import decode_all
+from trainer.prepared_data import SOURCE_SCALE, needs_sources
 
 RELEASE = Path(__file__).resolve().parent.parent / "fracture" / "release" / "model.pt"
 CPU = torch.device("cpu")
@@ -100,3 +114,74 @@ def test_training_and_both_serving_paths_give_the_same_equalized_input(
     a = [p.probability for p in pillow.predict(jpegs)]
     b = [p.probability for p in torchvision.predict(jpegs)]
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 0.05  # type: ignore[operator]
+
+
+def _draws(seed: int, n: int) -> list[Callable[[Image.Image], Image.Image]]:
+    """The first n changes AcquisitionChange(seed) draws, drawn again from a generator of the same seed."""
+    rng = np.random.default_rng(seed)
+    return [random_acquisition_geometry(rng)[0] for _ in range(n)]
+
+
+def test_acquisition_draws_act_on_the_decoded_image_before_the_equalisation(jpegs: list[Path]) -> None:
+    """An equalize-full run's acquisition change acts on the decoded image (Prepared.sources), and the spec makes
+    the input of the result: what a department's changed file becomes when served, not a change of the already
+    equalised input."""
+    xrays = [decode_gray(p, 512) for p in jpegs[:12]]
+    side = 128 * SOURCE_SCALE
+    sources = torch.stack([to_uint8_tensor(square(im, side)) for im in xrays])
+    inputs = torch.stack([to_uint8_tensor(fit_input(im, EQ_FULL)) for im in xrays])
+    changed = AcquisitionChange(7, EQ_FULL)(inputs, sources)
+    expected = torch.stack([to_uint8_tensor(fit_input(draw(Image.fromarray(s[0].numpy())), EQ_FULL))
+                            for draw, s in zip(_draws(7, len(xrays)), sources, strict=True)])
+    assert changed.shape == inputs.shape and torch.equal(changed, expected)
+    assert not torch.equal(changed, AcquisitionChange(7, EQ_FULL)(inputs))  # drawn on the inputs: another result
+    with pytest.raises(ValueError, match="spec"):
+        AcquisitionChange(7)(inputs, sources)
+    # Against what serving makes of the changed full-resolution X-ray, the change drawn on the source lands much
+    # nearer than the same change drawn on the equalised input, for the changes that merge or clip grey levels.
+    for name, change in (("gamma 2.0", gamma(2.0)), ("window 40-215", window(40, 215)),
+                         ("contrast x1.3", contrast(1.3))):
+        near, far = [], []
+        for im, src, x in zip(xrays, sources, inputs, strict=True):
+            served = normalize(to_uint8_tensor(fit_input(change(im), EQ_FULL))[None], EQ_FULL)
+            from_source = to_uint8_tensor(fit_input(change(Image.fromarray(src[0].numpy())), EQ_FULL))
+            from_input = to_uint8_tensor(change(Image.fromarray(x[0].numpy())))
+            near.append(float((normalize(from_source[None], EQ_FULL) - served).abs().mean()))
+            far.append(float((normalize(from_input[None], EQ_FULL) - served).abs().mean()))
+        print(f"\n{name}: mean input difference to served, drawn on sources {np.median(near):.3f}, "
+              f"on inputs {np.median(far):.3f}")
+        assert np.median(near) < 0.5 * np.median(far)
+
+
+def test_a_dry_run_with_equalize_full_and_acquisition_keeps_the_decoded_sources(
+    jpegs: list[Path], tmp_path: Path,
+) -> None:
+    files = {str(i): p for i, p in enumerate(jpegs[:6])}
+    index, sources, errors = decode_all(files, EQ_FULL, tmp_path / "cache", source_size=256)
+    assert not errors and sources.shape == (6, 1, 256, 256)
+    for key, row in index.items():  # the decoded image squashed, not equalised
+        assert torch.equal(sources[row], to_uint8_tensor(square(decode_gray(files[key], 512), 256)))
+    assert needs_sources(EQ_FULL, "acquisition")
+    assert not needs_sources(EQ_FULL, "light") and not needs_sources(EQ, "acquisition")
+
+
+def test_a_training_run_with_equalize_full_and_acquisition_draws_on_sources_and_audits_them(
+    dataset_root: Path, tmp_path: Path,
+) -> None:
+    data = materialize(dataset_root, tmp_path / "ds", per_class=12)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "fracture"), "train", "--data", str(data), "--out", str(out),
+         "--dry-run", "--no-progress", "--width", "8", "--image-size", "64", "--augment", "acquisition",
+         "--intensity", "equalize-full"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(out / "model.pt")
+    assert ckpt.preprocess.intensity == "equalize-full" and ckpt.meta["ood_acquisition"] is True
+    # The run's cache holds the inputs and, beside them, the decoded sources the changes were drawn on.
+    cached = [torch.load(f, weights_only=True)["images"].shape[-1] for f in (out / "cache").glob("decoded-*.pt")]
+    assert sorted(cached) == [64, 64 * SOURCE_SCALE]
+    audit = ckpt.meta["metrics"]["robustness"]
+    assert audit["at"] == f"{64 * SOURCE_SCALE} px, before equalising"
+    assert f"applied here at {64 * SOURCE_SCALE} px, before equalising" in (out / "model_card.md").read_text()

@@ -8,7 +8,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from fracture.ml.preprocess import to_uint8_tensor
+from fracture.ml.preprocess import PreprocessSpec, fit_input, to_uint8_tensor
 from trainer.acquisition import random_acquisition_geometry
 
 
@@ -22,7 +22,8 @@ class TrainAugment:
     windows, resolution, JPEG, burned-in markers), the family the robustness audit measures.
     """
 
-    def __init__(self, size: int, strength: str = "light") -> None:
+    def __init__(self, size: int, strength: str = "light", spec: PreprocessSpec | None = None) -> None:
+        self.spec = spec  # what makes an input of a decoded source (AcquisitionChange), when sources are given
         strong = strength == "strong"
         self.acquisition = strength == "acquisition"
         scale = (0.7, 1.0) if self.acquisition else (0.6, 1.0) if strong else (0.85, 1.0)
@@ -41,14 +42,15 @@ class TrainAugment:
     def __call__(self, batch_u8: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         return self.with_masks(batch_u8, masks)[0]
 
-    def with_masks(self, batch_u8: torch.Tensor,
-                   masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def with_masks(self, batch_u8: torch.Tensor, masks: torch.Tensor | None = None,
+                   sources: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The augmented batch and, when given, the fracture-box masks (N,1,S,S) moved exactly as their images
-        (crop, flips, turns, the acquisition draw's rotation and margins)."""
+        (crop, flips, turns, the acquisition draw's rotation and margins). With `sources` (the batch's decoded
+        images, Prepared.sources), the acquisition draw acts on those and the spec makes the inputs of them."""
         if self.acquisition:
             # numpy draws seeded from torch's generator: a seeded (and resumed) run augments the same way.
-            change = AcquisitionChange(int(torch.randint(0, 2**31 - 1, ()).item()))
-            batch_u8, masks = change.with_masks(batch_u8, masks)
+            change = AcquisitionChange(int(torch.randint(0, 2**31 - 1, ()).item()), self.spec)
+            batch_u8, masks = change.with_masks(batch_u8, masks, sources)
         if masks is None:
             out = torch.stack([self.t(img) for img in batch_u8])
         else:
@@ -61,21 +63,32 @@ class TrainAugment:
 
 class AcquisitionChange:
     """Each image of a uint8 batch changed by one random draw of trainer.acquisition (no crop, no turn), from its
-    own seeded generator: the same copies every time for the same seed and order."""
+    own seeded generator: the same copies every time for the same seed and order.
 
-    def __init__(self, seed: int = 0) -> None:
+    Given the batch's `sources` (its images as decoded, before the spec's "equalize-full" equalisation: Prepared
+    .sources) and the spec, a draw changes the source and fit_input makes the network's input of the result, as a
+    department's look-up table, window or JPEG export acts before serving equalises and resizes; else it changes
+    the input itself (which is what serving sees for any other spec: its inputs are the decoded image resized)."""
+
+    def __init__(self, seed: int = 0, spec: PreprocessSpec | None = None) -> None:
         self.rng = np.random.default_rng(seed)
+        self.spec = spec
 
-    def __call__(self, batch_u8: torch.Tensor) -> torch.Tensor:
-        return self.with_masks(batch_u8)[0]
+    def __call__(self, batch_u8: torch.Tensor, sources: torch.Tensor | None = None) -> torch.Tensor:
+        return self.with_masks(batch_u8, None, sources)[0]
 
-    def with_masks(self, batch_u8: torch.Tensor,
-                   masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def with_masks(self, batch_u8: torch.Tensor, masks: torch.Tensor | None = None,
+                   sources: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The changed batch and the masks moved by each draw's rotation and margins (not its exposure)."""
+        if sources is not None and self.spec is None:
+            raise ValueError("changing decoded sources needs the spec that makes inputs of them")
         images, moved = [], []
         for i, img in enumerate(batch_u8):
             change, geometry = random_acquisition_geometry(self.rng)
-            images.append(to_uint8_tensor(change(Image.fromarray(img[0].numpy()))))
+            if sources is not None and self.spec is not None:
+                images.append(to_uint8_tensor(fit_input(change(Image.fromarray(sources[i, 0].numpy())), self.spec)))
+            else:
+                images.append(to_uint8_tensor(change(Image.fromarray(img[0].numpy()))))
             if masks is not None:
                 m = masks[i, 0]
                 moved.append(to_uint8_tensor(geometry(Image.fromarray(m.numpy()))) if bool(m.any()) else m[None])

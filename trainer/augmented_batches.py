@@ -36,7 +36,8 @@ def _masks(data: Prepared, spec: PreprocessSpec, batch: np.ndarray, box_weight: 
 
 def _augment(data: Prepared, spec: PreprocessSpec, augment: TrainAugment, batch: np.ndarray,
              box_weight: float) -> Batch:
-    images, masks = augment.with_masks(data.images[batch], _masks(data, spec, batch, box_weight))
+    sources = None if data.sources is None else data.sources[batch]
+    images, masks = augment.with_masks(data.images[batch], _masks(data, spec, batch, box_weight), sources)
     return batch, images, masks
 
 

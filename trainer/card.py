@@ -135,9 +135,10 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
                   if robustness.get("sampled", 0) < robustness.get("of", 0) else "")
         md += ["## Robustness audit (test split)", "",
                f"The served model on its grouped test split{sample} with each image changed as another department's "
-               "X-ray system or export changes images (trainer.acquisition; applied here at the network's input "
-               "size, by bench/robustness.py at full resolution). 'Not flagged': the images the out-of-distribution "
-               "detector lets through, the ones whose predictions a reader would rely on.", "",
+               f"X-ray system or export changes images (trainer.acquisition; applied here at "
+               f"{robustness.get('at', 'input size')}, by bench/robustness.py at full resolution). 'Not "
+               "flagged': the images the out-of-distribution detector lets through, the ones whose predictions a "
+               "reader would rely on.", "",
                robustness_table(robustness["rows"]), ""]
     if summary.get("seeds"):
         md += ["## The same recipe over training seeds (same data and split, grouped test)", "",

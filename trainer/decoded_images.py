@@ -9,20 +9,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fracture.ml.preprocess import ImageError, load_u8
+from fracture.ml.preprocess import ImageError, decode_gray, load_u8, square, to_uint8_tensor
 from fracture.ml.preprocess import PreprocessSpec as Spec
 
 
-def decode_all(paths: dict[str, Path], spec: Spec, cache_dir: Path | None = None,
-               threads: int = 2) -> tuple[dict[str, int], torch.Tensor, dict[str, str]]:
+def decode_all(paths: dict[str, Path], spec: Spec, cache_dir: Path | None = None, threads: int = 2,
+               source_size: int | None = None) -> tuple[dict[str, int], torch.Tensor, dict[str, str]]:
     """Decode each MD5's file once at the model size: (index by MD5, (N,1,S,S) uint8, errors by MD5).
 
-    The result is cached on disk keyed by the MD5s and the size, so a resumed or repeated run
-    (and the audit of the same data) does not decode again.
+    With `source_size`, each image is kept instead as decoded, squashed to that square size and not yet equalised
+    or trimmed: the form on which "equalize-full" training draws its acquisition changes before fit_input makes the
+    network's input of it (trainer.augmentation). The result is cached on disk keyed by the MD5s and the form, so a
+    resumed or repeated run (and the audit of the same data) does not decode again.
     """
     md5s = sorted(paths)
-    size = f"|{spec.image_size}" + ("|equalized" if spec.equalize_decoded else "")  # the cached input's own form
-    key = hashlib.sha256(("\n".join(md5s) + size).encode()).hexdigest()[:16]
+    if source_size is not None:
+        form = f"|source{source_size}"
+    else:  # the cached input's own form
+        form = f"|{spec.image_size}" + ("|equalized" if spec.equalize_decoded else "")
+    key = hashlib.sha256(("\n".join(md5s) + form).encode()).hexdigest()[:16]
     cache = cache_dir / f"decoded-{key}.pt" if cache_dir else None
     if cache is not None and cache.is_file():
         blob = torch.load(cache, weights_only=True)
@@ -30,6 +35,8 @@ def decode_all(paths: dict[str, Path], spec: Spec, cache_dir: Path | None = None
 
     def one(m: str) -> torch.Tensor | str:
         try:
+            if source_size is not None:
+                return to_uint8_tensor(square(decode_gray(paths[m], spec.decode_size), source_size))
             return load_u8(paths[m], spec)
         except ImageError as e:
             return str(e)
@@ -38,7 +45,7 @@ def decode_all(paths: dict[str, Path], spec: Spec, cache_dir: Path | None = None
         results = list(pool.map(one, md5s))
     errors = {m: r for m, r in zip(md5s, results, strict=True) if isinstance(r, str)}
     good = [m for m in md5s if m not in errors]
-    s = spec.image_size
+    s = spec.image_size if source_size is None else source_size
     kept = [r for r in results if not isinstance(r, str)]
     images = torch.stack(kept) if kept else torch.zeros((0, 1, s, s), dtype=torch.uint8)
     if cache is not None:

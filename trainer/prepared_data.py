@@ -46,6 +46,21 @@ class Prepared:
     corrections: dict[str, int]  # the datasets' reviewed additions: offered, trained on, relabelled, left out
     box_index: torch.Tensor | None = None  # (N,) row of box_masks for each image's fracture boxes, -1: none
     box_masks: torch.Tensor | None = None  # (K, 1, S, S) uint8, 255 inside a box
+    # (N, 1, D, D) uint8, D = SOURCE_SCALE x S: each image as decoded, squashed, not yet equalised, for a recipe
+    # that equalises the decoded image ("equalize-full") and draws acquisition changes: a look-up table, window or
+    # JPEG acts on these pixels before the equalisation and the resize, as a department's machine does (see
+    # trainer.augmentation.AcquisitionChange); None otherwise.
+    sources: torch.Tensor | None = None
+
+
+# The acquisition changes of an "equalize-full" run act on images at this multiple of the input's side: 2 x costs
+# about 1 ms an image a draw on one core (4 x: 2.8 ms) and keeps what equalising before the resize is for.
+SOURCE_SCALE = 2
+
+
+def needs_sources(spec: PreprocessSpec, augment: str) -> bool:
+    """Whether a run keeps each image's decoded form beside its input (Prepared.sources)."""
+    return spec.equalize_decoded and augment == "acquisition"
 
 
 def sources_of(args: argparse.Namespace) -> list[Source]:
@@ -103,9 +118,21 @@ def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path
         split_index[name] = rows
     prepared = Prepared(classes, images, labels, split_index, report, fingerprint(samples + added), paths, row_md5,
                         files, locked_summary(excluded), corrections)
+    if needs_sources(spec, getattr(args, "augment", "light")):
+        prepared.sources = decoded_sources(paths, row_md5, spec, cache_dir)
     if getattr(args, "boxes", None):
         prepared.box_index, prepared.box_masks = box_masks_of(args.boxes, prepared, spec.image_size)
     return prepared
+
+
+def decoded_sources(paths: dict[str, Path], row_md5: list[str], spec: PreprocessSpec,
+                    cache_dir: Path | None) -> torch.Tensor:
+    """Prepared.sources: the images of `row_md5`, in that order, decoded at SOURCE_SCALE x the input size."""
+    size = spec.image_size * SOURCE_SCALE
+    index, images, errors = decode_all({m: paths[m] for m in row_md5}, spec, cache_dir, source_size=size)
+    if errors:  # the same files decoded a moment ago at the input size
+        raise RuntimeError(f"images that decoded once failed a second time: {sorted(errors)[:3]}")
+    return images[[index[m] for m in row_md5]]
 
 
 def split_sizes(data: Prepared) -> dict[str, int]:

@@ -101,17 +101,19 @@ def final_evaluation(model: nn.Module, data: Prepared, spec: PreprocessSpec, dev
 
 
 def changed_copy(data: Prepared, split: str, change: AcquisitionChange) -> Prepared:
-    """Only `split` of `data`, each image changed by the next draw of `change` (in the split's order)."""
+    """Only `split` of `data`, each image changed by the next draw of `change` (in the split's order; drawn on the
+    decoded sources when the data keeps them)."""
     rows = data.split_index[split]
-    return replace(data, images=change(data.images[rows]), labels=data.labels[rows],
-                   split_index={split: np.arange(len(rows))})
+    sources = None if data.sources is None else data.sources[rows]
+    return replace(data, images=change(data.images[rows], sources), labels=data.labels[rows],
+                   split_index={split: np.arange(len(rows))}, sources=None)
 
 
 def changed_features(model: nn.Module, data: Prepared, spec: PreprocessSpec, device: torch.device,
                      seed: int = 0) -> dict[str, np.ndarray]:
     """The detector's features of one acquisition-changed copy of train and of val (seeded: the same copies for the
     same data), at the served views."""
-    change = AcquisitionChange(seed)
+    change = AcquisitionChange(seed, spec)
     out = {}
     for split in ("train", "val"):
         batches_of_features: list[np.ndarray] = []
@@ -123,15 +125,19 @@ def changed_features(model: nn.Module, data: Prepared, spec: PreprocessSpec, dev
 def robustness_audit(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, data: Prepared, threshold: float,
                      detector: ood.Detector | None, device: torch.device) -> dict[str, Any]:
     """The model as served (views, threshold, detector) on the test split under the audit's acquisition changes,
-    applied at the network's input size (trainer.robustness; bench/robustness.py applies them at full size)."""
+    applied at the network's input size, or to the decoded sources when the data keeps them ("equalize-full" with
+    acquisition: Prepared.sources), before the spec's equalisation (trainer.robustness; bench/robustness.py applies
+    them at full size)."""
     positive = POSITIVE_CLASS if POSITIVE_CLASS in data.classes else data.classes[0]
     served = Checkpoint(model, margs, spec, data.classes, positive, threshold, {}, detector)
     predictor = Predictor(served, device)
     every = len(data.split_index["test"])
     rows = at_most(data.split_index["test"], CARD_AUDIT_IMAGES)  # the audit costs a test split's inference a change
-    images = [PILImage.fromarray(data.images[r, 0].numpy()) for r in rows]
+    held = data.images if data.sources is None else data.sources  # fit_input makes inputs of either
+    images = [PILImage.fromarray(held[r, 0].numpy()) for r in rows]
     audit_rows = acquisition_audit(predictor, images, data.labels[rows].numpy())
-    return {"split": "test", "at": "input size", "sampled": len(rows), "of": every, "rows": audit_rows,
+    at = "input size" if data.sources is None else f"{held.shape[-1]} px, before equalising"
+    return {"split": "test", "at": at, "sampled": len(rows), "of": every, "rows": audit_rows,
             "worst": worst(audit_rows)}
 
 

@@ -247,13 +247,13 @@ def build_network(args: argparse.Namespace, margs: ModelArgs, spec: PreprocessSp
 def train_epochs(args: argparse.Namespace, state: TrainingState, data: Prepared, spec: PreprocessSpec,
                  device: torch.device, last: Path, on_epoch: EpochCallback | None, say: LogCallback) -> None:
     """Train from the epoch `state` stands at to the last, selecting on val and saving last.pt after each."""
-    augment = TrainAugment(args.image_size, args.augment)
+    augment = TrainAugment(args.image_size, args.augment, spec)
     box_weight = box_weight_of(args)
     if box_weight:
         n_boxed = int((data.box_index >= 0).sum()) if data.box_index is not None else 0
         say(f"box supervision: {n_boxed} fractured training images with boxes, weight {box_weight}")
     # An acquisition run's changed copy of val, made once, when the first epoch selects on it.
-    changed_val = functools.cache(lambda: changed_copy(data, "val", AcquisitionChange(SELECTION_SEED)))
+    changed_val = functools.cache(lambda: changed_copy(data, "val", AcquisitionChange(SELECTION_SEED, spec)))
     t_train, first_epoch = time.time(), state.epoch
     while state.epoch < state.epochs:
         te = time.time()
