@@ -101,8 +101,8 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
            + val_auc.selection_text(_selected(summary['history'].get('val_auc', []), m.get('selected_epoch')))
            + " at the selected epoch"] if "val" in m else []),
         f"- Selected epoch (best {m.get('selected_on', 'val ROC-AUC')}): {m['selected_epoch']}; decision threshold "
-        "(chosen on val): "
-        f"{summary['threshold']:.4f}: the val score at which the one-sided 95% lower confidence bounds of sensitivity "
+        f"(chosen on {m.get('threshold_on', 'val')}): "
+        f"{summary['threshold']:.4f}: the score at which the one-sided 95% lower confidence bounds of sensitivity "
         "and specificity clear the floors 0.96 and 0.95 by the most (trainer.metrics.choose_threshold)",
         "- Out-of-distribution detector: " + ("class-conditional Mahalanobis distance on the mean and standard "
                                               "deviation of every residual block's feature maps (fracture.ml.ood), "

@@ -3,7 +3,7 @@ threshold chosen on val, the out-of-distribution detector, the model card's robu
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -72,7 +72,9 @@ def final_evaluation(model: nn.Module, data: Prepared, spec: PreprocessSpec, dev
 
     With `acquisition`, the detector is fitted on train and on a copy of train changed as other departments'
     machines change X-rays (trainer.acquisition), and calibrated on val and a changed copy of val: ordinary
-    acquisition changes are then in distribution, made-up scenes still are not."""
+    acquisition changes are then in distribution, made-up scenes still are not. The threshold is then chosen on
+    val and on the images of its changed copy that the detector lets through, so that it holds sensitivity and
+    specificity on the images a department's machines change as well as on the source's own."""
     inference_net = fold_batchnorm(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     curves: Curves = {}
     features: dict[str, np.ndarray] = {}
@@ -84,17 +86,25 @@ def final_evaluation(model: nn.Module, data: Prepared, spec: PreprocessSpec, dev
         if batches_of_features:
             features[split] = np.concatenate(batches_of_features)
     y_val, p_val = curves.get("val", (np.zeros(0), np.zeros(0)))
-    threshold = choose_threshold(y_val, p_val, min_sensitivity, min_specificity) if len(np.unique(y_val)) == 2 else 0.5
-    metrics: dict[str, Any] = {split: binary_metrics(y, prob, threshold) for split, (y, prob) in curves.items()}
     detector = None
     if "train" in features and "val" in features:
         fit_on, calibrate_on = features["train"], features["val"]
         labels = data.labels[data.split_index["train"]].numpy()
         if acquisition:
             changed = changed_features(inference_net, data, spec, device)
-            fit_on, labels = np.concatenate([fit_on, changed["train"]]), np.concatenate([labels, labels])
-            calibrate_on = np.concatenate([calibrate_on, changed["val"]])
+            fit_on = np.concatenate([fit_on, changed["train"].features])
+            labels = np.concatenate([labels, labels])
+            calibrate_on = np.concatenate([calibrate_on, changed["val"].features])
         detector = ood.fit(fit_on, labels, calibrate_on)
+        if acquisition:
+            kept = ~ood.flags(detector, changed["val"].features)
+            y_val = np.concatenate([y_val, changed["val"].y[kept]])
+            p_val = np.concatenate([p_val, changed["val"].prob[kept]])
+    threshold = choose_threshold(y_val, p_val, min_sensitivity, min_specificity) if len(np.unique(y_val)) == 2 else 0.5
+    metrics: dict[str, Any] = {split: binary_metrics(y, prob, threshold) for split, (y, prob) in curves.items()}
+    metrics["threshold_on"] = ("val and the images of an acquisition-changed copy of it that the detector lets "
+                               f"through ({len(y_val)} images)" if acquisition and detector is not None else "val")
+    if detector is not None:
         for split, f in features.items():
             metrics[split]["ood_flagged"] = ood.flagged_share(detector, f)
     return curves, threshold, metrics, detector
@@ -109,16 +119,26 @@ def changed_copy(data: Prepared, split: str, change: AcquisitionChange) -> Prepa
                    split_index={split: np.arange(len(rows))}, sources=None)
 
 
+@dataclass(frozen=True)
+class Changed:
+    """A changed copy of a split as served: the detector's features, the labels and the probabilities."""
+
+    features: np.ndarray
+    y: np.ndarray
+    prob: np.ndarray
+
+
 def changed_features(model: nn.Module, data: Prepared, spec: PreprocessSpec, device: torch.device,
-                     seed: int = 0) -> dict[str, np.ndarray]:
-    """The detector's features of one acquisition-changed copy of train and of val (seeded: the same copies for the
-    same data), at the served views."""
+                     seed: int = 0) -> dict[str, Changed]:
+    """One acquisition-changed copy of train and of val (seeded: the same copies for the same data) at the served
+    views: the detector's features, labels and probabilities of each."""
     change = AcquisitionChange(seed, spec)
     out = {}
     for split in ("train", "val"):
         batches_of_features: list[np.ndarray] = []
-        evaluate_split(model, changed_copy(data, split, change), split, spec, device, features=batches_of_features)
-        out[split] = np.concatenate(batches_of_features)
+        y, prob, _ = evaluate_split(model, changed_copy(data, split, change), split, spec, device,
+                                    features=batches_of_features)
+        out[split] = Changed(np.concatenate(batches_of_features), y, prob)
     return out
 
 

@@ -89,8 +89,13 @@ def conformal_threshold(distances: np.ndarray, quantile: float = DEFAULT_QUANTIL
     return float(np.sort(np.asarray(distances))[k - 1])
 
 
+def flags(detector: Detector, features: np.ndarray) -> np.ndarray:
+    """(N,) booleans: whether `detector` flags each image (a row of `features`) out of distribution."""
+    return (detector.score(torch.tensor(np.asarray(features), dtype=torch.float32)) >= 1).numpy()
+
+
 def flagged_share(detector: Detector, features: np.ndarray) -> float:
     """The share of images that `detector` flags out of distribution."""
     if not len(features):
         return float("nan")
-    return float((detector.score(torch.tensor(np.asarray(features), dtype=torch.float32)) >= 1).float().mean())
+    return float(flags(detector, features).mean())
