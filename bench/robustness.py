@@ -185,8 +185,8 @@ def summary(report: dict[str, Any]) -> str:
     the heatmap audit and the made-up images."""
     lines = ["| model | images | n | unchanged: ROC-AUC / sens. / spec. | worst change, not flagged: ROC-AUC / "
              "sens. / spec. | most flagged | heatmap mass in boxes (area) | in outer tenth (area) | pointing game "
-             "(chance) | made-up flagged (noise / blank / photo / screenshot) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "(chance) | made-up flagged (noise / blank / photo / screenshot) | rows meeting the per-change target |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, entry in report["models"].items():
         heat, fakes = entry["heatmaps"], entry["made_up_flagged"]
         for i, (source, rows) in enumerate(entry["audit"].items()):
@@ -197,8 +197,20 @@ def summary(report: dict[str, Any]) -> str:
                      if i == len(entry["audit"]) - 1 else " | | | ")
             lines.append(f"| {name} | {source} | {none['n']} | {_f(none['roc_auc'])} / {_f(none['sensitivity'])} / "
                          f"{_f(none['specificity'])} | {_f(w['roc_auc'])} / {_f(w['sensitivity'])} / "
-                         f"{_f(w['specificity'])} | {_pct(w['flagged'])} | {extra} |")
+                         f"{_f(w['specificity'])} | {_pct(w['flagged'])} | {extra} | "
+                         f"{sum(map(meets_target, rows))} of {len(rows)} |")
     return "\n".join(lines)
+
+
+def meets_target(row: dict[str, Any]) -> bool:
+    """Whether one row of the audit meets issue 18's per-change target: at most 20% flagged and, among the images
+    not flagged, ROC-AUC >= 0.98 with sensitivity and specificity >= 0.95."""
+    kept = row["kept"] if row.get("kept") is not None else row
+    figures = [kept.get(k) for k in ("roc_auc", "sensitivity", "specificity")]
+    if any(f is None for f in figures):
+        return False
+    auc, sens, spec = (float(f or 0.0) for f in figures)
+    return float(row.get("flagged") or 0.0) <= 0.20 and auc >= 0.98 and sens >= 0.95 and spec >= 0.95
 
 
 def changes_table(report: dict[str, Any]) -> str:
