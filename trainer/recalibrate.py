@@ -32,7 +32,7 @@ def checkpoint_data(payload: dict[str, Any], spec: PreprocessSpec, data: str | P
     """The data of a checkpoint's training, split again exactly as that training split it (its policy and split
     seed); raises RecalibrateError when the data's fingerprint is not the checkpoint's."""
     argv = ["--out", tempfile.gettempdir(), "--split", payload.get("split_policy", "grouped"),
-            "--seed", str(payload.get("seed", 0)), "--augment", str(payload.get("augment", "light"))]
+            "--seed", str(payload.get("seed", 0)), "--augment", str(payload.get("augment") or "light")]
     if payload.get("split_seed") is not None:
         argv += ["--split-seed", str(payload["split_seed"])]
     argv += ["--data-spec", str(data_spec)] if data_spec else ["--data", str(data)]
