@@ -70,6 +70,16 @@ def zipped_sample(dataset_root: Path, tmp_path: Path, name: str, per_class: int)
     return archive
 
 
+def small_training(data: Path, out: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """`fracture train` of a small real dataset at width 8 and 64 px (no progress bar) with `flags`, as a user runs
+    it; fails the test with the run's last log lines if it does not succeed."""
+    proc = subprocess.run([str(VENV_BIN / "fracture"), "train", "--data", str(data), "--out", str(out),
+                           "--no-progress", "--width", "8", "--image-size", "64", *flags],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def image_files(root: Path) -> list[Path]:
     """Every file under `root`, in a stable order."""
     return sorted(p for p in root.rglob("*") if p.is_file())

@@ -4,14 +4,12 @@ figures against scikit-learn, the heatmap audit against the boxes, and a dry-run
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from installation import image_files, materialize
+from installation import image_files, materialize, small_training
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -157,13 +155,7 @@ def test_a_dry_run_with_the_acquisition_recipe_serves_equalized_and_carries_its_
 ) -> None:
     data = materialize(dataset_root, tmp_path / "ds", per_class=12)
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "fracture"), "train", "--data", str(data), "--out", str(out),
-         "--dry-run", "--no-progress", "--width", "8", "--image-size", "64", "--augment", "acquisition",
-         "--intensity", "equalize"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = small_training(data, out, "--dry-run", "--augment", "acquisition", "--intensity", "equalize")
     ckpt = load_checkpoint(out / "model.pt")
     assert ckpt.preprocess.intensity == "equalize"
     assert ckpt.meta["augment"] == "acquisition" and ckpt.meta["ood_acquisition"] is True
@@ -239,13 +231,9 @@ def test_a_training_supervised_by_real_fracture_boxes_under_a_time_budget(
         site_root: Path, tmp_path: Path) -> None:
     data = materialize(site_root, tmp_path / "site", per_class=24)
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "fracture"), "train", "--data", str(data), "--out", str(out),
-         "--no-progress", "--no-robustness", "--width", "8", "--image-size", "64", "--epochs", "4",
-         "--augment", "acquisition", "--boxes", str(site_root / "boxes.csv"), "--box-weight", "0.5",
-         "--framing", "trim", "--max-minutes", "0.0001"],
-        capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = small_training(data, out, "--no-robustness", "--epochs", "4", "--augment", "acquisition", "--boxes",
+                          str(site_root / "boxes.csv"), "--box-weight", "0.5", "--framing", "trim",
+                          "--max-minutes", "0.0001")
     boxed = int(proc.stderr.split("box supervision: ")[1].split()[0])
     assert boxed > 0
     assert "--max-minutes 0.0001: 1 epochs fit, not 4" in proc.stderr
