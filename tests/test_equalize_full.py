@@ -30,7 +30,8 @@ from fracture.schedule_params import check_recipe
 from trainer.acquisition import contrast, gamma, random_acquisition_geometry, window
 from trainer.augmentation import AcquisitionChange
 from trainer.decoded_images import decode_all
-from trainer.prepared_data import SOURCE_SCALE, needs_sources
+from trainer.prepared_data import SOURCE_SCALE, needs_sources, prepare_data
+from trainer.train import get_args_parser
 
 RELEASE = Path(__file__).resolve().parent.parent / "fracture" / "release" / "model.pt"
 CPU = torch.device("cpu")
@@ -180,3 +181,19 @@ def test_a_training_run_with_equalize_full_and_acquisition_draws_on_sources_and_
     audit = ckpt.meta["metrics"]["robustness"]
     assert audit["at"] == f"{64 * SOURCE_SCALE} px, before equalising"
     assert f"applied here at {64 * SOURCE_SCALE} px, before equalising" in (out / "model_card.md").read_text()
+
+
+def test_equalize_full_splits_the_data_as_every_other_recipe_does(dataset_root: Path, tmp_path: Path) -> None:
+    """The grouped split hashes the images as decoded, not as equalised: the same data and seed give the same
+    split whatever the intensity normalisation, so a model fine-tuned from another recipe's model is never tested on
+    images that model trained on."""
+    data = materialize(dataset_root, tmp_path / "ds", per_class=40)
+    args = get_args_parser().parse_args(["--out", str(tmp_path / "run"), "--data", str(data), "--split", "grouped",
+                                         "--seed", "0", "--augment", "acquisition"])
+    splits = {}
+    for intensity in ("none", "equalize", "equalize-full"):
+        prepared = prepare_data(args, PreprocessSpec(image_size=64, intensity=intensity), tmp_path / "cache")
+        splits[intensity] = {k: sorted(prepared.row_md5[r] for r in rows) for k, rows in prepared.split_index.items()}
+        assert (prepared.sources is not None) == (intensity == "equalize-full")
+    assert len(splits["none"]["test"]) > 0
+    assert splits["equalize-full"] == splits["none"] == splits["equalize"]

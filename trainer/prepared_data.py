@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +77,7 @@ def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path
     added, relabelled = scan_additions(sources, classes)
     paths = {s.md5: s.path for s in added} | {s.md5: s.path for s in samples}
     index, images, errors = decode_all(paths, spec, cache_dir)
-    decoded: dict[str, PILImage.Image | str] = {m: errors[m] for m in errors}
-    for m, i in index.items():
-        decoded[m] = PILImage.fromarray(images[i, 0].numpy())
+    decoded = audit_images(paths, spec, cache_dir, index, images, errors)
     # The grouped split below runs over the union: the audit groups copies across datasets by bytes and hash.
     excluded = locked_out({m: im for m, im in decoded.items() if not isinstance(im, str)},
                           load_locked(getattr(args, "locked", None)))
@@ -123,6 +121,22 @@ def prepare_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path
     if getattr(args, "boxes", None):
         prepared.box_index, prepared.box_masks = box_masks_of(args.boxes, prepared, spec.image_size)
     return prepared
+
+
+def audit_images(paths: dict[str, Path], spec: PreprocessSpec, cache_dir: Path | None, index: dict[str, int],
+                 images: torch.Tensor, errors: dict[str, str]) -> dict[str, PILImage.Image | str]:
+    """Each image as the duplicate audit, the locked images' matching and so the grouped split see it (or why it
+    failed to decode): the decoded image at the input size, never equalised. A recipe that equalises the decoded
+    image ("equalize-full") gets its inputs equalised already, and near-duplicate hashes of those group other
+    images: its split would not be the split of the same data and seed under any other recipe (of the first
+    source's 508 test images in such a split, 82 were in the other recipes' test split), and a model fine-tuned
+    from one of those would be tested on images it had trained on."""
+    if spec.equalize_decoded:
+        index, images, errors = decode_all(paths, replace(spec, intensity="none"), cache_dir)
+    decoded: dict[str, PILImage.Image | str] = {m: errors[m] for m in errors}
+    for m, i in index.items():
+        decoded[m] = PILImage.fromarray(images[i, 0].numpy())
+    return decoded
 
 
 def decoded_sources(paths: dict[str, Path], row_md5: list[str], spec: PreprocessSpec,
