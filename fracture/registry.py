@@ -24,8 +24,11 @@ SEED_VERSION = "release-1"
 # robust-3: the release's recipe with the frame trimmed and the grey levels equalised before the network, then
 # fine-tuned with the acquisition changes (fracture/release/robust-framing/model_card.md).
 # two-site-2: robust-3's preprocessing on both sources (robust-1 fine-tuned; fracture/release/two-site-trim/).
+# two-site-3: two-site-2 fine-tuned with the grey levels equalised at decode time and the acquisition changes drawn
+# before it (fracture/release/two-site-eqf/).
 SHIPPED_CANDIDATES = (("two-site", "two-site-1"), ("robust", "robust-1"), ("robust-boxes", "robust-2"),
-                      ("two-views", "two-views-1"), ("robust-framing", "robust-3"), ("two-site-trim", "two-site-2"))
+                      ("two-views", "two-views-1"), ("robust-framing", "robust-3"), ("two-site-trim", "two-site-2"),
+                      ("two-site-eqf", "two-site-3"))
 
 
 def active_version(session: Session) -> ModelVersion | None:

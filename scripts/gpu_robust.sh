@@ -34,10 +34,11 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.l
 "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.is_available())" | tee -a "$OUT/gpu.log"
 
 PLAN=${PLAN:-framing}
-if [ "$PLAN" = framing ]; then  # robust-3's preprocessing (frame trimmed, grey levels equalised) on both sources,
-  # from scratch with the acquisition recipe: the release's width and a wider network at 128 px (robust-3's fine-tune
-  # traded unchanged for changed val ROC-AUC at width 24 on the CPU), and 256 px with and without the boxes
-  common=(--data-spec /tmp/spec.json --split given --seed 0 --augment acquisition --framing trim --intensity equalize
+if [ "$PLAN" = framing ]; then  # two-site-3's preprocessing (frame trimmed, grey levels equalised on the decoded
+  # image, the acquisition changes drawn before that) on both sources, from scratch: the release's width and a wider
+  # network at 128 px, and 256 px with and without the boxes
+  common=(--data-spec /tmp/spec.json --split given --seed 0 --augment acquisition --framing trim
+          --intensity equalize-full
           --epochs 100 --max-minutes "$MINUTES" --threads 1 --loader-workers "$LOADER_WORKERS" --no-progress
           --batch-size 64 ${EXTRA:-})
   names=(fr128w24 fr128w48 fr256box fr256)

@@ -25,7 +25,7 @@ def _versions(database_url: str) -> dict[str, tuple[str, dict[str, str], str | N
 
 def test_a_fresh_install_registers_the_shipped_candidates_beside_the_active_release(tmp_path: Path) -> None:
     assert [name for _, name in SHIPPED_CANDIDATES] == ["two-site-1", "robust-1", "robust-2", "two-views-1",
-                                                          "robust-3", "two-site-2"]
+                                                          "robust-3", "two-site-2", "two-site-3"]
     for folder, _ in SHIPPED_CANDIDATES:
         shipped = RELEASE / folder / "model.pt"
         assert shipped.is_file() and shipped.stat().st_size <= 25 * 2**20
@@ -54,10 +54,15 @@ def test_a_fresh_install_registers_the_shipped_candidates_beside_the_active_rele
     # two-site-2 does the same on both sources, its locked part left out.
     two_site_2 = read_payload(RELEASE / "two-site-trim" / "model.pt")
     assert two_site_2["preprocess"]["framing"] == "trim" and two_site_2["preprocess"]["intensity"] == "equalize"
+    # two-site-3 equalises the decoded image, on two-site-2's split, its threshold chosen on changed images too.
+    two_site_3 = read_payload(RELEASE / "two-site-eqf" / "model.pt")
+    assert two_site_3["preprocess"]["intensity"] == "equalize-full"
+    assert two_site_3["metrics"]["test"]["n"] == two_site_2["metrics"]["test"]["n"]
+    assert two_site_3["metrics"]["threshold_on"].startswith("val and the images of an acquisition-changed copy")
     with session_scope(settings.database_url) as session:
         ensure_seed_model(session, settings)  # once only: nothing new on the next start
     assert sorted(_versions(settings.database_url)) == ["release-1", "robust-1", "robust-2", "robust-3",
-                                                        "two-site-1", "two-site-2", "two-views-1"]
+                                                        "two-site-1", "two-site-2", "two-site-3", "two-views-1"]
     dispose_engines()
 
 
