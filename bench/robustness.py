@@ -206,10 +206,10 @@ def meets_target(row: dict[str, Any]) -> bool:
     """Whether one row of the audit meets issue 18's per-change target: at most 20% flagged and, among the images
     not flagged, ROC-AUC >= 0.98 with sensitivity and specificity >= 0.95."""
     kept = row["kept"] if row.get("kept") is not None else row
-    figures = [kept.get(k) for k in ("roc_auc", "sensitivity", "specificity")]
-    if any(f is None for f in figures):
+    figures = [float(v) for k in ("roc_auc", "sensitivity", "specificity") if (v := kept.get(k)) is not None]
+    if len(figures) < 3:
         return False
-    auc, sens, spec = (float(f or 0.0) for f in figures)
+    auc, sens, spec = figures
     return float(row.get("flagged") or 0.0) <= 0.20 and auc >= 0.98 and sens >= 0.95 and spec >= 0.95
 
 

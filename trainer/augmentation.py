@@ -80,15 +80,16 @@ class AcquisitionChange:
     def with_masks(self, batch_u8: torch.Tensor, masks: torch.Tensor | None = None,
                    sources: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The changed batch and the masks moved by each draw's rotation and margins (not its exposure)."""
-        if sources is not None and self.spec is None:
-            raise ValueError("changing decoded sources needs the spec that makes inputs of them")
+        drawn_on, to_input = batch_u8, (lambda im: im)
+        if sources is not None:
+            spec = self.spec
+            if spec is None:
+                raise ValueError("changing decoded sources needs the spec that makes inputs of them")
+            drawn_on, to_input = sources, (lambda im: fit_input(im, spec))
         images, moved = [], []
-        for i, img in enumerate(batch_u8):
+        for i, img in enumerate(drawn_on):
             change, geometry = random_acquisition_geometry(self.rng)
-            if sources is not None and self.spec is not None:
-                images.append(to_uint8_tensor(fit_input(change(Image.fromarray(sources[i, 0].numpy())), self.spec)))
-            else:
-                images.append(to_uint8_tensor(change(Image.fromarray(img[0].numpy()))))
+            images.append(to_uint8_tensor(to_input(change(Image.fromarray(img[0].numpy())))))
             if masks is not None:
                 m = masks[i, 0]
                 moved.append(to_uint8_tensor(geometry(Image.fromarray(m.numpy()))) if bool(m.any()) else m[None])
