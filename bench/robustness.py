@@ -180,19 +180,32 @@ def draw_figures(predictor: Predictor, images: list[Image.Image], boxes: list[li
     return dest
 
 
+def _pointing(heat: dict[str, Any]) -> str:
+    """The pointing game's chance (the boxes' area) and reach (images where the map's cells can hit a box at all)."""
+    return f"{_f(heat['pointing_chance'])}; {_f(heat.get('pointing_reach'))}"
+
+
+def _reach_text(heat: dict[str, Any]) -> str:
+    if heat.get("pointing_reach") is None:
+        return "reach not measured"
+    return (f"a {heat['map_cells']}x{heat['map_cells']} map can point into a box on "
+            f"{_f(heat['pointing_reach'])} of them at most")
+
+
 def summary(report: dict[str, Any]) -> str:
     """One row per model and source: unchanged, the worst change (among images not flagged), most flagged; then
     the heatmap audit and the made-up images."""
     lines = ["| model | images | n | unchanged: ROC-AUC / sens. / spec. | worst change, not flagged: ROC-AUC / "
              "sens. / spec. | most flagged | heatmap mass in boxes (area) | in outer tenth (area) | pointing game "
-             "(chance) | made-up flagged (noise / blank / photo / screenshot) | rows meeting the per-change target |",
+             "(chance; reach) | made-up flagged (noise / blank / photo / screenshot) | rows meeting the per-change "
+             "target |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, entry in report["models"].items():
         heat, fakes = entry["heatmaps"], entry["made_up_flagged"]
         for i, (source, rows) in enumerate(entry["audit"].items()):
             none, w = rows[0], entry["worst"][source]
             extra = (f"{_f(heat['box_mass'])} ({_f(heat['box_area'])}) | {_f(heat['border_mass'])} "
-                     f"({_f(heat['border_area'])}) | {_f(heat['pointing_game'])} ({_f(heat['pointing_chance'])}) | "
+                     f"({_f(heat['border_area'])}) | {_f(heat['pointing_game'])} ({_pointing(heat)}) | "
                      + " / ".join(_f(fakes[k]) for k in ("noise", "blank", "photo", "screenshot"))
                      if i == len(entry["audit"]) - 1 else " | | | ")
             lines.append(f"| {name} | {source} | {none['n']} | {_f(none['roc_auc'])} / {_f(none['sensitivity'])} / "
@@ -324,7 +337,7 @@ def main() -> int:
                      f"{_f(heat['box_mass'])} of the map's mass in the boxes (they cover {_f(heat['box_area'])} of "
                      f"the image), {_f(heat['border_mass'])} in the outer tenth (which covers "
                      f"{_f(heat['border_area'])}); pointing game {_f(heat['pointing_game'])} (chance "
-                     f"{_f(heat['pointing_chance'])}). Made-up images flagged: "
+                     f"{_f(heat['pointing_chance'])}; {_reach_text(heat)}). Made-up images flagged: "
                      + ", ".join(f"{k} {_f(v)}" for k, v in flagged.items()))
         if a.figures:
             dest = draw_figures(predictor, [site_ims[i] for i in fractured],  # type: ignore[misc]
@@ -351,7 +364,7 @@ def heatmaps_only(models: list[Path], names: list[str], two: Path, limit: int = 
         fractured = fractured[:limit]
     images = [load_gray(paths[i]) for i in fractured]
     keep = [k for k, im in enumerate(images) if im is not None]
-    rows = ["| model | n | heatmap mass in boxes (area) | in outer tenth (area) | pointing game (chance) "
+    rows = ["| model | n | heatmap mass in boxes (area) | in outer tenth (area) | pointing game (chance; reach) "
             "| empty maps |",
             "|---|---|---|---|---|---|"]
     report = {}
@@ -361,7 +374,7 @@ def heatmaps_only(models: list[Path], names: list[str], two: Path, limit: int = 
         report[name] = heat
         rows.append(f"| {name} | {heat['n']} | {_f(heat['box_mass'])} ({_f(heat['box_area'])}) | "
                     f"{_f(heat['border_mass'])} ({_f(heat['border_area'])}) | {_f(heat['pointing_game'])} "
-                    f"({_f(heat['pointing_chance'])}) | {heat['empty_maps']} |")
+                    f"({_pointing(heat)}) | {heat['empty_maps']} |")
         print(rows[-1], file=sys.stderr)
     print("\n".join(rows))
     print(json.dumps(report, default=float))

@@ -25,17 +25,22 @@ INTENSITIES = ("none", "equalize", "equalize-full")
 FRAMINGS = ("none", "trim")
 # Training augmentations of trainer.augmentation.TrainAugment.
 AUGMENTATIONS = ("light", "strong", "acquisition")
+# FracNet's output stride (fracture.ml.net.ModelArgs): its last block's map, which the heatmap shows and the box
+# loss teaches, is the input's side over this ("16": 8x8 at 128 px, about 40% more compute than "32": 4x4). Words,
+# as a form sends them; the trainer takes the number.
+OUTPUT_STRIDES = ("32", "16")
 
 # Recipe fields a schedule or a run may set: (smallest, largest) or the allowed words (checked in
 # fracture.schedule_params; here so that the command line builds its options without importing the database).
 INT_FIELDS: dict[str, tuple[int, int]] = {"epochs": (1, 1000), "width": (4, 256), "image_size": (32, 1024),
                                           "seed": (0, 2**31 - 1)}
 WORD_FIELDS: dict[str, tuple[str, ...]] = {"views": VIEWS, "augment": AUGMENTATIONS, "intensity": INTENSITIES,
-                                           "framing": FRAMINGS}
+                                           "framing": FRAMINGS, "output_stride": OUTPUT_STRIDES}
 RECIPE_FIELDS = (*INT_FIELDS, *WORD_FIELDS)
 
 RECIPE: dict[str, Any] = {"epochs": 80, "width": 24, "image_size": 128, "views": "dihedral", "seed": 0,
-                          "augment": "light", "intensity": "none", "framing": "none"}
+                          "augment": "light", "intensity": "none", "framing": "none",
+                          "output_stride": "32"}
 
 
 def recipe_of(params: dict[str, Any]) -> dict[str, Any]:

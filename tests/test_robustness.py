@@ -19,7 +19,7 @@ from fracture.ml.preprocess import PreprocessSpec, decode_gray, normalize, squar
 from fracture.schedule_params import RecipeError, check_recipe
 from trainer.acquisition import AUDIT, gamma, margin, markers, random_acquisition, rotate, window
 from trainer.augmentation import TrainAugment
-from trainer.robustness import acquisition_audit, border_mask, box_mask, heatmap_audit, worst
+from trainer.robustness import acquisition_audit, border_mask, box_mask, heatmap_audit, peak_positions, worst
 
 RELEASE = Path(__file__).resolve().parent.parent / "fracture" / "release" / "model.pt"
 
@@ -145,9 +145,27 @@ def test_heatmap_audit_measures_mass_and_pointing_against_real_fracture_boxes(
     assert result["box_area"] == pytest.approx(np.mean([box_mask(boxes[p.name], 128).mean() for p in files]))
     assert 0 <= result["box_mass"] <= 1 and 0 <= result["border_mass"] <= 1
     assert result["pointing_game"] in {i / len(files) for i in range(len(files) + 1)}
+    assert result["map_cells"] == 4 and result["pointing_game"] <= result["pointing_reach"]  # no hit out of reach
     # A box over the whole image holds all the mass and every maximum.
     whole = heatmap_audit(predictor, images[:2], [[(0.0, 0.0, 1.0, 1.0)]] * 2)
     assert whole["box_mass"] == pytest.approx(1.0) and whole["pointing_game"] == 1.0
+    assert whole["pointing_reach"] == 1.0
+
+
+def test_a_map_peaks_only_at_its_cells_centres_so_its_cells_bound_the_pointing_game() -> None:
+    """The pointing game's reach: a 4x4 map upsampled to 128 px peaks at 16 places (the inner cells' centres, 32 px
+    apart; an edge cell's flat band at its first pixel, where argmax takes the first of equal values); a 13-px box
+    between them holds none, and an 8x8 map's (16 px apart) reach it."""
+    coarse, fine = peak_positions(4, 128), peak_positions(8, 128)
+    assert len(set(coarse.tolist())) == 16 and len(set(fine.tolist())) == 64
+    rows, cols = np.divmod(coarse, 128)
+    assert set(rows.tolist()) == set(cols.tolist()) == {0, 47, 79, 112}
+    between = box_mask([(0.15, 0.15, 0.25, 0.25)], 128)  # pixels 19-31
+    assert not between.flat[coarse].any() and between.flat[fine].any()
+    # A trimmed frame shrinks the map into the image's box: its peaks stay inside it.
+    frame = torch.tensor([10, 118, 20, 108])
+    r, c = np.divmod(peak_positions(4, 128, frame), 128)
+    assert r.min() >= 10 and r.max() < 118 and c.min() >= 20 and c.max() < 108
 
 
 def test_a_dry_run_with_the_acquisition_recipe_serves_equalized_and_carries_its_audit(

@@ -8,7 +8,9 @@ Plain functions that bench/robustness.py, the trainer's model card and evaluatio
   images it does not flag;
 - `heatmap_audit`: on fractured images with fracture boxes, the share of the Grad-CAM map's mass inside the boxes
   and in the image's outer tenth (each beside the share of the area it covers: what a map blind to the image would
-  score), and the pointing game (the map's maximum inside a box).
+  score), and the pointing game (the map's maximum inside a box) beside its reach: the share of images where a map
+  of the network's cells could point into a box at all (a bilinearly upsampled map peaks only at a cell's centre, so
+  a 4x4 map of a 128-px input cannot hit a 13-px box whose square holds no centre).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from fracture.ml.gradcam import heatmap
 from fracture.ml.inference import Predictor
-from fracture.ml.preprocess import fit_input, to_uint8_tensor
+from fracture.ml.net import FracNet
+from fracture.ml.preprocess import content_boxes, fit_input, to_uint8_tensor, uncrop_boxes
 from trainer.acquisition import AUDIT, AuditChange
 from trainer.metrics import binary_metrics, json_safe
 
@@ -85,17 +89,39 @@ def border_mask(size: int, frac: float = BORDER) -> np.ndarray:
     return mask
 
 
+def map_cells(predictor: Predictor) -> int | None:
+    """The cells per side of the served FracNet's heatmap before upsampling (None for another network)."""
+    if not isinstance(predictor.model, FracNet):
+        return None
+    return predictor.spec.image_size // predictor.ckpt.args.output_stride
+
+
+def peak_positions(cells: int, size: int, frame: torch.Tensor | None = None) -> np.ndarray:
+    """The flat positions (in a size x size map) where the maximum of a cells x cells map, upsampled as the served
+    heatmap is (and shrunk into the image's `frame` when the spec trims it), can fall: one per cell."""
+    one_hot = torch.eye(cells * cells).view(-1, 1, cells, cells)
+    up = F.interpolate(one_hot, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    if frame is not None:
+        up = uncrop_boxes(up, frame.view(1, 4).repeat(len(up), 1))
+    return up.flatten(1).argmax(1).numpy()
+
+
 def heatmap_audit(predictor: Predictor, images: Sequence[Image.Image],
                   boxes: Sequence[Sequence[Box]]) -> dict[str, Any]:
     """Where the served heatmap of fractured images falls, against their fracture boxes: mean shares of the map's
-    mass inside the boxes and in the outer tenth, the areas those cover, and the pointing game's hit rate."""
+    mass inside the boxes and in the outer tenth, the areas those cover, the pointing game's hit rate, and its
+    reach (the share of images where the map's cells could point into a box at all; None for another network)."""
     size = predictor.spec.image_size
     border = border_mask(size)
-    in_box, box_area, in_border, hits, blank = [], [], [], [], 0
+    cells = map_cells(predictor)
+    in_box, box_area, in_border, hits, blank, reach = [], [], [], [], 0, []
     for im, bxs in zip(images, boxes, strict=True):
-        heat = heatmap(predictor.model, to_uint8_tensor(fit_input(im, predictor.spec)), predictor.spec,
-                       predictor.device)
+        u8 = to_uint8_tensor(fit_input(im, predictor.spec))
+        heat = heatmap(predictor.model, u8, predictor.spec, predictor.device)
         mask = box_mask(bxs, size)
+        if cells is not None:
+            frame = content_boxes(u8[None])[0] if predictor.spec.framing == "trim" else None
+            reach.append(bool(mask.flat[peak_positions(cells, size, frame)].any()))
         total = float(heat.sum())
         box_area.append(float(mask.mean()))
         if total <= 0:  # no positive evidence anywhere: the map points nowhere
@@ -110,7 +136,7 @@ def heatmap_audit(predictor: Predictor, images: Sequence[Image.Image],
     n = len(in_box)
     return {"n": n, "box_mass": _mean(in_box), "box_area": _mean(box_area), "border_mass": _mean(in_border),
             "border_area": float(border.mean()), "pointing_game": _mean(hits), "pointing_chance": _mean(box_area),
-            "empty_maps": blank}
+            "pointing_reach": _mean(reach), "map_cells": cells, "empty_maps": blank}
 
 
 def _mean(values: Sequence[float | bool]) -> float | None:

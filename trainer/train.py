@@ -17,6 +17,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from fracture import val_auc
 from fracture.ml import ood
 from fracture.ml.checkpoint import read_payload
-from fracture.ml.net import ModelArgs, build_model, load_pretrained
+from fracture.ml.net import OUTPUT_STRIDES, ModelArgs, build_model, load_pretrained
 from fracture.ml.preprocess import VIEWS, PreprocessSpec, content_boxes, crop_boxes, normalize
 from fracture.recipe import AUGMENTATIONS, FRAMINGS, INTENSITIES, RECIPE
 from trainer import card
@@ -77,6 +78,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="fracnet")
     p.add_argument("--width", default=RECIPE["width"], type=int)
     p.add_argument("--depths", default="1,1,2,1")
+    p.add_argument("--output-stride", default=int(RECIPE["output_stride"]), type=int, choices=OUTPUT_STRIDES,
+                   help="fracnet's last block's map is the input's side over this: 16 keeps the last stage at its "
+                        "input's resolution with dilated convolutions (twice the heatmap's and the box loss's "
+                        "resolution, about 40%% more compute); --init may come from a checkpoint of the other stride")
     p.add_argument("--image-size", default=RECIPE["image_size"], type=int)
     p.add_argument("--epochs", default=RECIPE["epochs"], type=int)
     p.add_argument("--batch-size", default=64, type=int)
@@ -176,9 +181,10 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
 
 def warm_start(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, init: str | Path) -> None:
     """Load a checkpoint's weights into `model`; ValueError when its architecture or input size differ (its
-    intensity normalisation may: the training adapts the weights to this run's)."""
+    intensity normalisation and its output stride may: the weights are the same shapes, and the training adapts them
+    to this run's)."""
     payload = read_payload(init)
-    theirs = ModelArgs.from_dict(payload["model_args"])
+    theirs = replace(ModelArgs.from_dict(payload["model_args"]), output_stride=margs.output_stride)
     their_spec = PreprocessSpec.from_dict(payload["preprocess"])
     if theirs != margs or (their_spec.image_size, their_spec.channels) != (spec.image_size, spec.channels):
         raise ValueError(f"--init {init}: its network {theirs} and input {their_spec} are not this run's "
@@ -211,7 +217,7 @@ def network_input(args: argparse.Namespace) -> tuple[PreprocessSpec, ModelArgs]:
                           mean=(0.5,) * channels, std=(0.25,) * channels, views=args.views,
                           intensity=getattr(args, "intensity", "none"), framing=getattr(args, "framing", "none"))
     margs = ModelArgs(arch=args.arch, width=args.width, depths=tuple(int(d) for d in args.depths.split(",")),
-                      in_channels=channels)
+                      in_channels=channels, output_stride=getattr(args, "output_stride", 32))
     return spec, margs
 
 

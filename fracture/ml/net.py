@@ -10,6 +10,10 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from fracture import recipe
+
+OUTPUT_STRIDES = tuple(int(w) for w in recipe.OUTPUT_STRIDES)  # (32, 16)
+
 
 @dataclass(frozen=True)
 class ModelArgs:
@@ -20,6 +24,10 @@ class ModelArgs:
     depths: tuple[int, ...] = (1, 1, 2, 1)
     in_channels: int = 1
     dropout: float = 0.2
+    # FracNet's last block's map is the image's side over this: 32 (4x4 at 128 px) or 16, where the last stage keeps
+    # its input's resolution and dilates its convolutions instead of striding (the same weights see the same extent,
+    # at twice the resolution: 8x8 at 128 px). The class-activation map, the box loss and the heatmap are that map.
+    output_stride: int = 32
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -34,17 +42,19 @@ class ModelArgs:
             depths=tuple(int(x) for x in d["depths"]),  # type: ignore[attr-defined]
             in_channels=int(d["in_channels"]),  # type: ignore[call-overload]
             dropout=float(d["dropout"]),  # type: ignore[arg-type]
+            # A checkpoint written before the option was made at stride 32.
+            output_stride=int(d.get("output_stride", 32)),  # type: ignore[call-overload]
         )
 
 
 class BasicBlock(nn.Module):
     """A ResNet basic block: two 3x3 convolutions with batch norm and a shortcut."""
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, dilation: tuple[int, int] = (1, 1)) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, dilation[0], dilation=dilation[0], bias=False)
         self.bn1: nn.Module = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, dilation[1], dilation=dilation[1], bias=False)
         self.bn2: nn.Module = nn.BatchNorm2d(cout)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
@@ -62,16 +72,22 @@ class FracNet(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         w = args.width
+        if args.output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, not {args.output_stride}")
         self.stem = nn.Sequential(
             nn.Conv2d(args.in_channels, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
             nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
         )
         layers: list[nn.Module] = []
         cin = w
+        last = len(args.depths) - 1
         for i, depth in enumerate(args.depths):
             cout = w * 2**i
+            dilated = i == last and args.output_stride == 16  # the last stage: no stride, dilation 2 after its first
             for j in range(depth):
-                layers.append(BasicBlock(cin, cout, 2 if j == 0 else 1))
+                stride = 1 if dilated or j else 2
+                dilation = ((1 if j == 0 else 2), 2) if dilated else (1, 1)
+                layers.append(BasicBlock(cin, cout, stride, dilation))
                 cin = cout
         self.stages = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(args.dropout), nn.Linear(cin, 1))

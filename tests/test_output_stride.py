@@ -1,0 +1,86 @@
+"""`--output-stride 16`: FracNet's last stage keeps its input's resolution (dilated), so the class-activation map, the
+box loss and the heatmap have twice the cells per side; the weights are the same shapes, so a checkpoint of either
+stride warm-starts the other."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from installation import REPO_ROOT, materialize, small_training
+from PIL import Image
+
+from fracture.ml.checkpoint import load_checkpoint
+from fracture.ml.gradcam import layer_maps, target_layer
+from fracture.ml.net import ModelArgs, build_model
+from fracture.ml.preprocess import fit_input, normalize, to_uint8_tensor
+from fracture.schedule_params import RecipeError, check_recipe
+from trainer.training_run import ALLOWED
+
+SHIPPED = REPO_ROOT / "fracture" / "release" / "two-site-eqf" / "model.pt"
+
+
+def test_the_stride_sets_the_maps_cells_and_older_checkpoints_read_as_32() -> None:
+    x = torch.randn(2, 1, 128, 128)
+    for stride, cells in ((32, 4), (16, 8)):
+        model = build_model(ModelArgs(width=8, output_stride=stride)).eval()
+        logits, cam = model.forward_cam(x)
+        assert logits.shape == (2,) and cam.shape == (2, cells, cells)
+        # The class-activation map still adds up to the logit: its mean is the logit (eval: no dropout).
+        assert torch.allclose(cam.mean((1, 2)), logits, atol=1e-5)
+    old = ModelArgs(width=8).to_dict()
+    del old["output_stride"]  # a checkpoint written before the option
+    assert ModelArgs.from_dict(old).output_stride == 32
+    assert ModelArgs.from_dict(ModelArgs(output_stride=16).to_dict()).output_stride == 16
+    with pytest.raises(ValueError, match="output_stride must be one of"):
+        build_model(ModelArgs(output_stride=8))
+
+
+def test_a_shipped_models_weights_at_stride_16_see_what_they_saw_at_32(sample_images: list[Path]) -> None:
+    """The same weights, the last stage dilated instead of strided: on real X-rays the logits stay close to the
+    stride-32 network's (the fine-tuning starts near where the checkpoint was), and the served Grad-CAM has 8x8
+    cells where it had 4x4."""
+    torch.manual_seed(0)
+    ckpt = load_checkpoint(SHIPPED)
+    x = normalize(torch.stack([to_uint8_tensor(fit_input(Image.open(p).convert("L"), ckpt.preprocess))
+                               for p in sample_images[:24]]), ckpt.preprocess)
+    fine = build_model(replace(ckpt.args, output_stride=16)).eval()
+    fine.load_state_dict(ckpt.model.state_dict())
+    with torch.no_grad():
+        coarse_logits, fine_logits = ckpt.model(x).numpy(), fine(x).numpy()
+    assert np.corrcoef(coarse_logits, fine_logits)[0, 1] > 0.95
+    shapes = {}
+    for name, model in (("coarse", ckpt.model), ("fine", fine)):
+        hook = target_layer(model).register_forward_hook(lambda _m, _i, out, n=name: shapes.__setitem__(n, out.shape))
+        try:
+            maps = layer_maps(model, x[:1], "identity", target_layer(model))
+        finally:
+            hook.remove()
+        assert maps.shape == (1, 128, 128)
+    assert shapes["coarse"][-2:] == (4, 4) and shapes["fine"][-2:] == (8, 8)
+
+
+def test_the_recipe_and_the_products_trainings_take_the_stride() -> None:
+    assert check_recipe({"output_stride": 16}) == {"output_stride": "16"}  # JSON's number, as the API sends it
+    assert check_recipe({"output_stride": "32"}) == {"output_stride": "32"}  # a form's word
+    with pytest.raises(RecipeError, match="output_stride must be one of 32, 16"):
+        check_recipe({"output_stride": 8})
+    assert "output_stride" in ALLOWED
+
+
+def test_a_training_at_stride_16_warm_started_from_a_stride_32_checkpoint(site_root: Path, tmp_path: Path) -> None:
+    data = materialize(site_root, tmp_path / "site", per_class=12)
+    first = tmp_path / "first"
+    small_training(data, first, "--no-robustness", "--epochs", "1")
+    assert load_checkpoint(first / "model.pt").args.output_stride == 32
+    out = tmp_path / "fine"
+    proc = small_training(data, out, "--no-robustness", "--epochs", "1", "--output-stride", "16",
+                          "--init", str(first / "model.pt"), "--boxes", str(site_root / "boxes.csv"))
+    assert "started from the weights of" in proc.stderr and "box supervision: " in proc.stderr
+    ckpt = load_checkpoint(out / "model.pt")
+    assert ckpt.args.output_stride == 16
+    _, cam = ckpt.model.forward_cam(torch.zeros(1, 1, 64, 64))
+    assert cam.shape == (1, 4, 4)  # 64 px over 16
