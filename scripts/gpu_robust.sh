@@ -36,14 +36,16 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.l
 PLAN=${PLAN:-framing}
 if [ "$PLAN" = framing ]; then  # two-site-3's preprocessing (frame trimmed, grey levels equalised on the decoded
   # image, the acquisition changes drawn before that) on both sources, from scratch: the release's width and a wider
-  # network at 128 px, and 256 px with and without the boxes
+  # network at 128 px, and 256 px with and without the boxes; the boxed runs at output stride 16 (a 16x16 map at
+  # 256 px: the pointing game's reach, 0.37 of the second site's locked boxes with a 4x4 map at 128 px, 0.85 with 8x8)
   common=(--data-spec /tmp/spec.json --split given --seed 0 --augment acquisition --framing trim
           --intensity equalize-full
           --epochs 100 --max-minutes "$MINUTES" --threads 1 --loader-workers "$LOADER_WORKERS" --no-progress
           --batch-size 64 ${EXTRA:-})
   names=(fr128w24 fr128w48 fr256box fr256)
   opts=("--image-size 128 --width 24" "--image-size 128 --width 48"
-        "--image-size 256 --width 32 --boxes .devdata/boxes.csv --box-weight 0.3" "--image-size 256 --width 32")
+        "--image-size 256 --width 32 --output-stride 16 --boxes .devdata/boxes.csv --box-weight 0.5"
+        "--image-size 256 --width 32")
 elif [ "$PLAN" = scratch ]; then  # from scratch at 256 and 320 px: 14-22 epochs fit in 6 minutes (2026-12-04)
   common=(--data-spec /tmp/spec.json --split given --seed 0 --augment acquisition --width 32 --epochs 60
           --max-minutes "$MINUTES" --threads 1 --loader-workers "$LOADER_WORKERS" --no-progress --batch-size 64 ${EXTRA:-})

@@ -30,11 +30,11 @@ from fracture.ml.preprocess import (
     views_of,
 )
 
-# FracNet's block whose output Grad-CAM weighs: the last one (4x4 at 128 px). Its map adds up to the served logit, so
-# a confident negative has (almost) no positive evidence to show; the map of the block before it (8x8), though it
-# deleted the evidence a little faster in bench/heatmaps.py, does not add up to anything (correlation of its mean
-# with the logit 0.15 over the release model's val and test images) and lit up confident negatives about as
-# brightly as positives.
+# FracNet's block whose output Grad-CAM weighs: the last one (4x4 at 128 px; 8x8 at output stride 16). Its map adds
+# up to the served logit, so a confident negative has (almost) no positive evidence to show; the map of the block
+# before it (8x8), though it deleted the evidence a little faster in bench/heatmaps.py, does not add up to anything
+# (correlation of its mean with the logit 0.15 over the release model's val and test images) and lit up confident
+# negatives about as brightly as positives.
 FRACNET_BLOCK = -1
 # Full colour: positive evidence of this many logits per unit of image area (a 1/16 of the image at this density adds
 # 25/16 = 1.6 to the log-odds of fracture). Measured on the release model's maps of the 834 distinct val and test
