@@ -27,10 +27,12 @@ SEED_VERSION = "release-1"
 # two-site-3: two-site-2 fine-tuned with the grey levels equalised at decode time and the acquisition changes drawn
 # before it (fracture/release/two-site-eqf/).
 # two-site-4: two-site-3 at output stride 16 (an 8x8 heatmap), taught by the second site's fracture boxes where to
-# look (fracture/release/two-site-os16/).
+# look (fracture/release/two-site-os16/). two-site-5: two-site-3 at output stride 16 without the boxes, the best
+# classifier of both sources so far (fracture/release/two-site-os16-plain/).
 SHIPPED_CANDIDATES = (("two-site", "two-site-1"), ("robust", "robust-1"), ("robust-boxes", "robust-2"),
                       ("two-views", "two-views-1"), ("robust-framing", "robust-3"), ("two-site-trim", "two-site-2"),
-                      ("two-site-eqf", "two-site-3"), ("two-site-os16", "two-site-4"))
+                      ("two-site-eqf", "two-site-3"), ("two-site-os16", "two-site-4"),
+                      ("two-site-os16-plain", "two-site-5"))
 
 
 def active_version(session: Session) -> ModelVersion | None:

@@ -25,7 +25,8 @@ def _versions(database_url: str) -> dict[str, tuple[str, dict[str, str], str | N
 
 def test_a_fresh_install_registers_the_shipped_candidates_beside_the_active_release(tmp_path: Path) -> None:
     assert [name for _, name in SHIPPED_CANDIDATES] == ["two-site-1", "robust-1", "robust-2", "two-views-1",
-                                                          "robust-3", "two-site-2", "two-site-3", "two-site-4"]
+                                                          "robust-3", "two-site-2", "two-site-3", "two-site-4",
+                                                          "two-site-5"]
     for folder, _ in SHIPPED_CANDIDATES:
         shipped = RELEASE / folder / "model.pt"
         assert shipped.is_file() and shipped.stat().st_size <= 25 * 2**20
@@ -64,10 +65,15 @@ def test_a_fresh_install_registers_the_shipped_candidates_beside_the_active_rele
     assert two_site_4["model_args"]["output_stride"] == 16 and two_site_4["box_weight"] == 1.0
     assert two_site_4["preprocess"] == two_site_3["preprocess"]
     assert two_site_4["metrics"]["test"]["n"] == two_site_3["metrics"]["test"]["n"]
+    # two-site-5: the same at stride 16 without the boxes.
+    two_site_5 = read_payload(RELEASE / "two-site-os16-plain" / "model.pt")
+    assert two_site_5["model_args"]["output_stride"] == 16 and two_site_5["box_weight"] is None
+    assert two_site_5["metrics"]["test"]["n"] == two_site_3["metrics"]["test"]["n"]
     with session_scope(settings.database_url) as session:
         ensure_seed_model(session, settings)  # once only: nothing new on the next start
     assert sorted(_versions(settings.database_url)) == ["release-1", "robust-1", "robust-2", "robust-3", "two-site-1",
-                                                        "two-site-2", "two-site-3", "two-site-4", "two-views-1"]
+                                                        "two-site-2", "two-site-3", "two-site-4", "two-site-5",
+                                                        "two-views-1"]
     dispose_engines()
 
 
