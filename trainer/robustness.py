@@ -15,6 +15,7 @@ Plain functions that bench/robustness.py, the trainer's model card and evaluatio
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -96,11 +97,18 @@ def map_cells(predictor: Predictor) -> int | None:
     return predictor.spec.image_size // predictor.ckpt.args.output_stride
 
 
+@functools.lru_cache(maxsize=4)
+def _upsampled_cells(cells: int, size: int) -> torch.Tensor:
+    """One map per cell of a cells x cells grid, that cell alone lit, upsampled to size x size as the heatmap is
+    (the same for every image of an audit: made once)."""
+    one_hot = torch.eye(cells * cells).view(-1, 1, cells, cells)
+    return F.interpolate(one_hot, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+
 def peak_positions(cells: int, size: int, frame: torch.Tensor | None = None) -> np.ndarray:
     """The flat positions (in a size x size map) where the maximum of a cells x cells map, upsampled as the served
     heatmap is (and shrunk into the image's `frame` when the spec trims it), can fall: one per cell."""
-    one_hot = torch.eye(cells * cells).view(-1, 1, cells, cells)
-    up = F.interpolate(one_hot, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    up = _upsampled_cells(cells, size)
     if frame is not None:
         up = uncrop_boxes(up, frame.view(1, 4).repeat(len(up), 1))
     return up.flatten(1).argmax(1).numpy()
