@@ -29,18 +29,22 @@ AUGMENTATIONS = ("light", "strong", "acquisition")
 # loss teaches, is the input's side over this ("16": 8x8 at 128 px, 13% more serving time than "32", 4x4, measured
 # on 2 CPU cores). Words, as a form sends them; the trainer takes the number.
 OUTPUT_STRIDES = ("32", "16")
+# The weight of the fracture boxes' loss (trainer.box_supervision), the values measured on the two sources
+# (fracture/release/robustness.md): "0" trains without boxes; any other needs a boxes.csv in a dataset's folder.
+BOX_WEIGHTS = ("0", "0.2", "0.5", "1")
 
 # Recipe fields a schedule or a run may set: (smallest, largest) or the allowed words (checked in
 # fracture.schedule_params; here so that the command line builds its options without importing the database).
 INT_FIELDS: dict[str, tuple[int, int]] = {"epochs": (1, 1000), "width": (4, 256), "image_size": (32, 1024),
                                           "seed": (0, 2**31 - 1)}
 WORD_FIELDS: dict[str, tuple[str, ...]] = {"views": VIEWS, "augment": AUGMENTATIONS, "intensity": INTENSITIES,
-                                           "framing": FRAMINGS, "output_stride": OUTPUT_STRIDES}
+                                           "framing": FRAMINGS, "output_stride": OUTPUT_STRIDES,
+                                           "box_weight": BOX_WEIGHTS}
 RECIPE_FIELDS = (*INT_FIELDS, *WORD_FIELDS)
 
 RECIPE: dict[str, Any] = {"epochs": 80, "width": 24, "image_size": 128, "views": "dihedral", "seed": 0,
                           "augment": "light", "intensity": "none", "framing": "none",
-                          "output_stride": "32"}
+                          "output_stride": "32", "box_weight": "0"}
 
 
 def recipe_of(params: dict[str, Any]) -> dict[str, Any]:

@@ -33,8 +33,8 @@ def check_recipe(data: dict[str, Any]) -> dict[str, Any]:
         value = data.get(name)
         if value is None or value == "":
             continue
-        if isinstance(value, int) and not isinstance(value, bool):  # a number field sent as JSON's number
-            value = str(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):  # a number field sent as JSON's number
+            value = f"{value:g}"
         if value not in words:
             raise RecipeError(f"{name} must be one of {', '.join(words)}, not {value!r}")
         recipe[name] = value

@@ -4,13 +4,15 @@ stride warm-starts the other."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from installation import REPO_ROOT, materialize, small_training
+from installation import REPO_ROOT, VENV_BIN, materialize, small_training
 from PIL import Image
 
 from fracture.ml.checkpoint import load_checkpoint
@@ -83,3 +85,31 @@ def test_a_training_at_stride_16_warm_started_from_a_stride_32_checkpoint(site_r
     assert ckpt.args.output_stride == 16
     _, cam = ckpt.model.forward_cam(torch.zeros(1, 1, 64, 64))
     assert cam.shape == (1, 4, 4)  # 64 px over 16
+
+
+def test_select_auc_pointing_keeps_the_epoch_best_on_val_auc_and_pointing_together(site_root: Path,
+                                                                                    tmp_path: Path) -> None:
+    """With --boxes, each epoch measures the pointing game on val's boxed fractured images (history val_pointing);
+    --select auc-pointing keeps the epoch whose mean of val ROC-AUC and that pointing game is highest; without boxes
+    the option is refused."""
+    data = materialize(site_root, tmp_path / "site", per_class=30)
+    out = tmp_path / "run"
+    proc = small_training(data, out, "--no-robustness", "--epochs", "3", "--output-stride", "16",
+                          "--boxes", str(site_root / "boxes.csv"), "--select", "auc-pointing")
+    found = re.search(r"(\d+) of val's measure the pointing game each epoch", proc.stderr)
+    assert found and int(found[1]) > 0, proc.stderr[-2000:]
+    ckpt = load_checkpoint(out / "model.pt")
+    history = ckpt.meta["history"]
+    pointing = history["val_pointing"]
+    assert len(pointing) == 3 and all(0 <= p <= 1 for p in pointing)
+    assert all(round(p * int(found[1])) == pytest.approx(p * int(found[1]), abs=1e-6) for p in pointing)
+    # The highest mean of val ROC-AUC and pointing game; of equal ones, the lowest val loss.
+    ranked = [((auc + p) / 2, -loss) for auc, p, loss in zip(history["val_auc"], pointing, history["val_loss"],
+                                                               strict=True)]
+    assert ckpt.meta["metrics"]["selected_epoch"] == ranked.index(max(ranked)) + 1
+    assert "pointing game on val's boxed fractured images" in ckpt.meta["metrics"]["selected_on"]
+    assert (out / "plots").is_dir()
+    refused = subprocess.run([str(VENV_BIN / "fracture"), "train", "--data", str(data), "--out", str(tmp_path / "no"),
+                              "--no-progress", "--dry-run", "--select", "auc-pointing"],
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "--select auc-pointing needs --boxes" in refused.stderr

@@ -7,7 +7,9 @@ Datasets are small real samples validated in process (trainer.dataset_validation
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from web_client import make_client, ready_dataset
 from fracture import trainings
 from fracture.config import Settings, get_settings
 from fracture.db import dispose_engines, session_scope
+from fracture.ml.checkpoint import load_checkpoint
 from fracture.models import ModelVersion, TrainingRun
 from fracture.schedule_times import Spec
 from trainer.dataset_scan import md5_file
@@ -209,6 +212,58 @@ def test_images_of_a_ready_evaluation_dataset_are_left_out_of_training(
         assert f"locked evaluation dataset holds them: {summary['locked_out']['total']} distinct images" in card
     finally:
         shutil.rmtree(held)
+
+
+def test_a_box_weight_trains_on_the_fracture_boxes_in_its_datasets_folder(
+    env: dict[str, str], cfg: Settings, roots: Path, site_root: Path, tmp_path: Path,
+) -> None:
+    """A training with a box weight gathers the boxes.csv at its datasets' roots (file names resolved and hashed),
+    and teaches the map with those of its training images; without boxes, or with a row that is not a box, the run
+    fails before training with one sentence that says which."""
+    boxed = roots / f"boxed-{tmp_path.name}"
+    shutil.copytree(roots / "site", boxed)
+    fractured = {f.name: f for f in (boxed / "train" / "fractured").iterdir()}
+    with open(site_root / "boxes.csv", newline="") as f:  # the site's own boxes of these images, by file name
+        rows = [r for r in csv.DictReader(f) if r["filename"] in fractured and r["class"] != "humerus"]
+    assert rows
+    fields = ["filename", "x0", "y0", "x1", "y1"]
+    with open(boxed / "boxes.csv", "w", newline="") as f:
+        csv.writer(f).writerows([fields, *([r[k] for k in fields] for r in rows)])
+    try:
+        client = make_client(cfg)
+        boxed_id = ready_dataset(client, cfg, boxed, "boxed")
+        plain_id = ready_dataset(client, cfg, roots / "site", "site")
+        resp = client.post("/api/trainings", json={"dataset_ids": [boxed_id], "dry_run": True, "box_weight": 0.5,
+                                                    **TINY})
+        assert resp.status_code == 201, resp.get_json()
+        run_id = resp.get_json()["id"]
+        assert client.get(f"/api/trainings/{run_id}").get_json()["recipe"]["box_weight"] == "0.5"
+        assert run_training(cfg, run_id) is not None
+        folder = cfg.storage_dir / "runs" / str(run_id)
+        summary = json.loads((folder / "model_card.json").read_text())
+        tested = {md5_file(Path(p)) for p, _ in summary["splits"]["test"]}
+        with_boxes = {md5_file(fractured[r["filename"]]) for r in rows} - tested  # in train or val
+        log = client.get(client.get(f"/api/trainings/{run_id}").get_json()["log_url"]).text
+        found = re.search(r"box supervision: (\d+) fractured training images with boxes, weight 0.5", log)
+        assert found and 0 < int(found[1]) <= len(with_boxes), log
+        ckpt = load_checkpoint(folder / "model.pt")
+        assert ckpt.meta["box_weight"] == 0.5 and ckpt.meta["boxes"] == str(folder / "boxes.csv")
+
+        for ids, weight, reason in (
+                ([plain_id], 1, "a box weight needs fracture boxes, and none of the datasets ('site') has a "
+                                "boxes.csv at the root of its folder"),
+                ([boxed_id], "0.2", "boxes.csv, line 2: a box is 0 <= x0 < x1 <= 1")):
+            if weight == "0.2":
+                (boxed / "boxes.csv").write_text("filename,x0,y0,x1,y1\n" + f"{rows[0]['filename']},0.5,0.1,0.4,0.2\n")
+            run_id = client.post("/api/trainings", json={"dataset_ids": ids, "dry_run": True, "box_weight": weight,
+                                                         **TINY}).get_json()["id"]
+            assert run_training(cfg, run_id) is None
+            run = client.get(f"/api/trainings/{run_id}").get_json()
+            assert run["status"] == "failed" and reason in run["error"], run["error"]
+        bad = client.post("/api/trainings", json={"dataset_ids": [boxed_id], "box_weight": 3, **TINY})
+        assert bad.status_code == 400 and "box_weight must be one of 0, 0.2, 0.5, 1, not '3'" in bad.get_json()["error"]
+    finally:
+        shutil.rmtree(boxed)
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """Fracture boxes teach the network where to look: read them, mask the boxed training images, weigh their loss.
 
 `--boxes FILE` (a CSV of md5,x0,y0,x1,y1 relative to the image) names the boxes; the loss is -log of the share of
-the last layer's class-activation map that falls on the cells a box covers, weighted by `--box-weight`.
+the last layer's class-activation map that falls on the cells a box covers, weighted by `--box-weight`. A training in
+the product with a box weight gathers the boxes of its datasets' folders (collect_boxes: each one's boxes.csv).
 """
 
 from __future__ import annotations
@@ -14,28 +15,98 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from fracture.ml.preprocess import PreprocessSpec, content_boxes, crop_boxes, normalize
+from trainer.dataset_scan import md5_file
 from trainer.robustness import box_mask
 
 if TYPE_CHECKING:
     from trainer.prepared_data import Prepared
 
 
-def read_boxes(path: str | Path) -> dict[str, list[tuple[float, float, float, float]]]:
-    """Fracture boxes by MD5 from a CSV with columns md5, x0, y0, x1, y1 (relative coordinates)."""
-    boxes: dict[str, list[tuple[float, float, float, float]]] = {}
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            boxes.setdefault(r["md5"], []).append((float(r["x0"]), float(r["y0"]), float(r["x1"]), float(r["y1"])))
+class BoxesError(ValueError):
+    """A boxes file cannot be read: the message names the file, the line and what is wrong."""
+
+
+Box = tuple[float, float, float, float]
+# What a dataset's own fracture boxes are called: a CSV at the root of its folder (see read_boxes).
+DATASET_BOXES = "boxes.csv"
+
+
+def read_boxes(path: str | Path, root: Path | None = None) -> dict[str, list[Box]]:
+    """Fracture boxes by MD5 from a CSV with columns x0, y0, x1, y1 (fractions of the image's width and height,
+    origin top left) and md5, or, given the folder `root` the images are under, a `filename` (a path under it or a
+    file name found in it) whose bytes are hashed; BoxesError for a row that is not a box."""
+    boxes: dict[str, list[Box]] = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = set(reader.fieldnames or ())
+        if not {"x0", "y0", "x1", "y1"} <= columns or not ("md5" in columns or (root and "filename" in columns)):
+            raise BoxesError(f"{path}: the columns must be x0, y0, x1, y1 and md5"
+                             f"{' or filename' if root else ''}, not {', '.join(sorted(columns)) or 'none'}")
+        found = _files_by_name(root) if root is not None and "filename" in columns else {}
+        for line, r in enumerate(reader, start=2):
+            box = _box(path, line, r)
+            md5 = (r.get("md5") or "").strip().lower() or _md5_of(path, line, r.get("filename") or "", root, found)
+            boxes.setdefault(md5, []).append(box)
     return boxes
 
 
+def _box(path: str | Path, line: int, r: dict[str, str]) -> Box:
+    try:
+        x0, y0, x1, y1 = (float(r[k]) for k in ("x0", "y0", "x1", "y1"))
+    except (TypeError, ValueError):
+        raise BoxesError(f"{path}, line {line}: x0, y0, x1, y1 must be numbers") from None
+    if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+        raise BoxesError(f"{path}, line {line}: a box is 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 (fractions of "
+                         f"the image's width and height), not {x0:g}, {y0:g}, {x1:g}, {y1:g}")
+    return x0, y0, x1, y1
+
+
+def _files_by_name(root: Path) -> dict[str, list[Path]]:
+    found: dict[str, list[Path]] = {}
+    for f in root.rglob("*"):
+        if f.is_file():
+            found.setdefault(f.name, []).append(f)
+    return found
+
+
+def _md5_of(path: str | Path, line: int, name: str, root: Path | None, found: dict[str, list[Path]]) -> str:
+    if root is None or not name:
+        raise BoxesError(f"{path}, line {line}: no md5{' and no filename' if root is not None else ''}")
+    candidate = (root / name).resolve()
+    if candidate.is_file() and candidate.is_relative_to(root.resolve()):
+        return md5_file(candidate)
+    files = found.get(Path(name).name, [])
+    if len(files) != 1:
+        raise BoxesError(f"{path}, line {line}: {'no' if not files else 'more than one'} image named {name!r} "
+                         f"under {root}")
+    return md5_file(files[0])
+
+
+def collect_boxes(roots: list[Path], dest: Path) -> int:
+    """Gather the fracture boxes of datasets' folders (each one's DATASET_BOXES, if it has one) into one CSV of
+    md5, x0, y0, x1, y1 at `dest`, as --boxes reads it; returns how many boxes (0: none of them has any)."""
+    rows = []
+    for root in roots:
+        if (root / DATASET_BOXES).is_file():
+            for md5, bxs in read_boxes(root / DATASET_BOXES, root).items():
+                rows += [(md5, *b) for b in bxs]
+    with open(dest, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["md5", "x0", "y0", "x1", "y1"])
+        writer.writerows(rows)
+    return len(rows)
+
+
 def box_masks_of(path: str | Path, data: Prepared, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The box masks of the positive training images that have boxes: (row -> mask index or -1, masks)."""
+    """The box masks of the positive training and validation images that have boxes: (row -> mask index or -1,
+    masks). Training teaches the train rows' (the batches hold no other); val's measure the epoch's pointing game."""
     boxes = read_boxes(path)
     index = torch.full((len(data.row_md5),), -1, dtype=torch.int64)
     masks: list[torch.Tensor] = []
-    for r in data.split_index["train"].tolist():
+    for r in np.concatenate([data.split_index["train"], data.split_index["val"]]).tolist():
         found = boxes.get(data.row_md5[r])
         if found and data.labels[r] == 1.0:
             index[r] = len(masks)
@@ -57,3 +128,33 @@ def box_loss(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         return cam.sum() * 0.0
     share = (torch.softmax(cam.flatten(1)[keep].float(), 1) * cells[keep]).sum(1)
     return -torch.log(share.clamp_min(1e-6)).mean()
+
+
+def boxed_rows(data: Prepared, split: str) -> np.ndarray:
+    """The rows of a split's fractured images that have fracture boxes (none without --boxes)."""
+    rows = data.split_index[split]
+    if data.box_index is None:
+        return rows[:0]
+    return rows[data.box_index[rows].numpy() >= 0]
+
+
+@torch.no_grad()
+def pointing_game(model: nn.Module, data: Prepared, rows: np.ndarray, spec: PreprocessSpec, device: torch.device,
+                  chunk: int = 64) -> float:
+    """The share of `rows` (boxed fractured images) whose class-activation map, one view, upsampled to the input
+    as the served heatmap is, peaks inside a box: the epoch's pointing game on val (the served Grad-CAM of FracNet's
+    last block is this map's positive part, so it peaks where this one does whenever it peaks above zero)."""
+    model.eval()
+    hits = 0
+    for start in range(0, len(rows), chunk):
+        batch = torch.from_numpy(rows[start:start + chunk])
+        images = data.images[batch]
+        masks = data.box_masks[data.box_index[batch]]  # type: ignore[index]  # boxed rows have masks
+        frames = content_boxes(images) if spec.framing == "trim" else None
+        if frames is not None:
+            masks = crop_boxes(masks, frames)
+        _, cam = model.forward_cam(normalize(images.to(device), spec, frames))  # type: ignore[operator]  # FracNet
+        up = F.interpolate(cam.float()[:, None], size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        peaks = up.flatten(1).argmax(1).cpu()
+        hits += int((masks.flatten(1)[torch.arange(len(batch)), peaks] > 127).sum())
+    return hits / len(rows) if len(rows) else float("nan")

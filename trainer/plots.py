@@ -24,6 +24,9 @@ def curves(path: Path, history: dict[str, list[float]]) -> None:
     b.plot(epochs, history["train_acc"], label="train")
     b.plot(epochs, history["val_acc"], label="val")
     b.set(title="Accuracy (threshold 0.5)", xlabel="epoch", ylabel="accuracy")
+    if history.get("val_pointing"):  # a run with fracture boxes: where its map points, on val's boxed images
+        b.plot(epochs, history["val_pointing"], label="val pointing game")
+        b.set(title="Accuracy (threshold 0.5); pointing game", ylabel="share")
     for ax in (a, b):
         ax.legend()
         ax.grid(alpha=0.3)

@@ -20,6 +20,7 @@ from fracture.db import session_scope
 from fracture.models import Dataset, DatasetRole, DatasetStatus
 from fracture.schedule_params import RecipeError, check_dataset_ids
 from fracture.storage import Storage
+from trainer.box_supervision import DATASET_BOXES, collect_boxes
 from trainer.training_sources import TrainingDataError
 
 KEEP = {"train.log"}  # what a cancelled run's folder keeps
@@ -39,12 +40,14 @@ def data_argv(settings: Settings, params: dict[str, Any], out: Path) -> list[str
                      "additions": dataset_additions.spec_of(s, storage, d.id)} for d in rows]
             (out / "data-spec.json").write_text(json.dumps(spec, indent=1))
             argv = ["--data-spec", str(out / "data-spec.json")]
+            roots = [(d.name, Path(d.root)) for d in rows]
         else:
             data = params.get("data") or (str(settings.dataset_dir) if settings.dataset_dir else None)
             if not data:
                 raise TrainingDataError("no dataset was named: choose one or more training datasets (or set "
                                         "FRACTURE_DATASET)")
             argv = ["--data", str(data)]
+            roots = [(Path(data).name, Path(data))]
         locked = [{"name": d.name, "hashes": str(storage.path(datasets.hashes_key(d.id)))}
                   for d in s.scalars(select(Dataset).where(Dataset.role == DatasetRole.EVALUATION,
                                                            Dataset.status == DatasetStatus.READY).order_by(Dataset.id))
@@ -52,7 +55,19 @@ def data_argv(settings: Settings, params: dict[str, Any], out: Path) -> list[str
     if locked:
         (out / "locked.json").write_text(json.dumps(locked, indent=1))
         argv += ["--locked", str(out / "locked.json")]
+    if float(params.get("box_weight") or 0) > 0:
+        argv += boxes_argv(roots, out)
     return argv
+
+
+def boxes_argv(roots: list[tuple[str, Path]], out: Path) -> list[str]:
+    """The trainer's --boxes for a run with a box weight: its datasets' fracture boxes gathered into one file;
+    TrainingDataError when none of them has any (a box weight without boxes would train as if it had none)."""
+    if not collect_boxes([root for _, root in roots], out / "boxes.csv"):
+        names = ", ".join(repr(name) for name, _ in roots)
+        raise TrainingDataError(f"a box weight needs fracture boxes, and none of the datasets ({names}) has a "
+                                f"{DATASET_BOXES} at the root of its folder (md5 or filename, x0, y0, x1, y1)")
+    return ["--boxes", str(out / "boxes.csv")]
 
 
 class RunLog:

@@ -36,7 +36,7 @@ from fracture.recipe import AUGMENTATIONS, FRAMINGS, INTENSITIES, RECIPE
 from trainer import card
 from trainer.augmentation import AcquisitionChange, TrainAugment
 from trainer.augmented_batches import augmented_batches
-from trainer.box_supervision import box_loss, box_weight_of
+from trainer.box_supervision import box_loss, box_weight_of, boxed_rows, pointing_game
 from trainer.decoded_images import batches
 from trainer.metrics import binary_metrics
 from trainer.prepared_data import Prepared, prepare_data, split_sizes
@@ -61,6 +61,8 @@ from trainer.training_state import (
 
 SELECTION_SEED = 1  # the acquisition-changed copy of val an acquisition run is also selected on
 EpochCallback = Callable[[int, int, dict[str, list[float]]], None]
+# How the kept epoch is chosen (--select; see selected_on).
+SELECTIONS = ("best", "last", "auc-pointing")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -106,13 +108,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="trim: crop uniform black or white bands at the edges before the network (saved in the "
                         "checkpoint and applied when serving)")
     p.add_argument("--weights", default=None, help="pretrained weights (file or torchvision name)")
-    p.add_argument("--select", default="best", choices=("best", "last"),
-                   help="the epoch kept: the best on val (see the card's 'selected on'), or the last (a fine-tune "
-                        "whose first epochs are still the initial model's)")
+    p.add_argument("--select", default="best", choices=SELECTIONS,
+                   help="the epoch kept: the best on val (see the card's 'selected on'), the last (a fine-tune "
+                        "whose first epochs are still the initial model's), or, with --boxes, the best on the mean "
+                        "of that val score and the pointing game on val's boxed fractured images (auc-pointing: "
+                        "an epoch that classifies well and points at fractures)")
     p.add_argument("--init", default=None,
-                   help="start from the weights of this checkpoint (same architecture and input size): a longer "
-                        "or fine-tuned training of a model; give it the data and split it was trained on, or the "
-                        "val and test figures are not held out")
+                   help="start from the weights of this checkpoint (same architecture and channels; any input size "
+                        "or output stride): a longer or fine-tuned training of a model; give it the data and split "
+                        "it was trained on, or the val and test figures are not held out")
     p.add_argument("--boxes", default=None,
                    help="CSV of fracture boxes (md5,x0,y0,x1,y1, relative to the image; more rows for more boxes): "
                         "the fractured training images among them also teach the network where to look")
@@ -180,13 +184,13 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
 
 
 def warm_start(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, init: str | Path) -> None:
-    """Load a checkpoint's weights into `model`; ValueError when its architecture or input size differ (its
-    intensity normalisation and its output stride may: the weights are the same shapes, and the training adapts them
-    to this run's)."""
+    """Load a checkpoint's weights into `model`; ValueError when its architecture or input channels differ (its
+    input size, intensity normalisation and output stride may: the networks are fully convolutional with a global
+    pooling, the weights are the same shapes, and the training adapts them to this run's)."""
     payload = read_payload(init)
     theirs = replace(ModelArgs.from_dict(payload["model_args"]), output_stride=margs.output_stride)
     their_spec = PreprocessSpec.from_dict(payload["preprocess"])
-    if theirs != margs or (their_spec.image_size, their_spec.channels) != (spec.image_size, spec.channels):
+    if theirs != margs or their_spec.channels != spec.channels:
         raise ValueError(f"--init {init}: its network {theirs} and input {their_spec} are not this run's "
                          f"({margs}, {spec})")
     model.load_state_dict(payload["state_dict"])
@@ -237,6 +241,8 @@ def load_data(args: argparse.Namespace, spec: PreprocessSpec, cache_dir: Path, o
 def build_network(args: argparse.Namespace, margs: ModelArgs, spec: PreprocessSpec, device: torch.device,
                   say: LogCallback) -> nn.Module:
     """Build the network, load --weights or --init into it, and move it to the device."""
+    if getattr(args, "select", "best") == "auc-pointing" and not box_weight_of(args):
+        raise ValueError("--select auc-pointing needs --boxes (and a box weight): val's boxes measure the pointing")
     if getattr(args, "boxes", None) and args.arch != "fracnet":
         raise ValueError("--boxes needs the fracnet architecture (its class-activation map is what the boxes teach)")
     model = build_model(margs)
@@ -256,8 +262,8 @@ def train_epochs(args: argparse.Namespace, state: TrainingState, data: Prepared,
     augment = TrainAugment(args.image_size, args.augment, spec)
     box_weight = box_weight_of(args)
     if box_weight:
-        n_boxed = int((data.box_index >= 0).sum()) if data.box_index is not None else 0
-        say(f"box supervision: {n_boxed} fractured training images with boxes, weight {box_weight}")
+        say(f"box supervision: {len(boxed_rows(data, 'train'))} fractured training images with boxes, weight "
+            f"{box_weight}; {len(boxed_rows(data, 'val'))} of val's measure the pointing game each epoch")
     # An acquisition run's changed copy of val, made once, when the first epoch selects on it.
     changed_val = functools.cache(lambda: changed_copy(data, "val", AcquisitionChange(SELECTION_SEED, spec)))
     t_train, first_epoch = time.time(), state.epoch
@@ -292,6 +298,13 @@ def select_on_val(args: argparse.Namespace, state: TrainingState, data: Prepared
         state.history.setdefault("val_auc_changed", []).append(auc_c)
         score = (auc + auc_c) / 2
         changed = f" val_auc_changed {auc_c:.4f}"
+    boxed = boxed_rows(data, "val") if box_weight_of(args) else None
+    if boxed is not None and len(boxed):
+        pointing = pointing_game(state.served, data, boxed, spec, device)
+        state.history.setdefault("val_pointing", []).append(pointing)
+        changed += f" val_pointing {pointing:.3f}"
+        if getattr(args, "select", "best") == "auc-pointing":
+            score = (score + pointing) / 2
     if score > state.best["auc"] or (score == state.best["auc"] and va_loss < state.best["loss"]):
         state.best = {"auc": score, "loss": va_loss, "epoch": state.epoch + 1, "state": weights_of(state.served)}
     return (f"train_loss {train[0]:.4f} train_acc {train[1]:.4f} val_loss {va_loss:.4f} "
@@ -327,15 +340,25 @@ def keep_selected_epoch(args: argparse.Namespace, state: TrainingState) -> None:
     state.model.load_state_dict(state.best["state"])
 
 
+def selected_on(args: argparse.Namespace) -> str:
+    """How the kept epoch was chosen, in words (the card's 'selected on')."""
+    select = getattr(args, "select", "best")
+    if select == "last":
+        return "the last epoch (--select last)"
+    auc = ("val ROC-AUC, one view: the mean of val as it is and of an acquisition-changed copy"
+           if args.augment == "acquisition" else "val ROC-AUC, one view")
+    if select == "auc-pointing":
+        return f"the mean of {auc} and the pointing game on val's boxed fractured images (--select auc-pointing)"
+    return auc
+
+
 def evaluate_selected(args: argparse.Namespace, state: TrainingState, data: Prepared, spec: PreprocessSpec,
                       device: torch.device, say: LogCallback) -> FinalEvaluation:
     """Evaluate the kept network as served on every split, and record in its metrics how it was selected."""
     curves, threshold, metrics, detector = final_evaluation(state.model, data, spec, device, args.min_sensitivity,
                                                             args.min_specificity, args.augment == "acquisition")
     metrics["selected_epoch"] = state.best["epoch"]
-    metrics["selected_on"] = ("the last epoch (--select last)" if getattr(args, "select", "best") == "last" else
-                              "val ROC-AUC, one view: the mean of val as it is and of an acquisition-changed copy"
-                              if args.augment == "acquisition" else "val ROC-AUC, one view")
+    metrics["selected_on"] = selected_on(args)
     metrics["split_policy"] = args.split
     metrics["served_views"] = spec.views  # what the val ROC-AUC above measures (fracture.val_auc)
     if "val" in metrics:
