@@ -113,3 +113,22 @@ def test_select_auc_pointing_keeps_the_epoch_best_on_val_auc_and_pointing_togeth
                               "--no-progress", "--dry-run", "--select", "auc-pointing"],
                              capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0 and "--select auc-pointing needs --boxes" in refused.stderr
+
+
+def test_runs_of_any_input_size_split_the_same_data_and_seed_alike(site_root: Path, tmp_path: Path) -> None:
+    """The grouped split (and the duplicate audit it comes from) hashes every run's images at one size, so a run at
+    another input size, warm-started from a checkpoint of the same data and seed, is validated and tested on the
+    same images and never on one the checkpoint trained on."""
+    from trainer.prepared_data import prepare_data
+    from trainer.train import get_args_parser, network_input
+
+    data = materialize(site_root, tmp_path / "site", per_class=40)
+    splits = []
+    for size in (64, 128, 192):
+        args = get_args_parser().parse_args(["--data", str(data), "--image-size", str(size), "--out", str(tmp_path)])
+        spec, _ = network_input(args)
+        prepared = prepare_data(args, spec, tmp_path / "cache")
+        assert prepared.images.shape[-1] == size
+        splits.append({name: sorted(prepared.row_md5[r] for r in rows) for name, rows in prepared.split_index.items()})
+    assert splits[0] == splits[1] == splits[2]
+    assert all(splits[0][name] for name in ("train", "val", "test"))
