@@ -7,9 +7,11 @@ refused before anything is written, and a refused zip leaves nothing in storage.
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -19,6 +21,9 @@ from fracture.storage import Storage
 
 SPLITS = ("train", "val", "test")
 # The files a dataset is made of (the trainer's scan reads the same suffixes); others (a README) are skipped.
+# A dataset's fracture boxes, beside its class or split folders (trainer.box_supervision reads them).
+BOXES_FILE = "boxes.csv"
+MAX_BOXES_BYTES = 16 * 1024 * 1024
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 LAYOUT_HELP = ("put the images in one folder per class (fractured/, not fractured/) or in train/, val/ and test/ "
                "folders that each hold the class folders")
@@ -80,7 +85,7 @@ def _target(folder: Path, rel: str) -> Path:
     return dest
 
 
-def _write(dest: Path, src: Prefixed, chunk: int = 1 << 20) -> None:
+def _write(dest: Path, src: Prefixed | IO[bytes], chunk: int = 1 << 20) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
     try:
@@ -116,10 +121,32 @@ def unpack_dataset_zip(storage: Storage, settings: Settings, stream: IO[bytes]) 
         try:
             for member in images:
                 _extract(reader, archive, member, _target(folder, member.path[len(drop):]))
+            boxes = [m for m in members if m.path == drop + BOXES_FILE]
+            if boxes:
+                _extract_boxes(archive, boxes[0], folder / BOXES_FILE)
         except BaseException:
             storage.delete_prefix(prefix)
             raise
     return folder, layout, len(images)
+
+
+def _extract_boxes(archive: zipfile.ZipFile, member: Member, dest: Path) -> None:
+    """Keep the dataset's fracture boxes (a CSV beside its class or split folders, at most MAX_BOXES_BYTES of
+    UTF-8 text): the trainings with a box weight read it (trainer.box_supervision checks each row then)."""
+    if member.refusal is not None:
+        raise DatasetZipRefused(f"{member.path}: {member.refusal}")
+    try:
+        with archive.open(member.info) as src:
+            data = src.read(MAX_BOXES_BYTES + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise DatasetZipRefused(f"{member.path}: the file is damaged ({exc})") from exc
+    if len(data) > MAX_BOXES_BYTES:
+        raise DatasetZipRefused(f"{member.path}: fracture boxes take at most {MAX_BOXES_BYTES} bytes", 413)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DatasetZipRefused(f"{member.path}: fracture boxes are a CSV in UTF-8 text") from None
+    _write(dest, io.BytesIO(data))
 
 
 def _extract(reader: ZipReader, archive: zipfile.ZipFile, member: Member, dest: Path) -> None:

@@ -44,7 +44,7 @@ if [ "$PLAN" = framing ]; then  # two-site-3's preprocessing (frame trimmed, gre
           --batch-size 64 ${EXTRA:-})
   names=(fr128w24 fr128w48 fr256box fr256)
   opts=("--image-size 128 --width 24" "--image-size 128 --width 48"
-        "--image-size 256 --width 32 --output-stride 16 --boxes .devdata/boxes.csv --box-weight 0.5"
+        "--image-size 256 --width 32 --output-stride 16 --boxes .devdata/boxes.csv --box-weight 0.5 --select auc-pointing"
         "--image-size 256 --width 32")
 elif [ "$PLAN" = scratch ]; then  # from scratch at 256 and 320 px: 14-22 epochs fit in 6 minutes (2026-12-04)
   common=(--data-spec /tmp/spec.json --split given --seed 0 --augment acquisition --width 32 --epochs 60

@@ -183,6 +183,23 @@ def test_a_zip_upload_is_unpacked_into_storage_and_validated(admin: FlaskClient,
     assert ready["layout"] == "splits" and ready["counts"] == expected_counts(roots / "multi")
 
 
+def test_a_zips_fracture_boxes_are_kept_beside_its_images_and_bad_ones_refused(
+    admin: FlaskClient, cfg: Settings, jpeg: bytes,
+) -> None:
+    """A boxes.csv beside the class folders (under the zip's top folder too) is kept at the dataset's root, where a
+    training with a box weight finds it; other stray files are not; one that is not UTF-8 text refuses the zip."""
+    good = [("site/fractured/a.jpg", jpeg), ("site/not fractured/b.jpg", jpeg)]
+    boxes = b"filename,x0,y0,x1,y1\na.jpg,0.1,0.2,0.3,0.4\n"
+    status, body = upload(admin, make_zip([*good, ("site/boxes.csv", boxes), ("site/notes.txt", b"hello")]))
+    assert status == 201, body
+    root = Path(str(body["root"]))
+    assert (root / "boxes.csv").read_bytes() == boxes and not (root / "notes.txt").exists()
+    status, body = upload(admin, make_zip([*good, ("site/boxes.csv", b"\xff\xfe\x00binary")]), name="other.zip")
+    assert status == 400 and "fracture boxes are a CSV in UTF-8 text" in body["error"], body
+    with session_scope(cfg.database_url) as session:
+        assert session.query(Dataset).count() == 1
+
+
 def test_a_zip_with_a_bad_layout_gets_a_clear_error_and_nothing_is_stored(
     admin: FlaskClient, cfg: Settings, roots: Path, jpeg: bytes,
 ) -> None:
