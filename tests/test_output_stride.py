@@ -95,11 +95,12 @@ def test_select_auc_pointing_keeps_the_epoch_best_on_val_auc_and_pointing_togeth
     data = materialize(site_root, tmp_path / "site", per_class=30)
     out = tmp_path / "run"
     proc = small_training(data, out, "--no-robustness", "--epochs", "3", "--output-stride", "16",
-                          "--boxes", str(site_root / "boxes.csv"), "--select", "auc-pointing")
+                          "--boxes", str(site_root / "boxes.csv"), "--box-loss", "peak", "--select", "auc-pointing")
     found = re.search(r"(\d+) of val's measure the pointing game each epoch", proc.stderr)
     assert found and int(found[1]) > 0, proc.stderr[-2000:]
     ckpt = load_checkpoint(out / "model.pt")
     history = ckpt.meta["history"]
+    assert ckpt.meta["box_loss"] == "peak" and ckpt.meta["box_weight"] == 1.0
     pointing = history["val_pointing"]
     assert len(pointing) == 3 and all(0 <= p <= 1 for p in pointing)
     assert all(round(p * int(found[1])) == pytest.approx(p * int(found[1]), abs=1e-6) for p in pointing)

@@ -4,6 +4,7 @@ figures against scikit-learn, the heatmap audit against the boxes, and a dry-run
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +244,31 @@ def test_box_loss_is_low_when_the_map_points_into_the_box_and_zero_without_boxes
     loss = box_loss(cam, torch.zeros_like(masks))
     loss.backward()
     assert float(loss.detach()) == 0.0 and cam.grad is not None
+
+
+def test_the_peak_box_loss_asks_only_that_the_maps_highest_cell_lie_in_a_box() -> None:
+    """--box-loss peak: about 0 once the highest cell is inside a box by a margin, whatever the rest of the map;
+    log 2 on a flat map; large when the peak is outside; its gradient raises the best cell inside and lowers the
+    peak outside, and touches no other cell (the share loss moves every cell)."""
+    from trainer.box_supervision import box_loss
+
+    masks = torch.zeros((1, 1, 64, 64), dtype=torch.uint8)
+    masks[:, :, 8:24, 40:56] = 255  # cells (1..2, 5..6) of an 8x8 map
+    inside = torch.full((1, 8, 8), -1.0)
+    inside[0, 2, 5] = 10.0
+    inside[0, 4:, :5] = 7.0  # a wide, lower plateau outside the box: half the map's mass, and no matter to "peak"
+    assert float(box_loss(inside, masks, "peak")) < 0.05 < 0.5 < float(box_loss(inside, masks, "share"))
+    assert float(box_loss(torch.zeros(1, 8, 8), masks, "peak")) == pytest.approx(math.log(2))
+    cam = torch.zeros(1, 8, 8)
+    cam[0, 6, 1], cam[0, 1, 6] = 8.0, 2.0
+    cam.requires_grad_(True)
+    loss = box_loss(cam, masks, "peak")
+    assert float(loss.detach()) > 5.9
+    loss.backward()
+    grad = cam.grad[0]  # type: ignore[index]
+    assert grad[6, 1] > 0 > grad[1, 6] and int((grad != 0).sum()) == 2
+    full = torch.full((1, 1, 64, 64), 255, dtype=torch.uint8)  # a box over every cell: nothing to compare
+    assert float(box_loss(cam.detach(), full, "peak")) == 0.0
 
 
 def test_a_training_supervised_by_real_fracture_boxes_under_a_time_budget(

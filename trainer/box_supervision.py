@@ -119,14 +119,28 @@ def box_weight_of(args: argparse.Namespace) -> float:
     return args.box_weight if getattr(args, "boxes", None) else 0.0
 
 
-def box_loss(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """-log of the share of each map (softmax over its cells) on the cells its box mask covers, averaged over the
-    images whose box survived the augmentation; 0 when none did."""
+# What the box loss asks of a boxed image's class-activation map (--box-loss).
+BOX_LOSSES = ("share", "peak")
+
+
+def box_loss(cam: torch.Tensor, masks: torch.Tensor, kind: str = "share") -> torch.Tensor:
+    """The box loss of a batch's maps, averaged over the images whose box survived the augmentation (0 when none
+    did). "share": -log of the share of each map (softmax over its cells) on the cells its box mask covers, which
+    pulls the whole map onto the boxes. "peak": softplus of the highest cell outside the boxes minus the highest
+    inside, which asks only that the map peak in a box (what the pointing game scores) and leaves the rest of the
+    map, whose mean is the logit, to the classification."""
     cells = F.adaptive_max_pool2d((masks > 127).float(), cam.shape[-2:]).flatten(1)
     keep = cells.sum(1) > 0
+    if kind == "peak":  # a box over every cell leaves no peak outside it to compare
+        keep &= cells.sum(1) < cells.shape[1]
     if not bool(keep.any()):
         return cam.sum() * 0.0
-    share = (torch.softmax(cam.flatten(1)[keep].float(), 1) * cells[keep]).sum(1)
+    flat, inside = cam.flatten(1)[keep].float(), cells[keep] > 0
+    if kind == "peak":
+        peak_in = flat.masked_fill(~inside, float("-inf")).amax(1)
+        peak_out = flat.masked_fill(inside, float("-inf")).amax(1)
+        return F.softplus(peak_out - peak_in).mean()
+    share = (torch.softmax(flat, 1) * inside).sum(1)
     return -torch.log(share.clamp_min(1e-6)).mean()
 
 

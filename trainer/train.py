@@ -36,7 +36,7 @@ from fracture.recipe import AUGMENTATIONS, FRAMINGS, INTENSITIES, RECIPE
 from trainer import card
 from trainer.augmentation import AcquisitionChange, TrainAugment
 from trainer.augmented_batches import augmented_batches
-from trainer.box_supervision import box_loss, box_weight_of, boxed_rows, pointing_game
+from trainer.box_supervision import BOX_LOSSES, box_loss, box_weight_of, boxed_rows, pointing_game
 from trainer.decoded_images import batches
 from trainer.metrics import binary_metrics
 from trainer.prepared_data import Prepared, prepare_data, split_sizes
@@ -108,6 +108,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="trim: crop uniform black or white bands at the edges before the network (saved in the "
                         "checkpoint and applied when serving)")
     p.add_argument("--weights", default=None, help="pretrained weights (file or torchvision name)")
+    p.add_argument("--box-loss", default="share", choices=BOX_LOSSES,
+                   help="what the box loss asks: share (the map's mass on the boxes' cells) or peak (only that the "
+                        "map's highest cell lie in a box: what the pointing game scores)")
     p.add_argument("--select", default="best", choices=SELECTIONS,
                    help="the epoch kept: the best on val (see the card's 'selected on'), the last (a fine-tune "
                         "whose first epochs are still the initial model's), or, with --boxes, the best on the mean "
@@ -144,7 +147,7 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
                     sched: torch.optim.lr_scheduler.LRScheduler, augment: TrainAugment, device: torch.device,
                     batch_size: int, gen: torch.Generator, progress: bool,
                     ema: AveragedModel | None = None, box_weight: float = 0.0,
-                    loader_workers: int = 0) -> tuple[float, float]:
+                    loader_workers: int = 0, box_kind: str = "share") -> tuple[float, float]:
     """One pass over train with augmentation (in `loader_workers` processes beside the training when > 0: see
     trainer.augmented_batches); returns (mean loss, accuracy at 0.5)."""
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
@@ -170,7 +173,7 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
                 logits = model(x)
         loss = loss_fn(logits.float(), y)
         if masks is not None:
-            loss = loss + box_weight * box_loss(cam, masks.to(device))
+            loss = loss + box_weight * box_loss(cam, masks.to(device), box_kind)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -270,7 +273,8 @@ def train_epochs(args: argparse.Namespace, state: TrainingState, data: Prepared,
     while state.epoch < state.epochs:
         te = time.time()
         train = train_one_epoch(state.model, data, spec, state.opt, state.sched, augment, device, args.batch_size,
-                                state.gen, not args.no_progress, state.ema, box_weight, args.loader_workers)
+                                state.gen, not args.no_progress, state.ema, box_weight, args.loader_workers,
+                                getattr(args, "box_loss", "share"))
         figures = select_on_val(args, state, data, changed_val, spec, device, train, te)
         state.epoch += 1
         fit_time_budget(args, state, first_epoch, t_train, te, say)

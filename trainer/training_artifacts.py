@@ -39,7 +39,8 @@ def write_checkpoint(args: argparse.Namespace, out: Path, state: TrainingState, 
                "split_seed": args.seed if args.split_seed is None else args.split_seed,
                "augment": args.augment, "ood_acquisition": args.augment == "acquisition",
                "init": str(args.init) if getattr(args, "init", None) else None,
-               "boxes": str(args.boxes) if box_weight else None, "box_weight": box_weight or None},
+               "boxes": str(args.boxes) if box_weight else None, "box_weight": box_weight or None,
+               "box_loss": getattr(args, "box_loss", "share") if box_weight else None},
     )
     return ckpt, sha, command
 
