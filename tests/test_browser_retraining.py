@@ -1,8 +1,11 @@
-"""Headless Chromium: upload a labelled zip dataset, train on it and watch the progress, compare, promote."""
+"""Headless Chromium: upload a labelled zip dataset with its fracture boxes, train on it with a box weight and watch
+the progress, compare, promote."""
 
 from __future__ import annotations
 
+import csv
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -16,9 +19,20 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def dataset_zip(dataset_root: Path, tmp_path: Path) -> Path:
-    """A labelled zip of real X-rays as a site would send it: site/{train,val,test}/<class>/..., 6 per class."""
-    return zipped_sample(dataset_root, tmp_path, "site", per_class=6)
+def dataset_zip(site_root: Path, tmp_path: Path) -> Path:
+    """A labelled zip of the second site's real X-rays as it would send them, with the fracture boxes it drew:
+    site/train/<class>/..., 10 per class, and site/boxes.csv (its rows for those images, by file name)."""
+    archive = zipped_sample(site_root, tmp_path, "site", per_class=10)
+    with zipfile.ZipFile(archive) as zf:
+        names = {Path(n).name for n in zf.namelist()}
+    with open(site_root / "boxes.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["filename"] in names and r["class"] != "humerus"]
+    assert rows
+    fields = ["filename", "x0", "y0", "x1", "y1"]
+    text = "\n".join([",".join(fields), *(",".join(r[k] for k in fields) for r in rows)]) + "\n"
+    with zipfile.ZipFile(archive, "a") as zf:
+        zf.writestr("site/boxes.csv", text)
+    return archive
 
 
 def test_zip_dataset_training_progress_compare_and_promote(
@@ -49,6 +63,7 @@ def test_zip_dataset_training_progress_compare_and_promote(
         start.locator("input[name=epochs]").fill("2")
         start.locator("input[name=width]").fill("8")
         start.locator("input[name=image_size]").fill("64")
+        start.locator("select[name=box_weight]").select_option("0.5")  # the zip's boxes teach the map
         page.locator("#start").click()
         page.wait_for_url(re.compile(r".*/training/\d+$"))
         # The run page polls: the epoch counter and the status move without a reload.
@@ -57,6 +72,8 @@ def test_zip_dataset_training_progress_compare_and_promote(
         expect(page.locator("#status")).to_have_text("done", timeout=240_000)
         expect(page.locator("#log")).to_contain_text("epoch")
         expect(page.locator("#curve polyline").first).to_be_attached()
+        expect(page.locator("#log")).to_contain_text("fractured training images with boxes, weight 0.5")
+        expect(page.locator("#curve")).to_contain_text("val pointing game (boxed images)")  # its own curve
         version = page.locator("#run-model a").inner_text().strip()
         assert version and version != "v1"
 

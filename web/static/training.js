@@ -7,7 +7,7 @@
   const num = (v, digits) => (v === null || v === undefined ? "—" : Number(v).toFixed(digits));
   const SVG = "http://www.w3.org/2000/svg";
   const W = 480, H = 160, PAD = 8;
-  const AUC = "#2c7be5", LOSS = "#c0392b";
+  const AUC = "#2c7be5", LOSS = "#c0392b", POINTING = "#27ae60";
 
   function line(values, top, color) {
     // One polyline of `values` scaled so that `top` is the top edge; gaps (null) are skipped.
@@ -41,10 +41,14 @@
     svg.appendChild(frame);
     const loss = history.train_loss || [];
     const auc = history.val_auc || [];
+    const pointing = history.val_pointing || [];  // a run with fracture boxes: where its map points on val
     const top = Math.max(...loss.filter((v) => v !== null), 0);
     if (loss.length) svg.appendChild(line(loss, top, LOSS));
     if (auc.length) svg.appendChild(line(auc, 1, AUC));
-    [["selection val ROC-AUC (one view)", AUC, 16], ["train loss", LOSS, 30]].forEach(([text, color, y]) => {
+    if (pointing.length) svg.appendChild(line(pointing, 1, POINTING));
+    const labels = [["selection val ROC-AUC (one view)", AUC, 16], ["train loss", LOSS, 30]];
+    if (pointing.length) labels.push(["val pointing game (boxed images)", POINTING, 44]);
+    labels.forEach(([text, color, y]) => {
       const label = document.createElementNS(SVG, "text");
       label.setAttribute("x", String(W - PAD)); label.setAttribute("y", String(y));
       label.setAttribute("text-anchor", "end"); label.setAttribute("font-size", "11"); label.setAttribute("fill", color);
