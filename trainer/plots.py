@@ -20,7 +20,8 @@ def curves(path: Path, history: dict[str, list[float]]) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(epochs, history["train_loss"], label="train")
     a.plot(epochs, history["val_loss"], label="val")
-    a.set(title="Loss", xlabel="epoch", ylabel="binary cross-entropy")
+    a.set(title="Loss", xlabel="epoch",
+          ylabel="binary cross-entropy" + (" (train: + box loss)" if history.get("val_pointing") else ""))
     b.plot(epochs, history["train_acc"], label="train")
     b.plot(epochs, history["val_acc"], label="val")
     b.set(title="Accuracy (threshold 0.5)", xlabel="epoch", ylabel="accuracy")
