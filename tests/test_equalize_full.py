@@ -30,7 +30,7 @@ from fracture.schedule_params import check_recipe
 from trainer.acquisition import contrast, gamma, random_acquisition_geometry, window
 from trainer.augmentation import AcquisitionChange
 from trainer.decoded_images import decode_all
-from trainer.prepared_data import SOURCE_SCALE, needs_sources, prepare_data
+from trainer.prepared_data import AUDIT_SIZE, SOURCE_SCALE, needs_sources, prepare_data
 from trainer.train import get_args_parser
 
 RELEASE = Path(__file__).resolve().parent.parent / "fracture" / "release" / "model.pt"
@@ -175,10 +175,10 @@ def test_a_training_run_with_equalize_full_and_acquisition_draws_on_sources_and_
     # The threshold is chosen on val and on the changed copy's images the detector lets through.
     assert ckpt.meta["metrics"]["threshold_on"].startswith("val and the images of an acquisition-changed copy")
     assert "chosen on val and the images of an acquisition-changed copy" in (out / "model_card.md").read_text()
-    # The run's cache holds the inputs, the images as decoded that the split hashes (not equalised), and the
-    # decoded sources the changes were drawn on.
+    # The run's cache holds the inputs, the images as decoded that the split hashes (not equalised, at the one size
+    # every run hashes at), and the decoded sources the changes were drawn on.
     cached = [torch.load(f, weights_only=True)["images"].shape[-1] for f in (out / "cache").glob("decoded-*.pt")]
-    assert sorted(cached) == [64, 64, 64 * SOURCE_SCALE]
+    assert sorted(cached) == sorted([64, AUDIT_SIZE, 64 * SOURCE_SCALE])
     audit = ckpt.meta["metrics"]["robustness"]
     assert audit["at"] == f"{64 * SOURCE_SCALE} px, before equalising"
     assert f"applied here at {64 * SOURCE_SCALE} px, before equalising" in (out / "model_card.md").read_text()
