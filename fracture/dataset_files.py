@@ -20,10 +20,10 @@ from fracture.config import Settings
 from fracture.storage import Storage
 
 SPLITS = ("train", "val", "test")
-# The files a dataset is made of (the trainer's scan reads the same suffixes); others (a README) are skipped.
 # A dataset's fracture boxes, beside its class or split folders (trainer.box_supervision reads them).
 BOXES_FILE = "boxes.csv"
 MAX_BOXES_BYTES = 16 * 1024 * 1024
+# The files a dataset is made of (the trainer's scan reads the same suffixes); others (a README) are skipped.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 LAYOUT_HELP = ("put the images in one folder per class (fractured/, not fractured/) or in train/, val/ and test/ "
                "folders that each hold the class folders")

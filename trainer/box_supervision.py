@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fracture.dataset_files import BOXES_FILE
 from fracture.ml.preprocess import PreprocessSpec, content_boxes, crop_boxes, normalize
 from trainer.dataset_scan import md5_file
 from trainer.robustness import box_mask
@@ -30,8 +31,6 @@ class BoxesError(ValueError):
 
 
 Box = tuple[float, float, float, float]
-# What a dataset's own fracture boxes are called: a CSV at the root of its folder (see read_boxes).
-DATASET_BOXES = "boxes.csv"
 
 
 def read_boxes(path: str | Path, root: Path | None = None) -> dict[str, list[Box]]:
@@ -86,12 +85,12 @@ def _md5_of(path: str | Path, line: int, name: str, root: Path | None, found: di
 
 
 def collect_boxes(roots: list[Path], dest: Path) -> int:
-    """Gather the fracture boxes of datasets' folders (each one's DATASET_BOXES, if it has one) into one CSV of
+    """Gather the fracture boxes of datasets' folders (each one's BOXES_FILE, if it has one) into one CSV of
     md5, x0, y0, x1, y1 at `dest`, as --boxes reads it; returns how many boxes (0: none of them has any)."""
     rows = []
     for root in roots:
-        if (root / DATASET_BOXES).is_file():
-            for md5, bxs in read_boxes(root / DATASET_BOXES, root).items():
+        if (root / BOXES_FILE).is_file():
+            for md5, bxs in read_boxes(root / BOXES_FILE, root).items():
                 rows += [(md5, *b) for b in bxs]
     with open(dest, "w", newline="") as f:
         writer = csv.writer(f)
@@ -144,6 +143,14 @@ def box_loss(cam: torch.Tensor, masks: torch.Tensor, kind: str = "share") -> tor
     return -torch.log(share.clamp_min(1e-6)).mean()
 
 
+def framed_masks(images: torch.Tensor, masks: torch.Tensor, spec: PreprocessSpec
+                 ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The frames normalize crops a trimming spec's images to (None otherwise), and the box masks cropped with them,
+    so that a mask covers the same pixels of the network's input as of the image."""
+    frames = content_boxes(images) if spec.framing == "trim" else None
+    return frames, crop_boxes(masks, frames) if frames is not None else masks
+
+
 def boxed_rows(data: Prepared, split: str) -> np.ndarray:
     """The rows of a split's fractured images that have fracture boxes (none without --boxes)."""
     rows = data.split_index[split]
@@ -163,10 +170,7 @@ def pointing_game(model: nn.Module, data: Prepared, rows: np.ndarray, spec: Prep
     for start in range(0, len(rows), chunk):
         batch = torch.from_numpy(rows[start:start + chunk])
         images = data.images[batch]
-        masks = data.box_masks[data.box_index[batch]]  # type: ignore[index]  # boxed rows have masks
-        frames = content_boxes(images) if spec.framing == "trim" else None
-        if frames is not None:
-            masks = crop_boxes(masks, frames)
+        frames, masks = framed_masks(images, data.box_masks[data.box_index[batch]], spec)  # type: ignore[index]
         _, cam = model.forward_cam(normalize(images.to(device), spec, frames))  # type: ignore[operator]  # FracNet
         up = F.interpolate(cam.float()[:, None], size=masks.shape[-2:], mode="bilinear", align_corners=False)
         peaks = up.flatten(1).argmax(1).cpu()

@@ -16,11 +16,12 @@ from sqlalchemy import select
 
 from fracture import dataset_additions, datasets
 from fracture.config import Settings
+from fracture.dataset_files import BOXES_FILE
 from fracture.db import session_scope
 from fracture.models import Dataset, DatasetRole, DatasetStatus
 from fracture.schedule_params import RecipeError, check_dataset_ids
 from fracture.storage import Storage
-from trainer.box_supervision import DATASET_BOXES, collect_boxes
+from trainer.box_supervision import collect_boxes
 from trainer.training_sources import TrainingDataError
 
 KEEP = {"train.log"}  # what a cancelled run's folder keeps
@@ -63,11 +64,11 @@ def data_argv(settings: Settings, params: dict[str, Any], out: Path) -> list[str
 def boxes_argv(roots: list[tuple[str, Path]], out: Path) -> list[str]:
     """The trainer's --boxes for a run with a box weight: its datasets' fracture boxes gathered into one file;
     TrainingDataError when none of them has any (a box weight without boxes would train as if it had none)."""
-    if not collect_boxes([root for _, root in roots], out / "boxes.csv"):
+    if not collect_boxes([root for _, root in roots], out / BOXES_FILE):
         names = ", ".join(repr(name) for name, _ in roots)
         raise TrainingDataError(f"a box weight needs fracture boxes, and none of the datasets ({names}) has a "
-                                f"{DATASET_BOXES} at the root of its folder (md5 or filename, x0, y0, x1, y1)")
-    return ["--boxes", str(out / "boxes.csv")]
+                                f"{BOXES_FILE} at the root of its folder (md5 or filename, x0, y0, x1, y1)")
+    return ["--boxes", str(out / BOXES_FILE)]
 
 
 class RunLog:

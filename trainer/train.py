@@ -31,12 +31,12 @@ from fracture import val_auc
 from fracture.ml import ood
 from fracture.ml.checkpoint import read_payload
 from fracture.ml.net import OUTPUT_STRIDES, ModelArgs, build_model, load_pretrained
-from fracture.ml.preprocess import VIEWS, PreprocessSpec, content_boxes, crop_boxes, normalize
+from fracture.ml.preprocess import VIEWS, PreprocessSpec, normalize
 from fracture.recipe import AUGMENTATIONS, FRAMINGS, INTENSITIES, RECIPE
 from trainer import card
 from trainer.augmentation import AcquisitionChange, TrainAugment
 from trainer.augmented_batches import augmented_batches
-from trainer.box_supervision import BOX_LOSSES, box_loss, box_weight_of, boxed_rows, pointing_game
+from trainer.box_supervision import BOX_LOSSES, box_loss, box_weight_of, boxed_rows, framed_masks, pointing_game
 from trainer.decoded_images import batches
 from trainer.metrics import binary_metrics
 from trainer.prepared_data import Prepared, prepare_data, split_sizes
@@ -160,9 +160,9 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
     augmented = augmented_batches(data, spec, augment, rows, steps, gen, box_weight, loader_workers,
                                   pin_memory=device.type == "cuda")
     for batch, images, masks in tqdm(augmented, total=len(steps), desc="train", leave=False, disable=not progress):
-        frames = content_boxes(images) if masks is not None and spec.framing == "trim" else None
-        if frames is not None:  # the fracture boxes' masks cropped with the frame, as normalize crops the images
-            masks = crop_boxes(masks, frames)
+        frames = None
+        if masks is not None:  # the fracture boxes' masks cropped with the frame, as normalize crops the images
+            frames, masks = framed_masks(images, masks, spec)
         x = normalize(images.to(device, non_blocking=True), spec, frames)
         x = x.contiguous(memory_format=memory_format)
         y = data.labels[batch].to(device)
