@@ -271,6 +271,31 @@ def test_the_peak_box_loss_asks_only_that_the_maps_highest_cell_lie_in_a_box() -
     assert float(box_loss(cam.detach(), full, "peak")) == 0.0
 
 
+def test_the_centres_box_cells_are_those_where_a_peak_would_point_into_the_box() -> None:
+    """--box-cells centres: a box that touches four cells of an 8x8 map at 128 px but holds one cell's peak counts
+    that cell alone, so a map peaking on a touched cell whose peak lies outside the box (a pointing-game miss) is
+    a large loss, not the small one `touched` gives it; a box holding no peak keeps the cells it touches."""
+    from trainer.box_supervision import box_cells, box_loss
+
+    masks = torch.from_numpy(box_mask([(0.38, 0.38, 0.52, 0.52)], 128).astype(np.uint8) * 255)[None, None]
+    peaks = peak_positions(8, 128)
+    touched, centres = box_cells(masks, (8, 8), "touched")[0], box_cells(masks, (8, 8), "centres")[0]
+    assert int(touched.sum()) == 4 and int(centres.sum()) == 1
+    held = int(centres.argmax())
+    assert masks.flatten()[peaks[held]] == 255 and touched[held] == 1
+    miss = next(c for c in range(64) if touched[c] and not centres[c])
+    assert masks.flatten()[peaks[miss]] == 0  # that cell's peak lies outside the box
+    cam = torch.zeros(1, 64)
+    cam[0, miss] = 8.0
+    cam = cam.view(1, 8, 8)
+    assert float(box_loss(cam, masks, "share", "touched")) < 0.1 < 5.0 < float(box_loss(cam, masks, "share", "centres"))
+    assert float(box_loss(cam, masks, "peak", "centres")) > 5.0 > 0.1 > float(box_loss(cam, masks, "peak", "touched"))
+    # A 5-px box between four cells' peaks holds none of them: its touched cells stand in.
+    small = torch.from_numpy(box_mask([(0.45, 0.45, 0.49, 0.49)], 128).astype(np.uint8) * 255)[None, None]
+    assert not small.flatten()[torch.from_numpy(peaks)].any()
+    assert torch.equal(box_cells(small, (8, 8), "centres"), box_cells(small, (8, 8), "touched"))
+
+
 def test_a_training_supervised_by_real_fracture_boxes_under_a_time_budget(
         site_root: Path, tmp_path: Path) -> None:
     data = materialize(site_root, tmp_path / "site", per_class=24)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ from torch import nn
 from fracture.dataset_files import BOXES_FILE
 from fracture.ml.preprocess import PreprocessSpec, content_boxes, crop_boxes, normalize
 from trainer.dataset_scan import md5_file
-from trainer.robustness import box_mask
+from trainer.robustness import box_mask, peak_positions
 
 if TYPE_CHECKING:
     from trainer.prepared_data import Prepared
@@ -120,15 +121,35 @@ def box_weight_of(args: argparse.Namespace) -> float:
 
 # What the box loss asks of a boxed image's class-activation map (--box-loss).
 BOX_LOSSES = ("share", "peak")
+# Which of the map's cells count as a box's (--box-cells): every cell the box touches, or the cells whose peak, the
+# map upsampled as the served heatmap is, lies in the box (what the pointing game scores).
+BOX_CELLS = ("touched", "centres")
 
 
-def box_loss(cam: torch.Tensor, masks: torch.Tensor, kind: str = "share") -> torch.Tensor:
+@functools.cache
+def _cell_peaks(cells: int, size: int) -> torch.Tensor:
+    return torch.from_numpy(peak_positions(cells, size))
+
+
+def box_cells(masks: torch.Tensor, shape: tuple[int, int], which: str = "touched") -> torch.Tensor:
+    """(N, cells) 0/1: the cells of a square map that count as each mask's boxes. "centres" keeps the cells whose
+    upsampled peak lies in a box: a 13-px box touches about 6 cells of an 8 x 8 map at 128 px but holds the peak
+    of about 2, and a map that peaks on a touched cell outside the box misses the pointing game; an image whose
+    boxes hold no cell's peak keeps the cells they touch."""
+    touched = F.adaptive_max_pool2d((masks > 127).float(), shape).flatten(1)
+    if which == "touched":
+        return touched
+    centres = (masks.flatten(1)[:, _cell_peaks(shape[0], masks.shape[-1]).to(masks.device)] > 127).float()
+    return torch.where(centres.sum(1, keepdim=True) > 0, centres, touched)
+
+
+def box_loss(cam: torch.Tensor, masks: torch.Tensor, kind: str = "share", which: str = "touched") -> torch.Tensor:
     """The box loss of a batch's maps, averaged over the images whose box survived the augmentation (0 when none
-    did). "share": -log of the share of each map (softmax over its cells) on the cells its box mask covers, which
-    pulls the whole map onto the boxes. "peak": softplus of the highest cell outside the boxes minus the highest
-    inside, which asks only that the map peak in a box (what the pointing game scores) and leaves the rest of the
+    did), on the cells `box_cells` counts as the boxes' (`which`). "share": -log of the share of each map (softmax
+    over its cells) on those cells, which pulls the whole map onto the boxes. "peak": softplus of the highest cell
+    outside them minus the highest inside, which asks only that the map peak in a box and leaves the rest of the
     map, whose mean is the logit, to the classification."""
-    cells = F.adaptive_max_pool2d((masks > 127).float(), cam.shape[-2:]).flatten(1)
+    cells = box_cells(masks, (cam.shape[-2], cam.shape[-1]), which)
     keep = cells.sum(1) > 0
     if kind == "peak":  # a box over every cell leaves no peak outside it to compare
         keep &= cells.sum(1) < cells.shape[1]

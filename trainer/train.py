@@ -36,7 +36,15 @@ from fracture.recipe import AUGMENTATIONS, FRAMINGS, INTENSITIES, RECIPE
 from trainer import card
 from trainer.augmentation import AcquisitionChange, TrainAugment
 from trainer.augmented_batches import augmented_batches
-from trainer.box_supervision import BOX_LOSSES, box_loss, box_weight_of, boxed_rows, framed_masks, pointing_game
+from trainer.box_supervision import (
+    BOX_CELLS,
+    BOX_LOSSES,
+    box_loss,
+    box_weight_of,
+    boxed_rows,
+    framed_masks,
+    pointing_game,
+)
 from trainer.decoded_images import batches
 from trainer.metrics import binary_metrics
 from trainer.prepared_data import Prepared, prepare_data, split_sizes
@@ -111,6 +119,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--box-loss", default="share", choices=BOX_LOSSES,
                    help="what the box loss asks: share (the map's mass on the boxes' cells) or peak (only that the "
                         "map's highest cell lie in a box: what the pointing game scores)")
+    p.add_argument("--box-cells", default="touched", choices=BOX_CELLS,
+                   help="the map's cells the box loss counts as a box's: every cell it touches, or only those whose "
+                        "peak, upsampled as the served heatmap is, lies in it (centres: what the pointing game "
+                        "scores; a box holding no cell's peak keeps the cells it touches)")
     p.add_argument("--select", default="best", choices=SELECTIONS,
                    help="the epoch kept: the best on val (see the card's 'selected on'), the last (a fine-tune "
                         "whose first epochs are still the initial model's), or, with --boxes, the best on the mean "
@@ -147,7 +159,8 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
                     sched: torch.optim.lr_scheduler.LRScheduler, augment: TrainAugment, device: torch.device,
                     batch_size: int, gen: torch.Generator, progress: bool,
                     ema: AveragedModel | None = None, box_weight: float = 0.0,
-                    loader_workers: int = 0, box_kind: str = "share") -> tuple[float, float]:
+                    loader_workers: int = 0, box_kind: str = "share", box_cells: str = "touched"
+                    ) -> tuple[float, float]:
     """One pass over train with augmentation (in `loader_workers` processes beside the training when > 0: see
     trainer.augmented_batches); returns (mean loss, accuracy at 0.5)."""
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
@@ -173,7 +186,7 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
                 logits = model(x)
         loss = loss_fn(logits.float(), y)
         if masks is not None:
-            loss = loss + box_weight * box_loss(cam, masks.to(device), box_kind)
+            loss = loss + box_weight * box_loss(cam, masks.to(device), box_kind, box_cells)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -274,7 +287,7 @@ def train_epochs(args: argparse.Namespace, state: TrainingState, data: Prepared,
         te = time.time()
         train = train_one_epoch(state.model, data, spec, state.opt, state.sched, augment, device, args.batch_size,
                                 state.gen, not args.no_progress, state.ema, box_weight, args.loader_workers,
-                                getattr(args, "box_loss", "share"))
+                                getattr(args, "box_loss", "share"), getattr(args, "box_cells", "touched"))
         figures = select_on_val(args, state, data, changed_val, spec, device, train, te)
         state.epoch += 1
         fit_time_budget(args, state, first_epoch, t_train, te, say)

@@ -40,7 +40,8 @@ def write_checkpoint(args: argparse.Namespace, out: Path, state: TrainingState, 
                "augment": args.augment, "ood_acquisition": args.augment == "acquisition",
                "init": str(args.init) if getattr(args, "init", None) else None,
                "boxes": str(args.boxes) if box_weight else None, "box_weight": box_weight or None,
-               "box_loss": getattr(args, "box_loss", "share") if box_weight else None},
+               "box_loss": getattr(args, "box_loss", "share") if box_weight else None,
+               "box_cells": getattr(args, "box_cells", "touched") if box_weight else None},
     )
     return ckpt, sha, command
 
