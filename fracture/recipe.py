@@ -28,7 +28,7 @@ AUGMENTATIONS = ("light", "strong", "acquisition")
 # FracNet's output stride (fracture.ml.net.ModelArgs): its last block's map, which the heatmap shows and the box
 # loss teaches, is the input's side over this ("16": 8x8 at 128 px, 13% more serving time than "32", 4x4, measured
 # on 2 CPU cores). Words, as a form sends them; the trainer takes the number.
-OUTPUT_STRIDES = ("32", "16")
+OUTPUT_STRIDES = ("32", "16", "8")
 # The weight of the fracture boxes' loss (trainer.box_supervision), the values measured on the two sources
 # (fracture/release/robustness.md): "0" trains without boxes; any other needs a boxes.csv in a dataset's folder.
 BOX_WEIGHTS = ("0", "0.2", "0.5", "1")

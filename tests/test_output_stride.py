@@ -27,7 +27,7 @@ SHIPPED = REPO_ROOT / "fracture" / "release" / "two-site-eqf" / "model.pt"
 
 def test_the_stride_sets_the_maps_cells_and_older_checkpoints_read_as_32() -> None:
     x = torch.randn(2, 1, 128, 128)
-    for stride, cells in ((32, 4), (16, 8)):
+    for stride, cells in ((32, 4), (16, 8), (8, 16)):
         model = build_model(ModelArgs(width=8, output_stride=stride)).eval()
         logits, cam = model.forward_cam(x)
         assert logits.shape == (2,) and cam.shape == (2, cells, cells)
@@ -38,7 +38,7 @@ def test_the_stride_sets_the_maps_cells_and_older_checkpoints_read_as_32() -> No
     assert ModelArgs.from_dict(old).output_stride == 32
     assert ModelArgs.from_dict(ModelArgs(output_stride=16).to_dict()).output_stride == 16
     with pytest.raises(ValueError, match="output_stride must be one of"):
-        build_model(ModelArgs(output_stride=8))
+        build_model(ModelArgs(output_stride=4))
 
 
 def test_a_shipped_models_weights_at_stride_16_see_what_they_saw_at_32(sample_images: list[Path]) -> None:
@@ -64,11 +64,30 @@ def test_a_shipped_models_weights_at_stride_16_see_what_they_saw_at_32(sample_im
     assert shapes["coarse"][-2:] == (4, 4) and shapes["fine"][-2:] == (8, 8)
 
 
+def test_stride_8_dilates_the_last_two_stages_and_keeps_what_stride_16_saw(sample_images: list[Path]) -> None:
+    """Stride 8: the third stage no longer strides either (dilation 2 from its first block's second convolution),
+    the last dilates 4; the same weights load, the served Grad-CAM has 16x16 cells at 128 px, and on real X-rays
+    the logits stay close to the stride-16 network's (a fine-tune starts near its checkpoint)."""
+    ckpt = load_checkpoint(REPO_ROOT / "fracture" / "release" / "two-site-pointing" / "model.pt")
+    assert ckpt.args.output_stride == 16
+    finer = build_model(replace(ckpt.args, output_stride=8)).eval()
+    finer.load_state_dict(ckpt.model.state_dict())
+    dilations = [(b.conv1.dilation[0], b.conv2.dilation[0], b.conv1.stride[0]) for b in finer.stages]  # type: ignore[union-attr]
+    assert dilations == [(1, 1, 2), (1, 1, 2), (1, 2, 1), (2, 2, 1), (2, 4, 1)]
+    x = normalize(torch.stack([to_uint8_tensor(fit_input(Image.open(p).convert("L"), ckpt.preprocess))
+                               for p in sample_images[:24]]), ckpt.preprocess)
+    with torch.no_grad():
+        logits, cam = finer.forward_cam(x)
+        assert np.corrcoef(ckpt.model(x).numpy(), logits.numpy())[0, 1] > 0.9
+    assert cam.shape == (24, 16, 16)
+
+
 def test_the_recipe_and_the_products_trainings_take_the_stride() -> None:
     assert check_recipe({"output_stride": 16}) == {"output_stride": "16"}  # JSON's number, as the API sends it
     assert check_recipe({"output_stride": "32"}) == {"output_stride": "32"}  # a form's word
-    with pytest.raises(RecipeError, match="output_stride must be one of 32, 16"):
-        check_recipe({"output_stride": 8})
+    assert check_recipe({"output_stride": 8}) == {"output_stride": "8"}
+    with pytest.raises(RecipeError, match="output_stride must be one of 32, 16, 8"):
+        check_recipe({"output_stride": 4})
     assert "output_stride" in ALLOWED
 
 

@@ -12,7 +12,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from fracture import recipe
 
-OUTPUT_STRIDES = tuple(int(w) for w in recipe.OUTPUT_STRIDES)  # (32, 16)
+OUTPUT_STRIDES = tuple(int(w) for w in recipe.OUTPUT_STRIDES)  # (32, 16, 8)
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,10 @@ class ModelArgs:
     depths: tuple[int, ...] = (1, 1, 2, 1)
     in_channels: int = 1
     dropout: float = 0.2
-    # FracNet's last block's map is the image's side over this: 32 (4x4 at 128 px) or 16, where the last stage keeps
+    # FracNet's last block's map is the image's side over this: 32 (4x4 at 128 px), 16, where the last stage keeps
     # its input's resolution and dilates its convolutions instead of striding (the same weights see the same extent,
-    # at twice the resolution: 8x8 at 128 px). The class-activation map, the box loss and the heatmap are that map.
+    # at twice the resolution: 8x8 at 128 px), or 8, the last two stages so (16x16 at 128 px). The class-activation
+    # map, the box loss and the heatmap are that map.
     output_stride: int = 32
 
     def to_dict(self) -> dict[str, object]:
@@ -79,15 +80,19 @@ class FracNet(nn.Module):
             nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
         )
         layers: list[nn.Module] = []
-        cin = w
-        last = len(args.depths) - 1
+        cin, reached, dilation = w, 2, 1  # the stem strides once
         for i, depth in enumerate(args.depths):
             cout = w * 2**i
-            dilated = i == last and args.output_stride == 16  # the last stage: no stride, dilation 2 after its first
+            # A stage that would stride past the output stride keeps its input's resolution instead and dilates
+            # its convolutions twice as much as the stage before, from its first block's second convolution on.
+            before = dilation
+            if reached * 2 > args.output_stride:
+                dilation *= 2
+            else:
+                reached *= 2
             for j in range(depth):
-                stride = 1 if dilated or j else 2
-                dilation = ((1 if j == 0 else 2), 2) if dilated else (1, 1)
-                layers.append(BasicBlock(cin, cout, stride, dilation))
+                stride = 2 if j == 0 and dilation == 1 else 1
+                layers.append(BasicBlock(cin, cout, stride, ((before if j == 0 else dilation), dilation)))
                 cin = cout
         self.stages = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(args.dropout), nn.Linear(cin, 1))
