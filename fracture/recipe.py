@@ -26,8 +26,9 @@ FRAMINGS = ("none", "trim")
 # Training augmentations of trainer.augmentation.TrainAugment.
 AUGMENTATIONS = ("light", "strong", "acquisition")
 # FracNet's output stride (fracture.ml.net.ModelArgs): its last block's map, which the heatmap shows and the box
-# loss teaches, is the input's side over this ("16": 8x8 at 128 px, 13% more serving time than "32", 4x4, measured
-# on 2 CPU cores). Words, as a form sends them; the trainer takes the number.
+# loss teaches, is the input's side over this ("32": 4x4 at 128 px; "16": 8x8, 13% more serving time; "8": 16x16,
+# about twice the serving time of "16", measured on 2 CPU cores). Words, as a form sends them; the trainer takes the
+# number.
 OUTPUT_STRIDES = ("32", "16", "8")
 # The weight of the fracture boxes' loss (trainer.box_supervision), the values measured on the two sources
 # (fracture/release/robustness.md): "0" trains without boxes; any other needs a boxes.csv in a dataset's folder.
