@@ -30,11 +30,13 @@ SEED_VERSION = "release-1"
 # look (fracture/release/two-site-os16/). two-site-5: two-site-3 at output stride 16 without the boxes, the best
 # classifier of both sources so far (fracture/release/two-site-os16-plain/). two-site-6: two-site-5 taught by the
 # boxes, its epochs chosen on val's ROC-AUC and pointing game together: it classifies and points
-# (fracture/release/two-site-pointing/).
+# (fracture/release/two-site-pointing/). two-site-7: two-site-5 taught by the boxes at output stride 8 (a 16x16
+# heatmap), the best pointing game so far (fracture/release/two-site-os8/).
 SHIPPED_CANDIDATES = (("two-site", "two-site-1"), ("robust", "robust-1"), ("robust-boxes", "robust-2"),
                       ("two-views", "two-views-1"), ("robust-framing", "robust-3"), ("two-site-trim", "two-site-2"),
                       ("two-site-eqf", "two-site-3"), ("two-site-os16", "two-site-4"),
-                      ("two-site-os16-plain", "two-site-5"), ("two-site-pointing", "two-site-6"))
+                      ("two-site-os16-plain", "two-site-5"), ("two-site-pointing", "two-site-6"),
+                      ("two-site-os8", "two-site-7"))
 
 
 def active_version(session: Session) -> ModelVersion | None:

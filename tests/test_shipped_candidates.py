@@ -26,7 +26,7 @@ def _versions(database_url: str) -> dict[str, tuple[str, dict[str, str], str | N
 def test_a_fresh_install_registers_the_shipped_candidates_beside_the_active_release(tmp_path: Path) -> None:
     assert [name for _, name in SHIPPED_CANDIDATES] == ["two-site-1", "robust-1", "robust-2", "two-views-1",
                                                           "robust-3", "two-site-2", "two-site-3", "two-site-4",
-                                                          "two-site-5", "two-site-6"]
+                                                          "two-site-5", "two-site-6", "two-site-7"]
     for folder, _ in SHIPPED_CANDIDATES:
         shipped = RELEASE / folder / "model.pt"
         assert shipped.is_file() and shipped.stat().st_size <= 25 * 2**20
@@ -74,11 +74,16 @@ def test_a_fresh_install_registers_the_shipped_candidates_beside_the_active_rele
     assert two_site_6["model_args"]["output_stride"] == 16 and two_site_6["box_weight"] == 0.5
     assert "pointing game" in two_site_6["metrics"]["selected_on"] and two_site_6["history"]["val_pointing"]
     assert two_site_6["metrics"]["test"]["n"] == two_site_3["metrics"]["test"]["n"]
+    # two-site-7: the same teaching at output stride 8 (a 16x16 map), the box loss on the cells a peak would point.
+    two_site_7 = read_payload(RELEASE / "two-site-os8" / "model.pt")
+    assert two_site_7["model_args"]["output_stride"] == 8 and two_site_7["box_cells"] == "centres"
+    assert "pointing game" in two_site_7["metrics"]["selected_on"]
+    assert two_site_7["metrics"]["test"]["n"] == two_site_3["metrics"]["test"]["n"]
     with session_scope(settings.database_url) as session:
         ensure_seed_model(session, settings)  # once only: nothing new on the next start
     assert sorted(_versions(settings.database_url)) == ["release-1", "robust-1", "robust-2", "robust-3", "two-site-1",
                                                         "two-site-2", "two-site-3", "two-site-4", "two-site-5",
-                                                        "two-site-6", "two-views-1"]
+                                                        "two-site-6", "two-site-7", "two-views-1"]
     dispose_engines()
 
 
