@@ -279,7 +279,7 @@ def test_the_centres_box_cells_are_those_where_a_peak_would_point_into_the_box()
 
     masks = torch.from_numpy(box_mask([(0.38, 0.38, 0.52, 0.52)], 128).astype(np.uint8) * 255)[None, None]
     peaks = peak_positions(8, 128)
-    touched, centres = box_cells(masks, (8, 8), "touched")[0], box_cells(masks, (8, 8), "centres")[0]
+    touched, centres = box_cells(masks, 8, "touched")[0], box_cells(masks, 8, "centres")[0]
     assert int(touched.sum()) == 4 and int(centres.sum()) == 1
     held = int(centres.argmax())
     assert masks.flatten()[peaks[held]] == 255 and touched[held] == 1
@@ -293,7 +293,7 @@ def test_the_centres_box_cells_are_those_where_a_peak_would_point_into_the_box()
     # A 5-px box between four cells' peaks holds none of them: its touched cells stand in.
     small = torch.from_numpy(box_mask([(0.45, 0.45, 0.49, 0.49)], 128).astype(np.uint8) * 255)[None, None]
     assert not small.flatten()[torch.from_numpy(peaks)].any()
-    assert torch.equal(box_cells(small, (8, 8), "centres"), box_cells(small, (8, 8), "touched"))
+    assert torch.equal(box_cells(small, 8, "centres"), box_cells(small, 8, "touched"))
 
 
 def test_a_training_supervised_by_real_fracture_boxes_under_a_time_budget(

@@ -131,15 +131,15 @@ def _cell_peaks(cells: int, size: int) -> torch.Tensor:
     return torch.from_numpy(peak_positions(cells, size))
 
 
-def box_cells(masks: torch.Tensor, shape: tuple[int, int], which: str = "touched") -> torch.Tensor:
-    """(N, cells) 0/1: the cells of a square map that count as each mask's boxes. "centres" keeps the cells whose
-    upsampled peak lies in a box: a 13-px box touches about 6 cells of an 8 x 8 map at 128 px but holds the peak
-    of about 2, and a map that peaks on a touched cell outside the box misses the pointing game; an image whose
-    boxes hold no cell's peak keeps the cells they touch."""
-    touched = F.adaptive_max_pool2d((masks > 127).float(), shape).flatten(1)
+def box_cells(masks: torch.Tensor, cells: int, which: str = "touched") -> torch.Tensor:
+    """(N, cells * cells) 0/1: the cells of a cells x cells map that count as each mask's boxes. "centres" keeps
+    the cells whose upsampled peak lies in a box: a 13-px box touches about 6 cells of an 8 x 8 map at 128 px but
+    holds the peak of about 2, and a map that peaks on a touched cell outside the box misses the pointing game; an
+    image whose boxes hold no cell's peak keeps the cells they touch."""
+    touched = F.adaptive_max_pool2d((masks > 127).float(), cells).flatten(1)
     if which == "touched":
         return touched
-    centres = (masks.flatten(1)[:, _cell_peaks(shape[0], masks.shape[-1]).to(masks.device)] > 127).float()
+    centres = (masks.flatten(1)[:, _cell_peaks(cells, masks.shape[-1]).to(masks.device)] > 127).float()
     return torch.where(centres.sum(1, keepdim=True) > 0, centres, touched)
 
 
@@ -149,7 +149,7 @@ def box_loss(cam: torch.Tensor, masks: torch.Tensor, kind: str = "share", which:
     over its cells) on those cells, which pulls the whole map onto the boxes. "peak": softplus of the highest cell
     outside them minus the highest inside, which asks only that the map peak in a box and leaves the rest of the
     map, whose mean is the logit, to the classification."""
-    cells = box_cells(masks, (cam.shape[-2], cam.shape[-1]), which)
+    cells = box_cells(masks, cam.shape[-1], which)  # the map is square, as the input is
     keep = cells.sum(1) > 0
     if kind == "peak":  # a box over every cell leaves no peak outside it to compare
         keep &= cells.sum(1) < cells.shape[1]
