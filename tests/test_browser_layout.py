@@ -152,8 +152,8 @@ def test_zip_named_after_itself_pages_fit_both_widths_and_keys_can_be_turned_off
             expect(page.locator(selector)).to_have_attribute("aria-live", "polite")
 
         # The login page, signed out.
-        page.locator("#logout").click()
-        page.wait_for_url("**/login")
+        with page.expect_navigation(url="**/login", wait_until="commit"):  # the redirect answered, not every load
+            page.locator("#logout").click()
         for width in WIDTHS:
             page.set_viewport_size({"width": width, "height": 860})
             page.goto(f"{url}/login")
