@@ -30,6 +30,9 @@ AUGMENTATIONS = ("light", "strong", "acquisition")
 # about twice the serving time of "16", measured on 2 CPU cores). Words, as a form sends them; the trainer takes the
 # number.
 OUTPUT_STRIDES = ("32", "16", "8")
+# How FracNet's logit pools its class-activation map (fracture.ml.net.ModelArgs): "mean" (the global average) or
+# "lse" (log-mean-exp over the map's cells: the strongest cells carry the score, as a small fracture should).
+POOLINGS = ("mean", "lse")
 # The weight of the fracture boxes' loss (trainer.box_supervision), the values measured on the two sources
 # (fracture/release/robustness.md): "0" trains without boxes; any other needs a boxes.csv in a dataset's folder.
 BOX_WEIGHTS = ("0", "0.2", "0.5", "1")
@@ -40,12 +43,12 @@ INT_FIELDS: dict[str, tuple[int, int]] = {"epochs": (1, 1000), "width": (4, 256)
                                           "seed": (0, 2**31 - 1)}
 WORD_FIELDS: dict[str, tuple[str, ...]] = {"views": VIEWS, "augment": AUGMENTATIONS, "intensity": INTENSITIES,
                                            "framing": FRAMINGS, "output_stride": OUTPUT_STRIDES,
-                                           "box_weight": BOX_WEIGHTS}
+                                           "pooling": POOLINGS, "box_weight": BOX_WEIGHTS}
 RECIPE_FIELDS = (*INT_FIELDS, *WORD_FIELDS)
 
 RECIPE: dict[str, Any] = {"epochs": 80, "width": 24, "image_size": 128, "views": "dihedral", "seed": 0,
                           "augment": "light", "intensity": "none", "framing": "none",
-                          "output_stride": "32", "box_weight": "0"}
+                          "output_stride": "32", "pooling": "mean", "box_weight": "0"}
 
 
 def recipe_of(params: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from fracture import val_auc
 from fracture.ml import ood
 from fracture.ml.checkpoint import read_payload
-from fracture.ml.net import OUTPUT_STRIDES, ModelArgs, build_model, load_pretrained
+from fracture.ml.net import OUTPUT_STRIDES, POOLINGS, ModelArgs, build_model, load_pretrained
 from fracture.ml.preprocess import VIEWS, PreprocessSpec, normalize
 from fracture.recipe import AUGMENTATIONS, FRAMINGS, INTENSITIES, RECIPE
 from trainer import card
@@ -92,6 +92,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="fracnet's last block's map is the input's side over this: 16 keeps the last stage at its "
                         "input's resolution with dilated convolutions (twice the heatmap's and the box loss's "
                         "resolution; 13%% more serving time on 2 CPU cores); --init may come from either stride")
+    p.add_argument("--pooling", default=RECIPE["pooling"], choices=POOLINGS,
+                   help="how fracnet's logit pools its class-activation map: mean (the global average) or lse "
+                        "(log-mean-exp over the map's cells, led by the strongest: a small finding can carry the "
+                        "score); --init may come from either")
     p.add_argument("--image-size", default=RECIPE["image_size"], type=int)
     p.add_argument("--epochs", default=RECIPE["epochs"], type=int)
     p.add_argument("--batch-size", default=64, type=int)
@@ -201,10 +205,11 @@ def train_one_epoch(model: nn.Module, data: Prepared, spec: PreprocessSpec, opt:
 
 def warm_start(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, init: str | Path) -> None:
     """Load a checkpoint's weights into `model`; ValueError when its architecture or input channels differ (its
-    input size, intensity normalisation and output stride may: the networks are fully convolutional with a global
-    pooling, the weights are the same shapes, and the training adapts them to this run's)."""
+    input size, intensity normalisation, output stride and pooling may: the networks are fully convolutional with
+    a global pooling, the weights are the same shapes, and the training adapts them to this run's)."""
     payload = read_payload(init)
-    theirs = replace(ModelArgs.from_dict(payload["model_args"]), output_stride=margs.output_stride)
+    theirs = replace(ModelArgs.from_dict(payload["model_args"]), output_stride=margs.output_stride,
+                     pooling=margs.pooling)
     their_spec = PreprocessSpec.from_dict(payload["preprocess"])
     if theirs != margs or their_spec.channels != spec.channels:
         raise ValueError(f"--init {init}: its network {theirs} and input {their_spec} are not this run's "
@@ -237,7 +242,8 @@ def network_input(args: argparse.Namespace) -> tuple[PreprocessSpec, ModelArgs]:
                           mean=(0.5,) * channels, std=(0.25,) * channels, views=args.views,
                           intensity=getattr(args, "intensity", "none"), framing=getattr(args, "framing", "none"))
     margs = ModelArgs(arch=args.arch, width=args.width, depths=tuple(int(d) for d in args.depths.split(",")),
-                      in_channels=channels, output_stride=getattr(args, "output_stride", 32))
+                      in_channels=channels, output_stride=getattr(args, "output_stride", 32),
+                      pooling=getattr(args, "pooling", "mean"))
     return spec, margs
 
 
@@ -261,6 +267,9 @@ def build_network(args: argparse.Namespace, margs: ModelArgs, spec: PreprocessSp
         raise ValueError("--select auc-pointing needs --boxes (and a box weight): val's boxes measure the pointing")
     if getattr(args, "boxes", None) and args.arch != "fracnet":
         raise ValueError("--boxes needs the fracnet architecture (its class-activation map is what the boxes teach)")
+    if margs.pooling != "mean" and args.arch != "fracnet":
+        raise ValueError(f"--pooling {margs.pooling} needs the fracnet architecture "
+                         "(it pools its class-activation map)")
     model = build_model(margs)
     if args.weights:
         load_pretrained(model, args.weights)

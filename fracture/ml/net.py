@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from fracture import recipe
 
 OUTPUT_STRIDES = tuple(int(w) for w in recipe.OUTPUT_STRIDES)  # (32, 16, 8)
+POOLINGS = recipe.POOLINGS  # ("mean", "lse")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,11 @@ class ModelArgs:
     # at twice the resolution: 8x8 at 128 px), or 8, the last two stages so (16x16 at 128 px). The class-activation
     # map, the box loss and the heatmap are that map.
     output_stride: int = 32
+    # How FracNet's logit pools its class-activation map (the head's linear layer at every cell of the last block):
+    # "mean", the global average (a finding on 2 of 256 cells moves the logit by 2/256 of its evidence), or "lse",
+    # log-mean-exp over the cells, which follows the strongest cells (a small finding can carry the image's score).
+    # The same weights either way: a checkpoint of one warm-starts the other.
+    pooling: str = "mean"
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -45,6 +53,7 @@ class ModelArgs:
             dropout=float(d["dropout"]),  # type: ignore[arg-type]
             # A checkpoint written before the option was made at stride 32.
             output_stride=int(d.get("output_stride", 32)),  # type: ignore[call-overload]
+            pooling=str(d.get("pooling", "mean")),  # a checkpoint written before the option averaged
         )
 
 
@@ -75,6 +84,9 @@ class FracNet(nn.Module):
         w = args.width
         if args.output_stride not in OUTPUT_STRIDES:
             raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, not {args.output_stride}")
+        if args.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, not {args.pooling!r}")
+        self.pooling = args.pooling
         self.stem = nn.Sequential(
             nn.Conv2d(args.in_channels, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
             nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
@@ -104,16 +116,29 @@ class FracNet(nn.Module):
                 nn.init.zeros_(m.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stages(self.stem(x))).squeeze(1)
+        return self._logits(self.stages(self.stem(x)))
+
+    def _cam(self, h: torch.Tensor) -> torch.Tensor:
+        linear = self.head[-1]
+        assert isinstance(linear, nn.Linear)
+        return torch.einsum("nchw,c->nhw", h, linear.weight[0].to(h.dtype)) + linear.bias[0].to(h.dtype)
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The logit of the last block's output: the head on its average, or the log-mean-exp of its map, the
+        head's dropout dropping whole channels (at every cell, as dropping a channel of the average does)."""
+        if self.pooling == "mean":
+            return self.head(h).squeeze(1)
+        dropout = self.head[2]
+        assert isinstance(dropout, nn.Dropout)
+        cam = self._cam(F.dropout2d(h, dropout.p, self.training)).flatten(1).float()
+        return (torch.logsumexp(cam, 1) - math.log(cam.shape[1])).to(h.dtype)
 
     def forward_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The logits and the class-activation map of the last block (N, h, w): the head's linear layer applied
-        at every cell, whose mean is the logit before dropout (what box supervision teaches where to look)."""
+        at every cell, which the logit pools (its mean, or its log-mean-exp; before dropout): what box
+        supervision teaches where to look."""
         h = self.stages(self.stem(x))
-        linear = self.head[-1]
-        assert isinstance(linear, nn.Linear)
-        cam = torch.einsum("nchw,c->nhw", h, linear.weight[0].to(h.dtype)) + linear.bias[0].to(h.dtype)
-        return self.head(h).squeeze(1), cam
+        return self._logits(h), self._cam(h)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The logits and, in the same pass, the mean and standard deviation of each channel of every block's
@@ -127,7 +152,7 @@ class FracNet(nn.Module):
         for block in self.stages:
             h = block(h)
             pooled.append(_pool(h))
-        return self.head(h).squeeze(1), torch.cat(pooled, 1)
+        return self._logits(h), torch.cat(pooled, 1)
 
 
 def _pool(h: torch.Tensor) -> torch.Tensor:

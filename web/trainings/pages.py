@@ -12,7 +12,16 @@ from sqlalchemy import func, select
 from fracture import datasets, trainings
 from fracture.models import FINAL_RUN_STATUSES, ModelVersion, TrainingRun
 from fracture.queue import BrokerUnavailable
-from fracture.recipe import AUGMENTATIONS, BOX_WEIGHTS, FRAMINGS, INTENSITIES, OUTPUT_STRIDES, RECIPE, VIEWS
+from fracture.recipe import (
+    AUGMENTATIONS,
+    BOX_WEIGHTS,
+    FRAMINGS,
+    INTENSITIES,
+    OUTPUT_STRIDES,
+    POOLINGS,
+    RECIPE,
+    VIEWS,
+)
 from fracture.schedule_params import RecipeError
 from web.auth import current_user, require_admin
 from web.context import db, settings
@@ -27,7 +36,7 @@ def _start_form_choices() -> dict[str, Any]:
     """What the start form offers: the ready training datasets and the recipe's defaults."""
     return {"datasets": datasets.ready_training_datasets(db()), "recipe": RECIPE, "views": VIEWS,
             "augmentations": AUGMENTATIONS, "intensities": INTENSITIES, "framings": FRAMINGS,
-            "output_strides": OUTPUT_STRIDES, "box_weights": BOX_WEIGHTS}
+            "output_strides": OUTPUT_STRIDES, "poolings": POOLINGS, "box_weights": BOX_WEIGHTS}
 
 
 @bp.get("/training")
