@@ -31,12 +31,14 @@ SEED_VERSION = "release-1"
 # classifier of both sources so far (fracture/release/two-site-os16-plain/). two-site-6: two-site-5 taught by the
 # boxes, its epochs chosen on val's ROC-AUC and pointing game together: it classifies and points
 # (fracture/release/two-site-pointing/). two-site-7: two-site-5 taught by the boxes at output stride 8 (a 16x16
-# heatmap), the best pointing game so far (fracture/release/two-site-os8/).
+# heatmap), the best pointing game so far (fracture/release/two-site-os8/). two-site-8: two-site-7 fine-tuned at a
+# 160-px input (a 20x20 heatmap, a fracture box 16 px instead of 13), the best classifier of both sources so far
+# (fracture/release/two-site-160/).
 SHIPPED_CANDIDATES = (("two-site", "two-site-1"), ("robust", "robust-1"), ("robust-boxes", "robust-2"),
                       ("two-views", "two-views-1"), ("robust-framing", "robust-3"), ("two-site-trim", "two-site-2"),
                       ("two-site-eqf", "two-site-3"), ("two-site-os16", "two-site-4"),
                       ("two-site-os16-plain", "two-site-5"), ("two-site-pointing", "two-site-6"),
-                      ("two-site-os8", "two-site-7"))
+                      ("two-site-os8", "two-site-7"), ("two-site-160", "two-site-8"))
 
 
 def active_version(session: Session) -> ModelVersion | None:
