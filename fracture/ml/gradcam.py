@@ -4,7 +4,8 @@ The map explains the served logit of the positive class (the mean over the check
 map is computed on that view, turned back to the image's own orientation, and the maps are averaged, so a rotated or
 mirrored upload gets the rotated or mirrored map. Maps are in logit units per unit of image area, so one fixed
 scale (EVIDENCE_SCALE) colours every image alike: on FracNet's last block, whose output the head only averages and
-weighs, the map is the class-activation map and its mean over the image is the served logit less the head's bias.
+weighs, the map is the class-activation map and its mean over the image is the served logit less the head's bias
+(a checkpoint trained with `--pooling lse` gets the same map; its logit is the map's log-mean-exp instead).
 The layer, the method and the scale were chosen by measurement (bench/heatmaps.py, fracture/release/heatmaps.md).
 """
 
