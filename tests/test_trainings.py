@@ -248,6 +248,13 @@ def test_a_box_weight_trains_on_the_fracture_boxes_in_its_datasets_folder(
         assert found and 0 < int(found[1]) <= len(with_boxes), log
         ckpt = load_checkpoint(folder / "model.pt")
         assert ckpt.meta["box_weight"] == 0.5 and ckpt.meta["boxes"] == str(folder / "boxes.csv")
+        assert ckpt.args.pooling == "mean"  # the recipe's default
+        # The pooling is a recipe field too: the same training with the log-mean-exp of the map as its logit.
+        run_id = client.post("/api/trainings", json={"dataset_ids": [boxed_id], "dry_run": True, "box_weight": 0.5,
+                                                     "pooling": "lse", **TINY}).get_json()["id"]
+        assert client.get(f"/api/trainings/{run_id}").get_json()["recipe"]["pooling"] == "lse"
+        assert run_training(cfg, run_id) is not None
+        assert load_checkpoint(cfg.storage_dir / "runs" / str(run_id) / "model.pt").args.pooling == "lse"
 
         for ids, weight, reason in (
                 ([plain_id], 1, "a box weight needs fracture boxes, and none of the datasets ('site') has a "
@@ -262,6 +269,8 @@ def test_a_box_weight_trains_on_the_fracture_boxes_in_its_datasets_folder(
             assert run["status"] == "failed" and reason in run["error"], run["error"]
         bad = client.post("/api/trainings", json={"dataset_ids": [boxed_id], "box_weight": 3, **TINY})
         assert bad.status_code == 400 and "box_weight must be one of 0, 0.2, 0.5, 1, not '3'" in bad.get_json()["error"]
+        bad = client.post("/api/trainings", json={"dataset_ids": [boxed_id], "pooling": "max", **TINY})
+        assert bad.status_code == 400 and "pooling must be one of mean, lse, not 'max'" in bad.get_json()["error"]
     finally:
         shutil.rmtree(boxed)
 
