@@ -33,14 +33,16 @@
     view.scale = next;
     apply();
   }
-  if (xray.complete && xray.naturalWidth) reset(); else xray.addEventListener("load", reset);
-  xray.addEventListener("error", () => {
+  function undecodable() {
     // Nothing to look at (a file that does not decode): no broken-image box, no display controls.
     canvas.hidden = true;
     $("display-controls").hidden = true;
     stage.classList.add("empty");
     note("This file cannot be shown as an image.");
-  });
+  }
+  // The image may have loaded, or failed, before this script ran: its events are then past, its state is not.
+  if (xray.complete && xray.naturalWidth) reset(); else xray.addEventListener("load", reset);
+  if (xray.complete && !xray.naturalWidth) undecodable(); else xray.addEventListener("error", undecodable);
   window.addEventListener("resize", reset);
   stage.addEventListener("wheel", (e) => {
     e.preventDefault();
