@@ -159,7 +159,8 @@ def survey(two: Path) -> dict[str, Any]:
 
 def draw_figures(predictor: Predictor, images: list[Image.Image], boxes: list[list[tuple[float, ...]]],
                  out: Path, name: str, n: int = 12) -> Path:
-    """A sheet of heatmaps of fractured images with their boxes drawn (green)."""
+    """A sheet (JPEG) of the served heatmaps of the first `n` fractured images, as the product overlays them, with
+    their fracture boxes drawn in green and the map's maximum (what the pointing game scores) as a white cross."""
     tiles = []
     for im, bxs in list(zip(images, boxes, strict=True))[:n]:
         heat = heatmap(predictor.model, to_uint8_tensor(fit_input(im, predictor.spec)), predictor.spec,
@@ -170,13 +171,18 @@ def draw_figures(predictor: Predictor, images: list[Image.Image], boxes: list[li
         w, h = tile.size
         for x0, y0, x1, y1 in bxs:
             draw.rectangle((x0 * w, y0 * h, x1 * w, y1 * h), outline=(0, 255, 0), width=2)
+        if float(heat.sum()) > 0:  # an empty map points nowhere: no cross
+            row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
+            cx, cy, r = (col + 0.5) / heat.shape[1] * w, (row + 0.5) / heat.shape[0] * h, 7
+            draw.line((cx - r, cy, cx + r, cy), fill=(255, 255, 255), width=2)
+            draw.line((cx, cy - r, cx, cy + r), fill=(255, 255, 255), width=2)
         tiles.append(tile)
     sheet = Image.new("RGB", (256 * 6, 256 * ((len(tiles) + 5) // 6)))
     for i, t in enumerate(tiles):
-        sheet.paste(t, ((i % 6) * 256, (i // 6) * 256))
+        sheet.paste(t, ((i % 6) * 256 + (256 - t.width) // 2, (i // 6) * 256 + (256 - t.height) // 2))
     out.mkdir(parents=True, exist_ok=True)
-    dest = out / f"heatmaps-{name}.png"
-    sheet.save(dest)
+    dest = out / f"heatmaps-{name}.jpg"
+    sheet.save(dest, quality=88)
     return dest
 
 
@@ -282,7 +288,7 @@ def main() -> int:
     names = a.name or (["release-1", "two-site-1"] if not a.model else [m.parent.name for m in models])
     t0 = time.time()
     if a.heatmaps_only:
-        return heatmaps_only(models, names, a.two, a.limit)
+        return heatmaps_only(models, names, a.two, a.limit, a.figures)
     firsts = first_held_out(models, a.two, a.packed)
     if a.first == "common":
         firsts = [common_held_out(firsts)] * len(models)
@@ -356,8 +362,9 @@ def main() -> int:
     return 0
 
 
-def heatmaps_only(models: list[Path], names: list[str], two: Path, limit: int = 0) -> int:
-    """The served heatmaps of the second source's locked fractured images against their boxes, per model."""
+def heatmaps_only(models: list[Path], names: list[str], two: Path, limit: int = 0, figures: Path | None = None) -> int:
+    """The served heatmaps of the second source's locked fractured images against their boxes, per model (and a
+    sheet of the first twelve per model in `figures`)."""
     paths, y, boxes = site_locked(two)
     fractured = [i for i in range(len(paths)) if y[i] == 1 and boxes[i]]
     if limit:
@@ -376,6 +383,10 @@ def heatmaps_only(models: list[Path], names: list[str], two: Path, limit: int = 
                     f"{_f(heat['border_mass'])} ({_f(heat['border_area'])}) | {_f(heat['pointing_game'])} "
                     f"({_pointing(heat)}) | {heat['empty_maps']} |")
         print(rows[-1], file=sys.stderr)
+        if figures:
+            dest = draw_figures(predictor, [images[k] for k in keep], [boxes[fractured[k]] for k in keep],  # type: ignore[misc]
+                                figures, name)
+            print(f"heatmaps drawn: {dest}", file=sys.stderr)
     print("\n".join(rows))
     print(json.dumps(report, default=float))
     return 0
