@@ -1,4 +1,5 @@
-"""Take the README's screenshots with headless Chromium: docs/screenshots/{login,upload,job,viewer,...}.png.
+"""Take the README's screenshots with headless Chromium: docs/screenshots/{login,upload,job,viewer,...}.png, every X-ray
+on them covered (tests/browser.py readme_shot: the shared datasets may not be committed, nor files derived from them).
 
     .venv/bin/python scripts/screenshots.py                      # a throwaway live system (tiny untrained model)
     .venv/bin/python scripts/screenshots.py --url http://127.0.0.1:5000 --user admin --password ...
@@ -16,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from browser import ALL_IMAGES_LOADED, CHROMIUM, CHROMIUM_ARGS, wait_until  # noqa: E402  (the tests' Chromium)
+from browser import ALL_IMAGES_LOADED, CHROMIUM, CHROMIUM_ARGS, readme_shot, wait_until  # noqa: E402  (the tests' Chromium)
 
 MAX_BYTES = 400 * 1024
 
@@ -38,20 +39,20 @@ def shoot(url: str, out: Path, user: str, password: str) -> None:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 860})
             page.goto(f"{url}/login")
-            page.screenshot(path=out / "login.png")
+            readme_shot(page, out / "login.png")
             page.locator("#username").fill(user)
             page.locator("#password").fill(password)
             page.locator("#login").click()
             page.wait_for_url(f"{url}/")
             page.locator("#dir-input").set_input_files(folder)
-            page.screenshot(path=out / "upload.png")
+            readme_shot(page, out / "upload.png")
             page.locator("#submit").click()
             page.wait_for_url("**/jobs/*", timeout=60_000)
             expect(page.locator("#status")).to_have_text("done", timeout=600_000)
             page.wait_for_load_state("load")
             wait_until(page, ALL_IMAGES_LOADED, 30, "the images")  # the thumbnails load lazily
             page.set_viewport_size({"width": 1280, "height": 1240})  # the summary and the first rows of the list
-            page.screenshot(path=out / "job.png")
+            readme_shot(page, out / "job.png")
             page.set_viewport_size({"width": 1280, "height": 860})
             # The viewer of the most likely fracture, with the heatmap the worker computes on request.
             page.locator("#sort").select_option("-probability")
@@ -61,7 +62,7 @@ def shoot(url: str, out: Path, user: str, password: str) -> None:
             page.locator("#heatmap-toggle").check()
             expect(page.locator("#heatmap")).to_be_visible(timeout=120_000)
             wait_until(page, "document.getElementById('heatmap').complete", 30, "the heatmap")
-            page.screenshot(path=out / "viewer.png")
+            readme_shot(page, out / "viewer.png")
             for name in ("jobs", "models", "training"):
                 page.goto(f"{url}/{name}")
                 # The model plots load lazily, those below the fold only when scrolled to: ask for all of them (a
@@ -69,10 +70,10 @@ def shoot(url: str, out: Path, user: str, password: str) -> None:
                 page.evaluate("document.querySelectorAll('img[loading=lazy]').forEach(i => { i.loading = 'eager'; })")
                 wait_until(page, ALL_IMAGES_LOADED, 60, "the images")
                 if name == "models":  # the top of a long page: the active version and the first candidates
-                    page.screenshot(path=out / f"{name}.png", full_page=True,
-                                    clip={"x": 0, "y": 0, "width": 1280, "height": 2400})
+                    readme_shot(page, out / f"{name}.png", full_page=True,
+                                clip={"x": 0, "y": 0, "width": 1280, "height": 2400})
                 else:
-                    page.screenshot(path=out / f"{name}.png")
+                    readme_shot(page, out / f"{name}.png")
             browser.close()
 
 

@@ -23,7 +23,7 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from browser import ALL_IMAGES_LOADED, CHROMIUM, CHROMIUM_ARGS, wait_until  # noqa: E402  (the tests' Chromium)
+from browser import ALL_IMAGES_LOADED, CHROMIUM, CHROMIUM_ARGS, readme_shot, wait_until  # noqa: E402  (the tests' Chromium)
 
 
 class Api:
@@ -120,7 +120,7 @@ def shoot(args: argparse.Namespace, dataset_id: int, run_id: int, a: str, b: str
                            ("training-run", f"/training/{run_id}"), ("compare", f"/models/compare?a={a}&b={b}")):
             page.goto(f"{url}{path}")
             wait_until(page, ALL_IMAGES_LOADED, 30, "the images")
-            page.screenshot(path=out / f"{name}.png", full_page=name in ("dataset", "compare"))
+            readme_shot(page, out / f"{name}.png", full_page=name in ("dataset", "compare"))
         browser.close()
 
 

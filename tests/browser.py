@@ -19,6 +19,10 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
 # True once every image of the page has arrived (thumbnails and plots load lazily).
 ALL_IMAGES_LOADED = "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+# Every X-ray a page shows, and what is drawn from one: a job's thumbnails, the viewer's image and heatmap, a
+# dataset's examples. The shared datasets may not be committed, nor any file derived from them but a trained model.
+XRAY_IMAGES = "#xray, #heatmap, td.thumb img, .thumbs img"
+XRAY_COVER = "#6b7280"
 
 
 @dataclass
@@ -55,6 +59,13 @@ def wait_until(page: Page, expression: str, timeout: float, what: str) -> None:
     """Poll a JavaScript expression until it is true. Not page.wait_for_function: its polling evaluates a string with
     eval() inside the page, which the pages' CSP (script-src 'self') forbids once the first check is false."""
     wait_for(lambda: page.evaluate(expression), timeout, what, interval=0.1)
+
+
+def readme_shot(page: Page, path: str | Path, full_page: bool = False, clip: dict[str, float] | None = None) -> None:
+    """A screenshot for the README with every X-ray on the page covered in grey (XRAY_IMAGES): the pages as a user
+    sees them, without the datasets' images, which may not be committed."""
+    page.screenshot(path=str(path), full_page=full_page, clip=clip,
+                    mask=[page.locator(XRAY_IMAGES)], mask_color=XRAY_COVER)
 
 
 def log_in(page: Page, system: LiveSystem) -> None:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from browser import chromium_page, log_in, wait_until
+from browser import XRAY_COVER, chromium_page, log_in, readme_shot, wait_until
 from harness import LiveSystem, wait_for
 
 pytestmark = pytest.mark.slow
@@ -27,8 +27,18 @@ def _finished_job(system: LiveSystem, images: list[Path]) -> str:
     return job_id
 
 
+def _box_pixels(png: Path, box: dict[str, float]) -> set[tuple[int, ...]]:
+    """The distinct colours inside an element's box (its inner part) of a screenshot."""
+    from PIL import Image
+
+    x, y, w, h = (round(box[k]) for k in ("x", "y", "width", "height"))
+    with Image.open(png) as im:
+        inner = im.convert("RGB").crop((x + 2, y + 2, x + w - 2, y + h - 2))
+        return {c for _, c in inner.getcolors(maxcolors=1 << 20) or []}
+
+
 def test_read_a_job_filter_uncertain_view_heatmap_step_and_correct(
-    live_system: LiveSystem, sample_images: list[Path],
+    live_system: LiveSystem, sample_images: list[Path], tmp_path: Path,
 ) -> None:
     from playwright.sync_api import expect
 
@@ -75,8 +85,16 @@ def test_read_a_job_filter_uncertain_view_heatmap_step_and_correct(
         assert page.eval_on_selector("#heatmap", "e => e.style.opacity") == "0.8"
         page.locator("#window").fill("50")  # window/level: the filter's slope follows the slider
         assert page.eval_on_selector("#wl-r", "e => e.getAttribute('slope')") == "2"
+        # A README screenshot covers the X-ray and its heatmap (the datasets' images may not be committed).
+        box = page.locator("#xray").bounding_box()
+        assert box is not None and box["width"] > 50 and box["height"] > 50, box
+        page.screenshot(path=str(tmp_path / "plain.png"))
+        readme_shot(page, tmp_path / "covered.png")
+        cover = tuple(int(XRAY_COVER[i:i + 2], 16) for i in (1, 3, 5))
+        assert len(_box_pixels(tmp_path / "plain.png", box)) > 20  # the X-ray itself: many grey levels
+        assert _box_pixels(tmp_path / "covered.png", box) == {cover}
         if shots:
-            page.screenshot(path=f"{shots}/viewer.png")
+            readme_shot(page, f"{shots}/viewer.png")
 
         # The next image by keyboard, the overlay still on; then this prediction marked wrong.
         page.locator("#stage").focus()

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from browser import chromium_page
+from browser import chromium_page, readme_shot
 from harness import LiveSystem
 from installation import image_files, materialize
 
@@ -33,7 +33,7 @@ def test_login_folder_upload_progress_csv_and_logout(
         page.goto(f"{live_system.url}/")
         page.wait_for_url("**/login?next=**")  # no session yet: the pages send the browser to log in
         if shots:
-            page.screenshot(path=f"{shots}/login.png")
+            readme_shot(page, f"{shots}/login.png")
         page.locator("#username").fill(live_system.env["FRACTURE_TEST_USER"])
         page.locator("#password").fill("not the password")
         page.locator("#login").click()
@@ -46,7 +46,7 @@ def test_login_folder_upload_progress_csv_and_logout(
         page.locator("#dir-input").set_input_files(twenty_images)
         expect(page.locator("#selection")).to_contain_text("20 file(s) chosen")
         if shots:
-            page.screenshot(path=f"{shots}/upload.png")
+            readme_shot(page, f"{shots}/upload.png")
 
         page.locator("#submit").click()
         page.wait_for_url("**/jobs/*", timeout=60_000)
@@ -62,7 +62,7 @@ def test_login_folder_upload_progress_csv_and_logout(
         # Paths come from the folder picker, relative to the chosen folder.
         expect(page.locator("#results tbody tr").first.locator("td.path")).to_contain_text("xrays/")
         if shots:
-            page.screenshot(path=f"{shots}/job.png", full_page=False)
+            readme_shot(page, f"{shots}/job.png")
 
         with page.expect_download() as info:
             page.locator("#download-csv").click()
@@ -72,7 +72,7 @@ def test_login_folder_upload_progress_csv_and_logout(
         if shots:
             for name in ("jobs", "models", "training"):
                 page.goto(f"{live_system.url}/{name}")
-                page.screenshot(path=f"{shots}/{name}.png")
+                readme_shot(page, f"{shots}/{name}.png")
 
         page.locator("#logout").click()
         page.wait_for_url("**/login")

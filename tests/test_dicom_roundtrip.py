@@ -104,7 +104,7 @@ def _check_report(sr_file: bytes, sent_sops: set[str], results: dict[str, tuple[
 
 def _job_page_shows_the_study_and_its_deliveries(env: dict[str, str], port: int, job_id: str, count: int) -> None:
     """A real browser, as the admin: the study's line (never the patient's name) and every delivery sent."""
-    from browser import chromium_page
+    from browser import chromium_page, readme_shot
 
     url = f"http://127.0.0.1:{port}"
     with chromium_page(width=1280, height=1000) as watched:
@@ -121,10 +121,10 @@ def _job_page_shows_the_study_and_its_deliveries(env: dict[str, str], port: int,
         assert rows.count() == count
         assert rows.locator(".status").all_text_contents() == ["sent"] * count
         assert "Doe^Jane" not in page.content()  # the patient's identifiers stay off the page by default
-        shots = os.environ.get("FRACTURE_SCREENSHOT_DIR")
+        shots = os.environ.get("FRACTURE_SCREENSHOTS")
         if shots:
             page.locator("#deliveries").scroll_into_view_if_needed()
-            page.screenshot(path=str(Path(shots) / "dicom-job.png"), full_page=True)
+            readme_shot(page, Path(shots) / "dicom-job.png", full_page=True)
     assert not watched.blocked and not watched.errors, (watched.blocked, watched.errors)
 
 
