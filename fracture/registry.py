@@ -33,12 +33,14 @@ SEED_VERSION = "release-1"
 # (fracture/release/two-site-pointing/). two-site-7: two-site-5 taught by the boxes at output stride 8 (a 16x16
 # heatmap), the best pointing game so far (fracture/release/two-site-os8/). two-site-8: two-site-7 fine-tuned at a
 # 160-px input (a 20x20 heatmap, a fracture box 16 px instead of 13), the best classifier of both sources so far
-# (fracture/release/two-site-160/).
+# (fracture/release/two-site-160/). two-site-9: two-site-8 fine-tuned at a 192-px input, the first to meet the first
+# source's unchanged target at its threshold (fracture/release/two-site-192/).
 SHIPPED_CANDIDATES = (("two-site", "two-site-1"), ("robust", "robust-1"), ("robust-boxes", "robust-2"),
                       ("two-views", "two-views-1"), ("robust-framing", "robust-3"), ("two-site-trim", "two-site-2"),
                       ("two-site-eqf", "two-site-3"), ("two-site-os16", "two-site-4"),
                       ("two-site-os16-plain", "two-site-5"), ("two-site-pointing", "two-site-6"),
-                      ("two-site-os8", "two-site-7"), ("two-site-160", "two-site-8"))
+                      ("two-site-os8", "two-site-7"), ("two-site-160", "two-site-8"),
+                      ("two-site-192", "two-site-9"))
 
 
 def active_version(session: Session) -> ModelVersion | None:
