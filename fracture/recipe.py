@@ -23,8 +23,16 @@ INTENSITIES = ("none", "equalize", "equalize-full")
 # Per-image framing of fracture.ml.preprocess: "trim" crops the uniform black or white bands at the edges (a wider
 # collimation, an export's padding) before the network, so the same X-ray framed differently gives the same input.
 FRAMINGS = ("none", "trim")
-# Training augmentations of trainer.augmentation.TrainAugment.
-AUGMENTATIONS = ("light", "strong", "acquisition")
+# Training augmentations of trainer.augmentation.TrainAugment. "acquisition-lossy" draws the same family as
+# "acquisition" with the changes that lose information (clipping contrast and windows, a coarser resolution) twice as
+# often and the resolution down to a fifth (trainer.acquisition.random_acquisition_geometry).
+AUGMENTATIONS = ("light", "strong", "acquisition", "acquisition-lossy")
+
+
+def draws_acquisition(augment: str) -> bool:
+    """Whether an augmentation draws trainer.acquisition's changes (and so selects, and fits its detector, on
+    acquisition-changed copies too)."""
+    return augment.startswith("acquisition")
 # FracNet's output stride (fracture.ml.net.ModelArgs): its last block's map, which the heatmap shows and the box
 # loss teaches, is the input's side over this ("32": 4x4 at 128 px; "16": 8x8, 13% more serving time; "8": 16x16,
 # about twice the serving time of "16", measured on 2 CPU cores). Words, as a form sends them; the trainer takes the

@@ -160,7 +160,7 @@ def test_a_dry_run_with_equalize_full_and_acquisition_keeps_the_decoded_sources(
     assert not errors and sources.shape == (6, 1, 256, 256)
     for key, row in index.items():  # the decoded image squashed, not equalised
         assert torch.equal(sources[row], to_uint8_tensor(square(decode_gray(files[key], 512), 256)))
-    assert needs_sources(EQ_FULL, "acquisition")
+    assert needs_sources(EQ_FULL, "acquisition") and needs_sources(EQ_FULL, "acquisition-lossy")
     assert not needs_sources(EQ_FULL, "light") and not needs_sources(EQ, "acquisition")
 
 
@@ -169,8 +169,11 @@ def test_a_training_run_with_equalize_full_and_acquisition_draws_on_sources_and_
 ) -> None:
     data = materialize(dataset_root, tmp_path / "ds", per_class=12)
     out = tmp_path / "run"
-    small_training(data, out, "--dry-run", "--augment", "acquisition", "--intensity", "equalize-full")
+    # acquisition-lossy: the same family as acquisition (test_robustness.py runs that one), the lossy changes more
+    # often; both draw on the decoded sources and select and fit the detector on acquisition-changed copies.
+    small_training(data, out, "--dry-run", "--augment", "acquisition-lossy", "--intensity", "equalize-full")
     ckpt = load_checkpoint(out / "model.pt")
+    assert ckpt.meta["augment"] == "acquisition-lossy"
     assert ckpt.preprocess.intensity == "equalize-full" and ckpt.meta["ood_acquisition"] is True
     # The threshold is chosen on val and on the changed copy's images the detector lets through.
     assert ckpt.meta["metrics"]["threshold_on"].startswith("val and the images of an acquisition-changed copy")

@@ -69,6 +69,30 @@ def test_random_acquisition_is_seeded_and_varied(xrays: list[Image.Image]) -> No
     assert out.shape == batch.shape and out.dtype == torch.uint8
 
 
+def test_lossy_acquisition_clips_and_blurs_more_often_than_acquisition() -> None:
+    """`acquisition-lossy` draws the changes that lose information (clipping look-up tables, a coarser resolution)
+    more often: measured on what the draws do to two synthetic patterns, over the same 1,000 seeds."""
+    yy, xx = np.mgrid[:128, :128]
+    blocks = Image.fromarray(np.where((yy // 4 + xx // 4) % 2, 235, 20).astype(np.uint8))  # 2 grey levels
+    fine = Image.fromarray((((yy // 2 + xx // 2) % 2) * 120 + 60).astype(np.uint8))  # 2-px detail
+
+    def shares(lossy: bool) -> tuple[float, float]:
+        clipped = blurred = 0
+        for s in range(1000):
+            a = np.asarray(random_acquisition(np.random.default_rng(s), lossy)(blocks))[40:88, 40:88]
+            clipped += ((a == 0) | (a == 255)).mean() > 0.3  # both levels pushed to black or white
+            b = np.asarray(random_acquisition(np.random.default_rng(s), lossy)(fine), dtype=np.float64)
+            blurred += np.abs(np.diff(b[40:88, 40:88], axis=1)).mean() < 30  # the 2-px detail mostly gone
+        return clipped / 1000, blurred / 1000
+
+    (clip, blur), (clip_lossy, blur_lossy) = shares(False), shares(True)
+    assert clip_lossy > 1.3 * clip > 0 and blur_lossy > 1.3 * blur > 0, (clip, clip_lossy, blur, blur_lossy)
+    torch.manual_seed(0)
+    batch = torch.stack([to_uint8_tensor(fine.resize((64, 64)))] * 4)
+    out = TrainAugment(64, "acquisition-lossy")(batch)
+    assert out.shape == batch.shape and out.dtype == torch.uint8 and not torch.equal(out, batch)
+
+
 def test_equalize_makes_exposure_changes_nearly_invisible_to_the_network(xrays: list[Image.Image]) -> None:
     plain, equalized = PreprocessSpec(), PreprocessSpec(intensity="equalize")
     ratios = []
@@ -91,6 +115,7 @@ def test_equalize_makes_exposure_changes_nearly_invisible_to_the_network(xrays: 
 def test_the_recipe_fields_accept_the_new_options_and_refuse_others() -> None:
     assert check_recipe({"augment": "acquisition", "intensity": "equalize"}) == {"augment": "acquisition",
                                                                                  "intensity": "equalize"}
+    assert check_recipe({"augment": "acquisition-lossy"}) == {"augment": "acquisition-lossy"}
     with pytest.raises(RecipeError, match="intensity must be one of none, equalize"):
         check_recipe({"intensity": "histogram"})
 

@@ -161,27 +161,30 @@ AUDIT: tuple[AuditChange, ...] = (
 )
 
 
-def random_acquisition(rng: np.random.Generator) -> Change:
+def random_acquisition(rng: np.random.Generator, lossy: bool = False) -> Change:
     """One random draw from the family, at training strengths that cover the audit's and go past them: each kind
     of change with its own probability, composed in the order an acquisition and its export apply them."""
-    return random_acquisition_geometry(rng)[0]
+    return random_acquisition_geometry(rng, lossy)[0]
 
 
-def random_acquisition_geometry(rng: np.random.Generator) -> tuple[Change, Change]:
+def random_acquisition_geometry(rng: np.random.Generator, lossy: bool = False) -> tuple[Change, Change]:
     """random_acquisition's draw (the same draws from `rng`) and its geometric part alone (rotation and margins),
-    which moves a fracture box's mask as the change moves the image."""
+    which moves a fracture box's mask as the change moves the image. `lossy` draws the changes that lose
+    information (a clipping contrast or window, a coarser resolution) twice as often, the resolution from a fifth
+    of the side (log-uniform), and the rest as without it."""
     steps: list[Change] = []
     moves: list[Change] = []
     if rng.random() < 0.5:  # the look-up table: gamma, then contrast or a window
         steps.append(gamma(float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))))
-    if rng.random() < 0.3:
+    if rng.random() < (0.6 if lossy else 0.3):
         if rng.random() < 0.5:
             steps.append(contrast(float(rng.uniform(0.6, 1.4))))
         else:
             low = int(rng.integers(0, 60))
             steps.append(window(low, int(rng.integers(max(low + 120, 190), 256))))
-    if rng.random() < 0.2:
-        steps.append(resolution(float(rng.uniform(0.25, 0.8))))
+    if rng.random() < (0.4 if lossy else 0.2):
+        steps.append(resolution(float(np.exp(rng.uniform(np.log(0.2), np.log(0.8)))) if lossy
+                                else float(rng.uniform(0.25, 0.8))))
     if rng.random() < 0.4:
         moves.append(rotate(float(rng.uniform(-30, 30))))
         steps.append(moves[-1])

@@ -9,6 +9,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from fracture.ml.preprocess import PreprocessSpec, fit_input, to_uint8_tensor
+from fracture.recipe import draws_acquisition
 from trainer.acquisition import random_acquisition_geometry
 
 
@@ -19,13 +20,15 @@ class TrainAugment:
     `strong` adds small rotations and wider zoom and exposure ranges; measured on the grouped split
     it under-fits this data in a CPU budget of epochs. `acquisition` draws, per image, from the changes another
     department's machines make (trainer.acquisition: margins, rotations with black corners, gamma, contrast and
-    windows, resolution, JPEG, burned-in markers), the family the robustness audit measures.
+    windows, resolution, JPEG, burned-in markers), the family the robustness audit measures; `acquisition-lossy`
+    draws its clipping look-up tables and coarse resolutions twice as often.
     """
 
     def __init__(self, size: int, strength: str = "light", spec: PreprocessSpec | None = None) -> None:
         self.spec = spec  # what makes an input of a decoded source (AcquisitionChange), when sources are given
         strong = strength == "strong"
-        self.acquisition = strength == "acquisition"
+        self.acquisition = draws_acquisition(strength)
+        self.lossy = strength == "acquisition-lossy"
         scale = (0.7, 1.0) if self.acquisition else (0.6, 1.0) if strong else (0.85, 1.0)
         steps: list[object] = [
             v2.RandomResizedCrop(size, scale=scale, ratio=(0.8, 1.25) if strong or self.acquisition
@@ -49,7 +52,7 @@ class TrainAugment:
         images, Prepared.sources), the acquisition draw acts on those and the spec makes the inputs of them."""
         if self.acquisition:
             # numpy draws seeded from torch's generator: a seeded (and resumed) run augments the same way.
-            change = AcquisitionChange(int(torch.randint(0, 2**31 - 1, ()).item()), self.spec)
+            change = AcquisitionChange(int(torch.randint(0, 2**31 - 1, ()).item()), self.spec, self.lossy)
             batch_u8, masks = change.with_masks(batch_u8, masks, sources)
         if masks is None:
             out = torch.stack([self.t(img) for img in batch_u8])
@@ -70,9 +73,10 @@ class AcquisitionChange:
     department's look-up table, window or JPEG export acts before serving equalises and resizes; else it changes
     the input itself (which is what serving sees for any other spec: its inputs are the decoded image resized)."""
 
-    def __init__(self, seed: int = 0, spec: PreprocessSpec | None = None) -> None:
+    def __init__(self, seed: int = 0, spec: PreprocessSpec | None = None, lossy: bool = False) -> None:
         self.rng = np.random.default_rng(seed)
         self.spec = spec
+        self.lossy = lossy
 
     def __call__(self, batch_u8: torch.Tensor, sources: torch.Tensor | None = None) -> torch.Tensor:
         return self.with_masks(batch_u8, None, sources)[0]
@@ -88,7 +92,7 @@ class AcquisitionChange:
             drawn_on, to_input = sources, (lambda im: fit_input(im, spec))
         images, moved = [], []
         for i, img in enumerate(drawn_on):
-            change, geometry = random_acquisition_geometry(self.rng)
+            change, geometry = random_acquisition_geometry(self.rng, self.lossy)
             images.append(to_uint8_tensor(to_input(change(Image.fromarray(img[0].numpy())))))
             if masks is not None:
                 m = masks[i, 0]

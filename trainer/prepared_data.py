@@ -12,6 +12,7 @@ from PIL import Image as PILImage
 
 from fracture.ml.checkpoint import POSITIVE_CLASS
 from fracture.ml.preprocess import PreprocessSpec
+from fracture.recipe import draws_acquisition
 from trainer.audit import AuditReport, audit
 from trainer.box_supervision import box_masks_of
 from trainer.dataset_scan import SPLITS, fingerprint
@@ -63,7 +64,7 @@ SOURCE_SCALE = 2
 
 def needs_sources(spec: PreprocessSpec, augment: str) -> bool:
     """Whether a run keeps each image's decoded form beside its input (Prepared.sources)."""
-    return spec.equalize_decoded and augment == "acquisition"
+    return spec.equalize_decoded and draws_acquisition(augment)
 
 
 def sources_of(args: argparse.Namespace) -> list[Source]:

@@ -17,6 +17,7 @@ import torch
 
 from fracture.ml.checkpoint import load_checkpoint, read_payload, save_checkpoint
 from fracture.ml.preprocess import PreprocessSpec
+from fracture.recipe import draws_acquisition
 from trainer.prepared_data import Prepared, prepare_data
 from trainer.split_evaluation import final_evaluation
 from trainer.train import get_args_parser
@@ -57,7 +58,7 @@ def recalibrate(model_path: Path, out: Path, data: str | None = None, data_spec:
     prepared = checkpoint_data(payload, ckpt.preprocess, data, data_spec, locked, cache_dir=cache_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if acquisition is None:
-        acquisition = payload.get("augment") == "acquisition"
+        acquisition = draws_acquisition(str(payload.get("augment", "")))
     curves, threshold, metrics, detector = final_evaluation(ckpt.model.to(device), prepared, ckpt.preprocess,
                                                             device, min_sensitivity, min_specificity, acquisition)
     old = payload.get("metrics", {})

@@ -32,7 +32,7 @@ from fracture.ml import ood
 from fracture.ml.checkpoint import read_payload
 from fracture.ml.net import OUTPUT_STRIDES, POOLINGS, ModelArgs, build_model, load_pretrained
 from fracture.ml.preprocess import VIEWS, PreprocessSpec, normalize
-from fracture.recipe import AUGMENTATIONS, FRAMINGS, INTENSITIES, RECIPE
+from fracture.recipe import AUGMENTATIONS, FRAMINGS, INTENSITIES, RECIPE, draws_acquisition
 from trainer import card
 from trainer.augmentation import AcquisitionChange, TrainAugment
 from trainer.augmented_batches import augmented_batches
@@ -112,7 +112,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", default=None, type=int,
                    help="seed of the grouped split (default: --seed); fix it to retrain on the same data")
     p.add_argument("--augment", default=RECIPE["augment"], choices=AUGMENTATIONS,
-                   help="acquisition: margins, rotations, exposure, resolution, markers (trainer.acquisition)")
+                   help="acquisition: margins, rotations, exposure, resolution, markers (trainer.acquisition); "
+                        "acquisition-lossy: clipping windows and coarse resolutions twice as often")
     p.add_argument("--intensity", default=RECIPE["intensity"], choices=INTENSITIES,
                    help="per-image intensity normalisation, saved in the checkpoint and applied when serving: "
                         "equalize at the input size; equalize-full also on the decoded image, before the resize")
@@ -319,7 +320,7 @@ def select_on_val(args: argparse.Namespace, state: TrainingState, data: Prepared
     auc = float(va["roc_auc"]) if not math.isnan(float(va["roc_auc"])) else 0.0  # type: ignore[arg-type]
     changed = ""
     score = auc
-    if args.augment == "acquisition":
+    if draws_acquisition(args.augment):
         auc_c = changed_val_auc(state.served, changed_val(), spec, device)
         state.history.setdefault("val_auc_changed", []).append(auc_c)
         score = (auc + auc_c) / 2
@@ -372,7 +373,7 @@ def selected_on(args: argparse.Namespace) -> str:
     if select == "last":
         return "the last epoch (--select last)"
     auc = ("val ROC-AUC, one view: the mean of val as it is and of an acquisition-changed copy"
-           if args.augment == "acquisition" else "val ROC-AUC, one view")
+           if draws_acquisition(args.augment) else "val ROC-AUC, one view")
     if select == "auc-pointing":
         return f"the mean of {auc} and the pointing game on val's boxed fractured images (--select auc-pointing)"
     return auc
@@ -382,7 +383,7 @@ def evaluate_selected(args: argparse.Namespace, state: TrainingState, data: Prep
                       device: torch.device, say: LogCallback) -> FinalEvaluation:
     """Evaluate the kept network as served on every split, and record in its metrics how it was selected."""
     curves, threshold, metrics, detector = final_evaluation(state.model, data, spec, device, args.min_sensitivity,
-                                                            args.min_specificity, args.augment == "acquisition")
+                                                            args.min_specificity, draws_acquisition(args.augment))
     metrics["selected_epoch"] = state.best["epoch"]
     metrics["selected_on"] = selected_on(args)
     metrics["split_policy"] = args.split

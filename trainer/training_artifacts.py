@@ -15,6 +15,7 @@ import torch
 from fracture.ml.checkpoint import POSITIVE_CLASS, save_checkpoint
 from fracture.ml.net import ModelArgs
 from fracture.ml.preprocess import PreprocessSpec
+from fracture.recipe import draws_acquisition
 from trainer import card, plots
 from trainer.box_supervision import box_weight_of
 from trainer.prepared_data import Prepared, split_sizes
@@ -37,7 +38,7 @@ def write_checkpoint(args: argparse.Namespace, out: Path, state: TrainingState, 
         extra={"split_policy": args.split, "selection_metric": metrics.get("val", {}).get("roc_auc"),
                "history": state.history, "command": command, "seed": args.seed,
                "split_seed": args.seed if args.split_seed is None else args.split_seed,
-               "augment": args.augment, "ood_acquisition": args.augment == "acquisition",
+               "augment": args.augment, "ood_acquisition": draws_acquisition(args.augment),
                "init": str(args.init) if getattr(args, "init", None) else None,
                "boxes": str(args.boxes) if box_weight else None, "box_weight": box_weight or None,
                "box_loss": getattr(args, "box_loss", "share") if box_weight else None,
