@@ -12,9 +12,10 @@ looks different everywhere. For a seeded sample of the first source's held-out i
 split, as bench/robustness.py takes them) this prints, per intensity change of trainer.acquisition.AUDIT, how far the
 network's input moves (mean absolute difference on 0..1 at the model's input size) under plain equalisation and
 under an equalisation of the foreground alone (a prototype here, not a recipe option: pixels above Otsu's threshold
-equalised onto 1..255, the background black), and with --model the served network's logit shift under the narrow
-window and the quarter resolution (median over the normal and the fractured images) and the ROC-AUC per half of the
-sample split by the background's share.
+equalised onto 1..255, the background black; at the input size again, the pixels above black), and unless
+--no-scores the served network's logit shift under the narrow window, the quarter resolution and contrast x1.3
+(median over the normal and the fractured images) and the ROC-AUC per half of the images split by the background's
+share.
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ def otsu(a: np.ndarray) -> int:
     return int(np.argmax(between))
 
 
-def equalize_foreground(im: Image.Image) -> Image.Image:
-    """The prototype: the grey levels above Otsu's threshold equalised onto 1..255, the rest black."""
+def equalize_foreground(im: Image.Image, black_only: bool = False) -> Image.Image:
+    """The prototype: the grey levels above Otsu's threshold equalised onto 1..255, the rest black (`black_only`: the
+    levels above 0, for an image made so already and resized)."""
     a = np.asarray(im)
-    t = otsu(a)
+    t = 0 if black_only else otsu(a)
     fg = a > t
     if fg.sum() < 16:
         return ImageOps.equalize(im)
@@ -64,8 +66,10 @@ def equalize_foreground(im: Image.Image) -> Image.Image:
 
 def network_input(im: Image.Image, size: int, foreground: bool) -> np.ndarray:
     """What an equalising checkpoint's network sees of a decoded image: equalised, resized, equalised again."""
-    eq = equalize_foreground if foreground else ImageOps.equalize
-    return np.asarray(eq(square(eq(im), size)), dtype=np.float32) / 255
+    if foreground:
+        small = square(equalize_foreground(im), size)
+        return np.asarray(equalize_foreground(small, black_only=True), dtype=np.float32) / 255
+    return np.asarray(ImageOps.equalize(square(ImageOps.equalize(im), size)), dtype=np.float32) / 255
 
 
 def displacement(images: list[Image.Image], change: AuditChange, size: int, foreground: bool) -> float:
