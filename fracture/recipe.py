@@ -27,12 +27,6 @@ FRAMINGS = ("none", "trim")
 # "acquisition" with the changes that lose information (clipping contrast and windows, a coarser resolution) twice as
 # often and the resolution down to a fifth (trainer.acquisition.random_acquisition_geometry).
 AUGMENTATIONS = ("light", "strong", "acquisition", "acquisition-lossy")
-
-
-def draws_acquisition(augment: str) -> bool:
-    """Whether an augmentation draws trainer.acquisition's changes (and so selects, and fits its detector, on
-    acquisition-changed copies too)."""
-    return augment.startswith("acquisition")
 # FracNet's output stride (fracture.ml.net.ModelArgs): its last block's map, which the heatmap shows and the box
 # loss teaches, is the input's side over this ("32": 4x4 at 128 px; "16": 8x8, 13% more serving time; "8": 16x16,
 # about twice the serving time of "16", measured on 2 CPU cores). Words, as a form sends them; the trainer takes the
@@ -63,3 +57,9 @@ def recipe_of(params: dict[str, Any]) -> dict[str, Any]:
     """The full recipe of a run: its params' recipe fields over the defaults."""
     return {key: params.get(key, default) if params.get(key) is not None else default
             for key, default in RECIPE.items()}
+
+
+def draws_acquisition(augment: str) -> bool:
+    """Whether an augmentation draws trainer.acquisition's changes (and so selects, and fits its detector, on
+    acquisition-changed copies too)."""
+    return augment.startswith("acquisition")
