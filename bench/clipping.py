@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from scipy.special import logit
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -72,10 +73,12 @@ def network_input(im: Image.Image, size: int, foreground: bool) -> np.ndarray:
     return np.asarray(ImageOps.equalize(square(ImageOps.equalize(im), size)), dtype=np.float32) / 255
 
 
-def displacement(images: list[Image.Image], change: AuditChange, size: int, foreground: bool) -> float:
+def displacement(images: list[Image.Image], unchanged: list[np.ndarray], change: AuditChange, size: int,
+                 foreground: bool) -> float:
+    """The mean absolute move of the images' inputs (`unchanged`: their inputs as they are) under `change`."""
     assert change.change is not None
-    return float(np.mean([np.abs(network_input(change.change(im), size, foreground)
-                                 - network_input(im, size, foreground)).mean() for im in images]))
+    return float(np.mean([np.abs(network_input(change.change(im), size, foreground) - base).mean()
+                          for im, base in zip(images, unchanged, strict=True)]))
 
 
 def main() -> int:
@@ -93,7 +96,8 @@ def main() -> int:
     images, labels = [im for im, _ in loaded], np.array([y for _, y in loaded])
     dark = np.array([(np.asarray(im) <= DARK).mean() for im in images])
     sample = sorted(np.random.default_rng(0).choice(len(images), min(args.limit, len(images)), replace=False))
-    size = Predictor.from_file(args.model, device=torch.device("cpu")).spec.image_size
+    predictor = Predictor.from_file(args.model, device=torch.device("cpu"))
+    size = predictor.spec.image_size
     quartiles = np.quantile(dark, [.25, .5, .75]).tolist()
     moves: dict[str, list[float]] = {}
     report: dict[str, object] = {"n": len(images), "dark_share_quartiles": quartiles, "input_size": size,
@@ -101,23 +105,23 @@ def main() -> int:
     print(f"{len(images)} held-out first-source images; share of pixels <= {DARK}: quartiles "
           + " / ".join(f"{q:.2f}" for q in quartiles))
     print("\n| change | input moved, plain equalisation | input moved, foreground equalised |\n|---|---|---|")
+    sampled = [images[i] for i in sample]
+    bases = {fg: [network_input(im, size, fg) for im in sampled] for fg in (False, True)}
     for change in AUDIT:
         if change.group not in ("intensity", "windowing"):
             continue
-        moved = [displacement([images[i] for i in sample], change, size, fg) for fg in (False, True)]
+        moved = [displacement(sampled, bases[fg], change, size, fg) for fg in (False, True)]
         moves[change.name] = moved
         print(f"| {change.name} | {moved[0]:.3f} | {moved[1]:.3f} |", flush=True)
     if not args.no_scores:
-        predictor = Predictor.from_file(args.model, device=torch.device("cpu"))
         named = {c.name: c for c in AUDIT}
         base, _ = _scores(predictor, images, named["none"])
-        logit = lambda p: np.log(np.clip(p, 1e-6, 1 - 1e-6) / np.clip(1 - p, 1e-6, 1))  # noqa: E731
         print("\n| change | logit shift, normal (median) | logit shift, fractured (median) | ROC-AUC, less "
               "background (unchanged) | ROC-AUC, more background (unchanged) |\n|---|---|---|---|---|")
         less = dark <= np.median(dark)
         for name in ("narrow window (40-215)", "quarter resolution", "contrast x1.3"):
             prob, _ = _scores(predictor, images, named[name])
-            shift = logit(prob) - logit(base)
+            shift = logit(np.clip(prob, 1e-6, 1 - 1e-6)) - logit(np.clip(base, 1e-6, 1 - 1e-6))
             aucs = [(roc_auc_score(labels[s], prob[s]), roc_auc_score(labels[s], base[s])) for s in (less, ~less)]
             report[name] = {"shift_normal": float(np.median(shift[labels == 0])),
                             "shift_fractured": float(np.median(shift[labels == 1])), "auc_halves": aucs}

@@ -30,7 +30,6 @@ def _finished_job(system: LiveSystem, images: list[Path]) -> str:
 
 def _box_pixels(png: Path, box: dict[str, float]) -> set[tuple[int, ...]]:
     """The distinct colours inside an element's box (its inner part) of a screenshot."""
-
     x, y, w, h = (round(box[k]) for k in ("x", "y", "width", "height"))
     with Image.open(png) as im:
         inner = im.convert("RGB").crop((x + 2, y + 2, x + w - 2, y + h - 2))
