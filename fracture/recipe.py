@@ -46,11 +46,15 @@ INT_FIELDS: dict[str, tuple[int, int]] = {"epochs": (1, 1000), "width": (4, 256)
 WORD_FIELDS: dict[str, tuple[str, ...]] = {"views": VIEWS, "augment": AUGMENTATIONS, "intensity": INTENSITIES,
                                            "framing": FRAMINGS, "output_stride": OUTPUT_STRIDES,
                                            "pooling": POOLINGS, "box_weight": BOX_WEIGHTS}
-RECIPE_FIELDS = (*INT_FIELDS, *WORD_FIELDS)
+# The peak learning rate of the one-cycle schedule. A run that starts from a registered version's weights
+# (`start_from`) fine-tunes them: the versions shipped as candidates were made at 2e-4 to 5e-4 (a tenth to a quarter
+# of the default); at the default a fine-tune first unlearns much of what it started from.
+FLOAT_FIELDS: dict[str, tuple[float, float]] = {"lr": (1e-5, 1e-1)}
+RECIPE_FIELDS = (*INT_FIELDS, *WORD_FIELDS, *FLOAT_FIELDS)
 
 RECIPE: dict[str, Any] = {"epochs": 80, "width": 24, "image_size": 128, "views": "dihedral", "seed": 0,
                           "augment": "light", "intensity": "none", "framing": "none",
-                          "output_stride": "32", "pooling": "mean", "box_weight": "0"}
+                          "output_stride": "32", "pooling": "mean", "box_weight": "0", "lr": 2e-3}
 
 
 def recipe_of(params: dict[str, Any]) -> dict[str, Any]:

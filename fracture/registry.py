@@ -254,15 +254,10 @@ def checkpoint_path(settings: Settings, version: ModelVersion) -> Path:
     return Storage(settings.storage_dir).path(version.checkpoint_key)
 
 
-def load_predictor(settings: Settings, version: ModelVersion) -> Predictor:
-    """`version`'s checkpoint loaded for serving, after checking the file is the one registered (its SHA-256).
-
-    Raises CheckpointError when the file is missing or not the recorded one: a replaced or damaged file never
-    serves, nor is it measured by an evaluation or the promotion gate. Every loader of a version goes through here.
-    """
-    # Imported here: torch costs the web processes seconds at start, and the web imports this module.
+def verified_checkpoint(settings: Settings, version: ModelVersion) -> Path:
+    """`version`'s checkpoint file in storage, after checking it is the one registered (its SHA-256); CheckpointError
+    when it is missing or another file."""
     from fracture.ml.checkpoint import CheckpointError, sha256_file
-    from fracture.ml.inference import Predictor
 
     path = checkpoint_path(settings, version)
     if not path.is_file():
@@ -270,5 +265,18 @@ def load_predictor(settings: Settings, version: ModelVersion) -> Predictor:
             f"model file of version {version.name} is missing from storage ({version.checkpoint_key})")
     if sha256_file(path) != version.checkpoint_sha256:
         raise CheckpointError(f"model file of version {version.name} does not match its recorded SHA-256")
+    return path
+
+
+def load_predictor(settings: Settings, version: ModelVersion) -> Predictor:
+    """`version`'s checkpoint loaded for serving, after checking the file is the one registered (its SHA-256).
+
+    Raises CheckpointError when the file is missing or not the recorded one: a replaced or damaged file never
+    serves, nor is it measured by an evaluation or the promotion gate. Every loader of a version goes through here.
+    """
+    # Imported here: torch costs the web processes seconds at start, and the web imports this module.
+    from fracture.ml.inference import Predictor
+
+    path = verified_checkpoint(settings, version)
     return Predictor.from_file(path, batch_size=settings.batch_size, max_pixels=settings.max_image_pixels,
                                decoder=settings.decoder, decode_threads=settings.decode_threads)

@@ -1,6 +1,8 @@
-"""The datasets and recipe a schedule names (its params): checked, with one-sentence errors.
+"""The datasets, recipe and starting weights a training or a schedule names (its params): checked, with one-sentence
+errors.
 
-Only READY training datasets may be named: evaluation datasets are locked, never trained on.
+Only READY training datasets may be named: evaluation datasets are locked, never trained on. `start_from` names a
+registered model version (name or id) whose weights the run fine-tunes instead of starting from random ones.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from fracture.models import MAX_ROW_ID, Dataset, DatasetRole, DatasetStatus
-from fracture.recipe import INT_FIELDS, WORD_FIELDS
+from fracture.recipe import FLOAT_FIELDS, INT_FIELDS, WORD_FIELDS
+from fracture.registry import find_version
 
 
 class RecipeError(ValueError):
@@ -38,7 +41,29 @@ def check_recipe(data: dict[str, Any]) -> dict[str, Any]:
         if value not in words:
             raise RecipeError(f"{name} must be one of {', '.join(words)}, not {value!r}")
         recipe[name] = value
+    for name, (low_f, high_f) in FLOAT_FIELDS.items():
+        value = data.get(name)
+        if value is None or value == "":
+            continue
+        number = _number(value)
+        if number is None or not low_f <= number <= high_f:
+            raise RecipeError(f"{name} must be a number from {low_f:g} to {high_f:g}, not {value!r}")
+        recipe[name] = number
     return recipe
+
+
+def _number(value: object) -> float | None:
+    """A JSON number or a form's text as a float; None for anything else (a bool, text that is not a number)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
 
 
 def check_dataset_ids(session: Session, ids: object) -> list[int]:
@@ -61,6 +86,21 @@ def check_dataset_ids(session: Session, ids: object) -> list[int]:
     return sorted(checked)
 
 
+def check_start_from(session: Session, ref: object) -> int | None:
+    """The id of the model version `ref` names (its name or id; None or "" for none); RecipeError for no version."""
+    if ref is None or ref == "":
+        return None
+    version = find_version(session, ref) if isinstance(ref, str | int) else None
+    if version is None:
+        raise RecipeError(f"start_from names no model version: {ref!r} (give a version's name or id)")
+    return version.id
+
+
 def check_params(session: Session, data: dict[str, Any]) -> dict[str, Any]:
-    """A training's params from `data`: {"dataset_ids": [...], recipe fields...}; RecipeError otherwise."""
-    return {"dataset_ids": check_dataset_ids(session, data.get("dataset_ids")), **check_recipe(data)}
+    """A training's params from `data`: {"dataset_ids": [...], recipe fields..., "start_from"?: version id};
+    RecipeError otherwise."""
+    params = {"dataset_ids": check_dataset_ids(session, data.get("dataset_ids")), **check_recipe(data)}
+    start_from = check_start_from(session, data.get("start_from"))
+    if start_from is not None:
+        params["start_from"] = start_from
+    return params

@@ -64,10 +64,12 @@ def name_from(data: Mapping[str, Any], default: str | None) -> str | None:
 
 
 def params_from(session: Session, data: Mapping[str, Any], current: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The datasets and recipe asked for, over the current ones; None when the request changes neither."""
-    if current is not None and "dataset_ids" not in data and not any(k in data for k in RECIPE_FIELDS):
+    """The datasets, recipe and version to start from asked for, over the current ones; None when the request
+    changes none of them."""
+    keys = ("dataset_ids", "start_from", *RECIPE_FIELDS)
+    if current is not None and not any(k in data for k in keys):
         return None
-    merged = {**(current or {}), **{k: data[k] for k in ("dataset_ids", *RECIPE_FIELDS) if k in data}}
+    merged = {**(current or {}), **{k: data[k] for k in keys if k in data}}
     return schedule_params.check_params(session, merged)
 
 

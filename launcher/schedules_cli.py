@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from fracture.config import get_settings
-from fracture.recipe import INT_FIELDS, RECIPE, WORD_FIELDS
+from fracture.recipe import FLOAT_FIELDS, INT_FIELDS, RECIPE, WORD_FIELDS
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -44,9 +44,10 @@ def schedules() -> None:
 
 def _recipe_options(command: Any) -> Any:
     """One option per recipe field (--epochs, --augment, ...), checked by the core as the API's fields are."""
-    for name in reversed((*INT_FIELDS, *WORD_FIELDS)):
+    for name in reversed((*INT_FIELDS, *WORD_FIELDS, *FLOAT_FIELDS)):
         low_high = INT_FIELDS.get(name)
-        kind = click.IntRange(*low_high) if low_high else click.Choice(WORD_FIELDS[name])
+        kind: Any = (click.IntRange(*low_high) if low_high else click.FloatRange(*FLOAT_FIELDS[name])
+                     if name in FLOAT_FIELDS else click.Choice(WORD_FIELDS[name]))
         command = click.option(f"--{name.replace('_', '-')}", name, type=kind,
                                help=f"the recipe's {name} (default {RECIPE[name]!r})")(command)
     return command
@@ -90,6 +91,7 @@ def _dataset_ids(session: Session, given: tuple[str, ...]) -> list[object]:
 @click.option("--cron", metavar='"M H DOM MON DOW"', help="due by a five-field cron expression")
 @click.option("--timezone", help="an IANA time zone for the time of day or cron fields (default UTC)")
 @click.option("--paused", is_flag=True, help="add it paused (resume it later)")
+@click.option("--start-from", help="a model version's name or id: each run fine-tunes its weights")
 @_recipe_options
 def add(datasets: tuple[str, ...], weekly_at: str | None, paused: bool, **options: Any) -> None:
     """Add a retraining schedule: give one of --every-minutes, --every-hours, --daily-at, --weekly-at, --cron."""

@@ -257,7 +257,7 @@ def test_init_warm_starts_from_a_checkpoint_of_the_same_network_and_refuses_anot
             assert torch.allclose(warm.model.state_dict()[name], value, atol=1e-5), name
     proc = subprocess.run([*base, "--out", str(tmp_path / "other"), "--width", "16"],
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode != 0 and "are not this run's" in proc.stderr
+    assert proc.returncode != 0 and "are another network's: width 8 (this run: 16)" in proc.stderr
 
 
 def test_loader_workers_augment_in_processes_and_give_the_same_model_whatever_their_number(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from flask.testing import FlaskClient
 from harness import WorkerFactory, start_proc, wait_for
 from installation import VENV_BIN, materialize_both
@@ -167,6 +168,55 @@ def test_cancel_stops_a_running_training_within_one_epoch_and_registers_nothing(
         assert client.get(f"/api/trainings/{queued['id']}").get_json()["epoch"] == 0
     finally:
         dispose_engines()
+
+
+def test_a_run_started_from_a_version_fine_tunes_its_weights_and_refuses_another_network(
+    env: dict[str, str], cfg: Settings, roots: Path,
+) -> None:
+    """`start_from` names a registered version: the run trains from its stored weights (the trainer's --init), says
+    so in its JSON, page and log; a recipe of another width fails with which; an unknown version or a learning rate
+    out of range is refused before a run is recorded."""
+    client = make_client(cfg)
+    site = ready_dataset(client, cfg, roots / "site", "site")
+    first_id = client.post("/api/trainings", json={"dataset_ids": [site], "dry_run": True, **TINY}).get_json()["id"]
+    assert run_training(cfg, first_id) is not None
+    origin = client.get(f"/api/trainings/{first_id}").get_json()["model_version"]
+    assert f'<option value="{origin}">'.encode() in client.get("/training").data  # offered on the start form
+
+    for body, reason in (({"start_from": "no-such-version"}, "start_from names no model version"),
+                         ({"lr": 0}, "lr must be a number from 1e-05 to 0.1"),
+                         ({"lr": "fast"}, "lr must be a number")):
+        refused = client.post("/api/trainings", json={"dataset_ids": [site], **TINY, **body})
+        assert refused.status_code == 400 and reason in refused.get_json()["error"], refused.get_json()
+    assert [r["id"] for r in client.get("/api/trainings").get_json()["trainings"]] == [first_id]
+
+    posted = client.post("/api/trainings", json={"dataset_ids": [site], "dry_run": True, **TINY,
+                                                 "start_from": origin, "lr": 1e-5, "seed": 1})
+    assert posted.status_code == 201, posted.get_json()
+    run_id = posted.get_json()["id"]
+    assert run_training(cfg, run_id) is not None
+    run = client.get(f"/api/trainings/{run_id}").get_json()
+    assert run["status"] == "done" and run["recipe"]["lr"] == 1e-5 and run["recipe"]["seed"] == 1
+    with session_scope(cfg.database_url) as s:
+        origin_id = s.query(ModelVersion).filter_by(name=origin).one().id
+    assert run["start_from"] == {"id": origin_id, "name": origin}
+    stored = cfg.storage_dir / "models" / origin / "model.pt"
+    warm = load_checkpoint(cfg.storage_dir / "models" / run["model_version"] / "model.pt")
+    assert warm.meta["init"] == str(stored)
+    start = load_checkpoint(stored)
+    # Another seed, so another random start: one step at 1e-5 leaves the convolutions the version's only if they
+    # started from them.
+    for name, value in start.model.state_dict().items():
+        if name.endswith("conv1.weight"):
+            assert torch.allclose(warm.model.state_dict()[name], value, atol=1e-4), name
+    assert f"started from the weights of {stored}" in client.get(run["log_url"]).text
+    assert f"fine-tuned from <a href=\"/models\">{origin}</a>" in client.get(f"/training/{run_id}").data.decode()
+
+    other = client.post("/api/trainings", json={"dataset_ids": [site], "dry_run": True, "image_size": 64,
+                                                "width": 16, "start_from": origin}).get_json()["id"]
+    assert run_training(cfg, other) is None
+    failed = client.get(f"/api/trainings/{other}").get_json()
+    assert failed["status"] == "failed" and "are another network's: width 8 (this run: 16)" in failed["error"]
 
 
 def test_a_failed_run_shows_one_sentence_and_logs_the_traceback(

@@ -99,7 +99,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", default=RECIPE["image_size"], type=int)
     p.add_argument("--epochs", default=RECIPE["epochs"], type=int)
     p.add_argument("--batch-size", default=64, type=int)
-    p.add_argument("--lr", default=2e-3, type=float)
+    p.add_argument("--lr", default=RECIPE["lr"], type=float,
+                   help="the one-cycle schedule's peak learning rate (to fine-tune --init: a tenth to a quarter)")
     p.add_argument("--weight-decay", default=5e-4, type=float)
     p.add_argument("--min-sensitivity", default=0.96, type=float,
                    help="the sensitivity floor the threshold is chosen to meet (trainer.metrics.choose_threshold)")
@@ -213,8 +214,10 @@ def warm_start(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, init: s
                      pooling=margs.pooling)
     their_spec = PreprocessSpec.from_dict(payload["preprocess"])
     if theirs != margs or their_spec.channels != spec.channels:
-        raise ValueError(f"--init {init}: its network {theirs} and input {their_spec} are not this run's "
-                         f"({margs}, {spec})")
+        differ = [f"{k} {v} (this run: {getattr(margs, k)})" for k, v in vars(theirs).items() if getattr(margs, k) != v]
+        if their_spec.channels != spec.channels:
+            differ.append(f"input channels {their_spec.channels} (this run: {spec.channels})")
+        raise ValueError(f"the weights to start from ({init}) are another network's: {', '.join(differ)}")
     model.load_state_dict(payload["state_dict"])
 
 

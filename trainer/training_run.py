@@ -11,8 +11,8 @@ from typing import Any
 from fracture import trainings, val_auc
 from fracture.config import Settings
 from fracture.db import session_scope
-from fracture.models import TrainingRun
-from fracture.registry import active_version, register_checkpoint, store_plots
+from fracture.models import ModelVersion, TrainingRun
+from fracture.registry import active_version, register_checkpoint, store_plots, verified_checkpoint
 from fracture.storage import Storage
 from trainer.heartbeat import beating
 from trainer.promotion import decide_and_apply
@@ -37,6 +37,8 @@ def build_args(settings: Settings, run_id: int, params: dict[str, Any]) -> argpa
 
     out = Storage(settings.storage_dir).path(f"runs/{run_id}")
     argv = [*data_argv(settings, params, out), "--out", str(out), "--no-progress"]
+    if params.get("start_from"):
+        argv += ["--init", str(start_weights(settings, int(params["start_from"])))]
     for key, value in params.items():
         if key not in ALLOWED or value is None or value is False:
             continue
@@ -47,6 +49,15 @@ def build_args(settings: Settings, run_id: int, params: dict[str, Any]) -> argpa
     args = get_args_parser().parse_args(argv)
     args.argv = argv
     return args
+
+
+def start_weights(settings: Settings, version_id: int) -> Path:
+    """The checkpoint of the version a run fine-tunes (its `start_from`), verified against its recorded SHA-256."""
+    with session_scope(settings.database_url) as s:
+        version = s.get(ModelVersion, version_id)
+        if version is None:
+            raise LookupError(f"the model version #{version_id} to start from is no longer registered")
+        return verified_checkpoint(settings, version)
 
 
 def run_training(settings: Settings, run_id: int) -> int | None:

@@ -34,7 +34,7 @@ def section() -> dict[str, Any]:
                  for row in map(schedule_json, session.scalars(select(Schedule).order_by(Schedule.id)))],
         "choices": datasets.ready_training_datasets(session),
         "options": {"weekdays": list(enumerate(schedule_times.WEEKDAYS)), "words": schedule_params.WORD_FIELDS,
-                    "ints": schedule_params.INT_FIELDS},
+                    "ints": schedule_params.INT_FIELDS, "floats": schedule_params.FLOAT_FIELDS},
     }
 
 

@@ -57,6 +57,7 @@ ScheduleBody = ma.Schema.from_dict({
     "timezone": f.Raw(metadata={"description": "An IANA name such as Europe/Berlin (default UTC)."}),
     "enabled": f.Raw(metadata={"description": "true or false."}),
     "dataset_ids": f.Raw(metadata={"description": "Ready training datasets' ids."}),
+    "start_from": f.Raw(metadata={"description": "A model version's name or id: its weights are fine-tuned."}),
     **{name: f.Raw(metadata={"description": f"The recipe's {name} (default {default!r})."})
        for name, default in RECIPE.items()},
 }, name="ScheduleBody")

@@ -33,8 +33,9 @@ bp = Blueprint("trainings", __name__)
 
 
 def _start_form_choices() -> dict[str, Any]:
-    """What the start form offers: the ready training datasets and the recipe's defaults."""
-    return {"datasets": datasets.ready_training_datasets(db()), "recipe": RECIPE, "views": VIEWS,
+    """What the start form offers: the ready training datasets, the recipe's defaults and the versions to start from."""
+    versions = db().scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())).all()
+    return {"datasets": datasets.ready_training_datasets(db()), "recipe": RECIPE, "views": VIEWS, "versions": versions,
             "augmentations": AUGMENTATIONS, "intensities": INTENSITIES, "framings": FRAMINGS,
             "output_strides": OUTPUT_STRIDES, "poolings": POOLINGS, "box_weights": BOX_WEIGHTS}
 
@@ -75,7 +76,7 @@ def retrain() -> ResponseReturnValue:
 def start_form() -> ResponseReturnValue:
     """The training page's form: checked datasets and the recipe fields, then the run's page."""
     require_admin("start a training run")
-    body: dict[str, Any] = {k: v for k, v in request.form.items() if k in RECIPE or k == "dry_run"}
+    body: dict[str, Any] = {k: v for k, v in request.form.items() if k in RECIPE or k in ("dry_run", "start_from")}
     body["dataset_ids"] = request.form.getlist("dataset_ids")
     try:
         run = start(body, f"requested on the training page by {current_user().username}")

@@ -43,6 +43,7 @@ class RunSchema(Lifetime):
     history = f.Dict(keys=f.String(), values=f.List(f.Float(allow_none=True)), required=True)
     datasets = f.List(f.Dict(), required=True)
     recipe = f.Dict(required=True)
+    start_from = f.Dict(allow_none=True)
     cancel_requested = f.Boolean(required=True)
     final = f.Boolean(required=True)
     schedule_id = f.Integer(allow_none=True)
@@ -66,6 +67,7 @@ class RunSchema(Lifetime):
         ids = params.get("dataset_ids") or []
         names = {d.id: d.name for d in session.scalars(select(Dataset).where(Dataset.id.in_(ids)))} if ids else {}
         version = session.get(ModelVersion, run.model_version_id) if run.model_version_id else None
+        origin = session.get(ModelVersion, params["start_from"]) if params.get("start_from") else None
         views = (version.metrics or {}).get("served_views") if version else None
         return {
             "id": run.id, "status": run.status, "epoch": run.epoch, "epochs": run.epochs,
@@ -78,6 +80,8 @@ class RunSchema(Lifetime):
             "model_version": version.name if version else None, "error": run.error, "message": run.message,
             "history": history, "datasets": [{"id": i, "name": names.get(i)} for i in ids],
             "recipe": recipe_of(params) | ({"dry_run": True} if params.get("dry_run") else {}),
+            "start_from": None if not params.get("start_from") else {
+                "id": params["start_from"], "name": origin.name if origin else f"#{params['start_from']} (deleted)"},
             "cancel_requested": bool(run.cancel_requested), "final": run.status in FINAL_RUN_STATUSES,
             "schedule_id": run.schedule_id, "created_at": run.created_at, "started_at": started,
             "finished_at": finished, "log_url": url_for("trainings_api.api_log", run_id=run.id),
@@ -99,6 +103,8 @@ class RunListSchema(ma.Schema):
 StartBody = ma.Schema.from_dict({
     "dataset_ids": f.List(f.Raw(), metadata={"description": "Ready training datasets' ids (their union is split)."}),
     "dry_run": f.Raw(metadata={"description": "true: one epoch on at most 64 images per split (a quick check)."}),
+    "start_from": f.Raw(metadata={"description": "A model version's name or id: its weights are fine-tuned instead "
+                                                 "of random ones (its network must be the recipe's: arch, width)."}),
     **{name: f.Raw(metadata={"description": f"The recipe's {name} (default {default!r})."})
        for name, default in RECIPE.items()},
 }, name="StartBody")

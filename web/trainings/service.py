@@ -31,6 +31,8 @@ def start(body: dict[str, Any], message: str) -> TrainingRun:
     session = db()
     checked = check_params(session, body)
     params = {**recipe_of(checked), "dataset_ids": checked["dataset_ids"]}
+    if "start_from" in checked:  # a registered version's weights, fine-tuned (the trainer's --init)
+        params["start_from"] = checked["start_from"]
     if body.get("dry_run") in (True, "on", "1", "true"):
         params["dry_run"] = True  # a quick check: one epoch on at most 64 images per split
     run = trainings.create_run(session, params, message)
