@@ -172,6 +172,8 @@ def BERLIN_TZ() -> Any:  # noqa: N802
     ({"daily_at": "02:00", "dataset_ids": ["PENDING"]}, "not ready"),
     ({"daily_at": "02:00", "epochs": 0}, "epochs must be a whole number"),
     ({"daily_at": "02:00", "views": "sideways"}, "views must be one of"),
+    ({"daily_at": "02:00", "lr": 1}, "lr must be a number from 1e-05 to 0.1"),
+    ({"daily_at": "02:00", "start_from": "no-such-version"}, "start_from names no model version"),
 ])
 def test_api_refuses_bad_schedules_with_a_reason(
     client: FlaskClient, settings: Settings, ready: int, change: dict[str, Any], words: str
