@@ -95,6 +95,22 @@ def test_zip_dataset_training_progress_compare_and_promote(
         page.once("dialog", lambda dialog: dialog.accept())  # it asks first, naming both versions
         card.get_by_role("button", name=f"Make {version} active instead of v1").click()
         expect(page.locator(".flash, .banner").first).to_contain_text(f"Model {version} is now the active model")
+
+        # A second run fine-tunes that version's weights: chosen on the form, named on the run's page and in its log.
+        page.goto(f"{url}/training")
+        start = page.locator("#start-training")
+        start.get_by_label("site zip").check()
+        start.locator("input[name=epochs]").fill("1")
+        start.locator("input[name=width]").fill("8")
+        start.locator("input[name=image_size]").fill("64")
+        start.locator("input[name=lr]").fill("0.0005")
+        start.locator("select[name=start_from]").select_option(version)
+        page.locator("#start").click()
+        page.wait_for_url(re.compile(r".*/training/\d+$"))
+        expect(page.locator("#status")).to_have_text("done", timeout=240_000)
+        expect(page.get_by_text(f"fine-tuned from {version}")).to_be_visible()
+        expect(page.locator("#log")).to_contain_text(f"models/{version}/model.pt")
+        expect(page.locator("#log")).to_contain_text("started from the weights of")
         assert not watched.blocked and not watched.errors, (watched.blocked, watched.errors)
 
     health = live_system.http.get(f"{url}/api/health", timeout=10).json()
