@@ -46,9 +46,9 @@ INT_FIELDS: dict[str, tuple[int, int]] = {"epochs": (1, 1000), "width": (4, 256)
 WORD_FIELDS: dict[str, tuple[str, ...]] = {"views": VIEWS, "augment": AUGMENTATIONS, "intensity": INTENSITIES,
                                            "framing": FRAMINGS, "output_stride": OUTPUT_STRIDES,
                                            "pooling": POOLINGS, "box_weight": BOX_WEIGHTS}
-# The peak learning rate of the one-cycle schedule. A run that starts from a registered version's weights
-# (`start_from`) fine-tunes them: the versions shipped as candidates were made at 2e-4 to 5e-4 (a tenth to a quarter
-# of the default); at the default a fine-tune first unlearns much of what it started from.
+# The peak learning rate of the one-cycle schedule: the default is a run's from random weights. A run that starts from
+# a registered version's weights (`start_from`) fine-tunes them; the candidates shipped in fracture/release/ were
+# fine-tuned at 2e-4 to 5e-4, a tenth to a quarter of it.
 FLOAT_FIELDS: dict[str, tuple[float, float]] = {"lr": (1e-5, 1e-1)}
 RECIPE_FIELDS = (*INT_FIELDS, *WORD_FIELDS, *FLOAT_FIELDS)
 
