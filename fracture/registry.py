@@ -43,6 +43,11 @@ SHIPPED_CANDIDATES = (("two-site", "two-site-1"), ("robust", "robust-1"), ("robu
                       ("two-site-192", "two-site-9"))
 
 
+def newest_first(session: Session) -> list[ModelVersion]:
+    """Every registered version, the newest first: the models page, the API's list and the forms' choices."""
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())))
+
+
 def active_version(session: Session) -> ModelVersion | None:
     return session.scalars(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE)).first()
 

@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +25,9 @@ from fracture import migrate, trainings
 from fracture.config import Settings, get_settings
 from fracture.db import dispose_engines, session_scope
 from fracture.models import Dataset, ScheduleFiring, TrainingRun
+from fracture.registry import register_checkpoint
 from fracture.schedule_times import ScheduleError, Spec, check, describe, next_due
+from fracture.storage import Storage
 
 BERLIN, NEW_YORK = "Europe/Berlin", "America/New_York"
 
@@ -207,7 +210,8 @@ def test_writes_are_for_admins(client: FlaskClient, settings: Settings, fracture
     assert client.get(f"/api/schedules/{sid}").get_json()["enabled"] is True
 
 
-def test_training_page_adds_edits_pauses_and_deletes(client: FlaskClient, settings: Settings, ready: int) -> None:
+def test_training_page_adds_edits_pauses_and_deletes(client: FlaskClient, settings: Settings, ready: int,
+                                                    tiny_checkpoint: Path) -> None:
     form = {"name": "weeknights", "kind": "cron", "cron": "30 1 * * 1-5", "timezone": NEW_YORK,
             "dataset_ids": [str(ready)], "epochs": "2", "views": "identity", "interval": "24", "unit": "hours",
             "time": "02:00", "weekday": "0"}
@@ -223,6 +227,17 @@ def test_training_page_adds_edits_pauses_and_deletes(client: FlaskClient, settin
     assert edited.status_code == 302
     row = client.get(f"/api/schedules/{row['id']}").get_json()
     assert row["spec"] == {"every_minutes": 45} and row["params"] == {"dataset_ids": [ready], "views": "identity"}
+
+    # A registered version to start from, chosen on the form; an empty choice clears it.
+    with session_scope(settings.database_url) as session:
+        origin = register_checkpoint(session, Storage(settings.storage_dir), tiny_checkpoint, name="origin").id
+    assert f'<option value="{origin}" >origin</option>' in client.get("/training").get_data(as_text=True)
+    client.post(f"/training/schedules/{row['id']}", data={**form, "start_from": str(origin), "lr": "0.0005"})
+    row = client.get(f"/api/schedules/{row['id']}").get_json()
+    assert row["params"]["start_from"] == origin and row["params"]["lr"] == 0.0005
+    assert f'<option value="{origin}" selected>origin</option>' in client.get("/training").get_data(as_text=True)
+    client.post(f"/training/schedules/{row['id']}", data={**form, "start_from": ""})
+    assert "start_from" not in client.get(f"/api/schedules/{row['id']}").get_json()["params"]
 
     bad = client.post(f"/training/schedules/{row['id']}", data={**form, "time": "noon", "kind": "daily"},
                       follow_redirects=True).get_data(as_text=True)

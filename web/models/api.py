@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask import abort
-from sqlalchemy import select
 
 from fracture.models import ModelVersion
-from fracture.registry import RegistryError
+from fracture.registry import RegistryError, newest_first
 from web.auth import require_admin
 from web.context import active_model, db
 from web.models import schemas as s
@@ -23,8 +22,7 @@ bp = ApiBlueprint("models_api", __name__, url_prefix="/api", description="Model 
 def list_models() -> dict[str, Any]:
     """Every model version, newest first, and the active one's name."""
     active = active_model()
-    versions = db().scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc()))
-    return {"active": active.name if active else None, "models": list(versions)}
+    return {"active": active.name if active else None, "models": newest_first(db())}
 
 
 @bp.post("/models/<ref>/promote")

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from fracture.evaluations import SPLIT_CHOICES
 from fracture.models import Dataset, DatasetStatus, ModelStatus, ModelVersion
-from fracture.registry import RegistryError, active_version
+from fracture.registry import RegistryError, active_version, newest_first
 from web.auth import current_user, require_admin
 from web.confirm import asked, confirm_page
 from web.context import active_model, db, send_stored_png
@@ -35,7 +35,7 @@ bp = Blueprint("models", __name__)
 @bp.get("/models")
 def index() -> ResponseReturnValue:
     active_model()  # registers the shipped release model on a fresh install, before the list is read
-    versions = db().scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())).all()
+    versions = newest_first(db())
     ready = db().scalars(select(Dataset).where(Dataset.status == DatasetStatus.READY).order_by(Dataset.name)).all()
     actions = model_actions(versions) if current_user().is_admin else None
     return render_template("models.html", models=[model_page_row(v) for v in versions], datasets=ready,

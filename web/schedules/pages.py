@@ -13,6 +13,7 @@ from sqlalchemy import select
 from fracture import datasets, schedule_params, schedule_times
 from fracture.models import Schedule
 from fracture.recipe import RECIPE_FIELDS
+from fracture.registry import newest_first
 from fracture.schedule_params import RecipeError
 from fracture.schedule_times import ScheduleError
 from web.auth import require_admin
@@ -27,12 +28,14 @@ TRAINING_PAGE = "/training"  # the page the schedules section sits on
 
 def section() -> dict[str, Any]:
     """The training page's schedules section (_schedules.html): every schedule, the datasets a schedule may name
-    (ready training datasets: evaluation datasets are locked) and the forms' choices."""
+    (ready training datasets: evaluation datasets are locked), the versions it may start from and the forms'
+    choices."""
     session = db()
     return {
         "rows": [{**row, "delete_question": delete_question(row)}
                  for row in map(schedule_json, session.scalars(select(Schedule).order_by(Schedule.id)))],
         "choices": datasets.ready_training_datasets(session),
+        "versions": newest_first(session),
         "options": {"weekdays": list(enumerate(schedule_times.WEEKDAYS)), "words": schedule_params.WORD_FIELDS,
                     "ints": schedule_params.INT_FIELDS, "floats": schedule_params.FLOAT_FIELDS},
     }
@@ -50,7 +53,8 @@ def form_data(form: Mapping[str, Any], dataset_ids: list[str]) -> dict[str, Any]
     """A schedule form read into an API body: its kind's fields become the one spec key."""
     kind = form.get("kind") or ("every" if form.get("interval_minutes") else "")
     data: dict[str, Any] = {"name": form.get("name"), "timezone": form.get("timezone") or None,
-                            "dataset_ids": dataset_ids, **{k: form.get(k) for k in RECIPE_FIELDS}}
+                            "dataset_ids": dataset_ids, "start_from": form.get("start_from"),
+                            **{k: form.get(k) for k in RECIPE_FIELDS}}
     if kind == "every":
         unit = "every_hours" if form.get("unit") == "hours" else "every_minutes"
         data[unit] = form.get("interval") or form.get("interval_minutes") or ""

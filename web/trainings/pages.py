@@ -22,6 +22,7 @@ from fracture.recipe import (
     RECIPE,
     VIEWS,
 )
+from fracture.registry import newest_first
 from fracture.schedule_params import RecipeError
 from web.auth import current_user, require_admin
 from web.context import db, settings
@@ -34,7 +35,7 @@ bp = Blueprint("trainings", __name__)
 
 def _start_form_choices() -> dict[str, Any]:
     """What the start form offers: the ready training datasets, the recipe's defaults and the versions to start from."""
-    versions = db().scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())).all()
+    versions = newest_first(db())
     return {"datasets": datasets.ready_training_datasets(db()), "recipe": RECIPE, "views": VIEWS, "versions": versions,
             "augmentations": AUGMENTATIONS, "intensities": INTENSITIES, "framings": FRAMINGS,
             "output_strides": OUTPUT_STRIDES, "poolings": POOLINGS, "box_weights": BOX_WEIGHTS}
