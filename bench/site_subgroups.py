@@ -25,7 +25,6 @@ import json
 import os
 import random
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,23 +97,22 @@ def score(two: Path, review: Path, models: list[Path]) -> dict[str, Any]:
     labels = np.array([label_of[p] for p in order])
     seen = [rows[i] for i in range(len(order))]
 
-    def has(field: str, values: tuple[str, ...]) -> np.ndarray:
+    def has(field: str, *values: str) -> np.ndarray:
         return np.array([r[field] in values for r in seen])
 
-    groups: dict[str, Callable[[], np.ndarray]] = {
-        "all": lambda: np.ones(len(order), dtype=bool),
-        "no cast, splint or metal seen": lambda: ~has("immob", ("y",)) & ~has("metal", ("y",)),
-        "neither, nor unsure, nor a panel": lambda: has("immob", ("n",)) & has("metal", ("n",)) & has("panel", ("n",)),
-        "metal seen": lambda: has("metal", ("y",)),
-        "cast or splint seen": lambda: has("immob", ("y",)),
+    groups = {  # each subgroup's mask, made once for every model
+        "all": np.ones(len(order), dtype=bool),
+        "no cast, splint or metal seen": ~has("immob", "y") & ~has("metal", "y"),
+        "neither, nor unsure, nor a panel": has("immob", "n") & has("metal", "n") & has("panel", "n"),
+        "metal seen": has("metal", "y"),
+        "cast or splint seen": has("immob", "y"),
+        **{f"region: {region}": has("region", region) for region in sorted({r["region"] for r in seen})},
     }
-    for region in sorted({r["region"] for r in seen}):
-        groups[f"region: {region}"] = lambda region=region: has("region", (region,))
     report: dict[str, Any] = {"n": len(order), "prevalence": {}, "models": {}}
     for field in ("immob", "metal", "panel"):
         report["prevalence"][field] = {
-            cls: {"y": int((has(field, ("y",)) & (labels == c)).sum()),
-                  "u": int((has(field, ("u",)) & (labels == c)).sum()), "of": int((labels == c).sum())}
+            cls: {"y": int((has(field, "y") & (labels == c)).sum()),
+                  "u": int((has(field, "u") & (labels == c)).sum()), "of": int((labels == c).sum())}
             for cls, c in (("fractured", 1), ("not fractured", 0))}
     images = [load_gray(Path(p)) for p in order]
     if any(im is None for im in images):
@@ -125,7 +123,7 @@ def score(two: Path, review: Path, models: list[Path]) -> dict[str, Any]:
         rank = np.argsort(-prob)
         top = [i for i in rank if labels[i] == 0][:32]
         report["models"][str(model)] = {
-            "groups": {name: subgroup(labels, prob, make()) for name, make in groups.items()},
+            "groups": {name: subgroup(labels, prob, mask) for name, mask in groups.items()},
             "top32_negatives": {"cast or splint": sum(seen[i]["immob"] == "y" for i in top),
                                 "metal": sum(seen[i]["metal"] == "y" for i in top)}}
     return report

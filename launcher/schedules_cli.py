@@ -45,9 +45,12 @@ def schedules() -> None:
 def _recipe_options(command: Any) -> Any:
     """One option per recipe field (--epochs, --augment, ...), checked by the core as the API's fields are."""
     for name in reversed((*INT_FIELDS, *WORD_FIELDS, *FLOAT_FIELDS)):
-        low_high = INT_FIELDS.get(name)
-        kind: Any = (click.IntRange(*low_high) if low_high else click.FloatRange(*FLOAT_FIELDS[name])
-                     if name in FLOAT_FIELDS else click.Choice(WORD_FIELDS[name]))
+        if name in INT_FIELDS:
+            kind: Any = click.IntRange(*INT_FIELDS[name])
+        elif name in FLOAT_FIELDS:
+            kind = click.FloatRange(*FLOAT_FIELDS[name])
+        else:
+            kind = click.Choice(WORD_FIELDS[name])
         command = click.option(f"--{name.replace('_', '-')}", name, type=kind,
                                help=f"the recipe's {name} (default {RECIPE[name]!r})")(command)
     return command

@@ -53,11 +53,8 @@ def build_args(settings: Settings, run_id: int, params: dict[str, Any]) -> argpa
 
 def start_weights(settings: Settings, version_id: int) -> Path:
     """The checkpoint of the version a run fine-tunes (its `start_from`), verified against its recorded SHA-256."""
-    with session_scope(settings.database_url) as s:
-        version = s.get(ModelVersion, version_id)
-        if version is None:
-            raise LookupError(f"the model version #{version_id} to start from is no longer registered")
-        return verified_checkpoint(settings, version)
+    with session_scope(settings.database_url) as s:  # versions are never deleted: check_params found this one
+        return verified_checkpoint(settings, s.get_one(ModelVersion, version_id))
 
 
 def run_training(settings: Settings, run_id: int) -> int | None:

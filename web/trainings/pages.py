@@ -35,8 +35,8 @@ bp = Blueprint("trainings", __name__)
 
 def _start_form_choices() -> dict[str, Any]:
     """What the start form offers: the ready training datasets, the recipe's defaults and the versions to start from."""
-    versions = newest_first(db())
-    return {"datasets": datasets.ready_training_datasets(db()), "recipe": RECIPE, "views": VIEWS, "versions": versions,
+    return {"datasets": datasets.ready_training_datasets(db()), "recipe": RECIPE, "views": VIEWS,
+            "versions": newest_first(db()),
             "augmentations": AUGMENTATIONS, "intensities": INTENSITIES, "framings": FRAMINGS,
             "output_strides": OUTPUT_STRIDES, "poolings": POOLINGS, "box_weights": BOX_WEIGHTS}
 

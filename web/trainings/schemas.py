@@ -80,8 +80,7 @@ class RunSchema(Lifetime):
             "model_version": version.name if version else None, "error": run.error, "message": run.message,
             "history": history, "datasets": [{"id": i, "name": names.get(i)} for i in ids],
             "recipe": recipe_of(params) | ({"dry_run": True} if params.get("dry_run") else {}),
-            "start_from": None if not params.get("start_from") else {
-                "id": params["start_from"], "name": origin.name if origin else f"#{params['start_from']} (deleted)"},
+            "start_from": {"id": origin.id, "name": origin.name} if origin else None,
             "cancel_requested": bool(run.cancel_requested), "final": run.status in FINAL_RUN_STATUSES,
             "schedule_id": run.schedule_id, "created_at": run.created_at, "started_at": started,
             "finished_at": finished, "log_url": url_for("trainings_api.api_log", run_id=run.id),
