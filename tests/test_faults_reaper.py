@@ -191,8 +191,9 @@ FAST_BEATS = {"HEARTBEAT_INTERVAL_S": "1", "HEARTBEAT_STALE_S": "3"}
 
 @pytest.fixture(scope="module")
 def many_images(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Enough real images (2 x 150) that validating or evaluating them takes seconds: the kill lands mid-task."""
-    return materialize(dataset_root, tmp_path_factory.mktemp("many"), per_class=150, splits="train")
+    """Enough real images (2 x 400) that validating or evaluating them takes seconds: the kill lands mid-task (with
+    2 x 150 a validation took 2.2 s, and on a loaded machine it once ended before the kill)."""
+    return materialize(dataset_root, tmp_path_factory.mktemp("many"), per_class=400, splits="train")
 
 
 def _kill_when(worker: Proc, started: Callable[[], bool], what: str) -> float:
