@@ -47,6 +47,7 @@ from fracture.ml.checkpoint import read_payload  # noqa: E402
 from fracture.ml.gradcam import composite, heatmap  # noqa: E402
 from fracture.ml.inference import Predictor  # noqa: E402
 from fracture.ml.preprocess import ImageError, PreprocessSpec, decode_gray, fit_input, to_uint8_tensor  # noqa: E402
+from trainer.prepared_data import Prepared  # noqa: E402
 from trainer.recalibrate import RecalibrateError, checkpoint_data  # noqa: E402
 from trainer.robustness import AUDIT_HEADER, acquisition_audit, heatmap_audit, render_rows, worst  # noqa: E402
 
@@ -66,27 +67,16 @@ def load_gray(path: Path) -> Image.Image | None:
     return gray
 
 
-def first_held_out(models: list[Path], two: Path, packed: Path | None = None) -> list[list[tuple[Path, float]]]:
+def first_held_out(models: list[Path], two: Path, packed: Path | None = None,
+                   init: Path | None = None) -> list[list[tuple[Path, float]]]:
     """Per model, (path, label) of the first source's distinct images in its own grouped test split (for a model
-    trained on `packed`, scripts/device_data.py's copy of the same split, the originals of its test images)."""
+    trained on `packed`, scripts/device_data.py's copy of the same split, the originals of its test images; for a
+    model trained on none of the first source, `init`'s: the checkpoint it was fine-tuned from, whose training is all
+    it saw of the first source)."""
     first = (two / "first").resolve()
     out = []
     for path in models:
-        payload = read_payload(path)
-        spec = PreprocessSpec.from_dict(payload["preprocess"])
-        original = {}
-        try:
-            data = checkpoint_data(payload, spec, first, cache_dir=CACHE)
-        except RecalibrateError:
-            try:
-                data = checkpoint_data(payload, spec, None, two / "spec.json", two / "locked.json", CACHE)
-            except RecalibrateError:
-                if packed is None:
-                    raise
-                # Trained on scripts/device_data.py's re-encoded copy: its test split, measured on the originals.
-                data = checkpoint_data(payload, spec, None, packed / "spec.json", None, CACHE)
-                original = {str((packed / k).resolve()): Path(v)
-                            for k, v in json.loads((packed / "originals.json").read_text()).items()}
+        data, original = _held_out_data(read_payload(path), two, packed, init)
         mine = []
         for r in data.split_index["test"]:
             md5 = data.row_md5[r]
@@ -96,6 +86,30 @@ def first_held_out(models: list[Path], two: Path, packed: Path | None = None) ->
         print(f"{path}: {len(mine)} first-source test images", file=sys.stderr)
         out.append([(p, y) for _, p, y in sorted(mine)])
     return out
+
+
+def _held_out_data(payload: dict[str, Any], two: Path, packed: Path | None,
+                   init: Path | None) -> tuple[Prepared, dict[str, Path]]:
+    """The data a checkpoint was trained on, split again as its training split it, and (for a model trained on
+    `packed`) the original file of each re-encoded copy: the first source alone, else the union of --two's spec.json,
+    else `init`'s (a fine-tune on the site alone), else `packed`'s."""
+    spec = PreprocessSpec.from_dict(payload["preprocess"])
+    try:
+        return checkpoint_data(payload, spec, (two / "first").resolve(), cache_dir=CACHE), {}
+    except RecalibrateError:
+        pass
+    try:
+        return checkpoint_data(payload, spec, None, two / "spec.json", two / "locked.json", CACHE), {}
+    except RecalibrateError:
+        if init is None and packed is None:
+            raise
+    if init is not None:
+        return _held_out_data(read_payload(init), two, packed, None)
+    assert packed is not None
+    # Trained on scripts/device_data.py's re-encoded copy: its test split, measured on the originals.
+    original = {str((packed / k).resolve()): Path(v)
+                for k, v in json.loads((packed / "originals.json").read_text()).items()}
+    return checkpoint_data(payload, spec, None, packed / "spec.json", None, CACHE), original
 
 
 def common_held_out(per_model: list[list[tuple[Path, float]]]) -> list[tuple[Path, float]]:
@@ -266,6 +280,9 @@ def main() -> int:
                    help="only the heatmap audit of the second source's locked fractured images (no acquisition audit)")
     p.add_argument("--packed", type=Path, default=None,
                    help="scripts/device_data.py's folder, for models trained on it (a GPU machine's runs)")
+    p.add_argument("--first-of", type=Path, default=None,
+                   help="for a model trained on none of the first source (a fine-tune on the site alone): the "
+                        "checkpoint it was fine-tuned from, whose grouped test split gives its first-source images")
     p.add_argument("--survey", action="store_true", help="only measure what the two sources hold")
     p.add_argument("--markdown", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)
@@ -289,7 +306,7 @@ def main() -> int:
     t0 = time.time()
     if a.heatmaps_only:
         return heatmaps_only(models, names, a.two, a.limit, a.figures)
-    firsts = first_held_out(models, a.two, a.packed)
+    firsts = first_held_out(models, a.two, a.packed, a.first_of)
     if a.first == "common":
         firsts = [common_held_out(firsts)] * len(models)
     site_paths, site_y, site_boxes = site_locked(a.two)
