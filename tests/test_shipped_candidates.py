@@ -27,7 +27,7 @@ def test_a_fresh_install_registers_the_shipped_candidates_beside_the_active_rele
     assert [name for _, name in SHIPPED_CANDIDATES] == ["two-site-1", "robust-1", "robust-2", "two-views-1",
                                                           "robust-3", "two-site-2", "two-site-3", "two-site-4",
                                                           "two-site-5", "two-site-6", "two-site-7", "two-site-8",
-                                                          "two-site-9", "site-1"]
+                                                          "two-site-9", "site-1", "two-site-11"]
     for folder, _ in SHIPPED_CANDIDATES:
         shipped = RELEASE / folder / "model.pt"
         assert shipped.is_file() and shipped.stat().st_size <= 25 * 2**20
@@ -94,6 +94,10 @@ def test_a_fresh_install_registers_the_shipped_candidates_beside_the_active_rele
     site_1 = read_payload(RELEASE / "site-160" / "model.pt")
     assert site_1["model_args"] == two_site_8["model_args"] and site_1["preprocess"]["image_size"] == 160
     assert site_1["metrics"]["test"]["n"] < two_site_8["metrics"]["test"]["n"]
+    # two-site-11: site-1 fine-tuned on both sources, on two-site-8's split again.
+    two_site_11 = read_payload(RELEASE / "two-site-11" / "model.pt")
+    assert two_site_11["model_args"] == site_1["model_args"]
+    assert two_site_11["metrics"]["test"]["n"] == two_site_8["metrics"]["test"]["n"]
     with session_scope(settings.database_url) as session:
         ensure_seed_model(session, settings)  # once only: nothing new on the next start
     assert sorted(_versions(settings.database_url)) == sorted([SEED_VERSION, *(name for _, name in SHIPPED_CANDIDATES)])
