@@ -103,4 +103,7 @@ def check_params(session: Session, data: dict[str, Any]) -> dict[str, Any]:
     start_from = check_start_from(session, data.get("start_from"))
     if start_from is not None:
         params["start_from"] = start_from
+    elif params.get("interpolate", 1.0) < 1.0:
+        raise RecipeError("interpolate below 1 needs start_from: it blends the fine-tuned weights with those of the "
+                          "version the run starts from")
     return params

@@ -260,6 +260,38 @@ def test_init_warm_starts_from_a_checkpoint_of_the_same_network_and_refuses_anot
     assert proc.returncode != 0 and "are another network's: width 8 (this run: 16)" in proc.stderr
 
 
+def test_interpolate_blends_the_fine_tune_with_the_weights_it_started_from(
+        small_dataset: Path, tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """--interpolate ALPHA (WiSE-FT) keeps ALPHA of the selected epoch's weights and takes the rest from --init's: the
+    same fine-tune with and without it differ by exactly that blend (batch-norm statistics too, counters kept), the
+    checkpoint and its card say so; without --init it is refused."""
+    fracture = str(Path(sys.executable).parent / "fracture")
+    base = [fracture, "train", "--data", str(small_dataset), "--dry-run", "--no-progress", "--no-robustness",
+            "--image-size", "64", "--width", "8", "--epochs", "1", "--lr", "0.01", "--threads", "1"]
+    for name, extra in (("tuned", []), ("blended", ["--interpolate", "0.25"])):
+        proc = subprocess.run([*base, "--init", str(tiny_checkpoint), "--out", str(tmp_path / name), *extra],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    start = load_checkpoint(tiny_checkpoint).model.state_dict()
+    tuned = load_checkpoint(tmp_path / "tuned" / "model.pt").model.state_dict()
+    blended = load_checkpoint(tmp_path / "blended" / "model.pt")
+    moved = 0
+    for name, value in tuned.items():
+        mine = blended.model.state_dict()[name]
+        if value.is_floating_point():
+            assert torch.allclose(mine, 0.25 * value + 0.75 * start[name], atol=1e-5), name
+            moved += not torch.allclose(value, start[name], atol=1e-3)
+        else:
+            assert torch.equal(mine, value), name
+    assert moved > 10  # the fine-tune left its start, so the blend is a third set of weights
+    assert blended.meta["interpolate"] == 0.25 and blended.meta["init"] == str(tiny_checkpoint)
+    assert "(--interpolate 0.25)" in blended.meta["metrics"]["selected_on"]
+    assert "then 0.25 of its weights and 0.75 of --init's" in (tmp_path / "blended" / "model_card.md").read_text()
+    refused = subprocess.run([*base, "--out", str(tmp_path / "alone"), "--interpolate", "0.5"],
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "--interpolate below 1 needs --init" in refused.stderr
+
+
 def test_loader_workers_augment_in_processes_and_give_the_same_model_whatever_their_number(
         small_dataset: Path, tmp_path: Path) -> None:
     """--loader-workers N augments in N processes (trainer.augmented_batches): 1 and 2 workers train the same

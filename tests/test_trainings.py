@@ -185,24 +185,28 @@ def test_a_run_started_from_a_version_fine_tunes_its_weights_and_refuses_another
 
     for body, reason in (({"start_from": "no-such-version"}, "start_from names no model version"),
                          ({"lr": 0}, "lr must be a number from 1e-05 to 0.1"),
-                         ({"lr": "fast"}, "lr must be a number")):
+                         ({"lr": "fast"}, "lr must be a number"),
+                         ({"interpolate": 0}, "interpolate must be a number from 0.05 to 1"),
+                         ({"interpolate": 0.5}, "interpolate below 1 needs start_from")):
         refused = client.post("/api/trainings", json={"dataset_ids": [site], **TINY, **body})
         assert refused.status_code == 400 and reason in refused.get_json()["error"], refused.get_json()
     assert [r["id"] for r in client.get("/api/trainings").get_json()["trainings"]] == [first_id]
 
     posted = client.post("/api/trainings", json={"dataset_ids": [site], "dry_run": True, **TINY,
-                                                 "start_from": origin, "lr": 1e-5, "seed": 1})
+                                                 "start_from": origin, "lr": 1e-5, "seed": 1,
+                                                 "interpolate": 0.5})
     assert posted.status_code == 201, posted.get_json()
     run_id = posted.get_json()["id"]
     assert run_training(cfg, run_id) is not None
     run = client.get(f"/api/trainings/{run_id}").get_json()
     assert run["status"] == "done" and run["recipe"]["lr"] == 1e-5 and run["recipe"]["seed"] == 1
+    assert run["recipe"]["interpolate"] == 0.5
     with session_scope(cfg.database_url) as s:
         origin_id = s.query(ModelVersion).filter_by(name=origin).one().id
     assert run["start_from"] == {"id": origin_id, "name": origin}
     stored = cfg.storage_dir / "models" / origin / "model.pt"
     warm = load_checkpoint(cfg.storage_dir / "models" / run["model_version"] / "model.pt")
-    assert warm.meta["init"] == str(stored)
+    assert warm.meta["init"] == str(stored) and warm.meta["interpolate"] == 0.5
     start = load_checkpoint(stored)
     # Another seed, so another random start: one step at 1e-5 leaves the convolutions the version's only if they
     # started from them.

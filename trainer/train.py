@@ -101,6 +101,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", default=64, type=int)
     p.add_argument("--lr", default=RECIPE["lr"], type=float,
                    help="the one-cycle schedule's peak learning rate (to fine-tune --init: a tenth to a quarter)")
+    p.add_argument("--interpolate", default=RECIPE["interpolate"], type=float, metavar="ALPHA",
+                   help="with --init: keep ALPHA of the selected epoch's weights and take 1 - ALPHA from --init's (a "
+                        "weight-space ensemble of the fine-tune and the model it started from, WiSE-FT); 1: none")
     p.add_argument("--weight-decay", default=5e-4, type=float)
     p.add_argument("--min-sensitivity", default=0.96, type=float,
                    help="the sensitivity floor the threshold is chosen to meet (trainer.metrics.choose_threshold)")
@@ -221,6 +224,17 @@ def warm_start(model: nn.Module, margs: ModelArgs, spec: PreprocessSpec, init: s
     model.load_state_dict(payload["state_dict"])
 
 
+def interpolate(model: nn.Module, init: str | Path, alpha: float) -> None:
+    """Blend `model`'s weights with the checkpoint it was fine-tuned from: alpha of its own, 1 - alpha of `init`'s,
+    tensor by tensor (batch-norm statistics too; integer counters stay the model's). The two share one network
+    (warm_start checked it), and a fine-tune stays near its start, where the straight line between them keeps the
+    accuracy of both (Wortsman et al. 2022, robust fine-tuning of zero-shot models: WiSE-FT)."""
+    theirs = read_payload(init)["state_dict"]
+    mine = model.state_dict()
+    model.load_state_dict({k: (alpha * v + (1 - alpha) * theirs[k].to(v)) if v.is_floating_point() else v
+                           for k, v in mine.items()})
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python's, NumPy's and torch's generators; return a generator of its own for the batches' order."""
     random.seed(seed)
@@ -271,6 +285,11 @@ def build_network(args: argparse.Namespace, margs: ModelArgs, spec: PreprocessSp
         raise ValueError("--select auc-pointing needs --boxes (and a box weight): val's boxes measure the pointing")
     if getattr(args, "boxes", None) and args.arch != "fracnet":
         raise ValueError("--boxes needs the fracnet architecture (its class-activation map is what the boxes teach)")
+    alpha = getattr(args, "interpolate", 1.0)
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"--interpolate must be above 0 and at most 1, not {alpha:g}")
+    if alpha < 1.0 and not getattr(args, "init", None):
+        raise ValueError("--interpolate below 1 needs --init: it blends the fine-tune with the weights it started from")
     if margs.pooling != "mean" and args.arch != "fracnet":
         raise ValueError(f"--pooling {margs.pooling} needs the fracnet architecture "
                          "(it pools its class-activation map)")
@@ -368,18 +387,24 @@ def keep_selected_epoch(args: argparse.Namespace, state: TrainingState) -> None:
     if getattr(args, "select", "best") == "last":
         state.best = {"auc": None, "loss": None, "epoch": state.epochs, "state": weights_of(state.served)}
     state.model.load_state_dict(state.best["state"])
+    if getattr(args, "interpolate", 1.0) < 1.0:
+        interpolate(state.model, args.init, args.interpolate)
 
 
 def selected_on(args: argparse.Namespace) -> str:
     """How the kept epoch was chosen, in words (the card's 'selected on')."""
     select = getattr(args, "select", "best")
+    alpha = getattr(args, "interpolate", 1.0)
+    blended = (f"; then {alpha:g} of its weights and {1 - alpha:g} of --init's (--interpolate {alpha:g})"
+               if alpha < 1.0 else "")
     if select == "last":
-        return "the last epoch (--select last)"
+        return "the last epoch (--select last)" + blended
     auc = ("val ROC-AUC, one view: the mean of val as it is and of an acquisition-changed copy"
            if draws_acquisition(args.augment) else "val ROC-AUC, one view")
     if select == "auc-pointing":
-        return f"the mean of {auc} and the pointing game on val's boxed fractured images (--select auc-pointing)"
-    return auc
+        return (f"the mean of {auc} and the pointing game on val's boxed fractured images (--select auc-pointing)"
+                + blended)
+    return auc + blended
 
 
 def evaluate_selected(args: argparse.Namespace, state: TrainingState, data: Prepared, spec: PreprocessSpec,

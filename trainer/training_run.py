@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)  # the process's log; the run's own log fil
 # Parameters a run may set (from the page, the API or a schedule), mapped to trainer options.
 ALLOWED = {"split", "arch", "width", "depths", "image_size", "epochs", "batch_size", "lr", "weight_decay",
            "min_sensitivity", "min_specificity", "views", "seed", "augment", "intensity", "framing", "output_stride",
-           "pooling", "box_weight", "weights",
+           "pooling", "box_weight", "interpolate", "weights",
            "dry_run"}
 
 
