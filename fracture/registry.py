@@ -37,14 +37,16 @@ SEED_VERSION = "release-1"
 # source's unchanged target at its threshold (fracture/release/two-site-192/). site-1: two-site-8 fine-tuned on the
 # second site's training part alone for 40 epochs, the first to meet that site's targets (a department's own
 # fine-tune; fracture/release/site-160/). two-site-11: site-1 fine-tuned on both sources again, the closest to one
-# model for both (fracture/release/two-site-11/).
+# model for both (fracture/release/two-site-11/). two-site-12: two-site-11 blended in weight space with site-1, the
+# model it was fine-tuned from (--interpolate 0.85): the site's targets and the first source nearly two-site-11's
+# (fracture/release/two-site-12/).
 SHIPPED_CANDIDATES = (("two-site", "two-site-1"), ("robust", "robust-1"), ("robust-boxes", "robust-2"),
                       ("two-views", "two-views-1"), ("robust-framing", "robust-3"), ("two-site-trim", "two-site-2"),
                       ("two-site-eqf", "two-site-3"), ("two-site-os16", "two-site-4"),
                       ("two-site-os16-plain", "two-site-5"), ("two-site-pointing", "two-site-6"),
                       ("two-site-os8", "two-site-7"), ("two-site-160", "two-site-8"),
                       ("two-site-192", "two-site-9"), ("site-160", "site-1"),
-                      ("two-site-11", "two-site-11"))
+                      ("two-site-11", "two-site-11"), ("two-site-12", "two-site-12"))
 
 
 def newest_first(session: Session) -> list[ModelVersion]:

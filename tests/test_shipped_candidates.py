@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import torch
 from installation import REPO_ROOT
 from sqlalchemy import select
 
@@ -27,7 +28,7 @@ def test_a_fresh_install_registers_the_shipped_candidates_beside_the_active_rele
     assert [name for _, name in SHIPPED_CANDIDATES] == ["two-site-1", "robust-1", "robust-2", "two-views-1",
                                                           "robust-3", "two-site-2", "two-site-3", "two-site-4",
                                                           "two-site-5", "two-site-6", "two-site-7", "two-site-8",
-                                                          "two-site-9", "site-1", "two-site-11"]
+                                                          "two-site-9", "site-1", "two-site-11", "two-site-12"]
     for folder, _ in SHIPPED_CANDIDATES:
         shipped = RELEASE / folder / "model.pt"
         assert shipped.is_file() and shipped.stat().st_size <= 25 * 2**20
@@ -98,6 +99,16 @@ def test_a_fresh_install_registers_the_shipped_candidates_beside_the_active_rele
     two_site_11 = read_payload(RELEASE / "two-site-11" / "model.pt")
     assert two_site_11["model_args"] == site_1["model_args"]
     assert two_site_11["metrics"]["test"]["n"] == two_site_8["metrics"]["test"]["n"]
+    # two-site-12: 0.85 of two-site-11's weights and 0.15 of site-1's, the one it was fine-tuned from (--interpolate),
+    # with its own threshold and detector, on the same split.
+    two_site_12 = read_payload(RELEASE / "two-site-12" / "model.pt")
+    assert two_site_12["interpolate"] == 0.85 and two_site_12["init"].endswith("site-160/model.pt")
+    for key, value in two_site_12["state_dict"].items():
+        blend = (0.85 * two_site_11["state_dict"][key] + 0.15 * site_1["state_dict"][key]
+                 if value.is_floating_point() else two_site_11["state_dict"][key])
+        assert torch.allclose(value, blend, atol=1e-6), key
+    assert two_site_12["threshold"] != two_site_11["threshold"]
+    assert two_site_12["metrics"]["test"]["n"] == two_site_11["metrics"]["test"]["n"]
     with session_scope(settings.database_url) as session:
         ensure_seed_model(session, settings)  # once only: nothing new on the next start
     assert sorted(_versions(settings.database_url)) == sorted([SEED_VERSION, *(name for _, name in SHIPPED_CANDIDATES)])
