@@ -32,7 +32,7 @@ from fracture.ml import ood
 from fracture.ml.checkpoint import read_payload
 from fracture.ml.net import OUTPUT_STRIDES, POOLINGS, ModelArgs, build_model, load_pretrained
 from fracture.ml.preprocess import VIEWS, PreprocessSpec, normalize
-from fracture.recipe import AUGMENTATIONS, FRAMINGS, INTENSITIES, RECIPE, draws_acquisition
+from fracture.recipe import AUGMENTATIONS, FLOAT_FIELDS, FRAMINGS, INTENSITIES, RECIPE, draws_acquisition
 from trainer import card
 from trainer.augmentation import AcquisitionChange, TrainAugment
 from trainer.augmented_batches import augmented_batches
@@ -285,9 +285,9 @@ def build_network(args: argparse.Namespace, margs: ModelArgs, spec: PreprocessSp
         raise ValueError("--select auc-pointing needs --boxes (and a box weight): val's boxes measure the pointing")
     if getattr(args, "boxes", None) and args.arch != "fracnet":
         raise ValueError("--boxes needs the fracnet architecture (its class-activation map is what the boxes teach)")
-    alpha = getattr(args, "interpolate", 1.0)
-    if not 0.0 < alpha <= 1.0:
-        raise ValueError(f"--interpolate must be above 0 and at most 1, not {alpha:g}")
+    alpha, (low, high) = getattr(args, "interpolate", 1.0), FLOAT_FIELDS["interpolate"]
+    if not low <= alpha <= high:  # the bounds a training from the product is checked against too
+        raise ValueError(f"--interpolate must be from {low:g} to {high:g}, not {alpha:g}")
     if alpha < 1.0 and not getattr(args, "init", None):
         raise ValueError("--interpolate below 1 needs --init: it blends the fine-tune with the weights it started from")
     if margs.pooling != "mean" and args.arch != "fracnet":
