@@ -19,6 +19,7 @@ from bad_files import dataset_file
 from flask.testing import FlaskClient
 from harness import WorkerFactory, free_port
 from installation import LABELS, add_user, image_files, materialize
+from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix, roc_auc_score
 from sqlalchemy import select
 from web_client import make_client
@@ -118,6 +119,12 @@ def test_release_model_on_real_test_images_matches_scikit_learn_and_serves_its_p
     assert m["roc_auc"] > 0.9  # the release model on images of its own dataset
     assert m["ood_flagged"] == pytest.approx(expected["ood_flagged"], abs=1e-9)
     assert m["ood_flagged"] < 0.5  # images of its own dataset mostly look like its training data
+    # Each figure's 95% interval: sensitivity's and specificity's scipy's exact binomial one of the confusion counts,
+    # ROC-AUC's a bootstrap around the figure, narrower than the whole range.
+    ci = m["intervals"]
+    assert ci["sensitivity"] == pytest.approx(list(binomtest(c["tp"], c["tp"] + c["fn"]).proportion_ci()))
+    assert ci["specificity"] == pytest.approx(list(binomtest(c["tn"], c["tn"] + c["fp"]).proportion_ci()))
+    assert ci["roc_auc"][0] <= m["roc_auc"] <= ci["roc_auc"][1] and ci["roc_auc"][1] - ci["roc_auc"][0] < 0.3
 
     assert set(evaluation.plots) == {"roc", "confusion"}
     body = client.get(f"/api/evaluations/{evaluation.id}").get_json()
@@ -127,6 +134,9 @@ def test_release_model_on_real_test_images_matches_scikit_learn_and_serves_its_p
     html = client.get("/models").get_data(as_text=True)
     row = html.split(f'id="evaluation-{evaluation.id}"', 1)[1].split("</tr>", 1)[0]
     assert f'<td class="num ood-flagged">{100 * m["ood_flagged"]:.1f}%</td>' in row
+    low, high = ci["sensitivity"]
+    assert f'<div class="ci muted" title="95% interval: how far the figure could move on another sample of this ' \
+           f'size">{low:.3f}–{high:.3f}</div>' in row.split('class="num sensitivity">', 1)[1]
     for name, url in body["plots"].items():
         assert url == f"/evaluations/{evaluation.id}/plots/{name}"
         plot = client.get(url)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from installation import create_job, materialize
 from PIL import Image
+from scipy.stats import binomtest
 from sklearn import metrics as skm
 
 from fracture.audit_text import duplicates_sentence
@@ -51,6 +52,14 @@ def test_dry_run_writes_a_checkpoint_the_worker_serves(small_dataset: Path, tmp_
     assert ckpt.preprocess.image_size == 64
     assert set(ckpt.meta["metrics"]) >= {"train", "val", "test"}
     assert 0.0 <= ckpt.threshold <= 1.0
+    # Each split's figures come with their 95% intervals, in the checkpoint and as rows of the card's table.
+    test = ckpt.meta["metrics"]["test"]
+    (tp, fn), _ = test["confusion_matrix"]
+    assert test["intervals"]["sensitivity"] == pytest.approx(list(binomtest(tp, tp + fn).proportion_ci()))
+    card = (out / "model_card.md").read_text()
+    low, high = test["intervals"]["roc_auc"]
+    assert low <= test["roc_auc"] <= high
+    assert f"| {low:.4f}-{high:.4f} |" in card.split("| roc_auc, 95% interval |", 1)[1].split("\n", 1)[0]
 
     # The worker's own code path loads what the trainer wrote and classifies real images with it.
     from worker.classify import classify_chunk

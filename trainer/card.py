@@ -20,6 +20,12 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _interval(split: dict[str, Any], name: str) -> str:
+    """A figure's interval from trainer.metrics.intervals, as "low-high" (blank where there is none)."""
+    ci = (split.get("intervals") or {}).get(name)
+    return f"{ci[0]:.4f}-{ci[1]:.4f}" if ci else ""
+
+
 def _selected(curve: list[float], epoch: Any) -> float | None:
     """The per-epoch figure at the selected epoch (1-based), if the curve has it."""
     return float(curve[epoch - 1]) if isinstance(epoch, int) and 0 < epoch <= len(curve) else None
@@ -32,6 +38,9 @@ def metrics_table(metrics: dict[str, Any], title: str = "") -> str:
         lines.append(f"| {row} | " + " | ".join(_fmt(metrics[s][row]) for s in splits) + " |")
     lines.append("| confusion [[TP, FN], [FP, TN]] | " + " | ".join(str(metrics[s]["confusion_matrix"])
                                                             for s in splits) + " |")
+    for row in ("roc_auc", "sensitivity", "specificity"):
+        if any(metrics[s].get("intervals") for s in splits):
+            lines.append(f"| {row}, 95% interval | " + " | ".join(_interval(metrics[s], row) for s in splits) + " |")
     if any("ood_flagged" in metrics[s] for s in splits):
         lines.append("| flagged out of distribution | " + " | ".join(_fmt(metrics[s].get("ood_flagged", float("nan")))
                                                                     for s in splits) + " |")
@@ -128,6 +137,9 @@ def write(out: Path, summary: dict[str, Any], compare: dict[str, Any] | None = N
         "",
         metrics_table(m, m["split_policy"]),
         "",
+        *(["The 95% interval rows: how far a figure could move on another sample of the split's size; ROC-AUC's "
+           "from a stratified bootstrap (BCa, 2000 resamples), sensitivity's and specificity's exact binomial "
+           "(Clopper-Pearson; trainer.metrics.intervals).", ""] if m.get("test", {}).get("intervals") else []),
     ]
     robustness = m.get("robustness")
     if robustness:

@@ -31,7 +31,7 @@ from fracture.storage import Storage
 from trainer import plots
 from trainer.dataset_scan import Sample, scan
 from trainer.heartbeat import beating
-from trainer.metrics import at_most, binary_metrics, json_safe
+from trainer.metrics import at_most, binary_metrics, intervals, json_safe
 from trainer.robustness import acquisition_audit, worst
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,9 @@ def measure(settings: Settings, plan: Plan) -> tuple[dict[str, Any], dict[str, s
         # The share of the decoded images that the model's detector flags as unlike its training data (None when
         # the checkpoint has no detector): a high share says these metrics are measured off the model's ground.
         ood_flagged=float(np.mean(unlike)) if predictor.detector is not None else None,
+        # How far these figures could move on another sample of this size (trainer.metrics.intervals): a
+        # department's own evaluation is often a few hundred images.
+        intervals=intervals(y_true, probs, plan.threshold),
     )
     if plan.audit:
         metrics["robustness"] = robustness(predictor, [s.path for s in decoded], y_true, settings.max_image_pixels)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+
 import numpy as np
-from scipy.stats import beta
+from scipy.stats import beta, bootstrap, mannwhitneyu, rankdata
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -78,3 +81,89 @@ def _lower_bound(k: np.ndarray, n: int, alpha: float) -> np.ndarray:
     """One-sided Clopper-Pearson lower bound of a proportion k / n at level 1 - alpha."""
     k = np.asarray(k)
     return np.where(k > 0, beta.ppf(alpha, np.maximum(k, 1), n - k + 1), 0.0)
+
+
+CONFIDENCE = 0.95  # the level of every interval below
+RESAMPLES = 2000
+
+
+def proportion_interval(k: int, n: int, confidence: float = CONFIDENCE) -> list[float] | None:
+    """Two-sided Clopper-Pearson (exact binomial) interval of the proportion k / n; None when n is 0."""
+    if n <= 0:
+        return None
+    alpha = 1.0 - confidence
+    low = float(beta.ppf(alpha / 2, k, n - k + 1)) if k > 0 else 0.0
+    high = float(beta.ppf(1 - alpha / 2, k + 1, n - k)) if k < n else 1.0
+    return [low, high]
+
+
+def _auc(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarray:
+    """ROC-AUC as the Mann-Whitney U of the positives' scores over the negatives', per pair (ties count half)."""
+    return mannwhitneyu(pos, neg, axis=axis, method="asymptotic").statistic / (pos.shape[axis] * neg.shape[axis])
+
+
+def _auc_labelled(y: np.ndarray, prob: np.ndarray, axis: int = -1) -> np.ndarray:
+    """ROC-AUC from the positives' rank sum (average ranks for ties), along `axis` for many samples at once."""
+    ranks = rankdata(prob, axis=axis)
+    pos = y.sum(axis=axis)
+    neg = y.shape[axis] - pos
+    return ((ranks * y).sum(axis=axis) - pos * (pos + 1) / 2) / (pos * neg)
+
+
+def _paired_auc_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return _auc_labelled(y, a, axis) - _auc_labelled(y, b, axis)
+
+
+def bootstrap_interval(data: tuple[np.ndarray, ...], statistic: Callable[..., np.ndarray], paired: bool = False,
+                       confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0) -> list[float] | None:
+    """scipy.stats.bootstrap's BCa interval of a vectorised `statistic`, seeded; where BCa is undefined (every
+    resample gives the same value) the percentile interval; None if neither is finite."""
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # BCa's own warning when it is undefined: the fallback handles it
+            ci = bootstrap(data, statistic, vectorized=True, paired=paired, n_resamples=resamples,
+                           confidence_level=confidence, method=method, rng=np.random.default_rng(seed),
+                           batch=200).confidence_interval
+        if np.isfinite(ci.low) and np.isfinite(ci.high):
+            return [float(ci.low), float(ci.high)]
+    return None
+
+
+def auc_interval(y_true: np.ndarray, prob: np.ndarray, confidence: float = CONFIDENCE,
+                 resamples: int = RESAMPLES, seed: int = 0) -> list[float] | None:
+    """A stratified bootstrap interval of ROC-AUC: the fractured and the not-fractured images resampled apart (so
+    every resample keeps both classes and their sizes). None with fewer than two images of either class."""
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(prob, dtype=np.float64)
+    pos, neg = p[y == 1], p[y == 0]
+    if len(pos) < 2 or len(neg) < 2:
+        return None
+    return bootstrap_interval((pos, neg), _auc, confidence=confidence, resamples=resamples, seed=seed)
+
+
+def auc_difference_interval(y_true: np.ndarray, a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE,
+                            resamples: int = RESAMPLES, seed: int = 0) -> list[float] | None:
+    """The interval of ROC-AUC(a) - ROC-AUC(b), two models' scores of the same images: a paired bootstrap (each
+    resample draws images with both scores), so what the images share does not widen it."""
+    y = np.asarray(y_true).astype(np.float64)
+    if len(np.unique(y)) < 2:
+        return None
+    return bootstrap_interval((y, np.asarray(a, np.float64), np.asarray(b, np.float64)), _paired_auc_difference,
+                              paired=True, confidence=confidence, resamples=resamples, seed=seed)
+
+
+def intervals(y_true: np.ndarray, prob: np.ndarray, threshold: float,
+              confidence: float = CONFIDENCE) -> dict[str, object]:
+    """How far the figures of binary_metrics could move on another sample of the same size: ROC-AUC's stratified
+    bootstrap interval and the exact binomial intervals of sensitivity and specificity at `threshold`. The
+    figures of a few hundred images are estimates, and a target is only shown to be met, or missed, when its
+    interval clears it."""
+    y = np.asarray(y_true).astype(int)
+    pred = np.asarray(prob) >= threshold
+    pos, neg = int(y.sum()), int(len(y) - y.sum())
+    return {
+        "confidence": confidence,
+        "roc_auc": auc_interval(y, prob, confidence),
+        "sensitivity": proportion_interval(int((pred & (y == 1)).sum()), pos, confidence),
+        "specificity": proportion_interval(int((~pred & (y == 0)).sum()), neg, confidence),
+    }

@@ -19,7 +19,7 @@ from fracture.ml.preprocess import PreprocessSpec, forward_views, forward_views_
 from trainer.augmentation import AcquisitionChange
 from trainer.dataset_scan import SPLITS
 from trainer.decoded_images import batches
-from trainer.metrics import at_most, binary_metrics, choose_threshold
+from trainer.metrics import at_most, binary_metrics, choose_threshold, intervals
 from trainer.prepared_data import Prepared
 from trainer.robustness import acquisition_audit, worst
 
@@ -101,7 +101,8 @@ def final_evaluation(model: nn.Module, data: Prepared, spec: PreprocessSpec, dev
             y_val = np.concatenate([y_val, changed["val"].y[kept]])
             p_val = np.concatenate([p_val, changed["val"].prob[kept]])
     threshold = choose_threshold(y_val, p_val, min_sensitivity, min_specificity) if len(np.unique(y_val)) == 2 else 0.5
-    metrics: dict[str, Any] = {split: binary_metrics(y, prob, threshold) for split, (y, prob) in curves.items()}
+    metrics: dict[str, Any] = {split: binary_metrics(y, prob, threshold) | {"intervals": intervals(y, prob, threshold)}
+                               for split, (y, prob) in curves.items()}
     metrics["threshold_on"] = ("val and the images of an acquisition-changed copy of it that the detector lets "
                                f"through ({len(y_val)} images)" if acquisition and detector is not None else "val")
     if detector is not None:

@@ -26,7 +26,9 @@ class EvaluationSchema(Lifetime):
     dataset_id = f.Integer(required=True)
     split = f.String(allow_none=True)
     audit = f.Boolean(required=True)
-    metrics = f.Dict(required=True, metadata={"description": "Figures by name (roc_auc, sensitivity, ...)."})
+    metrics = f.Dict(required=True, metadata={
+        "description": "Figures by name (roc_auc, sensitivity, ...; intervals: the 95% interval [low, high] of "
+                       "roc_auc, sensitivity and specificity)."})
     plots = f.Dict(keys=f.String(), values=f.String(), required=True, metadata={"description": "Plot URLs."})
     error = f.String(allow_none=True)
 

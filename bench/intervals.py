@@ -1,0 +1,225 @@
+"""How sure are issue 18's figures? Each model's unchanged figures on the two sources' held-out images with their 95%
+intervals, whether each target is met, missed or undecided at that sample size, and paired differences between
+models on the same images.
+
+    .venv/bin/python scripts/two_sources.py /tmp/two
+    .venv/bin/python bench/intervals.py --two /tmp/two \
+        --model fracture/release/two-site-12/model.pt --name two-site-12 \
+        --model fracture/release/two-site-160/model.pt --name two-site-8 [--markdown OUT.md] [--json OUT.json]
+
+The images: the first source's distinct images that every model held out (its grouped test split; the same 521 for
+models trained on two-site-8's split; `--first-of` as bench/robustness.py's) and the second site's 698 locked images
+(never trained on), decoded as the workers decode them, each served by the model as `fracture classify` serves it
+(its test-time views, its threshold). Intervals (trainer.metrics): ROC-AUC's stratified bootstrap (BCa, 2000
+resamples), sensitivity's and specificity's exact binomial (Clopper-Pearson), the pointing game's the same on its
+hits among the boxed fractured images. A target is "met" when the interval's low end clears it, "missed" when the
+high end is below it, else "undecided": a test set of this size cannot tell. Differences: the first model's ROC-AUC
+minus each other's on the same images, a paired bootstrap (images resampled with both models' scores; BCa, 2000
+resamples): an interval that excludes 0 is a difference the images show. `--mix`: the first model's logits averaged
+with each other's, a reference for what the measured models hold together. `--changes`: the first model's rows of the
+audit on the first source, each with its intervals among the images not flagged, and the per-change target's
+verdict.
+
+About 1 min per model at 160 px on 2 cores, most of it the locked images' heatmaps (BENCH_THREADS threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from robustness import REPO, common_held_out, first_held_out, load_gray, site_locked  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+from fracture.ml.inference import Predictor  # noqa: E402
+from trainer.acquisition import AUDIT  # noqa: E402
+from trainer.metrics import auc_difference_interval, binary_metrics, intervals, proportion_interval  # noqa: E402
+from trainer.robustness import _scores, heatmap_audit  # noqa: E402
+
+# Issue 18's targets on unchanged images: (source, figure, floor).
+TARGETS = (("first", "roc_auc", 0.995), ("first", "sensitivity", 0.96), ("first", "specificity", 0.96),
+           ("site", "roc_auc", 0.85), ("site", "pointing_game", 0.6))
+SOURCES = {"first": "first source, held out by every model", "site": "second source, locked part"}
+
+
+def verdict(ci: list[float] | None, floor: float) -> str:
+    """'met' when the interval clears the floor, 'missed' when it lies below it, else 'undecided'."""
+    if ci is None:
+        return "n/a"
+    return "met" if ci[0] >= floor else "missed" if ci[1] < floor else "undecided"
+
+
+def measure(model: Path, first: list[tuple[Path, float]], site: tuple[list[Path], np.ndarray, list[Any]],
+            ) -> dict[str, Any]:
+    """The model's served probabilities and figures with intervals on both sources, and its pointing game."""
+    t0 = time.time()
+    predictor = Predictor.from_file(model, device=torch.device("cpu"))
+    threshold = predictor.ckpt.threshold
+    out: dict[str, Any] = {"model": str(model), "threshold": threshold, "sources": {}}
+    site_paths, site_y, site_boxes = site
+    for source, (paths, y) in {"first": ([p for p, _ in first], np.array([lab for _, lab in first])),
+                               "site": (site_paths, site_y)}.items():
+        decoded = {i: im for i, p in enumerate(paths) if (im := load_gray(p)) is not None}
+        keep = list(decoded)
+        prob, _ = _scores(predictor, [decoded[i] for i in keep], AUDIT[0])
+        figures = binary_metrics(y[keep], prob, threshold)
+        entry: dict[str, Any] = {k: figures[k] for k in ("n", "roc_auc", "sensitivity", "specificity")}
+        entry["intervals"] = intervals(y[keep], prob, threshold)
+        entry["prob"], entry["y"] = prob.tolist(), y[keep].tolist()
+        if source == "site":
+            boxed = [i for i in keep if y[i] == 1 and site_boxes[i]]
+            heat = heatmap_audit(predictor, [decoded[i] for i in boxed], [site_boxes[i] for i in boxed])
+            hits = round(heat["pointing_game"] * heat["n"])
+            entry["pointing_game"] = heat["pointing_game"]
+            entry["intervals"]["pointing_game"] = proportion_interval(hits, heat["n"])
+            entry["pointing_n"] = heat["n"]
+        out["sources"][source] = entry
+    out["seconds"] = round(time.time() - t0, 1)
+    print(f"{model}: {out['seconds']} s", file=sys.stderr)
+    return out
+
+
+def change_rows(model: Path, first: list[tuple[Path, float]]) -> list[dict[str, Any]]:
+    """The audit's per-change rows on the first source with intervals: for each change of trainer.acquisition.AUDIT,
+    the share flagged and, among the images not flagged, ROC-AUC, sensitivity and specificity with their intervals
+    (the per-change target is measured on those)."""
+    predictor = Predictor.from_file(model, device=torch.device("cpu"))
+    decoded = [(im, lab) for p, lab in first if (im := load_gray(p)) is not None]
+    images, y = [im for im, _ in decoded], np.array([lab for _, lab in decoded])
+    rows = []
+    for change in AUDIT:
+        prob, ood = _scores(predictor, images, change)
+        keep = ood < 1 if ood is not None else np.ones(len(y), bool)
+        figures = binary_metrics(y[keep], prob[keep], predictor.ckpt.threshold)
+        rows.append({"change": change.name, "flagged": float(np.mean(~keep)), "n": int(keep.sum()),
+                     **{k: figures[k] for k in ("roc_auc", "sensitivity", "specificity")},
+                     "intervals": intervals(y[keep], prob[keep], predictor.ckpt.threshold)})
+    return rows
+
+
+def change_table(name: str, rows: list[dict[str, Any]]) -> str:
+    """Each change's figures among the images not flagged, with intervals, and whether the per-change target
+    (ROC-AUC >= 0.98, sensitivity and specificity >= 0.95, at most 20% flagged) is met, missed or undecided."""
+    lines = [f"| {name}, first source: change | flagged | n not flagged | ROC-AUC (95% interval) | sensitivity | "
+             "specificity | per-change target |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = r["intervals"]
+        marks = [verdict(ci[k], floor) for k, floor in (("roc_auc", 0.98), ("sensitivity", 0.95),
+                                                        ("specificity", 0.95))]
+        overall = ("missed" if "missed" in marks or r["flagged"] > 0.2 else "met" if set(marks) == {"met"}
+                   else "undecided")
+        lines.append(f"| {r['change']} | {100 * r['flagged']:.0f}% | {r['n']} | {_ci(r['roc_auc'], ci['roc_auc'])} | "
+                     f"{_ci(r['sensitivity'], ci['sensitivity'])} | {_ci(r['specificity'], ci['specificity'])} | "
+                     f"{overall} |")
+    return "\n".join(lines)
+
+
+def mixes(report: dict[str, Any], weights: tuple[float, ...] = (0.25, 0.5, 0.75)) -> dict[str, dict[str, float]]:
+    """What the measured models could give together: the first model's logit averaged with each other's at
+    `weights` (the first's share), ROC-AUC on each source (an ensemble of outputs, serving both networks: an upper
+    reference for what one network distilled or blended from them could score, not a model the product serves)."""
+    names = list(report["models"])
+    out = {}
+    for other in names[1:]:
+        for w in weights:
+            figures = {}
+            for source in SOURCES:
+                a, b = report["models"][names[0]]["sources"][source], report["models"][other]["sources"][source]
+                figures[source] = float(roc_auc_score(a["y"], w * _logit(a["prob"]) + (1 - w) * _logit(b["prob"])))
+            out[f"{w:g} {names[0]} + {1 - w:g} {other}"] = figures
+    return out
+
+
+def _logit(prob: list[float]) -> np.ndarray:
+    p = np.clip(np.asarray(prob, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def _ci(v: float, ci: list[float] | None) -> str:
+    return f"{v:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{v:.3f}"
+
+
+def tables(report: dict[str, Any]) -> str:
+    """The figures with their intervals and each target's verdict; then the paired differences."""
+    lines = ["| model | images | n | ROC-AUC (95% interval) | sensitivity | specificity | pointing game | targets: "
+             "met / undecided / missed |", "|---|---|---|---|---|---|---|---|"]
+    for name, m in report["models"].items():
+        for source, e in m["sources"].items():
+            ci = e["intervals"]
+            marks = [f"{fig} {verdict(ci.get(fig), floor)}" for src, fig, floor in TARGETS if src == source]
+            point = _ci(e["pointing_game"], ci["pointing_game"]) if "pointing_game" in e else ""
+            lines.append(f"| {name} | {SOURCES[source]} | {e['n']} | {_ci(e['roc_auc'], ci['roc_auc'])} | "
+                         f"{_ci(e['sensitivity'], ci['sensitivity'])} | {_ci(e['specificity'], ci['specificity'])} | "
+                         f"{point} | {'; '.join(marks)} |")
+    if report.get("mixes"):
+        lines += ["", "| logits averaged, same images | " + " | ".join(f"ROC-AUC, {v}" for v in SOURCES.values())
+                  + " |", "|---|---|---|"]
+        for mix, figures in report["mixes"].items():
+            lines.append(f"| {mix} | " + " | ".join(f"{figures[s]:.4f}" for s in SOURCES) + " |")
+    if report.get("differences"):
+        lines += ["", "| ROC-AUC difference, same images (95% interval) | " + " | ".join(SOURCES.values()) + " |",
+                  "|---|---|---|"]
+        for pair, d in report["differences"].items():
+            lines.append(f"| {pair} | " + " | ".join(f"{d[s]['difference']:+.4f} ({d[s]['interval'][0]:+.4f} to "
+                                                       f"{d[s]['interval'][1]:+.4f})" for s in SOURCES) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--two", type=Path, required=True, help="the folder scripts/two_sources.py wrote")
+    p.add_argument("--model", action="append", type=Path, required=True, help="checkpoint (repeatable)")
+    p.add_argument("--name", action="append", help="a name per --model for the tables")
+    p.add_argument("--first-of", type=Path, default=None,
+                   help="for a model trained on none of the first source: the checkpoint it was fine-tuned from")
+    p.add_argument("--mix", action="store_true",
+                   help="also the first model's logits averaged with each other's (shares 0.25, 0.5, 0.75)")
+    p.add_argument("--changes", action="store_true",
+                   help="also the first model's per-change rows on the first source with intervals (about 8 min)")
+    p.add_argument("--markdown", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None)
+    a = p.parse_args()
+    names = a.name or [m.parent.name for m in a.model]
+    if len(names) != len(a.model):
+        p.error("give one --name per --model")
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    first = common_held_out(first_held_out(a.model, a.two, init=a.first_of))
+    site = site_locked(a.two)
+    report: dict[str, Any] = {"models": {n: measure(m, first, site) for n, m in zip(names, a.model, strict=True)}}
+    base = names[0]
+    report["differences"] = {}
+    for other in names[1:]:
+        d = {}
+        for source in SOURCES:
+            x, y = report["models"][base]["sources"][source], report["models"][other]["sources"][source]
+            assert x["y"] == y["y"], "the same images in the same order"
+            yy, pa, pb = np.array(x["y"]), np.array(x["prob"]), np.array(y["prob"])
+            d[source] = {"difference": float(roc_auc_score(yy, pa) - roc_auc_score(yy, pb)),
+                         "interval": auc_difference_interval(yy, pa, pb)}
+        report["differences"][f"{base} - {other}"] = d
+    if a.mix:
+        report["mixes"] = mixes(report)
+    text = tables(report)
+    if a.changes:
+        report["changes"] = change_rows(a.model[0], first)
+        text += "\n\n" + change_table(names[0], report["changes"])
+    print(text)
+    if a.markdown:
+        a.markdown.write_text(text + "\n")
+    if a.json:
+        a.json.write_text(json.dumps(report, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
