@@ -151,6 +151,7 @@ def _ci(v: float, ci: list[float] | None) -> str:
 
 def tables(report: dict[str, Any]) -> str:
     """The figures with their intervals and each target's verdict; then the paired differences."""
+    labels = report.get("labels", SOURCES)
     lines = ["| model | images | n | ROC-AUC (95% interval) | sensitivity | specificity | pointing game | targets: "
              "met / undecided / missed |", "|---|---|---|---|---|---|---|---|"]
     for name, m in report["models"].items():
@@ -158,16 +159,16 @@ def tables(report: dict[str, Any]) -> str:
             ci = e["intervals"]
             marks = [f"{fig} {verdict(ci.get(fig), floor)}" for src, fig, floor in TARGETS if src == source]
             point = _ci(e["pointing_game"], ci["pointing_game"]) if "pointing_game" in e else ""
-            lines.append(f"| {name} | {SOURCES[source]} | {e['n']} | {_ci(e['roc_auc'], ci['roc_auc'])} | "
+            lines.append(f"| {name} | {labels[source]} | {e['n']} | {_ci(e['roc_auc'], ci['roc_auc'])} | "
                          f"{_ci(e['sensitivity'], ci['sensitivity'])} | {_ci(e['specificity'], ci['specificity'])} | "
                          f"{point} | {'; '.join(marks)} |")
     if report.get("mixes"):
-        lines += ["", "| logits averaged, same images | " + " | ".join(f"ROC-AUC, {v}" for v in SOURCES.values())
+        lines += ["", "| logits averaged, same images | " + " | ".join(f"ROC-AUC, {v}" for v in labels.values())
                   + " |", "|---|---|---|"]
         for mix, figures in report["mixes"].items():
             lines.append(f"| {mix} | " + " | ".join(f"{figures[s]:.4f}" for s in SOURCES) + " |")
     if report.get("differences"):
-        lines += ["", "| ROC-AUC difference, same images (95% interval) | " + " | ".join(SOURCES.values()) + " |",
+        lines += ["", "| ROC-AUC difference, same images (95% interval) | " + " | ".join(labels.values()) + " |",
                   "|---|---|---|"]
         for pair, d in report["differences"].items():
             lines.append(f"| {pair} | " + " | ".join(f"{d[s]['difference']:+.4f} ({d[s]['interval'][0]:+.4f} to "
@@ -182,10 +183,14 @@ def main() -> int:
     p.add_argument("--name", action="append", help="a name per --model for the tables")
     p.add_argument("--first-of", type=Path, default=None,
                    help="for a model trained on none of the first source: the checkpoint it was fine-tuned from")
-    p.add_argument("--mix", action="store_true",
-                   help="also the first model's logits averaged with each other's (shares 0.25, 0.5, 0.75)")
+    p.add_argument("--first-split", choices=("test", "train"), default="test",
+                   help="the first source's images: the test split every model held out, or the training images "
+                        "every model trained on (their training fit)")
+    p.add_argument("--mix", nargs="?", const="0.25,0.5,0.75", default=None, metavar="SHARES",
+                   help="also the first model's logits averaged with each other's, at these shares of the first's "
+                        "(comma-separated; default 0.25,0.5,0.75)")
     p.add_argument("--changes", action="store_true",
-                   help="also the first model's per-change rows on the first source with intervals (about 8 min)")
+                   help="also the first model's per-change rows on the first source with intervals (about 5 min)")
     p.add_argument("--markdown", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
@@ -193,9 +198,11 @@ def main() -> int:
     if len(names) != len(a.model):
         p.error("give one --name per --model")
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    first = common_held_out(first_held_out(a.model, a.two, init=a.first_of))
+    first = common_held_out(first_held_out(a.model, a.two, init=a.first_of, split=a.first_split))
     site = site_locked(a.two)
-    report: dict[str, Any] = {"models": {n: measure(m, first, site) for n, m in zip(names, a.model, strict=True)}}
+    report: dict[str, Any] = {"models": {n: measure(m, first, site) for n, m in zip(names, a.model, strict=True)},
+                              "labels": SOURCES | ({"first": "first source, trained on by every model"}
+                                                   if a.first_split == "train" else {})}
     base = names[0]
     report["differences"] = {}
     for other in names[1:]:
@@ -208,7 +215,7 @@ def main() -> int:
                          "interval": auc_difference_interval(yy, pa, pb)}
         report["differences"][f"{base} - {other}"] = d
     if a.mix:
-        report["mixes"] = mixes(report)
+        report["mixes"] = mixes(report, tuple(float(w) for w in a.mix.split(",")))
     text = tables(report)
     if a.changes:
         report["changes"] = change_rows(a.model[0], first)

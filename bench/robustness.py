@@ -68,22 +68,22 @@ def load_gray(path: Path) -> Image.Image | None:
 
 
 def first_held_out(models: list[Path], two: Path, packed: Path | None = None,
-                   init: Path | None = None) -> list[list[tuple[Path, float]]]:
+                   init: Path | None = None, split: str = "test") -> list[list[tuple[Path, float]]]:
     """Per model, (path, label) of the first source's distinct images in its own grouped test split (for a model
     trained on `packed`, scripts/device_data.py's copy of the same split, the originals of its test images; for a
     model trained on none of the first source, `init`'s: the checkpoint it was fine-tuned from, whose training is all
-    it saw of the first source)."""
+    it saw of the first source). `split="train"`: its training images instead, for its training fit."""
     first = (two / "first").resolve()
     out = []
     for path in models:
         data, original = _held_out_data(read_payload(path), two, packed, init)
         mine = []
-        for r in data.split_index["test"]:
+        for r in data.split_index[split]:
             md5 = data.row_md5[r]
             file = original.get(str(data.paths[md5].resolve()), data.paths[md5])
             if first in file.resolve().parents:
                 mine.append((md5, file, float(data.labels[r])))
-        print(f"{path}: {len(mine)} first-source test images", file=sys.stderr)
+        print(f"{path}: {len(mine)} first-source {split} images", file=sys.stderr)
         out.append([(p, y) for _, p, y in sorted(mine)])
     return out
 

@@ -95,8 +95,13 @@ def test_a_dry_run_on_the_union_of_both_datasets_trains_through_redis_and_a_real
         with session_scope(cfg.database_url) as s:
             version = s.query(ModelVersion).filter_by(name=run["model_version"]).one()
             assert {"train", "val", "test"} <= set(version.metrics)
+            version_id, version_metrics = version.id, version.metrics
             card = (cfg.storage_dir / "models" / version.name / "model_card.md").read_text()
         assert "multi (36)" in card and "site (20)" in card
+        # The models page shows each split's figures with the 95% intervals the training recorded.
+        low, high = version_metrics["test"]["intervals"]["specificity"]
+        html = client.get("/models").get_data(as_text=True)
+        assert f"{low:.3f}–{high:.3f}</div>" in html.split(f'id="model-{version_id}"', 1)[1].split("</table>", 1)[0]
         summary = json.loads((cfg.storage_dir / "runs" / str(run["id"]) / "model_card.json").read_text())
         assert summary["datasets"] == {"multi": 36, "site": 20}
         assert summary["splits"]["test"] and all(label in ("fractured", "not fractured")
@@ -360,6 +365,7 @@ def test_a_schedule_due_in_seconds_trains_on_both_datasets_through_beat_and_real
         with session_scope(cfg.database_url) as s:
             version = s.query(ModelVersion).filter_by(name=run["model_version"]).one()
             assert {"train", "val", "test"} <= set(version.metrics)
+            version_id, version_metrics = version.id, version.metrics
 
         # The new version measured on the second site's data through the API and the same trainer worker.
         posted = client.post("/api/evaluations", json={"model_version": run["model_version"], "dataset_id": ids[1]})

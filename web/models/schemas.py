@@ -96,10 +96,14 @@ def _scalar(value: object) -> bool:
     return isinstance(value, int | float | str | bool) or value is None
 
 
-def metric_table(metrics: dict[str, Any]) -> tuple[list[str], list[tuple[str, dict[str, Any]]], list[tuple[str, Any]]]:
-    """Split metrics into a per-split table (columns, rows) and the remaining top-level scalars (the page's)."""
+Row = tuple[str, dict[str, Any], dict[str, Any]]
+
+
+def metric_table(metrics: dict[str, Any]) -> tuple[list[str], list[Row], list[tuple[str, Any]]]:
+    """Split metrics into a per-split table (columns; rows of the split, its figures and their 95% intervals where
+    the training recorded them) and the remaining top-level scalars (the page's)."""
     columns: list[str] = []
-    rows: list[tuple[str, dict[str, Any]]] = []
+    rows: list[Row] = []
     flat: list[tuple[str, Any]] = []
     for key, value in metrics.items():
         if key == "robustness":  # a table of its own
@@ -107,7 +111,7 @@ def metric_table(metrics: dict[str, Any]) -> tuple[list[str], list[tuple[str, di
         if isinstance(value, dict):
             scalars = {k: v for k, v in value.items() if _scalar(v)}
             columns += [k for k in scalars if k not in columns]
-            rows.append((key, scalars))
+            rows.append((key, scalars, value.get("intervals") or {}))
         elif _scalar(value):
             flat.append((key, value))
     return columns, rows, flat
