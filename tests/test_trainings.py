@@ -365,7 +365,6 @@ def test_a_schedule_due_in_seconds_trains_on_both_datasets_through_beat_and_real
         with session_scope(cfg.database_url) as s:
             version = s.query(ModelVersion).filter_by(name=run["model_version"]).one()
             assert {"train", "val", "test"} <= set(version.metrics)
-            version_id, version_metrics = version.id, version.metrics
 
         # The new version measured on the second site's data through the API and the same trainer worker.
         posted = client.post("/api/evaluations", json={"model_version": run["model_version"], "dataset_id": ids[1]})
