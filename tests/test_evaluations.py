@@ -256,6 +256,11 @@ def test_evaluation_through_redis_and_a_real_trainer_worker(
     assert all(r["n"] == body["metrics"]["n"] and 0 <= r["flagged"] <= 1 for r in audit["rows"])
     assert abs(audit["rows"][0]["roc_auc"] - body["metrics"]["roc_auc"]) < 0.05  # unchanged, decoded larger
     assert audit["worst"]["flagged"] == max(r["flagged"] for r in audit["rows"])
+    # What a target reads, among the images not flagged, with its interval (none where a class has under two images
+    # left); the unchanged images keep both classes.
+    kept = [row["kept"] for row in audit["rows"] if row["kept"] and row["kept"]["intervals"]["roc_auc"]]
+    assert kept and kept[0] is audit["rows"][0]["kept"]
+    assert all(k["intervals"]["roc_auc"][0] <= k["roc_auc"] <= k["intervals"]["roc_auc"][1] for k in kept)
 
     models = {m["name"]: m for m in client.get("/api/models").get_json()["models"]}
     (listed,) = models[name]["evaluations"]

@@ -12,6 +12,7 @@ import pytest
 import torch
 from installation import image_files, materialize, small_training
 from PIL import Image
+from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 
 from fracture.ml.checkpoint import load_checkpoint
@@ -143,6 +144,12 @@ def test_the_audit_of_the_release_matches_scikit_learn_on_changed_real_images(
         assert ood is not None and row["flagged"] == pytest.approx(float(np.mean(ood >= 1)))
         kept = ood < 1
         assert row["kept"]["n"] == int(kept.sum())
+        # The figures a target reads carry their 95% intervals: the not-flagged images' sensitivity, the exact
+        # binomial interval of its counts.
+        hits, fractured = int(called[kept & (y == 1)].sum()), int((kept & (y == 1)).sum())
+        assert row["kept"]["intervals"]["sensitivity"] == (
+            pytest.approx(list(binomtest(hits, fractured).proportion_ci())) if fractured else None)
+        assert "intervals" not in row  # all images, flagged ones included: no target reads them
     # The release is not invariant to exposure: a brighter copy of the same X-rays is scored differently.
     assert rows[1]["roc_auc"] != rows[0]["roc_auc"] or rows[1]["sensitivity"] != rows[0]["sensitivity"]
     w = worst(rows)

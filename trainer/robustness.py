@@ -30,7 +30,7 @@ from fracture.ml.inference import Predictor
 from fracture.ml.net import FracNet
 from fracture.ml.preprocess import content_boxes, fit_input, to_uint8_tensor, uncrop_boxes
 from trainer.acquisition import AUDIT, AuditChange
-from trainer.metrics import binary_metrics, json_safe
+from trainer.metrics import binary_metrics, intervals, json_safe
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the width and height
 BORDER = 0.1  # the outer tenth of each side: where framing, collimation and markers are
@@ -50,25 +50,28 @@ def _scores(predictor: Predictor, images: Sequence[Image.Image], change: AuditCh
     return np.concatenate(probs), (np.concatenate(oods) if oods else None)
 
 
-def _figures(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, Any]:
+def _figures(y: np.ndarray, prob: np.ndarray, threshold: float, with_intervals: bool = False) -> dict[str, Any]:
     m = json_safe(binary_metrics(y, prob, threshold))
-    return {k: m[k] for k in ("n", "roc_auc", "sensitivity", "specificity")}
+    figures = {k: m[k] for k in ("n", "roc_auc", "sensitivity", "specificity")}
+    return figures | ({"intervals": intervals(y, prob, threshold)} if with_intervals else {})
 
 
 def acquisition_audit(predictor: Predictor, images: Sequence[Image.Image], labels: np.ndarray,
                       changes: Sequence[AuditChange] = AUDIT) -> list[dict[str, Any]]:
     """One row per change: {"change", "group", "n", "roc_auc", "sensitivity", "specificity", "flagged",
-    "kept": the same figures among the images not flagged (None without a detector)}."""
+    "kept": the same figures among the images not flagged (None without a detector)}. The figures a target reads
+    (those not flagged, or all of them without a detector) carry their 95% intervals (trainer.metrics.intervals)."""
     threshold = predictor.ckpt.threshold
     rows = []
     for change in changes:
         prob, ood = _scores(predictor, images, change)
-        row: dict[str, Any] = {"change": change.name, "group": change.group, **_figures(labels, prob, threshold),
+        row: dict[str, Any] = {"change": change.name, "group": change.group,
+                               **_figures(labels, prob, threshold, with_intervals=ood is None),
                                "flagged": None, "kept": None}
         if ood is not None:
             keep = ood < 1
             row["flagged"] = float(np.mean(~keep))
-            row["kept"] = _figures(labels[keep], prob[keep], threshold) if keep.any() else None
+            row["kept"] = _figures(labels[keep], prob[keep], threshold, with_intervals=True) if keep.any() else None
         rows.append(row)
     return rows
 
