@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest, norm
+from scipy.stats import binomtest, bootstrap, norm
 from sklearn.metrics import roc_auc_score
 
 from trainer.metrics import auc_difference_interval, auc_interval, binary_metrics, intervals, proportion_interval
@@ -89,3 +89,16 @@ def test_the_paired_difference_and_the_benchs_verdicts() -> None:
     spec.loader.exec_module(bench)
     assert [bench.verdict(ci, 0.85) for ci in ([0.86, 0.9], [0.83, 0.887], [0.8, 0.84], None)] == [
         "met", "undecided", "missed", "n/a"]
+
+
+def test_a_large_sample_takes_the_percentile_interval_close_to_bca() -> None:
+    from trainer import metrics
+
+    rng = np.random.default_rng(2)
+    y, p = _sample(rng, 2600, 2600, 1.0)  # 5,200 images: over BCA_MAX
+    assert len(y) > metrics.BCA_MAX
+    lo, hi = auc_interval(y, p)
+    assert lo < roc_auc_score(y, p) < hi
+    bca = bootstrap((p[y == 1], p[y == 0]), metrics._auc, vectorized=True, n_resamples=2000,
+                    rng=np.random.default_rng(0), batch=200).confidence_interval
+    assert [lo, hi] == pytest.approx([bca.low, bca.high], abs=0.003)
