@@ -157,7 +157,8 @@ def tables(report: dict[str, Any]) -> str:
     for name, m in report["models"].items():
         for source, e in m["sources"].items():
             ci = e["intervals"]
-            marks = [f"{fig} {verdict(ci.get(fig), floor)}" for src, fig, floor in TARGETS if src == source]
+            marks = ([f"{fig} {verdict(ci.get(fig), floor)}" for src, fig, floor in TARGETS if src == source]
+                     if labels[source] == SOURCES[source] else ["training fit: the targets are for unseen images"])
             point = _ci(e["pointing_game"], ci["pointing_game"]) if "pointing_game" in e else ""
             lines.append(f"| {name} | {labels[source]} | {e['n']} | {_ci(e['roc_auc'], ci['roc_auc'])} | "
                          f"{_ci(e['sensitivity'], ci['sensitivity'])} | {_ci(e['specificity'], ci['specificity'])} | "
