@@ -67,4 +67,6 @@ def test_dataset_job_and_evaluation_pages_follow_the_workers_without_a_reload(
             expect(status).to_have_attribute("data-live-url", re.compile(r"/api/evaluations/\d+$"))
         expect(status).to_have_text("done", timeout=180_000)
         assert re.search(r"0\.\d{3}|1\.000", row.inner_text()), row.inner_text()  # its ROC-AUC is shown
+        # Under its sensitivity, the 95% interval, drawn by the live redraw like the rest of the row.
+        expect(row.locator("td.sensitivity .ci")).to_have_text(re.compile(r"^[01]\.\d{3}–[01]\.\d{3}$"))
         assert not watched.blocked and not watched.errors, (watched.blocked, watched.errors)
