@@ -20,7 +20,8 @@ with each other's, a reference for what the measured models hold together. `--ch
 audit on the first source, each with its intervals among the images not flagged, and the per-change target's
 verdict.
 
-About 1 min per model at 160 px on 2 cores, most of it the locked images' heatmaps (BENCH_THREADS threads).
+About 2 min per model at 160 px on 2 cores (BENCH_THREADS threads): about 1 min to find its held-out images
+(its training data split again), 1 min to serve both sources' images and draw the locked fractured ones' heatmaps.
 """
 
 from __future__ import annotations
