@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from fracture.ml.inference import Predictor  # noqa: E402
 from trainer.acquisition import AUDIT  # noqa: E402
 from trainer.metrics import auc_difference_interval, binary_metrics, intervals, proportion_interval  # noqa: E402
-from trainer.robustness import _scores, heatmap_audit  # noqa: E402
+from trainer.robustness import _scores, acquisition_audit, heatmap_audit  # noqa: E402
 
 # Issue 18's targets on unchanged images: (source, figure, floor).
 TARGETS = (("first", "roc_auc", 0.995), ("first", "sensitivity", 0.96), ("first", "specificity", 0.96),
@@ -60,26 +61,31 @@ def verdict(ci: list[float] | None, floor: float) -> str:
     return "met" if ci[0] >= floor else "missed" if ci[1] < floor else "undecided"
 
 
-def measure(model: Path, first: list[tuple[Path, float]], site: tuple[list[Path], np.ndarray, list[Any]],
-            ) -> dict[str, Any]:
+Decoded = tuple[list[Image.Image], np.ndarray, list[Any]]  # images, labels, fracture boxes (site only)
+
+
+def decode(paths: list[Path], y: np.ndarray, boxes: list[Any] | None = None) -> Decoded:
+    """The images the workers can decode, once for every model, with their labels and boxes."""
+    keep = [(im, i) for i, p in enumerate(paths) if (im := load_gray(p)) is not None]
+    return ([im for im, _ in keep], y[[i for _, i in keep]],
+            [boxes[i] for _, i in keep] if boxes is not None else [[] for _ in keep])
+
+
+def measure(model: Path, sources: dict[str, Decoded]) -> dict[str, Any]:
     """The model's served probabilities and figures with intervals on both sources, and its pointing game."""
     t0 = time.time()
     predictor = Predictor.from_file(model, device=torch.device("cpu"))
     threshold = predictor.ckpt.threshold
     out: dict[str, Any] = {"model": str(model), "threshold": threshold, "sources": {}}
-    site_paths, site_y, site_boxes = site
-    for source, (paths, y) in {"first": ([p for p, _ in first], np.array([lab for _, lab in first])),
-                               "site": (site_paths, site_y)}.items():
-        decoded = {i: im for i, p in enumerate(paths) if (im := load_gray(p)) is not None}
-        keep = list(decoded)
-        prob, _ = _scores(predictor, [decoded[i] for i in keep], AUDIT[0])
-        figures = binary_metrics(y[keep], prob, threshold)
+    for source, (images, y, boxes) in sources.items():
+        prob, _ = _scores(predictor, images, AUDIT[0])
+        figures = binary_metrics(y, prob, threshold)
         entry: dict[str, Any] = {k: figures[k] for k in ("n", "roc_auc", "sensitivity", "specificity")}
-        entry["intervals"] = intervals(y[keep], prob, threshold)
-        entry["prob"], entry["y"] = prob.tolist(), y[keep].tolist()
-        if source == "site":
-            boxed = [i for i in keep if y[i] == 1 and site_boxes[i]]
-            heat = heatmap_audit(predictor, [decoded[i] for i in boxed], [site_boxes[i] for i in boxed])
+        entry["intervals"] = intervals(y, prob, threshold)
+        entry["prob"], entry["y"] = prob.tolist(), y.tolist()
+        boxed = [i for i, b in enumerate(boxes) if y[i] == 1 and b]
+        if boxed:
+            heat = heatmap_audit(predictor, [images[i] for i in boxed], [boxes[i] for i in boxed])
             hits = round(heat["pointing_game"] * heat["n"])
             entry["pointing_game"] = heat["pointing_game"]
             entry["intervals"]["pointing_game"] = proportion_interval(hits, heat["n"])
@@ -90,36 +96,23 @@ def measure(model: Path, first: list[tuple[Path, float]], site: tuple[list[Path]
     return out
 
 
-def change_rows(model: Path, first: list[tuple[Path, float]]) -> list[dict[str, Any]]:
-    """The audit's per-change rows on the first source with intervals: for each change of trainer.acquisition.AUDIT,
-    the share flagged and, among the images not flagged, ROC-AUC, sensitivity and specificity with their intervals
-    (the per-change target is measured on those)."""
-    predictor = Predictor.from_file(model, device=torch.device("cpu"))
-    decoded = [(im, lab) for p, lab in first if (im := load_gray(p)) is not None]
-    images, y = [im for im, _ in decoded], np.array([lab for _, lab in decoded])
-    rows = []
-    for change in AUDIT:
-        prob, ood = _scores(predictor, images, change)
-        keep = ood < 1 if ood is not None else np.ones(len(y), bool)
-        figures = binary_metrics(y[keep], prob[keep], predictor.ckpt.threshold)
-        rows.append({"change": change.name, "flagged": float(np.mean(~keep)), "n": int(keep.sum()),
-                     **{k: figures[k] for k in ("roc_auc", "sensitivity", "specificity")},
-                     "intervals": intervals(y[keep], prob[keep], predictor.ckpt.threshold)})
-    return rows
-
-
 def change_table(name: str, rows: list[dict[str, Any]]) -> str:
-    """Each change's figures among the images not flagged, with intervals, and whether the per-change target
-    (ROC-AUC >= 0.98, sensitivity and specificity >= 0.95, at most 20% flagged) is met, missed or undecided."""
+    """trainer.robustness.acquisition_audit's rows: each change's figures among the images not flagged (all of them
+    without a detector), with their intervals, and whether the per-change target (ROC-AUC >= 0.98, sensitivity and
+    specificity >= 0.95, at most 20% flagged) is met, missed or undecided."""
     lines = [f"| {name}, first source: change | flagged | n not flagged | ROC-AUC (95% interval) | sensitivity | "
              "specificity | per-change target |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for row in rows:
+        flagged, r = row["flagged"] or 0.0, row["kept"] if row["flagged"] is not None else row
+        if r is None:  # every image flagged
+            lines.append(f"| {row['change']} | 100% | 0 | | | | missed |")
+            continue
         ci = r["intervals"]
         marks = [verdict(ci[k], floor) for k, floor in (("roc_auc", 0.98), ("sensitivity", 0.95),
                                                         ("specificity", 0.95))]
-        overall = ("missed" if "missed" in marks or r["flagged"] > 0.2 else "met" if set(marks) == {"met"}
+        overall = ("missed" if "missed" in marks or flagged > 0.2 else "met" if set(marks) == {"met"}
                    else "undecided")
-        lines.append(f"| {r['change']} | {100 * r['flagged']:.0f}% | {r['n']} | {_ci(r['roc_auc'], ci['roc_auc'])} | "
+        lines.append(f"| {row['change']} | {100 * flagged:.0f}% | {r['n']} | {_ci(r['roc_auc'], ci['roc_auc'])} | "
                      f"{_ci(r['sensitivity'], ci['sensitivity'])} | {_ci(r['specificity'], ci['specificity'])} | "
                      f"{overall} |")
     return "\n".join(lines)
@@ -201,8 +194,9 @@ def main() -> int:
         p.error("give one --name per --model")
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     first = common_held_out(first_held_out(a.model, a.two, init=a.first_of, split=a.first_split))
-    site = site_locked(a.two)
-    report: dict[str, Any] = {"models": {n: measure(m, first, site) for n, m in zip(names, a.model, strict=True)},
+    sources = {"first": decode([p for p, _ in first], np.array([lab for _, lab in first])),
+               "site": decode(*site_locked(a.two))}
+    report: dict[str, Any] = {"models": {n: measure(m, sources) for n, m in zip(names, a.model, strict=True)},
                               "labels": SOURCES | ({"first": "first source, trained on by every model"}
                                                    if a.first_split == "train" else {})}
     base = names[0]
@@ -220,7 +214,8 @@ def main() -> int:
         report["mixes"] = mixes(report, tuple(float(w) for w in a.mix.split(",")))
     text = tables(report)
     if a.changes:
-        report["changes"] = change_rows(a.model[0], first)
+        images, y, _ = sources["first"]
+        report["changes"] = acquisition_audit(Predictor.from_file(a.model[0], device=torch.device("cpu")), images, y)
         text += "\n\n" + change_table(names[0], report["changes"])
     print(text)
     if a.markdown:

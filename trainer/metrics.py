@@ -6,7 +6,7 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
-from scipy.stats import beta, bootstrap, mannwhitneyu, rankdata
+from scipy.stats import beta, bootstrap, rankdata
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -98,17 +98,18 @@ def proportion_interval(k: int, n: int, confidence: float = CONFIDENCE) -> list[
     return [low, high]
 
 
-def _auc(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarray:
-    """ROC-AUC as the Mann-Whitney U of the positives' scores over the negatives', per pair (ties count half)."""
-    return mannwhitneyu(pos, neg, axis=axis, method="asymptotic").statistic / (pos.shape[axis] * neg.shape[axis])
-
-
 def _auc_labelled(y: np.ndarray, prob: np.ndarray, axis: int = -1) -> np.ndarray:
     """ROC-AUC from the positives' rank sum (average ranks for ties), along `axis` for many samples at once."""
     ranks = rankdata(prob, axis=axis)
     pos = y.sum(axis=axis)
     neg = y.shape[axis] - pos
     return ((ranks * y).sum(axis=axis) - pos * (pos + 1) / 2) / (pos * neg)
+
+
+def _auc(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarray:
+    """ROC-AUC of the positives' scores over the negatives', given apart (the stratified bootstrap's samples)."""
+    labels = np.r_[np.ones(pos.shape[axis]), np.zeros(neg.shape[axis])]
+    return _auc_labelled(labels, np.concatenate([pos, neg], axis=axis), axis)
 
 
 def _paired_auc_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:

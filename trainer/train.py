@@ -394,17 +394,14 @@ def keep_selected_epoch(args: argparse.Namespace, state: TrainingState) -> None:
 def selected_on(args: argparse.Namespace) -> str:
     """How the kept epoch was chosen, in words (the card's 'selected on')."""
     select = getattr(args, "select", "best")
-    alpha = getattr(args, "interpolate", 1.0)
-    blended = (f"; then {alpha:g} of its weights and {1 - alpha:g} of --init's (--interpolate {alpha:g})"
-               if alpha < 1.0 else "")
-    if select == "last":
-        return "the last epoch (--select last)" + blended
     auc = ("val ROC-AUC, one view: the mean of val as it is and of an acquisition-changed copy"
            if draws_acquisition(args.augment) else "val ROC-AUC, one view")
-    if select == "auc-pointing":
-        return (f"the mean of {auc} and the pointing game on val's boxed fractured images (--select auc-pointing)"
-                + blended)
-    return auc + blended
+    how = ("the last epoch (--select last)" if select == "last" else
+           f"the mean of {auc} and the pointing game on val's boxed fractured images (--select auc-pointing)"
+           if select == "auc-pointing" else auc)
+    alpha = getattr(args, "interpolate", 1.0)
+    return how + (f"; then {alpha:g} of its weights and {1 - alpha:g} of --init's (--interpolate {alpha:g})"
+                  if alpha < 1.0 else "")
 
 
 def evaluate_selected(args: argparse.Namespace, state: TrainingState, data: Prepared, spec: PreprocessSpec,
